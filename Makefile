@@ -1,0 +1,38 @@
+# pbrl: `make demo` trains CPL and BC on the shipped dataset and evaluates both; `make test` runs the tests.
+# Both install into $(VENV) (default .venv) once and reuse it.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pbrl-installed
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# a CPU build of torch first, unless some torch is already there (a bare `torch` pulls the CUDA build)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[metaworld,export,video,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) scripts/bench_speed.py
+	$(PY) scripts/bench_agents.py
+
+clean:
+	rm -rf runs/demo .pytest_cache

@@ -1,0 +1,44 @@
+"""Contrastive Preference Learning (Hejna et al., 2023): a policy learned from regret-based preferences with
+no reward model and no RL. ``A(σ) = α Σ_t γ^t log π(a_t|s_t)`` is the score of a segment; the loss is the
+conservative biased Bradley-Terry loss of :func:`pbrl.core.cpl_loss`. Following the paper's code, training
+starts with ``bc_steps`` of BC only, and a BC term weighted by ``bc_weight`` can stay on afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pbrl.agents.base import Agent, AgentConfig, LossOutput
+from pbrl.agents.bc import bc_loss
+from pbrl.core import cpl_loss
+from pbrl.data.preferences import PreferenceBatch
+
+
+@dataclass
+class CPLConfig(AgentConfig):
+    alpha: float = 0.1        # temperature: A(σ) = α Σ γ^t log π(a_t|s_t)
+    gamma: float = 1.0        # discount inside a segment
+    bias: float = 0.5         # conservative bias λ on the rejected segment (1.0 = plain Bradley-Terry)
+    bc_weight: float = 0.0    # weight of the BC term on all segments after the warm start
+    bc_steps: int = 0         # BC-only warm start (paper: 200k of 500k steps)
+
+
+class CPL(Agent):
+    Config = CPLConfig
+    cfg: CPLConfig
+
+    def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
+        logp = self.policy.log_prob(batch.obs, batch.act)  # [B, 2, T]
+        bc = bc_loss(logp, batch.mask)
+        if step < self.cfg.bc_steps:
+            return LossOutput(bc, {"bc/nll": bc.detach()})
+        losses = cpl_loss(logp[:, 0], logp[:, 1], batch.label, alpha=self.cfg.alpha, gamma=self.cfg.gamma,
+                          bias=self.cfg.bias, mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1])
+        with torch.no_grad():
+            gap = (logp[:, 0] * batch.mask[:, 0]).sum(-1) - (logp[:, 1] * batch.mask[:, 1]).sum(-1)
+            decided = batch.label != 0.5
+            correct = ((gap > 0) == (batch.label > 0.5)).float()
+            accuracy = (correct * decided).sum() / decided.sum().clamp_min(1)
+        return LossOutput(losses.mean() + self.cfg.bc_weight * bc,
+                          {"cpl/loss": losses.mean().detach(), "cpl/accuracy": accuracy, "bc/nll": bc.detach()})

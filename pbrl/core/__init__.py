@@ -1,0 +1,29 @@
+"""The preference loss core: scores, links and losses as pure functions of tensors (depends on torch only)."""
+
+from pbrl.core.links import (
+    biased_logistic_link,
+    hinge_link,
+    logistic_link,
+    plackett_luce_link,
+    robust_logistic_link,
+    squared_link,
+)
+from pbrl.core.losses import DPO_LOSS_TYPES, cpl_loss, dpo_loss
+from pbrl.core.scores import cpl_score, discount_weights, dpo_implicit_reward, masked_discounted_sum, segment_return
+
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "biased_logistic_link",
+    "cpl_loss",
+    "cpl_score",
+    "discount_weights",
+    "dpo_implicit_reward",
+    "dpo_loss",
+    "hinge_link",
+    "logistic_link",
+    "masked_discounted_sum",
+    "plackett_luce_link",
+    "robust_logistic_link",
+    "segment_return",
+    "squared_link",
+]

@@ -1,0 +1,71 @@
+"""Entry points with fixed signatures: the preference losses users and later modules call directly."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from pbrl.core.links import biased_logistic_link, hinge_link, logistic_link, robust_logistic_link, squared_link
+from pbrl.core.scores import cpl_score
+
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
+
+
+def cpl_loss(logp_a: Tensor, logp_b: Tensor, label: Tensor, *, alpha: float = 0.1, gamma: float = 1.0,
+             bias: float = 0.5, mask_a: Tensor | None = None, mask_b: Tensor | None = None) -> Tensor:
+    """Contrastive Preference Learning loss (Hejna et al., 2023, "Contrastive Preference Learning", eq. 6).
+
+    With the regret score ``A(σ) = α Σ_t γ^t log π(a_t|s_t)`` (masked steps add nothing),
+
+    ``ℓ = y · softplus(−(A_a − λ A_b)) + (1 − y) · softplus(−(A_b − λ A_a))``,
+
+    where λ = ``bias`` is CPL's conservative bias on the rejected segment (λ = 1: plain Bradley-Terry).
+
+    Args:
+        logp_a, logp_b: ``[B, T]`` per-step log-probabilities of the actions of segments a and b.
+        label: ``[B]`` in [0, 1]; 1 means segment a is preferred, 0.5 a tie.
+        mask_a, mask_b: optional ``[B, T]`` masks of valid (unpadded) steps.
+    Returns:
+        ``[B]`` per-example losses.
+    """
+    score_a = cpl_score(logp_a, alpha=alpha, gamma=gamma, mask=mask_a)
+    score_b = cpl_score(logp_b, alpha=alpha, gamma=gamma, mask=mask_b)
+    return biased_logistic_link(score_a, score_b, label, bias=bias)
+
+
+def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+             ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+    """Direct Preference Optimization losses (the TRL ``DPOTrainer`` loss types).
+
+    With ``h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))`` and ε = ``label_smoothing``:
+
+    - ``sigmoid`` (DPO, Rafailov et al., 2023, eq. 7; ε > 0: conservative DPO, Mitchell 2023):
+      ``−(1 − ε) log σ(β h) − ε log σ(−β h)``
+    - ``hinge`` (SLiC, Zhao et al., 2023): ``max(0, 1 − β h)``
+    - ``ipo`` (IPO, Azar et al., 2023, eq. 17): ``(h − 1/(2β))²`` on the log-probabilities as given (pass
+      length-averaged log-probabilities to follow the IPO paper's token averaging)
+    - ``robust`` (robust DPO, Chowdhury et al., 2024, eq. 9): ``((1 − ε)(−log σ(β h)) + ε log σ(−β h)) / (1 − 2ε)``,
+      an unbiased estimate of the clean loss when labels flip with rate ε < 1/2.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: ``[B]`` summed
+            sequence log-probabilities under the policy and the frozen reference.
+    Returns:
+        ``(losses, chosen_rewards, rejected_rewards)``, each ``[B]``; rewards are ``β (log π − log π_ref)``,
+        detached (diagnostics, as in TRL).
+    """
+    logits = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    ones = logits.new_ones(())
+    if loss_type == "sigmoid":
+        losses = logistic_link(beta * logits, ones, label_smoothing=label_smoothing)
+    elif loss_type == "hinge":
+        losses = hinge_link(beta * logits, ones, delta=1.0)
+    elif loss_type == "ipo":
+        losses = squared_link(logits, ones, target=1.0 / (2.0 * beta))
+    elif loss_type == "robust":
+        losses = robust_logistic_link(beta * logits, ones, flip_rate=label_smoothing)
+    else:
+        raise ValueError(f"dpo_loss: loss_type: got {loss_type!r}, expected one of {list(DPO_LOSS_TYPES)}")
+    chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).detach()
+    rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).detach()
+    return losses, chosen_rewards, rejected_rewards

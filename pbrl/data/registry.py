@@ -1,0 +1,110 @@
+"""Named datasets. ``datasets/NAME.toml`` (the card) says how the dataset was made and which files hold it.
+
+Card fields::
+
+    name = "hopper-medium-replay-small"
+    env = "hopper"                                  # a preset in envs/
+    trajectories = "hopper-medium-replay-small.h5"  # relative to the card
+    preferences = "hopper-medium-replay-small.prefs.h5"   # optional
+    description = "..."
+    [made]          # exact commands, seeds, behaviour policy, teacher
+    [checksums]     # sha256 of each file, checked on load
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import tomli_w
+import tomllib
+
+from pbrl.data.preferences import PreferenceDataset, read_preferences, sha256_file
+from pbrl.data.store import TrajectoryDataset, atomic_path, commit_atomic
+from pbrl.errors import DatasetError, describe
+from pbrl.paths import find_resource, list_resources
+
+
+@dataclass
+class LoadedDataset:
+    name: str
+    trajectories: TrajectoryDataset
+    preferences: PreferenceDataset | None
+    env: str
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_format(path: Path) -> str | None:
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError as exc:
+        raise DatasetError(describe(str(path), "file", f"unreadable ({exc})", "a valid HDF5 file")) from None
+    return fmt.decode() if isinstance(fmt, bytes) else fmt
+
+
+def load_dataset(name_or_path: str | os.PathLike) -> LoadedDataset:
+    """Load a dataset by card name (``datasets/NAME.toml``), card path, or HDF5 file path.
+
+    A preference file brings its trajectory file; a trajectory file alone has no preferences.
+    """
+    s = str(name_or_path)
+    path = Path(s)
+    if path.suffix in (".h5", ".hdf5"):
+        if not path.exists():
+            raise DatasetError(describe(s, "file", "missing", "an existing .h5 dataset file"))
+        fmt = _file_format(path)
+        if fmt == "pbrl.preferences":
+            prefs, traj = read_preferences(path)
+        elif fmt == "pbrl.trajectories":
+            prefs, traj = None, TrajectoryDataset(path)
+        else:
+            raise DatasetError(describe(s, "attribute 'format'", repr(fmt), "'pbrl.trajectories' or 'pbrl.preferences'"))
+        from pbrl.envs.registry import get_env_spec
+
+        return LoadedDataset(path.stem, traj, prefs, get_env_spec(traj.env_id).name)
+    card_path = path if path.suffix == ".toml" else find_resource("datasets", f"{s}.toml")
+    if card_path is None or not card_path.exists():
+        raise DatasetError(describe("--dataset", "dataset", repr(s),
+                                    f"a card name in datasets/ ({', '.join(list_resources('datasets')) or 'none found'}) "
+                                    "or a path to a .h5 file"))
+    return load_card(card_path)
+
+
+def load_card(card_path: Path) -> LoadedDataset:
+    try:
+        with open(card_path, "rb") as f:
+            card = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise DatasetError(describe(str(card_path), "card", f"invalid TOML ({exc})", "a dataset card")) from None
+    for key in ("trajectories", "env"):
+        if key not in card:
+            raise DatasetError(describe(str(card_path), f"field '{key}'", "missing", "present in every dataset card"))
+    root = card_path.parent
+    checksums = card.get("checksums", {})
+    for fname, expected in checksums.items():
+        fpath = root / fname
+        if not fpath.exists():
+            raise DatasetError(describe(str(fpath), "file", "missing", f"listed in {card_path.name}"))
+        got = sha256_file(fpath)
+        if got != expected:
+            raise DatasetError(describe(str(fpath), "sha256", got[:16] + "…", f"{expected[:16]}… as recorded in {card_path.name}"))
+    traj = TrajectoryDataset(root / card["trajectories"])
+    prefs = None
+    if card.get("preferences"):
+        prefs, _ = read_preferences(root / card["preferences"], traj)
+    return LoadedDataset(card.get("name", card_path.stem), traj, prefs, card["env"], card)
+
+
+def write_card(card_path: Path, card: dict[str, Any]) -> Path:
+    """Write a card atomically, filling ``[checksums]`` from the files it names."""
+    root = card_path.parent
+    card = dict(card)
+    card["checksums"] = {card[k]: sha256_file(root / card[k]) for k in ("trajectories", "preferences") if card.get(k)}
+    tmp = atomic_path(card_path)
+    tmp.write_text(tomli_w.dumps(card))
+    commit_atomic(tmp, card_path)
+    return card_path

@@ -1,0 +1,76 @@
+"""Environment presets (``envs/*.toml``), construction of real simulators, and normalized scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import tomllib
+
+from pbrl.errors import ConfigError, describe
+from pbrl.paths import list_resources, search_roots
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """One environment preset: gymnasium id, family (``mujoco`` or ``metaworld``), score references."""
+
+    name: str
+    id: str
+    family: str
+    max_episode_steps: int
+    score_random: float
+    score_expert: float
+    score_source: str = ""
+
+    def normalized_score(self, ret: float) -> float:
+        """D4RL-style normalized score: ``100 * (R - R_random) / (R_expert - R_random)``."""
+        return 100.0 * (ret - self.score_random) / (self.score_expert - self.score_random)
+
+
+def _load(path: Path) -> EnvSpec:
+    with open(path, "rb") as f:
+        d = tomllib.load(f)
+    score = d.get("score", {})
+    return EnvSpec(name=path.stem, id=d["id"], family=d.get("family", "mujoco"),
+                   max_episode_steps=int(d.get("max_episode_steps", 1000)),
+                   score_random=float(score.get("random", 0.0)), score_expert=float(score.get("expert", 1.0)),
+                   score_source=str(score.get("source", "")))
+
+
+def all_env_specs() -> dict[str, EnvSpec]:
+    specs = {}
+    for root in reversed(search_roots()):
+        d = root / "envs"
+        if d.is_dir():
+            for p in d.glob("*.toml"):
+                specs[p.stem] = _load(p)
+    return specs
+
+
+def get_env_spec(name_or_id: str) -> EnvSpec:
+    """Find a preset by file name (``hopper``) or gymnasium id (``Hopper-v5``)."""
+    specs = all_env_specs()
+    if name_or_id in specs:
+        return specs[name_or_id]
+    for spec in specs.values():
+        if spec.id == name_or_id:
+            return spec
+    known = sorted({s.id for s in specs.values()})
+    raise ConfigError(describe("--env", "environment", repr(name_or_id),
+                               f"one of {known} or a preset name in envs/ ({', '.join(list_resources('envs'))})"))
+
+
+def make_env(name_or_id: str, *, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """Create the real simulator for a preset. Meta-World tasks use MT1 (goal re-drawn at each reset)."""
+    spec = get_env_spec(name_or_id)
+    if spec.family == "metaworld":
+        import metaworld  # noqa: F401  (registers the Meta-World/* ids)
+
+        env = gym.make("Meta-World/MT1", env_name=spec.id, seed=seed, render_mode=render_mode)
+    elif spec.family == "mujoco":
+        env = gym.make(spec.id, render_mode=render_mode)
+    else:
+        raise ConfigError(describe(f"envs/{spec.name}.toml", "family", repr(spec.family), "'mujoco' or 'metaworld'"))
+    return env

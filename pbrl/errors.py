@@ -1,0 +1,20 @@
+"""One exception family for pbrl. Messages name the file or option, what was found and what was expected."""
+
+from __future__ import annotations
+
+
+class PbrlError(Exception):
+    """Base class of every error pbrl raises on purpose."""
+
+
+class DatasetError(PbrlError):
+    """A dataset file or card is missing, corrupt or inconsistent."""
+
+
+class ConfigError(PbrlError):
+    """A configuration value, preset, override or command-line option is invalid."""
+
+
+def describe(where: str, field: str, got: object, expected: str) -> str:
+    """Build the standard one-line message: `<where>: <field>: got <got>, expected <expected>`."""
+    return f"{where}: {field}: got {got}, expected {expected}"

@@ -1,0 +1,99 @@
+"""MLP backbones and the tanh-Gaussian policy head used by BC and CPL."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, *, dropout: float = 0.0,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` (each Linear -> activation -> Dropout), then a Linear."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), activation()]
+        if dropout > 0:
+            mods.append(nn.Dropout(dropout))
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class ObsNormalizer(nn.Module):
+    """Fixed affine observation normaliser ``(o − mean) / std``; a buffer, so it travels with checkpoints and exports."""
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.clone().float())
+        self.register_buffer("std", std.clone().float().clamp_min(1e-6))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return (obs - self.mean) / self.std
+
+
+class TanhGaussianPolicy(nn.Module):
+    """π(a|s) = tanh(N(μ(s), σ(s)²)): an MLP trunk, a state-dependent log-std clamped to [log_std_min, log_std_max].
+
+    ``log_prob(obs [..., obs_dim], act [..., act_dim]) -> [...]`` includes the tanh Jacobian; dataset actions
+    are clipped to ``±(1 − action_eps)`` first, since actions on the bound have no finite pre-image.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: int = 256, layers: int = 2, dropout: float = 0.0,
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, action_eps: float = 1e-3,
+                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+        super().__init__()
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        self.net = mlp(obs_dim, 2 * act_dim, hidden, layers, dropout=dropout)
+        self.act_dim = act_dim
+        self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
+
+    def distribution_params(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_std = self.net(self.normalizer(obs)).chunk(2, dim=-1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1.0)
+        return mu, log_std
+
+    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        mu, log_std = self.distribution_params(obs)
+        a = act.clamp(-1.0 + self.action_eps, 1.0 - self.action_eps)
+        u = torch.atanh(a)
+        normal_logp = -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        # log|d tanh(u)/du| = log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)), stable for large |u|
+        log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        return (normal_logp - log_det).sum(-1)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """Deterministic action ``tanh(μ(s))`` [..., act_dim]: what a robot runs and what is exported."""
+        mu, _ = self.distribution_params(obs)
+        return torch.tanh(mu)
+
+    def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mu, log_std = self.distribution_params(obs)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return torch.tanh(mu + log_std.exp() * noise)
+
+
+class DeterministicTanhPolicy(nn.Module):
+    """a = tanh(f(s)) with the log-likelihood of a unit-free Gaussian in action space:
+    ``log π(a|s) = −‖tanh(f(s)) − a‖²`` (the ``ContinuousMLPActor`` form of CPL's official code).
+
+    Bounded above by 0, so CPL's contrastive term cannot push a preferred segment's likelihood to infinity.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: int = 256, layers: int = 2, dropout: float = 0.0,
+                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None, **_: float):
+        super().__init__()
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        self.net = mlp(obs_dim, act_dim, hidden, layers, dropout=dropout)
+        self.act_dim = act_dim
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.net(self.normalizer(obs)))
+
+    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        return -((self(obs) - act) ** 2).sum(-1)

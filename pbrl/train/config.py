@@ -1,0 +1,150 @@
+"""Run configuration: dataclasses, TOML presets (``agents/NAME.toml``, scales ``cpu`` and ``paper``) and
+``--set section.key=value`` overrides. The resolved config is what ``DIR/config.toml`` holds."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from pbrl.agents import AGENTS, AgentConfig
+from pbrl.errors import ConfigError, describe
+from pbrl.paths import find_resource
+
+SCALES = ("cpu", "paper")
+
+
+@dataclass
+class TrainConfig:
+    """The shared trainer's settings (any agent)."""
+
+    steps: int = 10_000            # gradient steps
+    batch_size: int = 32           # pairs of segments per step
+    lr: float = 1e-4               # AdamW learning rate
+    weight_decay: float = 1e-4     # AdamW weight decay
+    grad_clip: float = 1.0         # max global gradient norm (0 disables)
+    seed: int = 0                  # fixes the initialisation, batches and dropout
+    device: str = "auto"           # auto | cpu | cuda | mps
+    threads: int = 1               # torch CPU threads (1 is fastest on a shared 2-core machine)
+    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False          # torch.compile the loss (GPU)
+    log_every: int = 100           # TensorBoard scalars every N steps
+    checkpoint_every: int = 1000   # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2      # how many recent checkpoints to keep
+    eval_every: int = 0            # evaluate in the simulator every N steps (0: only at the end)
+    eval_episodes: int = 10        # episodes per evaluation
+    eval_seed: int = 100_000       # env seeds eval_seed + i, apart from training seeds
+
+
+@dataclass
+class RunConfig:
+    agent: str
+    dataset: str
+    scale: str = "cpu"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    agent_config: AgentConfig = field(default_factory=AgentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": {"agent": self.agent, "dataset": self.dataset, "scale": self.scale},
+                "train": dataclasses.asdict(self.train), "agent": dataclasses.asdict(self.agent_config)}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
+        run = d.get("run", {})
+        agent = run.get("agent")
+        if agent not in AGENTS:
+            raise ConfigError(describe(where, "run.agent", repr(agent), f"one of {sorted(AGENTS)}"))
+        cfg = cls(agent=agent, dataset=str(run.get("dataset", "")), scale=str(run.get("scale", "cpu")),
+                  agent_config=AGENTS[agent].Config())
+        for section in ("train", "agent"):
+            for key, value in d.get(section, {}).items():
+                _set_field(cfg, section, key, value, where)
+        return cfg
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        with open(path, "rb") as f:
+            return cls.from_dict(tomllib.load(f), str(path))
+
+
+def _set_field(cfg: RunConfig, section: str, key: str, value: Any, where: str) -> None:
+    if section == "run":
+        if key not in ("dataset", "scale"):
+            raise ConfigError(describe(where, f"run.{key}", "unknown field", "run.dataset or run.scale"))
+        setattr(cfg, key, str(value))
+        return
+    target = cfg.train if section == "train" else cfg.agent_config if section == "agent" else None
+    if target is None:
+        raise ConfigError(describe(where, f"{section}.{key}", "unknown section", "train.<field> or agent.<field>"))
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if key not in fields:
+        raise ConfigError(describe(where, f"{section}.{key}", "unknown field", f"one of {sorted(fields)}"))
+    current = getattr(target, key)
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(describe(where, f"{section}.{key}", f"{value!r} ({type(value).__name__})", expected.__name__))
+    setattr(target, key, value)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"agent.alpha=0.2"`` -> ``("agent", "alpha", 0.2)``; the value is read as TOML, else as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(describe("--set", "override", repr(text), "section.key=value, e.g. agent.alpha=0.2"))
+    key, raw = text.split("=", 1)
+    section, name = key.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, name, value
+
+
+def load_preset(agent: str, scale: str) -> dict[str, Any]:
+    """The ``[scale.train]`` and ``[scale.agent]`` tables of ``agents/<agent>.toml`` (empty if there is none)."""
+    path = find_resource("agents", f"{agent}.toml")
+    if path is None:
+        return {}
+    with open(path, "rb") as f:
+        preset = tomllib.load(f)
+    if scale not in preset:
+        raise ConfigError(describe(str(path), f"scale [{scale}]", "missing", f"one of {sorted(preset)}"))
+    return preset[scale]
+
+
+def resolve_scale(scale: str, device: str) -> str:
+    """``auto`` picks ``paper`` where CUDA is available, else ``cpu``."""
+    if scale == "auto":
+        import torch
+
+        return "paper" if (device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
+    if scale not in SCALES:
+        raise ConfigError(describe("--scale", "scale", repr(scale), f"one of {['auto', *SCALES]}"))
+    return scale
+
+
+def build_config(agent: str, dataset: str, *, scale: str = "auto", overrides: list[str] = (),
+                 **train_fields: Any) -> RunConfig:
+    """Preset for (agent, scale), then ``train_fields`` (CLI flags such as steps, seed), then ``--set`` overrides."""
+    if agent not in AGENTS:
+        raise ConfigError(describe("--agent", "agent", repr(agent), f"one of {sorted(AGENTS)}"))
+    parsed = [parse_override(o) for o in overrides]
+    device = next((v for s, k, v in parsed if s == "train" and k == "device"), train_fields.get("device", "auto"))
+    scale = resolve_scale(scale, str(device))
+    preset = load_preset(agent, scale)
+    cfg = RunConfig.from_dict({"run": {"agent": agent, "dataset": dataset, "scale": scale}, **preset},
+                              f"agents/{agent}.toml [{scale}]")
+    for key, value in train_fields.items():
+        if value is not None:
+            _set_field(cfg, "train", key, value, f"--{key.replace('_', '-')}")
+    for section, key, value in parsed:
+        _set_field(cfg, section, key, value, "--set")
+    return cfg

@@ -1,0 +1,169 @@
+"""The preference loss core against independent float64 computations written with the math module."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pbrl.core import (
+    cpl_loss,
+    cpl_score,
+    dpo_loss,
+    hinge_link,
+    logistic_link,
+    plackett_luce_link,
+    robust_logistic_link,
+    segment_return,
+    squared_link,
+)
+
+
+def log_sigmoid(x: float) -> float:
+    """log σ(x) in plain Python, stable for any x."""
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def ref_cpl(lp_a, lp_b, y, alpha, gamma, bias, m_a=None, m_b=None) -> float:
+    def score(lp, m):
+        return alpha * sum(gamma**t * v for t, v in enumerate(lp) if (m is None or m[t]))
+
+    a, b = score(lp_a, m_a), score(lp_b, m_b)
+    return -y * log_sigmoid(a - bias * b) - (1 - y) * log_sigmoid(b - bias * a)
+
+
+def test_cpl_loss_matches_float64_reference_with_masks_and_discount():
+    g = torch.Generator().manual_seed(0)
+    lp_a = -torch.rand(5, 7, generator=g, dtype=torch.float64) * 3
+    lp_b = -torch.rand(5, 7, generator=g, dtype=torch.float64) * 3
+    y = torch.tensor([1.0, 0.0, 0.5, 0.3, 1.0], dtype=torch.float64)
+    m_a = torch.ones(5, 7, dtype=torch.bool)
+    m_b = torch.ones(5, 7, dtype=torch.bool)
+    m_a[1, 4:] = False
+    m_b[3, 2:] = False
+    got = cpl_loss(lp_a, lp_b, y, alpha=0.3, gamma=0.9, bias=0.5, mask_a=m_a, mask_b=m_b)
+    for i in range(5):
+        want = ref_cpl(lp_a[i].tolist(), lp_b[i].tolist(), y[i].item(), 0.3, 0.9, 0.5, m_a[i].tolist(), m_b[i].tolist())
+        assert got[i].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_cpl_loss_hand_derived_value():
+    # A_a = 0.1 * (-1 - 1) = -0.2, A_b = 0.1 * (-2 - 2) = -0.4; y = 1, λ = 0.5:
+    # ℓ = softplus(-(A_a - 0.5 A_b)) = softplus(0.2 - 0.2) = log 2
+    lp_a = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
+    lp_b = torch.tensor([[-2.0, -2.0]], dtype=torch.float64)
+    got = cpl_loss(lp_a, lp_b, torch.tensor([1.0], dtype=torch.float64))
+    assert got.item() == pytest.approx(math.log(2.0), rel=1e-14)
+
+
+def test_cpl_bias_one_is_plain_bradley_terry_and_symmetric():
+    lp_a, lp_b = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    y = torch.rand(4, dtype=torch.float64)
+    plain = cpl_loss(lp_a, lp_b, y, bias=1.0)
+    margin = cpl_score(lp_a) - cpl_score(lp_b)
+    torch.testing.assert_close(plain, logistic_link(margin, y))
+    torch.testing.assert_close(plain, cpl_loss(lp_b, lp_a, 1 - y, bias=1.0))
+
+
+def test_masked_steps_add_nothing_even_if_infinite():
+    lp = torch.tensor([[-1.0, -2.0, float("-inf"), float("nan")]])
+    mask = torch.tensor([[True, True, False, False]])
+    assert cpl_score(lp, alpha=1.0, mask=mask).item() == pytest.approx(-3.0)
+    assert segment_return(torch.tensor([[1.0, 2.0, 1e30]]), gamma=0.5, mask=torch.tensor([[1, 1, 0]])).item() == 2.0
+    loss = cpl_loss(lp, torch.zeros(1, 4), torch.ones(1), mask_a=mask, mask_b=mask)
+    assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_cpl_extreme_margins_are_finite_with_finite_gradients(scale):
+    lp_a = torch.full((3, 8), scale / 8, dtype=torch.float32, requires_grad=True)
+    lp_b = torch.zeros(3, 8, requires_grad=True)
+    loss = cpl_loss(lp_a, lp_b, torch.tensor([1.0, 0.0, 0.5]), alpha=1.0)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(lp_a.grad).all() and torch.isfinite(lp_b.grad).all()
+    # float64 reference: softplus(-m) ≈ max(-m, 0) for |m| = 1e4
+    m = scale
+    want = [max(-m, 0.0), max(m, 0.0), 0.5 * max(-m, 0.0) + 0.5 * max(m * 0.5, 0.0) + 0.5 * math.log1p(math.exp(-abs(m)))]
+    assert loss[0].item() == pytest.approx(want[0], rel=1e-6, abs=1e-3)
+    assert loss[1].item() == pytest.approx(ref_cpl([m / 8] * 8, [0.0] * 8, 0.0, 1.0, 1.0, 0.5), rel=1e-6, abs=1e-3)
+
+
+def ref_dpo(pc, pr, rc, rr, beta, eps, loss_type) -> float:
+    h = (pc - rc) - (pr - rr)
+    if loss_type == "sigmoid":
+        return -(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h)
+    if loss_type == "hinge":
+        return max(0.0, 1 - beta * h)
+    if loss_type == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    if loss_type == "robust":
+        return (-(1 - eps) * log_sigmoid(beta * h) + eps * log_sigmoid(-beta * h)) / (1 - 2 * eps)
+    raise AssertionError
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "robust"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_dpo_loss_types_match_float64_reference(loss_type, eps):
+    g = torch.Generator().manual_seed(1)
+    pc, pr, rc, rr = (-torch.rand(6, generator=g, dtype=torch.float64) * 50 for _ in range(4))
+    losses, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=eps, loss_type=loss_type)
+    for i in range(6):
+        want = ref_dpo(pc[i].item(), pr[i].item(), rc[i].item(), rr[i].item(), 0.2, eps, loss_type)
+        assert losses[i].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+        assert cr[i].item() == pytest.approx(0.2 * (pc[i] - rc[i]).item(), rel=1e-12)
+        assert rj[i].item() == pytest.approx(0.2 * (pr[i] - rr[i]).item(), rel=1e-12)
+    assert not cr.requires_grad
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "robust"])
+@pytest.mark.parametrize("gap", [1e4, -1e4])
+def test_dpo_extreme_margins_finite(loss_type, gap):
+    pc = torch.tensor([gap], requires_grad=True)
+    zeros = torch.zeros(1)
+    losses, _, _ = dpo_loss(pc, zeros, zeros, zeros, beta=1.0, label_smoothing=0.1, loss_type=loss_type)
+    losses.sum().backward()
+    assert torch.isfinite(losses).all() and torch.isfinite(pc.grad).all()
+
+
+def test_dpo_sigmoid_at_zero_margin_is_log2_and_unknown_type_raises():
+    z = torch.zeros(2)
+    losses, _, _ = dpo_loss(z, z, z, z)
+    torch.testing.assert_close(losses, torch.full((2,), math.log(2.0)))
+    with pytest.raises(ValueError, match="loss_type"):
+        dpo_loss(z, z, z, z, loss_type="nope")
+    with pytest.raises(ValueError, match="flip_rate"):
+        dpo_loss(z, z, z, z, loss_type="robust", label_smoothing=0.5)
+
+
+def test_links_soft_labels_and_smoothing():
+    m = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    y = torch.tensor([0.8, 0.25], dtype=torch.float64)
+    got = logistic_link(m, y, label_smoothing=0.1)
+    for i in range(2):
+        ys = y[i].item() * 0.9 + (1 - y[i].item()) * 0.1
+        want = -ys * log_sigmoid(m[i].item()) - (1 - ys) * log_sigmoid(-m[i].item())
+        assert got[i].item() == pytest.approx(want, rel=1e-13)
+    assert hinge_link(m, torch.ones(2, dtype=torch.float64)).tolist() == pytest.approx([0.3, 2.3])
+    assert squared_link(m, torch.zeros(2, dtype=torch.float64), target=0.5).tolist() == pytest.approx([1.44, 0.64])
+    clean = robust_logistic_link(m, torch.ones(2, dtype=torch.float64), flip_rate=0.0)
+    torch.testing.assert_close(clean, logistic_link(m, torch.ones(2, dtype=torch.float64)))
+
+
+def test_robust_link_is_unbiased_under_flips():
+    # E over flips of the robust loss equals the clean loss (Chowdhury et al., 2024, Lemma 3.1).
+    m, eps = torch.tensor([0.9], dtype=torch.float64), 0.2
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    expected = (1 - eps) * robust_logistic_link(m, one, flip_rate=eps) + eps * robust_logistic_link(m, zero, flip_rate=eps)
+    torch.testing.assert_close(expected, logistic_link(m, one))
+
+
+def test_plackett_luce_two_items_is_bradley_terry_and_three_items_by_hand():
+    s = torch.tensor([[0.3, -0.4]], dtype=torch.float64)
+    pl = plackett_luce_link(s, torch.tensor([[0, 1]]))
+    torch.testing.assert_close(pl, logistic_link(s[:, 0] - s[:, 1], torch.ones(1, dtype=torch.float64)))
+    s3 = [1.0, 2.0, -0.5]
+    order = [1, 0, 2]
+    want = -(s3[1] - math.log(sum(math.exp(v) for v in s3)) + s3[0] - math.log(math.exp(s3[0]) + math.exp(s3[2])))
+    got = plackett_luce_link(torch.tensor([s3], dtype=torch.float64), torch.tensor([order]))
+    assert got.item() == pytest.approx(want, rel=1e-13)

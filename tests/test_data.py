@@ -1,0 +1,229 @@
+"""Trajectory and preference datasets: schema, atomic writes, validation errors, sampler and teacher."""
+
+from __future__ import annotations
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pbrl.data.preferences import (
+    PreferenceDataset,
+    PreferenceSampler,
+    ScriptedTeacher,
+    label_pairs,
+    read_preferences,
+    sample_segments,
+    segment_returns,
+    write_preferences,
+)
+from pbrl.data.registry import load_dataset
+from pbrl.data.store import TrajectoryDataset, write_trajectories
+from pbrl.errors import DatasetError
+from tests.conftest import make_episodes
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_round_trip_keeps_every_array(tmp_path):
+    eps = make_episodes([7, 3, 9])
+    path = write_trajectories(tmp_path / "d.h5", eps, env_id="Hopper-v5", behaviour_policy="b", seed=3,
+                              metadata={"mixture": "x", "noise": [0.1, 0.2]})
+    with TrajectoryDataset(path) as ds:
+        assert (ds.num_episodes, ds.num_transitions, ds.obs_dim, ds.act_dim) == (3, 19, 3, 2)
+        assert ds.episode_offsets.tolist() == [0, 7, 10, 19]
+        for e, ep in enumerate(eps):
+            got = ds.episode(e)
+            np.testing.assert_array_equal(got.observations, ep.observations)
+            np.testing.assert_array_equal(got.actions, ep.actions)
+            np.testing.assert_array_equal(got.rewards, ep.rewards)
+            np.testing.assert_array_equal(got.final_observation, ep.final_observation)
+            np.testing.assert_array_equal(got.infos["reward_ctrl"], ep.infos["reward_ctrl"])
+            assert got.terminated == ep.terminated and got.source == ep.source
+        assert ds.terminations.sum() + ds.truncations.sum() == 3
+        meta = ds.metadata
+        assert meta["env_id"] == "Hopper-v5" and meta["seed"] == 3 and meta["noise"] == [0.1, 0.2]
+        assert meta["format"] == "pbrl.trajectories" and "pbrl_version" in meta
+        np.testing.assert_allclose(ds.episode_returns(), [e.rewards.sum() for e in eps], rtol=1e-5)
+
+
+def test_reading_is_lazy(traj_file):
+    ds = TrajectoryDataset(traj_file)
+    assert "observations" not in ds._cache  # validation reads rewards and flags, not observations
+    _ = ds.observations
+    assert "observations" in ds._cache
+
+
+def test_failed_write_leaves_existing_file_untouched(traj_file):
+    before = digest(traj_file)
+    bad = make_episodes([4])
+    bad[0].rewards[2] = np.nan
+    with pytest.raises(DatasetError, match="rewards"):
+        write_trajectories(traj_file, bad, env_id="Hopper-v5", behaviour_policy="b", seed=0)
+    assert digest(traj_file) == before
+    assert not [p for p in traj_file.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(DatasetError, match=r"nope\.h5: file: got missing"):
+        TrajectoryDataset(tmp_path / "nope.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(DatasetError, match=r"junk\.h5: file: got unreadable"):
+        TrajectoryDataset(junk)
+    assert junk.read_bytes() == b"not an hdf5 file at all"
+
+
+def _tamper(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    return digest(path)
+
+
+def test_arrays_that_disagree_in_length(traj_file):
+    def shorten(f):
+        a = f["actions"][()][:-1]
+        del f["actions"]
+        f["actions"] = a
+
+    before = _tamper(traj_file, shorten)
+    with pytest.raises(DatasetError, match=r"'actions' length: got 96, expected 97"):
+        TrajectoryDataset(traj_file)
+    assert digest(traj_file) == before
+
+
+def test_nan_rewards_are_rejected_on_open(traj_file):
+    def poison(f):
+        f["rewards"][5] = np.nan
+
+    _tamper(traj_file, poison)
+    with pytest.raises(DatasetError, match=r"'rewards': got non-finite value nan at row 5"):
+        TrajectoryDataset(traj_file)
+
+
+def test_missing_key_and_wrong_format(traj_file):
+    _tamper(traj_file, lambda f: f.__delitem__("terminations"))
+    with pytest.raises(DatasetError, match="key 'terminations': got missing"):
+        TrajectoryDataset(traj_file)
+    _tamper(traj_file, lambda f: f.attrs.__setitem__("format", "d4rl"))
+    with pytest.raises(DatasetError, match="attribute 'format'"):
+        TrajectoryDataset(traj_file)
+
+
+def test_sampled_segments_stay_inside_episodes(traj_file):
+    ds = TrajectoryDataset(traj_file)
+    seg = sample_segments(ds, 2000, 10, np.random.default_rng(0))
+    lengths = ds.episode_lengths
+    assert np.all(seg[:, 1] + seg[:, 2] <= lengths[seg[:, 0]])
+    assert 1 not in set(seg[:, 0].tolist())  # the 5-step episode is too short for T = 10
+    with pytest.raises(DatasetError, match="segment length: got 51"):
+        sample_segments(ds, 1, 51, np.random.default_rng(0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=8), t=st.integers(1, 40), seed=st.integers(0, 99))
+def test_sampler_never_crosses_episode_ends(tmp_path_factory, lengths, t, seed):
+    path = tmp_path_factory.mktemp("h") / "d.h5"
+    write_trajectories(path, make_episodes(lengths, seed=seed), env_id="Hopper-v5", behaviour_policy="b", seed=0)
+    ds = TrajectoryDataset(path)
+    if t > max(lengths):
+        with pytest.raises(DatasetError):
+            sample_segments(ds, 4, t, np.random.default_rng(seed))
+        return
+    seg = sample_segments(ds, 64, t, np.random.default_rng(seed))
+    assert np.all(seg[:, 1] >= 0) and np.all(seg[:, 1] + t <= ds.episode_lengths[seg[:, 0]])
+
+
+def test_sampler_batch_equals_per_item_gather_and_masks_short_segments(traj_file):
+    ds = TrajectoryDataset(traj_file)
+    seg_a = np.array([[0, 3, 10], [1, 0, 5], [2, 40, 10]])
+    seg_b = np.array([[2, 0, 10], [3, 2, 10], [0, 20, 4]])
+    prefs = PreferenceDataset(seg_a, seg_b, np.array([1.0, 0.0, 0.5], np.float32), np.array([0, 1, 2], np.int32))
+    batch = PreferenceSampler(ds, prefs).batch(torch.arange(3))
+    assert batch.obs.shape == (3, 2, 10, 3) and batch.act.shape == (3, 2, 10, 2) and batch.mask.shape == (3, 2, 10)
+    for i in range(3):
+        for j, seg in enumerate((seg_a[i], seg_b[i])):
+            ep, start, n = seg
+            lo = ds.episode_offsets[ep] + start
+            np.testing.assert_array_equal(batch.obs[i, j, :n].numpy(), ds.observations[lo:lo + n])
+            np.testing.assert_array_equal(batch.act[i, j, :n].numpy(), ds.actions[lo:lo + n])
+            assert batch.mask[i, j].tolist() == [True] * n + [False] * (10 - n)
+    assert batch.label.tolist() == [1.0, 0.0, 0.5] and batch.group.tolist() == [0, 1, 2]
+
+
+def test_sampler_is_deterministic_and_resumable(traj_file):
+    ds = TrajectoryDataset(traj_file)
+    prefs = label_pairs(ds, pairs=50, segment=8, teacher=ScriptedTeacher(), seed=0)
+    s1, s2 = PreferenceSampler(ds, prefs, seed=7), PreferenceSampler(ds, prefs, seed=7)
+    s1.sample(4)
+    state = s1.state_dict()
+    a = s1.sample(4)
+    s2.load_state_dict(state)
+    torch.testing.assert_close(a.obs, s2.sample(4).obs)
+
+
+def test_deterministic_teacher_follows_return_order(traj_file):
+    ds = TrajectoryDataset(traj_file)
+    prefs = label_pairs(ds, pairs=500, segment=5, teacher=ScriptedTeacher(), seed=1)
+    ra, rb = segment_returns(ds, prefs.segments_a), segment_returns(ds, prefs.segments_b)
+    expected = np.where(ra > rb, 1.0, np.where(ra < rb, 0.0, 0.5))
+    np.testing.assert_array_equal(prefs.label, expected)
+    lo = ds.episode_offsets[prefs.segments_a[0, 0]] + prefs.segments_a[0, 1]
+    assert ra[0] == pytest.approx(float(ds.rewards[lo:lo + 5].astype(np.float64).sum()))
+
+
+def test_stochastic_teacher_matches_bradley_terry_probability():
+    teacher = ScriptedTeacher(beta=0.5)
+    p = teacher.probability(np.array([2.0, 0.0, -1e6]), np.array([0.0, 0.0, 1e6]))
+    assert p.tolist() == pytest.approx([1 / (1 + np.exp(-1.0)), 0.5, 0.0])
+    rng = np.random.default_rng(0)
+    draws = rng.random(200_000) < teacher.probability(np.full(200_000, 2.0), np.zeros(200_000))
+    assert draws.mean() == pytest.approx(1 / (1 + np.exp(-1.0)), abs=0.005)
+
+
+def test_preference_file_round_trip_and_bad_labels(traj_file, tmp_path):
+    ds = TrajectoryDataset(traj_file)
+    prefs = label_pairs(ds, pairs=20, segment=6, teacher=ScriptedTeacher(beta=1.0), seed=0)
+    out = write_preferences(tmp_path / "p.h5", prefs, ds, teacher={"name": "scripted"}, seed=0)
+    back, traj = read_preferences(out)
+    np.testing.assert_array_equal(back.segments_a, prefs.segments_a)
+    np.testing.assert_array_equal(back.label, prefs.label)
+    assert traj.path.name == traj_file.name
+    before = digest(out)
+    bad = PreferenceDataset(prefs.segments_a, prefs.segments_b, prefs.label.copy(), prefs.group)
+    bad.label[3] = 1.5
+    with pytest.raises(DatasetError, match=r"'label' at pair 3: got 1.5, expected a value in \[0, 1\]"):
+        write_preferences(out, bad, ds, teacher={}, seed=0)
+    assert digest(out) == before
+
+
+def test_segment_longer_than_episode_is_rejected(traj_file, tmp_path):
+    ds = TrajectoryDataset(traj_file)
+    seg_ok = np.array([[0, 0, 5]])
+    seg_bad = np.array([[1, 2, 5]])  # episode 1 has 5 steps: start 2 + length 5 runs past its end
+    bad = PreferenceDataset(seg_ok, seg_bad, np.array([1.0], np.float32), np.zeros(1, np.int32))
+    with pytest.raises(DatasetError, match=r"'segments_b' at pair 0: got segment start 2 length 5 in episode 1, "
+                       r"expected a segment inside the episode's 5 steps"):
+        write_preferences(tmp_path / "p.h5", bad, ds, teacher={}, seed=0)
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_tampered_trajectories_are_detected_through_checksum(traj_file, tmp_path):
+    ds = TrajectoryDataset(traj_file)
+    prefs = label_pairs(ds, pairs=5, segment=4, teacher=ScriptedTeacher(), seed=0)
+    out = write_preferences(tmp_path / "p.h5", prefs, ds, teacher={}, seed=0)
+    ds.close()
+    _tamper(traj_file, lambda f: f.attrs.__setitem__("seed", 99))
+    with pytest.raises(DatasetError, match="trajectories_sha256"):
+        read_preferences(out)
+
+
+def test_unknown_dataset_name_lists_known_ones():
+    with pytest.raises(DatasetError, match=r"--dataset: dataset: got 'no-such-data', expected a card name in datasets/"):
+        load_dataset("no-such-data")

@@ -1,0 +1,142 @@
+"""The shared trainer and the agents: configs, exact resume, determinism, and that each agent learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pbrl.data.preferences import ScriptedTeacher, label_pairs, write_preferences
+from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
+from pbrl.errors import ConfigError
+from pbrl.train.config import RunConfig, build_config, parse_override
+from pbrl.train.trainer import Checkpoints, load_run, train
+
+
+def two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=0):
+    """Half the episodes act a ≈ +0.6 (reward 1 per step), half a ≈ −0.6 (reward 0). The preferred behaviour
+    is known: a > 0. BC on everything learns the average (≈ 0); a preference learner must learn a > 0."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(episodes):
+        good = i % 2 == 0
+        obs = rng.standard_normal((length, 3)).astype(np.float32)
+        act = np.clip((0.6 if good else -0.6) + 0.1 * rng.standard_normal((length, 1)), -1, 1).astype(np.float32)
+        eps.append(Episode(obs, act, np.full(length, 1.0 if good else 0.0, np.float32), False,
+                           rng.standard_normal(3).astype(np.float32), "good" if good else "bad"))
+    traj_path = write_trajectories(tmp_path / "two.h5", eps, env_id="Hopper-v5", behaviour_policy="two", seed=seed)
+    ds = TrajectoryDataset(traj_path)
+    prefs = label_pairs(ds, pairs=400, segment=8, teacher=ScriptedTeacher(), seed=seed)
+    return str(write_preferences(tmp_path / "two.prefs.h5", prefs, ds, teacher={"name": "scripted"}, seed=seed))
+
+
+def config(agent, dataset, steps=300, **overrides):
+    sets = [f"train.{k}={v}" if k in ("lr", "batch_size", "checkpoint_every", "log_every", "eval_episodes")
+            else f"agent.{k}={v}" for k, v in overrides.items()]
+    return build_config(agent, dataset, scale="cpu", overrides=["train.eval_episodes=0", "agent.hidden=64",
+                                                                  "train.log_every=50", *sets], steps=steps, seed=0)
+
+
+def mean_action(agent, n=256):
+    obs = torch.randn(n, 3, generator=torch.Generator().manual_seed(1))
+    return agent.act(obs).mean().item()
+
+
+def test_cpl_learns_the_preferred_behaviour_and_bc_does_not(tmp_path):
+    data = two_behaviour_dataset(tmp_path)
+    train(config("cpl", data, steps=400, bc_steps=100, dropout=0.0, lr=1e-3), tmp_path / "cpl", progress=False)
+    train(config("bc", data, steps=400, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
+    _, cpl, _ = load_run(tmp_path / "cpl", "cpu")
+    _, bc, _ = load_run(tmp_path / "bc", "cpu")
+    assert mean_action(cpl) > 0.4, "CPL should act like the preferred (+0.6) behaviour"
+    assert abs(mean_action(bc)) < 0.3, "BC on all data should average the two behaviours"
+
+
+def test_bc_imitates_a_deterministic_expert(tmp_path):
+    rng = np.random.default_rng(0)
+    w = np.array([[0.8], [-0.5], [0.3]], np.float32)
+    eps = []
+    for _ in range(20):
+        obs = rng.standard_normal((30, 3)).astype(np.float32)
+        eps.append(Episode(obs, np.tanh(obs @ w).astype(np.float32), rng.standard_normal(30).astype(np.float32),
+                           False, obs[-1], "expert"))
+    ds = TrajectoryDataset(write_trajectories(tmp_path / "e.h5", eps, env_id="Hopper-v5", behaviour_policy="e", seed=0))
+    prefs = label_pairs(ds, pairs=200, segment=10, teacher=ScriptedTeacher(), seed=0)
+    data = str(write_preferences(tmp_path / "e.prefs.h5", prefs, ds, teacher={}, seed=0))
+    train(config("bc", data, steps=600, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
+    _, bc, _ = load_run(tmp_path / "bc", "cpu")
+    obs = torch.randn(500, 3)
+    err = (bc.act(obs) - torch.tanh(obs @ torch.as_tensor(w))).abs().mean().item()
+    assert err < 0.08, f"BC mean absolute action error {err:.3f}"
+
+
+def test_resume_gives_exactly_the_uninterrupted_numbers(tmp_path):
+    data = two_behaviour_dataset(tmp_path, episodes=10)
+    cfg = config("cpl", data, steps=40, bc_steps=10, checkpoint_every=15)  # dropout 0.25 from the preset: RNG matters
+    assert cfg.agent_config.dropout > 0
+    train(cfg, tmp_path / "straight", progress=False)
+    assert train(cfg, tmp_path / "split", progress=False, stop_at=23) is None
+    assert not (tmp_path / "split" / "eval.json").exists()
+    train(cfg, tmp_path / "split", progress=False)
+    a = torch.load(Checkpoints(tmp_path / "straight" / "checkpoints", 1).latest(), weights_only=False)
+    b = torch.load(Checkpoints(tmp_path / "split" / "checkpoints", 1).latest(), weights_only=False)
+    assert a["step"] == b["step"] == 40
+    for k in a["agent"]:
+        assert torch.equal(a["agent"][k], b["agent"][k]), k
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    data = two_behaviour_dataset(tmp_path, episodes=10)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg = config("cpl", data, steps=20)
+        cfg.train.seed = seed
+        train(cfg, tmp_path / name, progress=False)
+    w = {n: torch.load(Checkpoints(tmp_path / n / "checkpoints", 1).latest(), weights_only=False)["agent"]
+         for n in "abc"}
+    key = "policy.net.0.weight"
+    assert torch.equal(w["a"][key], w["b"][key]) and not torch.equal(w["a"][key], w["c"][key])
+
+
+def test_run_dir_contents_and_config_mismatch(tmp_path):
+    data = two_behaviour_dataset(tmp_path, episodes=10)
+    cfg = config("bc", data, steps=20)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert {"agent", "dataset", "normalized_score", "return_mean", "return_std", "episodes", "seed"} <= set(result)
+    run = tmp_path / "run"
+    assert (run / "config.toml").exists() and (run / "eval.json").exists()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert RunConfig.load(run / "config.toml").to_dict() == cfg.to_dict()
+    other = config("bc", data, steps=20, lr=0.5)
+    with pytest.raises(ConfigError, match=r"config.toml: config: got train.lr: stored 0.0003, asked 0.5"):
+        train(other, run, progress=False)
+
+
+def test_tensorboard_events_hold_training_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = two_behaviour_dataset(tmp_path, episodes=10)
+    train(config("cpl", data, steps=100, bc_steps=20), tmp_path / "run", progress=False)
+    acc = EventAccumulator(str(tmp_path / "run"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "cpl/accuracy", "time/sample_fraction", "train/grad_norm"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [50, 100]
+
+
+def test_config_overrides_and_errors():
+    section, key, value = parse_override("agent.alpha=0.25")
+    assert (section, key, value) == ("agent", "alpha", 0.25)
+    assert parse_override("train.device=cpu")[2] == "cpu"
+    cfg = build_config("cpl", "d", scale="cpu", overrides=["agent.alpha=0.25", "train.amp=false"], steps=7)
+    assert cfg.agent_config.alpha == 0.25 and cfg.train.steps == 7 and cfg.train.amp is False
+    assert cfg.agent_config.bias == 0.5  # from agents/cpl.toml
+    paper = build_config("cpl", "d", scale="paper")
+    assert (paper.agent_config.hidden, paper.train.batch_size, paper.agent_config.bc_steps) == (512, 96, 200_000)
+    with pytest.raises(ConfigError, match=r"--agent: agent: got 'nope', expected one of \['bc', 'cpl'\]"):
+        build_config("nope", "d")
+    with pytest.raises(ConfigError, match=r"agent.alhpa: got unknown field"):
+        build_config("cpl", "d", overrides=["agent.alhpa=1"])
+    with pytest.raises(ConfigError, match=r"train.steps: got 'many' \(str\), expected int"):
+        build_config("cpl", "d", overrides=["train.steps=many"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("alpha")
