@@ -68,7 +68,7 @@ def cmd_data_label(args: argparse.Namespace) -> int:
         raise ConfigError(describe("--pairs/--segment", "value", f"{args.pairs}/{args.segment}", "positive integers"))
     if args.beta is not None and args.beta <= 0:
         raise ConfigError(describe("--beta", "rationality", args.beta, "a positive float (omit for a deterministic teacher)"))
-    data = load_dataset(args.dataset)
+    data = load_dataset(args.dataset, preferences=False)
     if args.teacher == "regret":
         teacher = RegretTeacher(beta=args.beta, gamma=0.99 if args.gamma is None else args.gamma, seed=args.seed)
     else:

@@ -34,7 +34,8 @@ def test_shipped_dataset_loads_with_card_and_checksums():
     assert data.preferences is not None and len(data.preferences) >= 1000
     assert (ROOT / "datasets" / f"{SHIPPED}.h5").stat().st_size < 20 * 2**20
     info = dataset_info(SHIPPED)
-    assert info["label_agreement"] == 1.0 and info["segment_length"] == 64
+    assert info["segment_length"] == 64 and data.card["made"]["teacher"]["name"] == "regret"
+    assert dataset_info(f"{SHIPPED}-return")["label_agreement"] == 1.0  # the return teacher follows returns
     assert info["return"]["max"] > 3 * info["return"]["p25"]  # mixed quality: the point of medium-replay
 
 

@@ -22,7 +22,7 @@ from pbrl.data.preferences import (
     write_preferences,
 )
 from pbrl.data.registry import load_dataset
-from pbrl.data.store import TrajectoryDataset, write_trajectories
+from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
 from pbrl.errors import DatasetError
 from tests.conftest import make_episodes
 
@@ -227,3 +227,50 @@ def test_tampered_trajectories_are_detected_through_checksum(traj_file, tmp_path
 def test_unknown_dataset_name_lists_known_ones():
     with pytest.raises(DatasetError, match=r"--dataset: dataset: got 'no-such-data', expected a card name in datasets/"):
         load_dataset("no-such-data")
+
+
+def test_regret_scores_match_hand_computation(traj_file):
+    from pbrl.data.preferences import RegretTeacher, discounted_returns_to_go
+
+    ds = TrajectoryDataset(traj_file)  # episodes of 30, 5, 50, 12 steps; episodes 0 and 2 terminate
+    v_rows = np.linspace(-1.0, 2.0, ds.num_transitions)
+    v_final = np.array([10.0, 20.0, 30.0, 40.0])
+    teacher = RegretTeacher(gamma=0.9)
+    segs = np.array([[0, 2, 4], [0, 26, 4], [1, 1, 4], [3, 0, 5]])
+    got = teacher.scores(ds, segs, (v_rows, v_final))
+    r = ds.rewards.astype(np.float64)
+    off = ds.episode_offsets
+    for i, (ep, start, n) in enumerate(segs):
+        lo = off[ep] + start
+        ret = sum(0.9**t * r[lo + t] for t in range(n))
+        if lo + n < off[ep + 1]:
+            v_end = v_rows[lo + n]
+        else:
+            v_end = 0.0 if ds.terminations[lo + n - 1] else v_final[ep]  # ep 0 terminates, ep 1 is truncated
+        assert got[i] == pytest.approx(ret + 0.9**n * v_end - v_rows[lo], rel=1e-10)
+    g = discounted_returns_to_go(ds, 0.5)
+    assert g[off[1] - 1] == pytest.approx(r[off[1] - 1]) and g[0] == pytest.approx(r[0] + 0.5 * g[1])
+
+
+def test_regret_teacher_prefers_the_better_action_from_the_same_kind_of_state(tmp_path):
+    """Good and bad actions from high- and low-value states: regret labels follow the action, return labels the state."""
+    from pbrl.data.preferences import RegretTeacher
+
+    rng = np.random.default_rng(0)
+    eps = []
+    for i in range(60):
+        high_state = i % 2 == 0          # state feature 1 adds +1 reward per step whatever the action
+        good = (i // 2) % 2 == 0         # action adds +0.5 per step
+        n = 40
+        obs = np.zeros((n, 2), np.float32)
+        obs[:, 0] = 1.0 if high_state else 0.0
+        obs[:, 1] = rng.standard_normal(n) * 0.01
+        rew = np.full(n, (1.0 if high_state else 0.0) + (0.5 if good else 0.0), np.float32)
+        act = np.full((n, 1), 0.5 if good else -0.5, np.float32)
+        eps.append(Episode(obs, act, rew, False, obs[-1], ""))
+    ds = TrajectoryDataset(write_trajectories(tmp_path / "r.h5", eps, env_id="Hopper-v5", behaviour_policy="x", seed=0))
+    prefs = label_pairs(ds, pairs=400, segment=10, teacher=RegretTeacher(gamma=0.9, value_steps=800), seed=0)
+    good = lambda seg: ds.actions[ds.episode_offsets[seg[:, 0]] + seg[:, 1], 0] > 0  # noqa: E731
+    decided = good(prefs.segments_a) != good(prefs.segments_b)
+    agree = (prefs.label[decided] > 0.5) == good(prefs.segments_a)[decided]
+    assert agree.mean() > 0.8

@@ -46,10 +46,11 @@ def _file_format(path: Path) -> str | None:
     return fmt.decode() if isinstance(fmt, bytes) else fmt
 
 
-def load_dataset(name_or_path: str | os.PathLike) -> LoadedDataset:
+def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True) -> LoadedDataset:
     """Load a dataset by card name (``datasets/NAME.toml``), card path, or HDF5 file path.
 
     A preference file brings its trajectory file; a trajectory file alone has no preferences.
+    ``preferences=False`` opens (and checks) only the trajectories, e.g. to label them anew.
     """
     s = str(name_or_path)
     path = Path(s)
@@ -59,6 +60,7 @@ def load_dataset(name_or_path: str | os.PathLike) -> LoadedDataset:
         fmt = _file_format(path)
         if fmt == "pbrl.preferences":
             prefs, traj = read_preferences(path)
+            prefs = prefs if preferences else None
         elif fmt == "pbrl.trajectories":
             prefs, traj = None, TrajectoryDataset(path)
         else:
@@ -71,10 +73,10 @@ def load_dataset(name_or_path: str | os.PathLike) -> LoadedDataset:
         raise DatasetError(describe("--dataset", "dataset", repr(s),
                                     f"a card name in datasets/ ({', '.join(list_resources('datasets')) or 'none found'}) "
                                     "or a path to a .h5 file"))
-    return load_card(card_path)
+    return load_card(card_path, preferences=preferences)
 
 
-def load_card(card_path: Path) -> LoadedDataset:
+def load_card(card_path: Path, *, preferences: bool = True) -> LoadedDataset:
     try:
         with open(card_path, "rb") as f:
             card = tomllib.load(f)
@@ -86,6 +88,8 @@ def load_card(card_path: Path) -> LoadedDataset:
     root = card_path.parent
     checksums = card.get("checksums", {})
     for fname, expected in checksums.items():
+        if not preferences and fname == card.get("preferences"):
+            continue
         fpath = root / fname
         if not fpath.exists():
             raise DatasetError(describe(str(fpath), "file", "missing", f"listed in {card_path.name}"))
@@ -94,7 +98,7 @@ def load_card(card_path: Path) -> LoadedDataset:
             raise DatasetError(describe(str(fpath), "sha256", got[:16] + "…", f"{expected[:16]}… as recorded in {card_path.name}"))
     traj = TrajectoryDataset(root / card["trajectories"])
     prefs = None
-    if card.get("preferences"):
+    if preferences and card.get("preferences"):
         prefs, _ = read_preferences(root / card["preferences"], traj)
     return LoadedDataset(card.get("name", card_path.stem), traj, prefs, card["env"], card)
 
