@@ -156,7 +156,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _headless_gl() -> None:
+    """Pick a headless MuJoCo GL backend before mujoco is imported: OSMesa where its library is installed
+    (Debian: libosmesa6), else EGL. An explicit MUJOCO_GL wins."""
+    import ctypes.util
+    import os
+
+    if "MUJOCO_GL" not in os.environ:
+        backend = "osmesa" if ctypes.util.find_library("OSMesa") else "egl"
+        os.environ["MUJOCO_GL"] = backend
+        if backend == "osmesa":
+            os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.video:
+        _headless_gl()
     from pbrl.envs.evaluate import evaluate
     from pbrl.train.trainer import agent_policy, load_run, write_json
 

@@ -89,3 +89,17 @@ def test_bad_input_gets_one_line_error_and_writes_nothing(tmp_path, args, messag
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pbrl: error: ") and message in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not __import__("ctypes.util").util.find_library("OSMesa"),
+                    reason="needs OSMesa for headless rendering (apt-get install libosmesa6)")
+def test_eval_writes_videos(tmp_path):
+    out = tmp_path / "bc"
+    r = run_cli("train", "--agent", "bc", "--dataset", SHIPPED, "--steps", "5", "--out", str(out), "--scale", "cpu",
+                "--set", "train.eval_episodes=1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("eval", str(out), "--episodes", "1", "--video", "1")
+    assert r.returncode == 0, r.stderr
+    video = out / "videos" / "episode_0.mp4"
+    assert video.exists() and video.stat().st_size > 1000
+    assert json.loads((out / "eval.json").read_text())["videos"] == [str(video)]

@@ -33,7 +33,7 @@ def two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=0):
 def config(agent, dataset, steps=300, **overrides):
     sets = [f"train.{k}={v}" if k in ("lr", "batch_size", "checkpoint_every", "log_every", "eval_episodes")
             else f"agent.{k}={v}" for k, v in overrides.items()]
-    return build_config(agent, dataset, scale="cpu", overrides=["train.eval_episodes=0", "agent.hidden=64",
+    return build_config(agent, dataset, scale="cpu", overrides=["train.eval_episodes=0", "agent.hidden=64", "train.device=cpu",
                                                                   "train.log_every=50", *sets], steps=steps, seed=0)
 
 

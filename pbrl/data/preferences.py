@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import pbrl
-from pbrl.data.store import TrajectoryDataset, atomic_path, commit_atomic
+from pbrl.data.store import TrajectoryDataset, atomic_h5
 from pbrl.errors import DatasetError, describe
 
 FORMAT = "pbrl.preferences"
@@ -94,24 +93,15 @@ def write_preferences(path: str | os.PathLike, prefs: PreferenceDataset, traject
     path = Path(path)
     prefs.validate(trajectories, str(path))
     rel = os.path.relpath(trajectories.path.resolve(), path.resolve().parent)
-    tmp = atomic_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["trajectories"] = rel
-            f.attrs["trajectories_sha256"] = sha256_file(trajectories.path)
-            f.attrs["teacher"] = json.dumps(teacher, sort_keys=True)
-            f.attrs["seed"] = int(seed)
-            f.attrs["pbrl_version"] = pbrl.__version__
-            f.create_dataset("segments_a", data=prefs.segments_a.astype(np.int64))
-            f.create_dataset("segments_b", data=prefs.segments_b.astype(np.int64))
-            f.create_dataset("label", data=prefs.label.astype(np.float32))
-            f.create_dataset("group", data=prefs.group.astype(np.int32))
-        commit_atomic(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_h5(path, FORMAT, FORMAT_VERSION) as f:
+        f.attrs["trajectories"] = rel
+        f.attrs["trajectories_sha256"] = sha256_file(trajectories.path)
+        f.attrs["teacher"] = json.dumps(teacher, sort_keys=True)
+        f.attrs["seed"] = int(seed)
+        f.create_dataset("segments_a", data=prefs.segments_a.astype(np.int64))
+        f.create_dataset("segments_b", data=prefs.segments_b.astype(np.int64))
+        f.create_dataset("label", data=prefs.label.astype(np.float32))
+        f.create_dataset("group", data=prefs.group.astype(np.int32))
     return path
 
 
@@ -366,4 +356,4 @@ class PreferenceSampler:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())

@@ -23,7 +23,7 @@ import tomli_w
 import tomllib
 
 from pbrl.data.preferences import PreferenceDataset, read_preferences, sha256_file
-from pbrl.data.store import TrajectoryDataset, atomic_path, commit_atomic
+from pbrl.data.store import TrajectoryDataset, atomic_write_text
 from pbrl.errors import DatasetError, describe
 from pbrl.paths import find_resource, list_resources
 
@@ -108,7 +108,4 @@ def write_card(card_path: Path, card: dict[str, Any]) -> Path:
     root = card_path.parent
     card = dict(card)
     card["checksums"] = {card[k]: sha256_file(root / card[k]) for k in ("trajectories", "preferences") if card.get(k)}
-    tmp = atomic_path(card_path)
-    tmp.write_text(tomli_w.dumps(card))
-    commit_atomic(tmp, card_path)
-    return card_path
+    return atomic_write_text(card_path, tomli_w.dumps(card))

@@ -23,6 +23,7 @@ The next observation of row i is row i+1 inside an episode, and ``final_observat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -75,6 +76,37 @@ def commit_atomic(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(text)
+        commit_atomic(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def atomic_h5(path: Path, fmt: str, version: int) -> Iterator[h5py.File]:
+    """An HDF5 file opened for writing at a temporary sibling of ``path``, moved into place only if the block
+    finishes; stamps ``format``, ``format_version``, ``pbrl_version`` and ``created``."""
+    tmp = atomic_path(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = fmt
+            f.attrs["format_version"] = version
+            f.attrs["pbrl_version"] = pbrl.__version__
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            yield f
+        commit_atomic(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _json_attr(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool, np.integer, np.floating)):
         return value
@@ -123,32 +155,22 @@ def write_trajectories(
         terminations[last] = ep.terminated
         truncations[last] = not ep.terminated
     kw = {"compression": compression} if compression else {}
-    tmp = atomic_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["env_id"] = env_id
-            f.attrs["behaviour_policy"] = behaviour_policy
-            f.attrs["seed"] = int(seed)
-            f.attrs["pbrl_version"] = pbrl.__version__
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            for k, v in (metadata or {}).items():
-                f.attrs[k] = _json_attr(v)
-            f.create_dataset("observations", data=np.concatenate([e.observations for e in episodes]).astype(np.float32), **kw)
-            f.create_dataset("actions", data=np.concatenate([e.actions for e in episodes]).astype(np.float32), **kw)
-            f.create_dataset("rewards", data=np.concatenate([e.rewards for e in episodes]).astype(np.float32), **kw)
-            f.create_dataset("terminations", data=terminations, **kw)
-            f.create_dataset("truncations", data=truncations, **kw)
-            f.create_dataset("episode_offsets", data=offsets)
-            f.create_dataset("final_observations", data=np.stack([e.final_observation for e in episodes]).astype(np.float32), **kw)
-            f.create_dataset("episode_sources", data=np.array([e.source for e in episodes], dtype=h5py.string_dtype()))
-            for k in info_keys:
-                f.create_dataset(f"infos/{k}", data=np.concatenate([e.infos[k] for e in episodes]).astype(np.float32), **kw)
-        commit_atomic(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_h5(path, FORMAT, FORMAT_VERSION) as f:
+        f.attrs["env_id"] = env_id
+        f.attrs["behaviour_policy"] = behaviour_policy
+        f.attrs["seed"] = int(seed)
+        for k, v in (metadata or {}).items():
+            f.attrs[k] = _json_attr(v)
+        f.create_dataset("observations", data=np.concatenate([e.observations for e in episodes]).astype(np.float32), **kw)
+        f.create_dataset("actions", data=np.concatenate([e.actions for e in episodes]).astype(np.float32), **kw)
+        f.create_dataset("rewards", data=np.concatenate([e.rewards for e in episodes]).astype(np.float32), **kw)
+        f.create_dataset("terminations", data=terminations, **kw)
+        f.create_dataset("truncations", data=truncations, **kw)
+        f.create_dataset("episode_offsets", data=offsets)
+        f.create_dataset("final_observations", data=np.stack([e.final_observation for e in episodes]).astype(np.float32), **kw)
+        f.create_dataset("episode_sources", data=np.array([e.source for e in episodes], dtype=h5py.string_dtype()))
+        for k in info_keys:
+            f.create_dataset(f"infos/{k}", data=np.concatenate([e.infos[k] for e in episodes]).astype(np.float32), **kw)
     return path
 
 

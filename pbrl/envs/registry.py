@@ -68,7 +68,8 @@ def make_env(name_or_id: str, *, seed: int | None = None, render_mode: str | Non
     if spec.family == "metaworld":
         import metaworld  # noqa: F401  (registers the Meta-World/* ids)
 
-        env = gym.make("Meta-World/MT1", env_name=spec.id, seed=seed, render_mode=render_mode)
+        # the passive checker warns on every step that Meta-World observations leave their declared box
+        env = gym.make("Meta-World/MT1", env_name=spec.id, seed=seed, render_mode=render_mode, disable_env_checker=True)
     elif spec.family == "mujoco":
         env = gym.make(spec.id, render_mode=render_mode)
     else:

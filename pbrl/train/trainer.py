@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from pbrl.agents import AGENTS, Agent
 from pbrl.data.preferences import PreferenceSampler
 from pbrl.data.registry import LoadedDataset, load_dataset
-from pbrl.data.store import atomic_path, commit_atomic
+from pbrl.data.store import atomic_path, atomic_write_text, commit_atomic
 from pbrl.envs.evaluate import evaluate
 from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.train.config import RunConfig
@@ -35,9 +35,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    commit_atomic(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def build_agent(cfg: RunConfig, data: LoadedDataset) -> Agent:
@@ -89,9 +87,9 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
@@ -107,9 +105,7 @@ def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
             raise ConfigError(describe(str(cfg_path), "config", "; ".join(diffs[:4]),
                                        "the same config to resume this run (or a new --out directory)"))
         return stored
-    tmp = atomic_path(cfg_path)
-    tmp.write_text(cfg.to_toml())
-    commit_atomic(tmp, cfg_path)
+    atomic_write_text(cfg_path, cfg.to_toml())
     return cfg
 
 
@@ -140,7 +136,7 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     step = 0
     latest = ckpts.latest()
     if latest is not None:
-        state = torch.load(latest, map_location=device, weights_only=False)
+        state = torch.load(latest, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
         agent.load_state_dict(state["agent"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
@@ -234,6 +230,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[RunConfi
     dev = resolve_device(device)
     data = load_dataset(cfg.dataset)
     agent = build_agent(cfg, data).to(dev)
-    agent.load_state_dict(torch.load(latest, map_location=dev, weights_only=False)["agent"])
+    agent.load_state_dict(torch.load(latest, map_location="cpu", weights_only=False)["agent"])
     agent.eval()
     return cfg, agent, data
