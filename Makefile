@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# a CPU build of torch first, unless some torch is already there (a bare `torch` pulls the CUDA build)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[metaworld,export,video,dev]"
+	$(PY) -m pip install -q -e ".[metaworld,minari,export,video,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
+	$(PY) scripts/bench_data.py
 	$(PY) scripts/bench_speed.py
 	$(PY) scripts/bench_agents.py
 

@@ -20,6 +20,8 @@ examples:
   pbrl data make --env hopper --mixture medium-replay --algo ppo --medium-steps 400000 \\
       --transitions 100000 --seed 0 --out my-hopper     # a new dataset from the simulator
   pbrl data label my-hopper --pairs 5000 --segment 64 --seed 0 --out my-hopper-prefs
+  pbrl data label my-hopper --pairs 5000 --beta 0.1 --mistake 0.1 --groups groups.toml --seed 0 --out my-hopper-noisy
+  pbrl data import-labels answers.jsonl --dataset my-hopper --out my-hopper-human
 """
 
 
@@ -59,42 +61,146 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def teacher_from_args(args: argparse.Namespace):
+    from pbrl.data.teachers import Teacher
+
+    return Teacher(utility="regret" if args.teacher == "regret" else "return", beta=args.beta, mistake=args.mistake,
+                   skip_threshold=args.skip_threshold, equal_margin=args.equal_margin, myopic=args.gamma,
+                   discount=args.discount, seed=args.seed)
+
+
 def cmd_data_label(args: argparse.Namespace) -> int:
-    from pbrl.data.preferences import RegretTeacher, ScriptedTeacher, label_pairs, write_preferences
+    from pbrl.data.pairing import make_preferences
+    from pbrl.data.preferences import write_preferences
     from pbrl.data.registry import load_dataset, write_card
+    from pbrl.data.teachers import load_groups
     from pbrl.errors import ConfigError, describe
 
     if args.pairs < 1 or args.segment < 1:
         raise ConfigError(describe("--pairs/--segment", "value", f"{args.pairs}/{args.segment}", "positive integers"))
-    if args.beta is not None and args.beta <= 0:
-        raise ConfigError(describe("--beta", "rationality", args.beta, "a positive float (omit for a deterministic teacher)"))
-    data = load_dataset(args.dataset, preferences=False)
-    if args.teacher == "regret":
-        teacher = RegretTeacher(beta=args.beta, gamma=0.99 if args.gamma is None else args.gamma, seed=args.seed)
-    else:
-        teacher = ScriptedTeacher(beta=args.beta, gamma=1.0 if args.gamma is None else args.gamma)
-    prefs = label_pairs(data.trajectories, pairs=args.pairs, segment=args.segment, teacher=teacher, seed=args.seed)
+    teacher = teacher_from_args(args)
+    groups = load_groups(args.groups, teacher) if args.groups else None
     path, card = _dataset_out(args.out, ".prefs.h5")
+    data = load_dataset(args.dataset, preferences=False)
     if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
         raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/ "
                                    "(or a path to an .h5 file)"))
-    write_preferences(path, prefs, data.trajectories, teacher=teacher.as_dict(), seed=args.seed)
+    prefs = make_preferences(data.trajectories, pairs=args.pairs, segment=args.segment, teacher=teacher, groups=groups,
+                             pairing=args.pairing, mode=args.mode, rank=args.rank, seed=args.seed)
+    how = {"teacher": teacher.as_dict(), "pairing": args.pairing, "mode": args.mode, "rank": args.rank}
+    if groups:
+        how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.as_dict()} for g in groups]
+    write_preferences(path, prefs, data.trajectories, teacher=how, seed=args.seed)
     command = "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if card is not None:
         made = dict(data.card.get("made", {}))
         made.update({"label_command": command, "label_seed": args.seed, "pairs": args.pairs, "segment": args.segment,
-                     "teacher": {k: v for k, v in teacher.as_dict().items() if v is not None}})
+                     **{k: v for k, v in how.items() if k != "groups"}})
+        if groups:
+            made["groups"] = how["groups"]
         write_card(card, {"name": args.out, "env": data.env, "trajectories": data.trajectories.path.name,
                           "preferences": path.name, "description": data.card.get("description", ""), "made": made})
     print(f"wrote {path}" + (f" and {card}" if card else ""))
+    if groups:
+        from pbrl.data.teachers import consistency_report
+
+        report = consistency_report(data.trajectories, prefs.segments_a, prefs.segments_b, prefs.label, prefs.group,
+                                    groups, prefs.skipped)
+        print(format_consistency(report))
+    return 0
+
+
+def format_consistency(report: dict[str, Any]) -> str:
+    names = report["groups"]
+    fmt = lambda v: "  –  " if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["consistency: row = whose labels, column = whose utility (fraction of decided labels that agree)",
+             f"{'':<14}{'labels':>8} " + " ".join(f"{n[:10]:>10}" for n in names)]
+    for i, n in enumerate(names):
+        lines.append(f"{n[:14]:<14}{report['labels'][i]:>8} " + " ".join(f"{fmt(v):>10}" for v in report["cross_agreement"][i]))
+    return "\n".join(lines)
+
+
+def _write_imported(args: argparse.Namespace, write, description: str) -> int:
+    """Run ``write(path)`` for ``--out`` (a name gets a card) and report."""
+    from pbrl.data.registry import write_card
+    from pbrl.data.store import TrajectoryDataset
+    from pbrl.envs.registry import get_env_spec
+
+    path, card = _dataset_out(args.out, ".h5")
+    if path.exists() and not getattr(args, "overwrite", False):
+        raise SystemExit(f"pbrl data: --out: {path} exists; expected a new name (or pass --overwrite)")
+    write(path)
+    if card is not None:
+        with TrajectoryDataset(path) as ds:
+            env = get_env_spec(ds.env_id).name
+        write_card(card, {"name": args.out, "env": env, "trajectories": path.name, "description": description,
+                          "made": {"command": "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])}})
+    print(f"wrote {path}" + (f" and {card}" if card else ""))
+    return 0
+
+
+def cmd_import_d4rl(args: argparse.Namespace) -> int:
+    from pbrl.data.formats import import_d4rl
+    from pbrl.envs.registry import get_env_spec
+
+    env_id = get_env_spec(args.env).id
+    return _write_imported(args, lambda p: import_d4rl(args.file, p, env_id=env_id), f"imported from {args.file}")
+
+
+def cmd_import_minari(args: argparse.Namespace) -> int:
+    from pbrl.data.formats import import_minari
+
+    return _write_imported(args, lambda p: import_minari(args.dataset_id, p, root=args.root, env_id=args.env),
+                           f"imported from Minari dataset {args.dataset_id}")
+
+
+def cmd_export_minari(args: argparse.Namespace) -> int:
+    from pbrl.data.formats import export_minari
+    from pbrl.data.registry import load_dataset
+
+    data = load_dataset(args.dataset, preferences=False)
+    print(f"wrote {export_minari(data.trajectories, args.dataset_id, root=args.root)}")
+    return 0
+
+
+def cmd_import_labels(args: argparse.Namespace) -> int:
+    from pbrl.data.formats import import_labels
+    from pbrl.data.preferences import write_preferences
+    from pbrl.data.registry import load_dataset, write_card
+    from pbrl.errors import ConfigError, describe
+
+    data = load_dataset(args.dataset, preferences=False)
+    prefs = import_labels(args.file, data.trajectories)
+    path, card = _dataset_out(args.out, ".prefs.h5")
+    if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
+        raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/"))
+    write_preferences(path, prefs, data.trajectories, teacher={"name": "human", "source": str(args.file)}, seed=0)
+    if card is not None:
+        write_card(card, {"name": args.out, "env": data.env, "trajectories": data.trajectories.path.name,
+                          "preferences": path.name, "description": f"human labels from {Path(args.file).name}",
+                          "made": {**data.card.get("made", {}), "label_command": "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                                   "teacher": {"name": "human"}}})
+    print(f"imported {len(prefs)} labels: wrote {path}" + (f" and {card}" if card else ""))
+    return 0
+
+
+def cmd_export_labels(args: argparse.Namespace) -> int:
+    from pbrl.data.formats import export_labels
+    from pbrl.data.registry import load_dataset
+    from pbrl.errors import DatasetError, describe
+
+    data = load_dataset(args.dataset)
+    if data.preferences is None:
+        raise DatasetError(describe(args.dataset, "preferences", "none", "a dataset with labels"))
+    print(f"wrote {export_labels(data.preferences, args.out)}")
     return 0
 
 
 def dataset_info(name: str) -> dict[str, Any]:
     import numpy as np
 
-    from pbrl.data.preferences import segment_returns
     from pbrl.data.registry import load_dataset
+    from pbrl.data.teachers import agreement, segment_returns
 
     data = load_dataset(name)
     traj = data.trajectories
@@ -113,13 +219,17 @@ def dataset_info(name: str) -> dict[str, Any]:
     if data.preferences is not None:
         p = data.preferences
         ra, rb = segment_returns(traj, p.segments_a), segment_returns(traj, p.segments_b)
-        decided = (p.label != 0.5) & (ra != rb)
-        agree = ((p.label > 0.5) == (ra > rb))[decided]
-        info.update({"pairs": len(p), "segment_length": int(p.segments_a[:, 2].max()),
-                     "label_counts": {"a": int((p.label > 0.5).sum()), "b": int((p.label < 0.5).sum()),
-                                      "equal": int((p.label == 0.5).sum())},
-                     "tie_fraction": float((p.label == 0.5).mean()), "skip_fraction": 0.0,
-                     "label_agreement": float(agree.mean()) if agree.size else None})
+        used = ~p.skipped
+        lab = p.label[used]
+        info.update({"pairs": len(p), "labelled_pairs": int(used.sum()), "queries": int(len(np.unique(p.query))),
+                     "segment_length": int(p.segments_a[:, 2].max()),
+                     "label_counts": {"a": int((lab > 0.5).sum()), "b": int((lab < 0.5).sum()),
+                                      "equal": int((lab == 0.5).sum()), "skip": int(p.skipped.sum())},
+                     "tie_fraction": float((lab == 0.5).mean()) if used.any() else 0.0,
+                     "skip_fraction": float(p.skipped.mean()),
+                     "label_agreement": agreement(lab, ra[used], rb[used]),
+                     "groups": {int(g): int((p.group[used] == g).sum()) for g in np.unique(p.group)},
+                     "annotators": int(len(set(p.annotator[used]) - {""}))})
     return info
 
 
@@ -137,8 +247,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     if info["pairs"]:
         c = info["label_counts"]
         print(f"  pairs        {info['pairs']:>10}   segment {info['segment_length']}")
-        print(f"  labels       a {c['a']}  b {c['b']}  equal {c['equal']}   tie fraction {info['tie_fraction']:.3f}"
-              f"   agreement with true return {info['label_agreement']:.3f}")
+        agree = "–" if info["label_agreement"] is None else f"{info['label_agreement']:.3f}"
+        print(f"  labels       a {c['a']}  b {c['b']}  equal {c['equal']}  skip {c['skip']}   tie fraction "
+              f"{info['tie_fraction']:.3f}   skip fraction {info['skip_fraction']:.3f}")
+        print(f"  agreement    {agree} of decided labels follow the true segment return")
+        print(f"  groups       {info['groups']}   annotators {info['annotators']}   queries {info['queries']}")
     else:
         print("  pairs        none (label some with `pbrl data label`)")
     return 0
@@ -217,11 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("dataset", help="dataset name (datasets/NAME.toml) or .h5 path")
     lb.add_argument("--pairs", type=int, required=True, help="number of pairs to label")
     lb.add_argument("--segment", type=int, default=64, help="segment length T in steps")
-    lb.add_argument("--teacher", default="scripted", choices=["scripted", "regret"],
-                    help="scripted: Bradley-Terry on the true segment return; regret: on the segment's summed "
+    lb.add_argument("--teacher", default="scripted", choices=["scripted", "return", "regret"],
+                    help="scripted/return: Bradley-Terry on the true segment return; regret: on the segment's summed "
                     "advantage Σγ^t r_t + γ^T V(s_T) − V(s_0) under a fitted value function (CPL's assumption)")
-    lb.add_argument("--beta", type=float, default=None, help="rationality β (stochastic labels); omit: deterministic")
-    lb.add_argument("--gamma", type=float, default=None, help="discount inside a segment (scripted: 1, regret: 0.99)")
+    noise = lb.add_argument_group("noise (B-Pref models, combinable)")
+    noise.add_argument("--beta", type=float, default=None, help="stochastic: rationality β; omit: deterministic")
+    noise.add_argument("--mistake", type=float, default=0.0, help="mistake: flip each label with probability ε")
+    noise.add_argument("--skip-threshold", type=float, default=None, help="skip: no label when both scores are below")
+    noise.add_argument("--equal-margin", type=float, default=0.0, help="equal: label 0.5 when scores differ by less")
+    noise.add_argument("--gamma", type=float, default=1.0, help="myopic: weight step t of T by γ^(T−1−t)")
+    lb.add_argument("--discount", type=float, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
+    lb.add_argument("--groups", default=None, metavar="FILE", help="user groups (TOML [[group]] tables: share, "
+                    "utility weights over reward terms, noise); every label carries its group id")
+    lb.add_argument("--pairing", default="uniform", choices=["uniform", "stratified", "disagreement"],
+                    help="how pairs are chosen (see pbrl.data.pairing)")
+    lb.add_argument("--mode", default="dense", choices=["dense", "sparse"],
+                    help="dense: many labels per episode; sparse: one label per pair of trajectories")
+    lb.add_argument("--rank", type=int, default=0, metavar="K", help="ask K-way rankings (stored as pairs)")
     lb.add_argument("--seed", type=int, default=0)
     lb.add_argument("--out", required=True, help="name (datasets/NAME.prefs.h5 + card) or .h5 path")
     lb.set_defaults(func=cmd_data_label)
@@ -230,6 +355,32 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("dataset", help="dataset name or .h5 path")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
     inf.set_defaults(func=cmd_data_info)
+
+    d4 = dsub.add_parser("import-d4rl", help="convert a D4RL-format HDF5 file (no d4rl package needed)")
+    d4.add_argument("file", help="HDF5 file with observations, actions, rewards, terminals, timeouts[, infos/*]")
+    d4.add_argument("--env", required=True, help="env preset or gymnasium id the data comes from, e.g. hopper")
+    d4.add_argument("--out", required=True, help="dataset name (datasets/NAME.h5 + card) or .h5 path")
+    d4.set_defaults(func=cmd_import_d4rl)
+    mi = dsub.add_parser("import-minari", help="convert a local Minari dataset")
+    mi.add_argument("dataset_id", help="e.g. pbrl/hopper-mr-v0")
+    mi.add_argument("--root", default=None, help="Minari datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari)")
+    mi.add_argument("--env", default=None, help="env preset; checked against the dataset's spaces")
+    mi.add_argument("--out", required=True, help="dataset name or .h5 path")
+    mi.set_defaults(func=cmd_import_minari)
+    me = dsub.add_parser("export-minari", help="write a dataset's trajectories as a local Minari dataset")
+    me.add_argument("dataset", help="dataset name or .h5 path")
+    me.add_argument("--dataset-id", required=True, help="Minari id, e.g. pbrl/hopper-mr-v0")
+    me.add_argument("--root", default=None, help="Minari datasets folder")
+    me.set_defaults(func=cmd_export_minari)
+    il = dsub.add_parser("import-labels", help="import human labels (JSON Lines or CSV; see pbrl.data.formats)")
+    il.add_argument("file", help=".jsonl or .csv with query_id, a_episode, a_start, a_length, b_…, choice, annotator, group, timestamp")
+    il.add_argument("--dataset", required=True, help="the trajectory dataset the segments refer to")
+    il.add_argument("--out", required=True, help="name (datasets/NAME.prefs.h5 + card) or .h5 path")
+    il.set_defaults(func=cmd_import_labels)
+    el = dsub.add_parser("export-labels", help="export a dataset's labels as JSON Lines or CSV")
+    el.add_argument("dataset", help="dataset name or preference .h5 path")
+    el.add_argument("--out", required=True, help="a .jsonl or .csv path")
+    el.set_defaults(func=cmd_export_labels)
 
     tr = sub.add_parser("train", help="train an agent from preferences (resumes when --out holds an unfinished run)",
                         epilog="Presets live in agents/NAME.toml ([cpu] and [paper] scales). Any field can be "

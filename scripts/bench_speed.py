@@ -3,9 +3,8 @@
     OMP_NUM_THREADS=1 python scripts/bench_speed.py [--batch 256] [--segment 64] [--steps 30] [--device cpu]
     python scripts/bench_speed.py --device cuda --amp --compile      # on a GPU: bf16 autocast + torch.compile
 
-Uses the shipped dataset's trajectories with freshly sampled pairs of ``--segment`` steps. Also times the
-naive per-item batch assembly (a Python loop over pairs) against the vectorised PreferenceSampler, as a
-ratio measured in the same run. Prints a markdown table; medians over ``--steps`` timed steps after warm-up.
+Uses the shipped dataset's trajectories with freshly sampled pairs of ``--segment`` steps. Prints a markdown
+table; medians over ``--steps`` timed steps after warm-up. (Batch assembly alone: scripts/bench_data.py.)
 """
 
 from __future__ import annotations
@@ -14,35 +13,12 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from pbrl.agents import CPL, CPLConfig
-from pbrl.data.preferences import PreferenceBatch, PreferenceSampler, ScriptedTeacher, label_pairs
+from pbrl.data.pairing import make_preferences
+from pbrl.data.preferences import PreferenceSampler
 from pbrl.data.registry import load_dataset
-
-
-def naive_batch(traj, prefs, index: np.ndarray, device) -> PreferenceBatch:
-    """The per-item loop a first implementation would write: slice each segment, stack."""
-    obs, act, mask = [], [], []
-    t = int(prefs.segments_a[:, 2].max())
-    for i in index:
-        o2, a2, m2 = [], [], []
-        for seg in (prefs.segments_a[i], prefs.segments_b[i]):
-            lo = traj.episode_offsets[seg[0]] + seg[1]
-            o = np.zeros((t, traj.obs_dim), np.float32)
-            a = np.zeros((t, traj.act_dim), np.float32)
-            o[: seg[2]] = traj.observations[lo:lo + seg[2]]
-            a[: seg[2]] = traj.actions[lo:lo + seg[2]]
-            o2.append(o)
-            a2.append(a)
-            m2.append(np.arange(t) < seg[2])
-        obs.append(np.stack(o2))
-        act.append(np.stack(a2))
-        mask.append(np.stack(m2))
-    return PreferenceBatch(torch.as_tensor(np.stack(obs), device=device), torch.as_tensor(np.stack(act), device=device),
-                           torch.as_tensor(prefs.label[index], device=device), torch.as_tensor(np.stack(mask), device=device),
-                           torch.as_tensor(prefs.group[index], device=device))
 
 
 def sync(device: torch.device) -> None:
@@ -98,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = load_dataset(args.dataset)
-    prefs = label_pairs(data.trajectories, pairs=5000, segment=args.segment, teacher=ScriptedTeacher(), seed=0)
+    prefs = make_preferences(data.trajectories, pairs=5000, segment=args.segment, seed=0)
     print(f"# CPL training throughput: {args.dataset}, batch {args.batch} pairs x 2 x {args.segment} steps, "
           f"device {device}{' bf16' if args.amp else ''}{' compiled' if args.compile else ''}, "
           f"{args.threads} thread(s), policy {args.policy}; median of {args.steps} steps")
@@ -108,29 +84,6 @@ def main() -> None:
         r = bench(args, hidden, dropout, device, data, prefs)
         print(f"| {hidden}x{hidden} | {dropout} | {r['steps_per_s']:.2f} | {r['step_ms']:.1f} | {r['sample_ms']:.2f} "
               f"| {100 * r['sample_fraction']:.1f} % |")
-    # batch assembly alone: vectorised sampler vs the per-item loop, same pairs, same run
-    sampler = PreferenceSampler(data.trajectories, prefs, device=device, seed=0)
-    rng = np.random.default_rng(0)
-    vec, naive = [], []
-    for _ in range(args.steps):
-        index = rng.integers(0, len(prefs), args.batch)
-        sync(device)
-        t0 = time.perf_counter()
-        sampler.batch(torch.as_tensor(index, device=device))
-        sync(device)
-        t1 = time.perf_counter()
-        naive_batch(data.trajectories, prefs, index, device)
-        sync(device)
-        t2 = time.perf_counter()
-        vec.append(t1 - t0)
-        naive.append(t2 - t1)
-    v, n = statistics.median(vec), statistics.median(naive)
-    print()
-    print("| batch assembly | batches/s | ms |")
-    print("|---|---|---|")
-    print(f"| PreferenceSampler (vectorised) | {1 / v:.1f} | {1000 * v:.2f} |")
-    print(f"| per-item Python loop | {1 / n:.1f} | {1000 * n:.2f} |")
-    print(f"| ratio (loop time / vectorised time) | {n / v:.1f}x | |")
 
 
 if __name__ == "__main__":

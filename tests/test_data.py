@@ -11,18 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbrl.data.preferences import (
-    PreferenceDataset,
-    PreferenceSampler,
-    ScriptedTeacher,
-    label_pairs,
-    read_preferences,
-    sample_segments,
-    segment_returns,
-    write_preferences,
-)
+from pbrl.data.pairing import make_preferences, sample_segments
+from pbrl.data.preferences import PreferenceDataset, PreferenceSampler, read_preferences, write_preferences
 from pbrl.data.registry import load_dataset
-from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
+from pbrl.data.store import TrajectoryDataset, write_trajectories
+from pbrl.data.teachers import Teacher, segment_returns
 from pbrl.errors import DatasetError
 from tests.conftest import make_episodes
 
@@ -159,7 +152,7 @@ def test_sampler_batch_equals_per_item_gather_and_masks_short_segments(traj_file
 
 def test_sampler_is_deterministic_and_resumable(traj_file):
     ds = TrajectoryDataset(traj_file)
-    prefs = label_pairs(ds, pairs=50, segment=8, teacher=ScriptedTeacher(), seed=0)
+    prefs = make_preferences(ds, pairs=50, segment=8, seed=0)
     s1, s2 = PreferenceSampler(ds, prefs, seed=7), PreferenceSampler(ds, prefs, seed=7)
     s1.sample(4)
     state = s1.state_dict()
@@ -170,7 +163,7 @@ def test_sampler_is_deterministic_and_resumable(traj_file):
 
 def test_deterministic_teacher_follows_return_order(traj_file):
     ds = TrajectoryDataset(traj_file)
-    prefs = label_pairs(ds, pairs=500, segment=5, teacher=ScriptedTeacher(), seed=1)
+    prefs = make_preferences(ds, pairs=500, segment=5, seed=1)
     ra, rb = segment_returns(ds, prefs.segments_a), segment_returns(ds, prefs.segments_b)
     expected = np.where(ra > rb, 1.0, np.where(ra < rb, 0.0, 0.5))
     np.testing.assert_array_equal(prefs.label, expected)
@@ -179,7 +172,7 @@ def test_deterministic_teacher_follows_return_order(traj_file):
 
 
 def test_stochastic_teacher_matches_bradley_terry_probability():
-    teacher = ScriptedTeacher(beta=0.5)
+    teacher = Teacher(beta=0.5)
     p = teacher.probability(np.array([2.0, 0.0, -1e6]), np.array([0.0, 0.0, 1e6]))
     assert p.tolist() == pytest.approx([1 / (1 + np.exp(-1.0)), 0.5, 0.0])
     rng = np.random.default_rng(0)
@@ -189,7 +182,7 @@ def test_stochastic_teacher_matches_bradley_terry_probability():
 
 def test_preference_file_round_trip_and_bad_labels(traj_file, tmp_path):
     ds = TrajectoryDataset(traj_file)
-    prefs = label_pairs(ds, pairs=20, segment=6, teacher=ScriptedTeacher(beta=1.0), seed=0)
+    prefs = make_preferences(ds, pairs=20, segment=6, teacher=Teacher(beta=1.0), seed=0)
     out = write_preferences(tmp_path / "p.h5", prefs, ds, teacher={"name": "scripted"}, seed=0)
     back, traj = read_preferences(out)
     np.testing.assert_array_equal(back.segments_a, prefs.segments_a)
@@ -216,7 +209,7 @@ def test_segment_longer_than_episode_is_rejected(traj_file, tmp_path):
 
 def test_tampered_trajectories_are_detected_through_checksum(traj_file, tmp_path):
     ds = TrajectoryDataset(traj_file)
-    prefs = label_pairs(ds, pairs=5, segment=4, teacher=ScriptedTeacher(), seed=0)
+    prefs = make_preferences(ds, pairs=5, segment=4, seed=0)
     out = write_preferences(tmp_path / "p.h5", prefs, ds, teacher={}, seed=0)
     ds.close()
     _tamper(traj_file, lambda f: f.attrs.__setitem__("seed", 99))
@@ -230,14 +223,14 @@ def test_unknown_dataset_name_lists_known_ones():
 
 
 def test_regret_scores_match_hand_computation(traj_file):
-    from pbrl.data.preferences import RegretTeacher, discounted_returns_to_go
+    from pbrl.data.teachers import advantages, discounted_returns_to_go, segment_scores
 
     ds = TrajectoryDataset(traj_file)  # episodes of 30, 5, 50, 12 steps; episodes 0 and 2 terminate
     v_rows = np.linspace(-1.0, 2.0, ds.num_transitions)
     v_final = np.array([10.0, 20.0, 30.0, 40.0])
-    teacher = RegretTeacher(gamma=0.9)
     segs = np.array([[0, 2, 4], [0, 26, 4], [1, 1, 4], [3, 0, 5]])
-    got = teacher.scores(ds, segs, (v_rows, v_final))
+    adv = advantages(ds, ds.rewards.astype(np.float64), (v_rows, v_final), 0.9)
+    got = segment_scores(ds, adv, segs, discount=0.9)
     r = ds.rewards.astype(np.float64)
     off = ds.episode_offsets
     for i, (ep, start, n) in enumerate(segs):
@@ -250,27 +243,3 @@ def test_regret_scores_match_hand_computation(traj_file):
         assert got[i] == pytest.approx(ret + 0.9**n * v_end - v_rows[lo], rel=1e-10)
     g = discounted_returns_to_go(ds, 0.5)
     assert g[off[1] - 1] == pytest.approx(r[off[1] - 1]) and g[0] == pytest.approx(r[0] + 0.5 * g[1])
-
-
-def test_regret_teacher_prefers_the_better_action_from_the_same_kind_of_state(tmp_path):
-    """Good and bad actions from high- and low-value states: regret labels follow the action, return labels the state."""
-    from pbrl.data.preferences import RegretTeacher
-
-    rng = np.random.default_rng(0)
-    eps = []
-    for i in range(60):
-        high_state = i % 2 == 0          # state feature 1 adds +1 reward per step whatever the action
-        good = (i // 2) % 2 == 0         # action adds +0.5 per step
-        n = 40
-        obs = np.zeros((n, 2), np.float32)
-        obs[:, 0] = 1.0 if high_state else 0.0
-        obs[:, 1] = rng.standard_normal(n) * 0.01
-        rew = np.full(n, (1.0 if high_state else 0.0) + (0.5 if good else 0.0), np.float32)
-        act = np.full((n, 1), 0.5 if good else -0.5, np.float32)
-        eps.append(Episode(obs, act, rew, False, obs[-1], ""))
-    ds = TrajectoryDataset(write_trajectories(tmp_path / "r.h5", eps, env_id="Hopper-v5", behaviour_policy="x", seed=0))
-    prefs = label_pairs(ds, pairs=400, segment=10, teacher=RegretTeacher(gamma=0.9, value_steps=800), seed=0)
-    good = lambda seg: ds.actions[ds.episode_offsets[seg[:, 0]] + seg[:, 1], 0] > 0  # noqa: E731
-    decided = good(prefs.segments_a) != good(prefs.segments_b)
-    agree = (prefs.label[decided] > 0.5) == good(prefs.segments_a)[decided]
-    assert agree.mean() > 0.8

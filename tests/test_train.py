@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pbrl.data.preferences import ScriptedTeacher, label_pairs, write_preferences
+from pbrl.data.pairing import make_preferences
+from pbrl.data.preferences import write_preferences
 from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
 from pbrl.errors import ConfigError
 from pbrl.train.config import RunConfig, build_config, parse_override
@@ -26,7 +27,7 @@ def two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=0):
                            rng.standard_normal(3).astype(np.float32), "good" if good else "bad"))
     traj_path = write_trajectories(tmp_path / "two.h5", eps, env_id="Hopper-v5", behaviour_policy="two", seed=seed)
     ds = TrajectoryDataset(traj_path)
-    prefs = label_pairs(ds, pairs=400, segment=8, teacher=ScriptedTeacher(), seed=seed)
+    prefs = make_preferences(ds, pairs=400, segment=8, seed=seed)
     return str(write_preferences(tmp_path / "two.prefs.h5", prefs, ds, teacher={"name": "scripted"}, seed=seed))
 
 
@@ -61,7 +62,7 @@ def test_bc_imitates_a_deterministic_expert(tmp_path):
         eps.append(Episode(obs, np.tanh(obs @ w).astype(np.float32), rng.standard_normal(30).astype(np.float32),
                            False, obs[-1], "expert"))
     ds = TrajectoryDataset(write_trajectories(tmp_path / "e.h5", eps, env_id="Hopper-v5", behaviour_policy="e", seed=0))
-    prefs = label_pairs(ds, pairs=200, segment=10, teacher=ScriptedTeacher(), seed=0)
+    prefs = make_preferences(ds, pairs=200, segment=10, seed=0)
     data = str(write_preferences(tmp_path / "e.prefs.h5", prefs, ds, teacher={}, seed=0))
     train(config("bc", data, steps=600, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
     _, bc, _ = load_run(tmp_path / "bc", "cpu")
@@ -140,3 +141,13 @@ def test_config_overrides_and_errors():
         build_config("cpl", "d", overrides=["train.steps=many"])
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("alpha")
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    data = two_behaviour_dataset(tmp_path, episodes=10)
+    cfg = config("bc", data, steps=10)
+    first = train(cfg, tmp_path / "run", progress=False)
+    ckpt = Checkpoints(tmp_path / "run" / "checkpoints", 1).latest()
+    mtime = ckpt.stat().st_mtime_ns
+    assert train(cfg, tmp_path / "run", progress=False) == first
+    assert ckpt.stat().st_mtime_ns == mtime

@@ -142,6 +142,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
         sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"], device)
         step = int(state["step"])
+    if step >= tc.steps and (out / "eval.json").exists():  # a finished run: nothing to do
+        return json.loads((out / "eval.json").read_text())
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out))

@@ -1,0 +1,326 @@
+"""Other tools' formats in and out: D4RL HDF5 files, Minari datasets, human labels as JSON Lines or CSV.
+
+No ``d4rl`` package is needed (it drags in mujoco-py and old gym): D4RL files are plain HDF5 and are read
+with h5py. Minari datasets are read and written with the ``minari`` package, from local directories only.
+
+Human labels (JSON Lines: one object per line; CSV: a header row with the same names):
+
+==============  =========================================================================================
+field           meaning
+==============  =========================================================================================
+query_id        the query's id (integer or string; rows with one id are one query, e.g. a ranking)
+a_episode       episode index of segment a in the trajectory dataset
+a_start         first step of segment a inside its episode
+a_length        number of steps of segment a
+b_episode       … the same three for segment b
+b_start
+b_length
+choice          ``a``, ``b``, ``equal``, ``skip``, or a probability in [0, 1] that a is preferred
+annotator       who answered (free text)
+group           annotator group, an integer >= 0 (optional, default 0)
+timestamp       when, ISO 8601 (optional)
+==============  =========================================================================================
+
+An import takes the whole file or nothing: every row is checked first, and the first bad one is named.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pbrl.data.preferences import PreferenceDataset
+from pbrl.data.store import Episode, TrajectoryDataset, atomic_write_text, write_trajectories
+from pbrl.errors import DatasetError, describe
+
+LABEL_FIELDS = ("query_id", "a_episode", "a_start", "a_length", "b_episode", "b_start", "b_length", "choice",
+                "annotator", "group", "timestamp")
+_CHOICES = {"a": 1.0, "b": 0.0, "equal": 0.5}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# D4RL
+# ---------------------------------------------------------------------------------------------------------
+
+def read_d4rl(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any]]:
+    """Episodes of a D4RL-format HDF5 file (``observations``, ``actions``, ``rewards``, ``terminals``,
+    ``timeouts``, optional ``next_observations`` and ``infos/*``).
+
+    An episode ends at a step whose ``terminals`` (terminated) or ``timeouts`` (truncated) flag is set; steps
+    after the last flag form a final truncated episode. The observation after an episode's last step is
+    ``next_observations[last]`` when the file has it, else the last observation itself (D4RL's MuJoCo files
+    do not store it). One-dimensional numeric ``infos/*`` arrays are kept; others are listed in the metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(describe(str(path), "file", "missing", "a D4RL-format HDF5 file"))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(describe(str(path), "file", f"unreadable ({exc})", "a valid HDF5 file")) from None
+    with f:
+        for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+            if key not in f:
+                raise DatasetError(describe(str(path), f"key '{key}'", "missing",
+                                            "the D4RL keys observations, actions, rewards, terminals, timeouts"))
+        obs, act = f["observations"][()], f["actions"][()]
+        rew = f["rewards"][()].reshape(-1)
+        term = f["terminals"][()].reshape(-1).astype(bool)
+        tout = f["timeouts"][()].reshape(-1).astype(bool)
+        n = len(obs)
+        for key, arr in (("actions", act), ("rewards", rew), ("terminals", term), ("timeouts", tout)):
+            if len(arr) != n:
+                raise DatasetError(describe(str(path), f"'{key}' length", len(arr), f"{n} (the length of 'observations')"))
+        if obs.ndim != 2 or act.ndim != 2:
+            raise DatasetError(describe(str(path), "'observations'/'actions' rank", f"{obs.ndim}/{act.ndim}", "2/2 (flat Box spaces)"))
+        if not np.all(np.isfinite(rew)):
+            bad = int(np.flatnonzero(~np.isfinite(rew))[0])
+            raise DatasetError(describe(str(path), "'rewards'", f"non-finite value {rew[bad]} at row {bad}", "finite floats"))
+        nxt = f["next_observations"][()] if "next_observations" in f else None
+        infos, skipped = {}, []
+        if "infos" in f:
+            for key in f["infos"]:
+                arr = f[f"infos/{key}"]
+                if isinstance(arr, h5py.Dataset) and arr.ndim == 1 and arr.shape[0] == n and arr.dtype.kind in "biuf":
+                    infos[key] = arr[()].astype(np.float32)
+                else:
+                    skipped.append(key)
+        meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    ends = np.flatnonzero(term | tout)
+    bounds = list(zip(np.r_[0, ends[:-1] + 1], ends + 1))
+    if not len(ends) or ends[-1] != n - 1:
+        bounds.append((int(ends[-1] + 1) if len(ends) else 0, n))
+    episodes = []
+    for lo, hi in bounds:
+        if hi <= lo:
+            continue
+        final = nxt[hi - 1] if nxt is not None else obs[hi - 1]
+        episodes.append(Episode(obs[lo:hi].astype(np.float32), act[lo:hi].astype(np.float32), rew[lo:hi].astype(np.float32),
+                                bool(term[hi - 1]), np.asarray(final, np.float32), "d4rl",
+                                {k: v[lo:hi] for k, v in infos.items()}))
+    return episodes, {"source": str(path), "d4rl_attrs": {k: str(v) for k, v in meta.items()}, "skipped_infos": skipped}
+
+
+def import_d4rl(path: str | os.PathLike, out: str | os.PathLike, *, env_id: str, seed: int = 0) -> Path:
+    episodes, meta = read_d4rl(path)
+    return write_trajectories(out, episodes, env_id=env_id, behaviour_policy=f"imported from D4RL file {Path(path).name}",
+                              seed=seed, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Minari
+# ---------------------------------------------------------------------------------------------------------
+
+def _minari_root(root: str | os.PathLike | None) -> None:
+    if root is not None:
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(root).resolve())
+
+
+def export_minari(trajectories: TrajectoryDataset, dataset_id: str, *, root: str | os.PathLike | None = None,
+                  description: str = "") -> Path:
+    """Write ``trajectories`` as the local Minari dataset ``dataset_id`` (e.g. ``pbrl/hopper-mr-v0``) under
+    ``root`` (default: Minari's own, ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``)."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    _minari_root(root)
+    buffers = []
+    for e, ep in enumerate(trajectories):
+        obs = np.concatenate([ep.observations, ep.final_observation[None]]).astype(np.float32)
+        infos = {k: np.concatenate([v[:1], v]).astype(np.float32) for k, v in ep.infos.items()}  # T + 1 like obs
+        term = np.zeros(len(ep), bool)
+        trunc = np.zeros(len(ep), bool)
+        term[-1], trunc[-1] = ep.terminated, not ep.terminated
+        buffers.append(EpisodeBuffer(id=e, observations=obs, actions=ep.actions.astype(np.float32),
+                                     rewards=ep.rewards.astype(np.float64), terminations=term, truncations=trunc,
+                                     infos=infos))
+    box = lambda d: gym.spaces.Box(-np.inf, np.inf, (d,), np.float32)  # noqa: E731
+    act_low = float(min(-1.0, trajectories.actions.min()))
+    act_high = float(max(1.0, trajectories.actions.max()))
+    ds = minari.create_dataset_from_buffers(
+        dataset_id, buffers, observation_space=box(trajectories.obs_dim),
+        action_space=gym.spaces.Box(act_low, act_high, (trajectories.act_dim,), np.float32),
+        algorithm_name=str(trajectories.metadata.get("behaviour_policy", "")),
+        description=description or f"exported by pbrl from {trajectories.path.name} (env {trajectories.env_id})",
+        author="pbrl", author_email="pbrl@localhost", code_permalink="https://github.com/pbrl/pbrl",
+        data_format="hdf5")
+    return Path(ds.spec.data_path).parent
+
+
+def read_minari(dataset_id: str, *, root: str | os.PathLike | None = None, env_id: str | None = None,
+                obs_dim: int | None = None, act_dim: int | None = None) -> tuple[list[Episode], str, dict[str, Any]]:
+    """Episodes of a local Minari dataset. ``obs_dim``/``act_dim`` (e.g. from the env preset) are checked
+    against the dataset's spaces; both must be flat Boxes."""
+    import gymnasium as gym
+    import minari
+
+    _minari_root(root)
+    try:
+        ds = minari.load_dataset(dataset_id, download=False)
+    except Exception as exc:  # minari raises several types for a missing or broken local dataset
+        raise DatasetError(describe(f"minari:{dataset_id}", "dataset", f"not loadable ({exc.__class__.__name__}: {exc})",
+                                    "a local Minari dataset (see MINARI_DATASETS_PATH)")) from None
+    for name, space, want in (("observation_space", ds.observation_space, obs_dim), ("action_space", ds.action_space, act_dim)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise DatasetError(describe(f"minari:{dataset_id}", name, repr(space), "a flat Box space"))
+        if want is not None and space.shape[0] != want:
+            raise DatasetError(describe(f"minari:{dataset_id}", f"{name} shape", space.shape, f"({want},) as the environment expects"))
+    spec_env = ds.spec.env_spec.id if ds.spec.env_spec is not None else None
+    env = env_id or spec_env
+    if env is None:
+        desc = str(ds.storage.metadata.get("description", ""))
+        if "(env " in desc:
+            env = desc.rsplit("(env ", 1)[1].rstrip(")")
+    if env is None:
+        raise DatasetError(describe(f"minari:{dataset_id}", "env_spec", "none", "an env id in the dataset or --env"))
+    episodes = []
+    for ep in ds.iterate_episodes():
+        obs = np.asarray(ep.observations, np.float32)
+        infos = {k: np.asarray(v, np.float32)[1:] for k, v in (ep.infos or {}).items()
+                 if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == len(obs)}
+        episodes.append(Episode(obs[:-1], np.asarray(ep.actions, np.float32), np.asarray(ep.rewards, np.float32),
+                                bool(ep.terminations[-1]), obs[-1], "minari", infos))
+    return episodes, env, {"source": f"minari:{dataset_id}", "minari_version": minari.__version__}
+
+
+def import_minari(dataset_id: str, out: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                  env_id: str | None = None, seed: int = 0) -> Path:
+    from pbrl.envs.registry import get_env_spec, make_env
+
+    dims = {}
+    if env_id is not None:
+        space_env = make_env(get_env_spec(env_id).name)
+        dims = {"obs_dim": space_env.observation_space.shape[0], "act_dim": space_env.action_space.shape[0]}
+        space_env.close()
+    episodes, env, meta = read_minari(dataset_id, root=root, env_id=env_id and get_env_spec(env_id).id, **dims)
+    return write_trajectories(out, episodes, env_id=env, behaviour_policy=f"imported from Minari dataset {dataset_id}",
+                              seed=seed, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# human labels
+# ---------------------------------------------------------------------------------------------------------
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(describe(f"{path}:{n}", "row", f"invalid JSON ({exc.msg})", "one JSON object per line")) from None
+            if not isinstance(obj, dict):
+                raise DatasetError(describe(f"{path}:{n}", "row", type(obj).__name__, "a JSON object"))
+            rows.append((n, obj))
+        return rows
+    if path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        missing = [k for k in LABEL_FIELDS[:8] if k not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(describe(f"{path}:1", "header", reader.fieldnames, f"columns including {list(LABEL_FIELDS[:8])}"))
+        return [(n, row) for n, row in enumerate(reader, 2)]
+    raise DatasetError(describe(str(path), "file type", repr(path.suffix), "'.jsonl' or '.csv'"))
+
+
+def _int(value: Any, where: str, name: str) -> int:
+    try:
+        if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetError(describe(where, f"field '{name}'", repr(value), "an integer")) from None
+
+
+def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> PreferenceDataset:
+    """Read human labels (JSON Lines or CSV, see the module docstring) against ``trajectories``.
+
+    Checks every row (fields, choice, segment inside its episode) before returning; the first bad row is
+    named as ``file:line``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(describe(str(path), "file", "missing", "a .jsonl or .csv file of labels"))
+    lengths = trajectories.episode_lengths
+    seg_a, seg_b, label, skipped, group, query, annotator, stamp = [], [], [], [], [], [], [], []
+    query_ids: dict[str, int] = {}
+    rows = _rows(path)
+    if not rows:
+        raise DatasetError(describe(str(path), "rows", 0, "at least one label"))
+    for n, row in rows:
+        where = f"{path}:{n}"
+        missing = [k for k in LABEL_FIELDS[:8] if row.get(k) in (None, "")]
+        if missing:
+            raise DatasetError(describe(where, f"field '{missing[0]}'", "missing", f"the fields {list(LABEL_FIELDS[:8])}"))
+        segs = []
+        for side in ("a", "b"):
+            ep, start, length = (_int(row[f"{side}_{k}"], where, f"{side}_{k}") for k in ("episode", "start", "length"))
+            if not 0 <= ep < len(lengths):
+                raise DatasetError(describe(where, f"field '{side}_episode'", ep,
+                                            f"an episode of {trajectories.path.name} (0 to {len(lengths) - 1})"))
+            if start < 0 or length < 1 or start + length > lengths[ep]:
+                raise DatasetError(describe(where, f"segment {side}", f"start {start} length {length} in episode {ep}",
+                                            f"a segment inside the episode's {int(lengths[ep])} steps"))
+            segs.append((ep, start, length))
+        choice = row["choice"]
+        if isinstance(choice, str) and choice.strip().lower() in (*_CHOICES, "skip"):
+            c = choice.strip().lower()
+            value, skip = (0.5, True) if c == "skip" else (_CHOICES[c], False)
+        else:
+            try:
+                value, skip = float(choice), False
+            except (TypeError, ValueError):
+                value = float("nan")
+            if isinstance(choice, bool) or not 0.0 <= value <= 1.0:
+                raise DatasetError(describe(where, "field 'choice'", repr(choice),
+                                            "'a', 'b', 'equal', 'skip' or a probability in [0, 1]"))
+        g = _int(row.get("group") if row.get("group") not in (None, "") else 0, where, "group")
+        if g < 0:
+            raise DatasetError(describe(where, "field 'group'", g, "an integer >= 0"))
+        seg_a.append(segs[0])
+        seg_b.append(segs[1])
+        label.append(value)
+        skipped.append(skip)
+        group.append(g)
+        query.append(query_ids.setdefault(str(row["query_id"]), len(query_ids)))
+        annotator.append(str(row.get("annotator") or ""))
+        stamp.append(str(row.get("timestamp") or ""))
+    return PreferenceDataset(np.array(seg_a, np.int64), np.array(seg_b, np.int64), np.array(label, np.float32),
+                             np.array(group, np.int32), skipped=np.array(skipped), query=np.array(query, np.int64),
+                             annotator=np.array(annotator, dtype=object), timestamp=np.array(stamp, dtype=object),
+                             attrs={"source": str(path)})
+
+
+def export_labels(prefs: PreferenceDataset, path: str | os.PathLike) -> Path:
+    """Write labels as JSON Lines or CSV (by the file's suffix), atomically."""
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".csv"):
+        raise DatasetError(describe(str(path), "file type", repr(path.suffix), "'.jsonl' or '.csv'"))
+    records = []
+    for i in range(len(prefs)):
+        lab = float(prefs.label[i])
+        choice: Any = "skip" if prefs.skipped[i] else {1.0: "a", 0.0: "b", 0.5: "equal"}.get(lab, lab)
+        a, b = prefs.segments_a[i], prefs.segments_b[i]
+        records.append({"query_id": int(prefs.query[i]), "a_episode": int(a[0]), "a_start": int(a[1]),
+                        "a_length": int(a[2]), "b_episode": int(b[0]), "b_start": int(b[1]), "b_length": int(b[2]),
+                        "choice": choice, "annotator": str(prefs.annotator[i]), "group": int(prefs.group[i]),
+                        "timestamp": str(prefs.timestamp[i])})
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(r) + "\n" for r in records)
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LABEL_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buf.getvalue()
+    return atomic_write_text(path, text)

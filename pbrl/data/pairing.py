@@ -1,0 +1,196 @@
+"""Choosing what to ask: segment sampling and pairing strategies, then labelling by teachers or user groups.
+
+Pairing strategies (``--pairing``):
+
+- ``uniform``: both segments uniform over every valid (episode, start) position;
+- ``stratified``: candidate segments are binned by true return into equal-width strata over the return
+  range; each pair takes two strata uniformly and a segment uniformly from each, so every return *level*
+  is queried equally often (rare high- or low-return segments are not drowned by the common ones);
+- ``disagreement``: a first tenth of the pairs is uniform and labelled; an ensemble of reward models
+  (MLP r(s, a), Bradley-Terry on segment sums, bootstrapped) is fitted to it, and the rest are the candidate
+  pairs on which the ensemble's P(a ≻ b) varies most (Christiano et al., 2017; Lee et al., 2021).
+
+Modes: ``dense`` (any number of labels per episode) and ``sparse`` (one label per pair of trajectories:
+each episode appears in at most one pair). ``rank=K`` asks for K-way rankings instead, stored as their
+K(K−1)/2 pairs sharing a query id.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from pbrl.core import logistic_link
+from pbrl.data.preferences import PreferenceDataset
+from pbrl.data.store import TrajectoryDataset
+from pbrl.data.teachers import Group, Teacher, check_terms, segment_returns, segment_scores
+from pbrl.errors import ConfigError, DatasetError, describe
+
+PAIRINGS = ("uniform", "stratified", "disagreement")
+
+
+def sample_segments(trajectories: TrajectoryDataset, count: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` segments of exactly ``length`` steps, uniform over every valid (episode, start) position.
+
+    Returns ``[count, 3]`` (episode, start, length). Segments never cross an episode end.
+    """
+    lengths = trajectories.episode_lengths
+    starts_per_episode = np.clip(lengths - length + 1, 0, None)
+    total = int(starts_per_episode.sum())
+    if total == 0:
+        raise DatasetError(describe(str(trajectories.path), "segment length", length,
+                                    f"at most the longest episode ({int(lengths.max())} steps)"))
+    flat = rng.integers(0, total, size=count)
+    cum = np.cumsum(starts_per_episode)
+    ep = np.searchsorted(cum, flat, side="right")
+    start = flat - (cum[ep] - starts_per_episode[ep])
+    return np.stack([ep, start, np.full(count, length)], axis=1).astype(np.int64)
+
+
+def sparse_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One pair per two distinct episodes (each episode used at most once), one random window in each."""
+    eligible = np.flatnonzero(trajectories.episode_lengths >= length)
+    if len(eligible) < 2 * pairs:
+        raise DatasetError(describe(str(trajectories.path), "episodes of at least the segment length",
+                                    len(eligible), f"at least {2 * pairs} for {pairs} sparse pairs"))
+    eps = rng.permutation(eligible)[: 2 * pairs]
+    starts = rng.integers(0, trajectories.episode_lengths[eps] - length + 1)
+    seg = np.stack([eps, starts, np.full(len(eps), length)], 1).astype(np.int64)
+    return seg[:pairs], seg[pairs:]
+
+
+def stratified_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator,
+                     strata: int = 5, candidates: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs whose segments are spread evenly over ``strata`` equal-width return levels."""
+    pool = sample_segments(trajectories, candidates * 2 * pairs, length, rng)
+    ret = segment_returns(trajectories, pool)
+    edges = np.linspace(ret.min(), ret.max(), strata + 1)[1:-1]
+    bins = np.searchsorted(edges, ret, side="right")
+    members = [np.flatnonzero(bins == b) for b in range(strata)]
+    members = [m for m in members if len(m)]
+    pick = lambda: pool[[m[rng.integers(len(m))] for m in (members[i] for i in rng.integers(len(members), size=pairs))]]  # noqa: E731
+    return pick(), pick()
+
+
+class RewardEnsemble:
+    """K MLP reward models r_k(s, a), each fitted by Bradley-Terry on segment sums to a bootstrap of the labels."""
+
+    def __init__(self, trajectories: TrajectoryDataset, members: int = 3, hidden: int = 64, seed: int = 0):
+        from pbrl.nets.mlp import mlp
+
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        x = np.concatenate([trajectories.observations, trajectories.actions], 1)
+        self.x = torch.as_tensor(x)
+        self.mean, self.std = self.x.mean(0), self.x.std(0) + 1e-3
+        self.offsets = torch.as_tensor(trajectories.episode_offsets)
+        self.models = [mlp(x.shape[1], 1, hidden, 2) for _ in range(members)]
+
+    def _rows(self, seg: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        seg = torch.as_tensor(seg)
+        steps = torch.arange(int(seg[:, 2].max()))
+        mask = steps[None] < seg[:, 2:3]
+        rows = torch.where(mask, self.offsets[seg[:, 0]][:, None] + seg[:, 1:2] + steps[None], 0)
+        return rows, mask
+
+    def _segment_sum(self, model: torch.nn.Module, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (model((self.x[rows] - self.mean) / self.std).squeeze(-1) * mask).sum(-1)
+
+    def fit(self, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray, steps: int = 300, batch: int = 64) -> None:
+        ra, ma = self._rows(seg_a)
+        rb, mb = self._rows(seg_b)
+        y = torch.as_tensor(label, dtype=torch.float32)
+        for model in self.models:
+            boot = torch.randint(len(y), (len(y),), generator=self.gen)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            for _ in range(steps):
+                i = boot[torch.randint(len(boot), (min(batch, len(boot)),), generator=self.gen)]
+                margin = self._segment_sum(model, ra[i], ma[i]) - self._segment_sum(model, rb[i], mb[i])
+                loss = logistic_link(margin, y[i]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    @torch.no_grad()
+    def step_rewards(self) -> list[np.ndarray]:
+        return [m((self.x - self.mean) / self.std).squeeze(-1).double().numpy() for m in self.models]
+
+
+def disagreement_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator,
+                       teacher: Teacher, u: np.ndarray, candidates: int = 10, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform tenth labelled first; the rest chosen where a reward-model ensemble disagrees most."""
+    first = max(1, pairs // 10)
+    a0, b0 = sample_segments(trajectories, first, length, rng), sample_segments(trajectories, first, length, rng)
+    y0, skip0 = teacher.label(trajectories, a0, b0, rng, u)
+    ensemble = RewardEnsemble(trajectories, seed=seed)
+    ensemble.fit(a0[~skip0], b0[~skip0], y0[~skip0])
+    m = candidates * (pairs - first)
+    ca, cb = sample_segments(trajectories, m, length, rng), sample_segments(trajectories, m, length, rng)
+    probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(trajectories, r, ca) - segment_scores(trajectories, r, cb),
+                                                -50, 50))) for r in ensemble.step_rewards()])
+    top = np.argsort(-probs.std(0), kind="stable")[: pairs - first]
+    return np.concatenate([a0, ca[top]]), np.concatenate([b0, cb[top]])
+
+
+def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: int, teacher: Teacher | None = None,
+                     groups: list[Group] | None = None, pairing: str = "uniform", mode: str = "dense",
+                     rank: int = 0, seed: int = 0) -> PreferenceDataset:
+    """Choose ``pairs`` queries and label them: by one ``teacher``, or by ``groups`` (each labelling its share
+    of the queries with its own teacher; every label carries its group id). ``rank=K`` asks K-way rankings
+    (``pairs`` is then the number of rankings)."""
+    if pairing not in PAIRINGS:
+        raise ConfigError(describe("--pairing", "pairing", repr(pairing), f"one of {list(PAIRINGS)}"))
+    if mode not in ("dense", "sparse"):
+        raise ConfigError(describe("--mode", "mode", repr(mode), "'dense' or 'sparse'"))
+    if rank == 1 or rank < 0:
+        raise ConfigError(describe("--rank", "K", rank, "0 (pairs) or K >= 2"))
+    rng = np.random.default_rng(seed)
+    groups = groups or [Group("all", 1.0, teacher or Teacher())]
+    for g in groups:
+        check_terms(trajectories, g.teacher, str(trajectories.path))
+    utilities = [g.teacher.utilities(trajectories) for g in groups]
+    queries = pairs
+
+    def assign() -> np.ndarray:  # drawn after the segments, so one-group datasets do not depend on it
+        if len(groups) == 1:
+            return np.zeros(queries, np.int64)
+        return rng.choice(len(groups), size=queries, p=[g.share for g in groups])
+
+    if rank >= 2:
+        segs = sample_segments(trajectories, queries * rank, segment, rng).reshape(queries, rank, 3)
+        who = assign()
+        order = np.zeros((queries, rank), np.int64)
+        for gi, g in enumerate(groups):
+            rows = np.flatnonzero(who == gi)
+            if len(rows):
+                order[rows] = g.teacher.rank(trajectories, segs[rows], rng, utilities[gi])
+        ranked = np.take_along_axis(segs, order[..., None], 1)  # best first
+        ij = np.array(list(combinations(range(rank), 2)))
+        seg_a = ranked[:, ij[:, 0]].reshape(-1, 3)
+        seg_b = ranked[:, ij[:, 1]].reshape(-1, 3)
+        n = len(ij)
+        flip = rng.random(len(seg_a)) < 0.5  # randomise which side the better segment is on
+        seg_a, seg_b = np.where(flip[:, None], seg_b, seg_a), np.where(flip[:, None], seg_a, seg_b)
+        return PreferenceDataset(seg_a, seg_b, np.where(flip, 0.0, 1.0).astype(np.float32), np.repeat(who, n).astype(np.int32),
+                                 query=np.repeat(np.arange(queries), n))
+    if mode == "sparse":
+        seg_a, seg_b = sparse_pairs(trajectories, queries, segment, rng)
+    elif pairing == "stratified":
+        seg_a, seg_b = stratified_pairs(trajectories, queries, segment, rng)
+    elif pairing == "disagreement":
+        seg_a, seg_b = disagreement_pairs(trajectories, queries, segment, rng, groups[0].teacher, utilities[0], seed=seed)
+    else:
+        seg_a = sample_segments(trajectories, queries, segment, rng)
+        seg_b = sample_segments(trajectories, queries, segment, rng)
+    who = assign()
+    label = np.zeros(queries, np.float32)
+    skipped = np.zeros(queries, bool)
+    for gi, g in enumerate(groups):
+        rows = np.flatnonzero(who == gi)
+        if len(rows):
+            label[rows], skipped[rows] = g.teacher.label(trajectories, seg_a[rows], seg_b[rows], rng, utilities[gi])
+    return PreferenceDataset(seg_a, seg_b, label, who.astype(np.int32), skipped=skipped)

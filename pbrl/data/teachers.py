@@ -1,0 +1,321 @@
+"""Scripted teachers: who prefers what, and how noisily.
+
+A teacher scores each segment with a per-step *utility* and compares two scores:
+
+- ``return``: the utility is the reward (or a user group's weighting of reward terms): Bradley-Terry on
+  segment returns;
+- ``regret``: the utility is the advantage ``r_t + γ V(s_{t+1}) − V(s_t)`` under a fitted value evaluation
+  V of the dataset's behaviour, so ``Σ_t γ^t A_t = Σ_t γ^t r_t + γ^T V(s_T) − V(s_0)``: CPL's regret model.
+
+Noise follows B-Pref (Lee et al., 2021), each a parameter, all combinable, applied in this order:
+skip (no label when both segments score below ``skip_threshold``), equal (label 0.5 when the scores differ by
+less than ``equal_margin``), myopic (step t of T weighted by ``myopic^(T−1−t)``), stochastic (label ~
+Bernoulli(σ(β Δ)); β = None is the deterministic limit β → ∞), mistake (flip with probability ε).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+
+from pbrl.data.store import TrajectoryDataset
+from pbrl.errors import ConfigError, DatasetError, describe
+
+DERIVED_TERMS = ("reward", "action_smoothness", "action_magnitude")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-step utilities and segment scores
+# ---------------------------------------------------------------------------------------------------------
+
+def utility_terms(trajectories: TrajectoryDataset) -> list[str]:
+    """Names a utility may weight: ``reward``, the derived action terms, and every ``infos/<key>``."""
+    return [*DERIVED_TERMS, *trajectories.info_keys]
+
+
+def step_utilities(trajectories: TrajectoryDataset, weights: dict[str, float] | None = None) -> np.ndarray:
+    """Per-step utility ``u_t = Σ_k w_k term_k(t)``, ``[N]`` float64; ``None`` is the reward itself.
+
+    Derived terms: ``action_smoothness = −‖a_t − a_{t−1}‖²`` (0 at an episode's first step) and
+    ``action_magnitude = −‖a_t‖²``.
+    """
+    if not weights:
+        return trajectories.rewards.astype(np.float64)
+    known = utility_terms(trajectories)
+    u = np.zeros(trajectories.num_transitions)
+    for name, w in weights.items():
+        if name == "reward":
+            term = trajectories.rewards.astype(np.float64)
+        elif name == "action_magnitude":
+            term = -(trajectories.actions.astype(np.float64) ** 2).sum(1)
+        elif name == "action_smoothness":
+            a = trajectories.actions.astype(np.float64)
+            term = np.zeros(len(a))
+            term[1:] = -((a[1:] - a[:-1]) ** 2).sum(1)
+            term[trajectories.episode_offsets[:-1]] = 0.0
+        elif name in trajectories.info_keys:
+            term = trajectories.info(name).astype(np.float64)
+        else:
+            raise ConfigError(describe(str(trajectories.path), f"utility term {name!r}", "unknown", f"one of {known}"))
+        u += float(w) * term
+    return u
+
+
+def discounted_returns_to_go(trajectories: TrajectoryDataset, gamma: float, u: np.ndarray | None = None) -> np.ndarray:
+    """Monte-Carlo ``G_t = Σ_k γ^k u_{t+k}`` to the end of each episode (u: the rewards by default), ``[N]``."""
+    u = trajectories.rewards.astype(np.float64) if u is None else u
+    out = np.zeros_like(u, dtype=np.float64)
+    offsets = trajectories.episode_offsets
+    for e in range(len(offsets) - 1):
+        g = 0.0
+        for t in range(offsets[e + 1] - 1, offsets[e] - 1, -1):
+            g = u[t] + gamma * g
+            out[t] = g
+    return out
+
+
+def fit_value_function(trajectories: TrajectoryDataset, *, gamma: float = 0.99, steps: int = 3000,
+                       batch_size: int = 512, hidden: int = 256, seed: int = 0, u: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted value evaluation of the dataset's behaviour: an MLP V(s) regressed on Monte-Carlo returns-to-go
+    of the utility ``u`` (the reward by default).
+
+    Returns ``(V(s_t) for every row [N], V(final observation) for every episode [E])``.
+    """
+    from pbrl.nets.mlp import mlp
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    obs = torch.as_tensor(trajectories.observations)
+    target = torch.as_tensor(discounted_returns_to_go(trajectories, gamma, u), dtype=torch.float32)
+    mean, std = obs.mean(0), obs.std(0) + 1e-3
+    t_mean, t_std = target.mean(), target.std() + 1e-6
+    net = mlp(obs.shape[1], 1, hidden, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        idx = torch.randint(len(obs), (batch_size,), generator=gen)
+        loss = ((net((obs[idx] - mean) / std).squeeze(-1) - (target[idx] - t_mean) / t_std) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        def value(o: torch.Tensor) -> np.ndarray:
+            return (net((o - mean) / std).squeeze(-1) * t_std + t_mean).double().numpy()
+
+        return value(obs), value(torch.as_tensor(trajectories.final_observations))
+
+
+def advantages(trajectories: TrajectoryDataset, u: np.ndarray, values: tuple[np.ndarray, np.ndarray],
+               gamma: float) -> np.ndarray:
+    """Per-step advantage ``A_t = u_t + γ V(s_{t+1}) − V(s_t)`` with V = 0 after a terminal step, ``[N]``."""
+    v_rows, v_final = values
+    offsets = trajectories.episode_offsets
+    v_next = np.empty_like(v_rows)
+    v_next[:-1] = v_rows[1:]
+    last = offsets[1:] - 1
+    v_next[last] = v_final
+    v_next[last[trajectories.terminations[last]]] = 0.0
+    return u + gamma * v_next - v_rows
+
+
+def segment_scores(trajectories: TrajectoryDataset, u: np.ndarray, segments: np.ndarray, *, discount: float = 1.0,
+                   myopic: float = 1.0) -> np.ndarray:
+    """``Σ_t myopic^(T−1−t) · discount^t · u_{start+t}`` for each segment ``[P, 3]`` -> ``[P]`` float64."""
+    offsets = trajectories.episode_offsets
+    length = segments[:, 2]
+    steps = np.arange(int(length.max()))
+    mask = steps[None] < length[:, None]
+    idx = np.where(mask, offsets[segments[:, 0]][:, None] + segments[:, 1][:, None] + steps[None], 0)
+    weights = discount ** steps[None] * myopic ** np.clip(length[:, None] - 1 - steps[None], 0, None)
+    return (u[idx] * weights * mask).sum(1)
+
+
+def segment_returns(trajectories: TrajectoryDataset, segments: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+    """True (discounted) return of each segment ``[P, 3]`` -> ``[P]`` float64."""
+    return segment_scores(trajectories, trajectories.rewards.astype(np.float64), segments, discount=gamma)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the teacher
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Teacher:
+    """A scripted teacher: a utility (``return`` or ``regret``, optionally a weighting of reward terms) and
+    the B-Pref noise models. Defaults give the deterministic, noise-free teacher."""
+
+    utility: str = "return"
+    weights: dict[str, float] | None = None   # reward terms -> weights; None: the reward
+    beta: float | None = None                  # stochastic: rationality β; None: deterministic
+    mistake: float = 0.0                       # flip probability ε
+    skip_threshold: float | None = None        # skip when both scores are below it
+    equal_margin: float = 0.0                  # label 0.5 when |Δ| < margin
+    myopic: float = 1.0                        # weight of step t of T: myopic^(T−1−t)
+    discount: float | None = None              # γ inside a segment (return: 1, regret: 0.99)
+    value_steps: int = 3000                    # regret: gradient steps of the value fit
+    seed: int = 0                              # regret: seed of the value fit
+
+    def __post_init__(self) -> None:
+        if self.utility not in ("return", "regret"):
+            raise ConfigError(describe("--teacher", "teacher", repr(self.utility), "'return' (alias 'scripted') or 'regret'"))
+        if self.beta is not None and not self.beta > 0:
+            raise ConfigError(describe("--beta", "rationality", self.beta, "a positive float (omit for deterministic labels)"))
+        if not 0.0 <= self.mistake <= 0.5:
+            raise ConfigError(describe("--mistake", "flip probability", self.mistake, "a value in [0, 0.5]"))
+        if self.equal_margin < 0:
+            raise ConfigError(describe("--equal-margin", "margin", self.equal_margin, "a non-negative float"))
+        if not 0.0 < self.myopic <= 1.0:
+            raise ConfigError(describe("--gamma", "myopic discount", self.myopic, "a value in (0, 1]"))
+
+    @property
+    def gamma(self) -> float:
+        return self.discount if self.discount is not None else (0.99 if self.utility == "regret" else 1.0)
+
+    def utilities(self, trajectories: TrajectoryDataset) -> np.ndarray:
+        """Per-step utility of this teacher on ``trajectories``, ``[N]``."""
+        u = step_utilities(trajectories, self.weights)
+        if self.utility == "regret":
+            values = fit_value_function(trajectories, gamma=self.gamma, steps=self.value_steps, seed=self.seed, u=u)
+            u = advantages(trajectories, u, values, self.gamma)
+        return u
+
+    def scores(self, trajectories: TrajectoryDataset, segments: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
+        u = self.utilities(trajectories) if u is None else u
+        return segment_scores(trajectories, u, segments, discount=self.gamma, myopic=self.myopic)
+
+    def probability(self, score_a: np.ndarray, score_b: np.ndarray) -> np.ndarray:
+        """P(a ≻ b) before mistakes: 0.5 inside the equal margin, else σ(β Δ) or the hard order."""
+        diff = score_a - score_b
+        if self.beta is None:
+            p = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
+        else:
+            p = 0.5 * (1.0 + np.tanh(0.5 * self.beta * diff))  # σ(β Δ) without overflow
+        return np.where(np.abs(diff) < self.equal_margin, 0.5, p)
+
+    def label(self, trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, rng: np.random.Generator,
+              u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Labels ``[P]`` in {0, 0.5, 1} and a skip mask ``[P]`` for pairs of segments ``[P, 3]``."""
+        u = self.utilities(trajectories) if u is None else u
+        sa, sb = self.scores(trajectories, seg_a, u), self.scores(trajectories, seg_b, u)
+        p = self.probability(sa, sb)
+        label = p if self.beta is None else np.where(p == 0.5, 0.5, (rng.random(len(p)) < p).astype(np.float64))
+        if self.mistake > 0:
+            flip = rng.random(len(label)) < self.mistake
+            label = np.where(flip, 1.0 - label, label)
+        skipped = np.zeros(len(label), bool) if self.skip_threshold is None else \
+            (sa < self.skip_threshold) & (sb < self.skip_threshold)
+        label = np.where(skipped, 0.5, label)  # a skipped query carries no answer; 0.5 is its placeholder
+        return label.astype(np.float32), skipped
+
+    def rank(self, trajectories: TrajectoryDataset, segments: np.ndarray, rng: np.random.Generator,
+             u: np.ndarray | None = None) -> np.ndarray:
+        """Order K segments per query, best first: ``segments`` [Q, K, 3] -> indices [Q, K].
+
+        Deterministic: sort by score. Stochastic: a Plackett-Luce draw with scores β·s (Gumbel-max trick).
+        Mistakes swap one random adjacent pair with probability ε.
+        """
+        u = self.utilities(trajectories) if u is None else u
+        q, k = segments.shape[:2]
+        s = self.scores(trajectories, segments.reshape(-1, 3), u).reshape(q, k)
+        if self.beta is not None:
+            s = self.beta * s + rng.gumbel(size=s.shape)
+        order = np.argsort(-s, axis=1, kind="stable")
+        if self.mistake > 0:
+            swap = rng.random(q) < self.mistake
+            pos = rng.integers(0, k - 1, q)
+            rows = np.flatnonzero(swap)
+            order[rows, pos[rows]], order[rows, pos[rows] + 1] = order[rows, pos[rows] + 1], order[rows, pos[rows]]
+        return order
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.utility, **{k: v for k, v in asdict(self).items() if k != "utility" and v is not None}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# user groups
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Group:
+    """An annotator group: a name, its share of the labels, and its own teacher (utility + noise)."""
+
+    name: str
+    share: float
+    teacher: Teacher = field(default_factory=Teacher)
+
+
+def load_groups(path: str | Path, base: Teacher | None = None) -> list[Group]:
+    """Read a groups file (TOML, one ``[[group]]`` table each)::
+
+        [[group]]
+        name = "fast"            # any label
+        share = 0.5              # fraction of the pairs this group labels (normalised over groups)
+        utility = "return"       # or "regret"
+        weights = { x_velocity = 1.0, reward_ctrl = 1.0 }   # reward terms (see utility_terms)
+        beta = 1.0               # and mistake, skip_threshold, equal_margin, myopic: as the CLI options
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(describe(str(path), "file", "missing", "a TOML groups file"))
+    try:
+        groups = tomllib.loads(path.read_text()).get("group", [])
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(describe(str(path), "groups file", f"invalid TOML ({exc})", "[[group]] tables")) from None
+    if not groups:
+        raise ConfigError(describe(str(path), "[[group]]", "none", "at least one [[group]] table"))
+    base = base or Teacher()
+    known = {f for f in Teacher.__dataclass_fields__}
+    out = []
+    for i, g in enumerate(groups):
+        extra = set(g) - known - {"name", "share"}
+        if extra:
+            raise ConfigError(describe(str(path), f"group {i} field(s) {sorted(extra)}", "unknown",
+                                       f"name, share or one of {sorted(known)}"))
+        params = {**asdict(base), **{k: v for k, v in g.items() if k in known}}
+        if "weights" in params and params["weights"] is not None:
+            params["weights"] = {str(k): float(v) for k, v in params["weights"].items()}
+        out.append(Group(str(g.get("name", f"group{i}")), float(g.get("share", 1.0)), Teacher(**params)))
+    total = sum(g.share for g in out)
+    if total <= 0:
+        raise ConfigError(describe(str(path), "share", total, "positive shares"))
+    return [Group(g.name, g.share / total, g.teacher) for g in out]
+
+
+def agreement(label: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> float | None:
+    """Fraction of decided labels (not 0.5) on pairs with different scores that follow the score order."""
+    decided = (label != 0.5) & (score_a != score_b)
+    if not decided.any():
+        return None
+    return float(((label[decided] > 0.5) == (score_a[decided] > score_b[decided])).mean())
+
+
+def consistency_report(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray,
+                       group: np.ndarray, groups: list[Group], skipped: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-group agreement with its own utility, and the cross-group matrix ``[i][j]``: how often group i's
+    labels follow group j's (noise-free) utility."""
+    if skipped is None:
+        skipped = np.zeros(len(label), bool)
+    scores = []
+    for g in groups:
+        clean = Teacher(utility=g.teacher.utility, weights=g.teacher.weights, myopic=g.teacher.myopic,
+                        discount=g.teacher.discount, value_steps=g.teacher.value_steps, seed=g.teacher.seed)
+        u = clean.utilities(trajectories)
+        scores.append((clean.scores(trajectories, seg_a, u), clean.scores(trajectories, seg_b, u)))
+    matrix = []
+    for i in range(len(groups)):
+        rows = (group == i) & ~skipped
+        matrix.append([agreement(label[rows], sa[rows], sb[rows]) for sa, sb in scores])
+    return {"groups": [g.name for g in groups], "labels": [int(((group == i) & ~skipped).sum()) for i in range(len(groups))],
+            "self_agreement": [matrix[i][i] for i in range(len(groups))], "cross_agreement": matrix}
+
+
+def check_terms(trajectories: TrajectoryDataset, teacher: Teacher, where: str) -> None:
+    for name in teacher.weights or {}:
+        if name not in utility_terms(trajectories):
+            raise DatasetError(describe(where, f"utility term {name!r}", "not in the dataset",
+                                        f"one of {utility_terms(trajectories)}"))
