@@ -40,7 +40,9 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     spec = get_env_spec(args.env)
     path, card = _dataset_out(args.out, ".h5")
     if path.exists() and not args.overwrite:
-        raise SystemExit(f"pbrl data make: --out: {path} exists; expected a new name (or pass --overwrite)")
+        from pbrl.errors import ConfigError, describe
+
+        raise ConfigError(describe("--out", "dataset file", f"{path} (exists)", "a new name (or pass --overwrite)"))
     command = "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if spec.family == "metaworld":
         noise = tuple(float(x) for x in args.noise.split(","))
@@ -89,7 +91,7 @@ def cmd_data_label(args: argparse.Namespace) -> int:
                              pairing=args.pairing, mode=args.mode, rank=args.rank, seed=args.seed)
     how = {"teacher": teacher.as_dict(), "pairing": args.pairing, "mode": args.mode, "rank": args.rank}
     if groups:
-        how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.as_dict()} for g in groups]
+        how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.params()} for g in groups]
     write_preferences(path, prefs, data.trajectories, teacher=how, seed=args.seed)
     command = "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if card is not None:
@@ -125,10 +127,11 @@ def _write_imported(args: argparse.Namespace, write, description: str) -> int:
     from pbrl.data.registry import write_card
     from pbrl.data.store import TrajectoryDataset
     from pbrl.envs.registry import get_env_spec
+    from pbrl.errors import ConfigError, describe
 
     path, card = _dataset_out(args.out, ".h5")
-    if path.exists() and not getattr(args, "overwrite", False):
-        raise SystemExit(f"pbrl data: --out: {path} exists; expected a new name (or pass --overwrite)")
+    if path.exists():
+        raise ConfigError(describe("--out", "dataset file", f"{path} (exists)", "a new name"))
     write(path)
     if card is not None:
         with TrajectoryDataset(path) as ds:
@@ -196,6 +199,20 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _groups_of(attrs: dict[str, Any]) -> list | None:
+    """The user groups recorded in a preference file's ``teacher`` attribute by `pbrl data label --groups`."""
+    from pbrl.data.teachers import Group, Teacher
+
+    try:
+        recorded = json.loads(attrs.get("teacher", "{}")).get("groups")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not recorded:
+        return None
+    fields = set(Teacher.__dataclass_fields__)
+    return [Group(g["name"], g["share"], Teacher(**{k: v for k, v in g.items() if k in fields})) for g in recorded]
+
+
 def dataset_info(name: str) -> dict[str, Any]:
     import numpy as np
 
@@ -230,6 +247,11 @@ def dataset_info(name: str) -> dict[str, Any]:
                      "label_agreement": agreement(lab, ra[used], rb[used]),
                      "groups": {int(g): int((p.group[used] == g).sum()) for g in np.unique(p.group)},
                      "annotators": int(len(set(p.annotator[used]) - {""}))})
+        groups = _groups_of(p.attrs)
+        if groups:
+            from pbrl.data.teachers import consistency_report
+
+            info["consistency"] = consistency_report(traj, p.segments_a, p.segments_b, p.label, p.group, groups, p.skipped)
     return info
 
 
@@ -252,6 +274,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
               f"{info['tie_fraction']:.3f}   skip fraction {info['skip_fraction']:.3f}")
         print(f"  agreement    {agree} of decided labels follow the true segment return")
         print(f"  groups       {info['groups']}   annotators {info['annotators']}   queries {info['queries']}")
+        if "consistency" in info:
+            print(format_consistency(info["consistency"]))
     else:
         print("  pairs        none (label some with `pbrl data label`)")
     return 0

@@ -201,3 +201,18 @@ def test_groups_share_of_one_group_keeps_old_labels(ds):
     one = make_preferences(ds, pairs=300, segment=6, teacher=Teacher(), seed=5)
     grouped = make_preferences(ds, pairs=300, segment=6, groups=[Group("all", 1.0, Teacher())], seed=5)
     np.testing.assert_array_equal(one.label, grouped.label)
+
+
+def test_cli_groups_report_in_label_and_info(tmp_path, capsys):
+    from pbrl.cli import dataset_info, main
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = tmp_path / "g.prefs.h5"
+    assert main(["data", "label", "hopper-medium-replay-small", "--groups", str(root / "docs" / "groups-hopper.toml"),
+                 "--pairs", "400", "--segment", "32", "--seed", "0", "--out", str(out)]) == 0
+    assert "consistency" in capsys.readouterr().out
+    info = dataset_info(str(out))
+    rep = info["consistency"]
+    assert rep["groups"] == ["speed", "careful"] and sum(rep["labels"]) == 400
+    assert rep["self_agreement"][0] > 0.9 and rep["self_agreement"][1] > 0.8
+    assert rep["cross_agreement"][0][1] < rep["self_agreement"][0]

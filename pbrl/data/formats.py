@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from pbrl.data.preferences import PreferenceDataset
-from pbrl.data.store import Episode, TrajectoryDataset, atomic_write_text, write_trajectories
+from pbrl.data.store import Episode, TrajectoryDataset, atomic_write_text, open_h5, write_trajectories
 from pbrl.errors import DatasetError, describe
 
 LABEL_FIELDS = ("query_id", "a_episode", "a_start", "a_length", "b_episode", "b_start", "b_length", "choice",
@@ -59,13 +59,7 @@ def read_d4rl(path: str | os.PathLike) -> tuple[list[Episode], dict[str, Any]]:
     do not store it). One-dimensional numeric ``infos/*`` arrays are kept; others are listed in the metadata.
     """
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(describe(str(path), "file", "missing", "a D4RL-format HDF5 file"))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DatasetError(describe(str(path), "file", f"unreadable ({exc})", "a valid HDF5 file")) from None
-    with f:
+    with open_h5(path, "a D4RL-format HDF5 file") as f:
         for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
             if key not in f:
                 raise DatasetError(describe(str(path), f"key '{key}'", "missing",

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pbrl.data.store import TrajectoryDataset, atomic_h5
+from pbrl.data.store import TrajectoryDataset, atomic_h5, open_h5
 from pbrl.errors import DatasetError, describe
 
 FORMAT = "pbrl.preferences"
@@ -139,13 +139,7 @@ def read_preferences(path: str | os.PathLike, trajectories: TrajectoryDataset | 
                      ) -> tuple[PreferenceDataset, TrajectoryDataset]:
     """Read and validate a preference file; opens its trajectory file unless one is given."""
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(describe(str(path), "file", "missing", "an existing pbrl preference HDF5 file"))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DatasetError(describe(str(path), "file", f"unreadable ({exc})", "a valid HDF5 file")) from None
-    with f:
+    with open_h5(path, "an existing pbrl preference HDF5 file") as f:
         if f.attrs.get("format") != FORMAT:
             raise DatasetError(describe(str(path), "attribute 'format'", repr(f.attrs.get("format")), repr(FORMAT)))
         for key in ("segments_a", "segments_b", "label"):

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import tomli_w
 import tomllib
 
 from pbrl.data.preferences import PreferenceDataset, read_preferences, sha256_file
-from pbrl.data.store import TrajectoryDataset, atomic_write_text
+from pbrl.data.store import TrajectoryDataset, atomic_write_text, open_h5
 from pbrl.errors import DatasetError, describe
 from pbrl.paths import find_resource, list_resources
 
@@ -38,11 +37,8 @@ class LoadedDataset:
 
 
 def _file_format(path: Path) -> str | None:
-    try:
-        with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
-    except OSError as exc:
-        raise DatasetError(describe(str(path), "file", f"unreadable ({exc})", "a valid HDF5 file")) from None
+    with open_h5(path, "an existing .h5 dataset file") as f:
+        fmt = f.attrs.get("format")
     return fmt.decode() if isinstance(fmt, bytes) else fmt
 
 

@@ -76,6 +76,17 @@ def commit_atomic(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def open_h5(path: Path, expected: str) -> h5py.File:
+    """Open an HDF5 file for reading, or raise DatasetError naming it (missing, or not HDF5)."""
+    if not path.exists():
+        raise DatasetError(describe(str(path), "file", "missing", expected))
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(describe(str(path), "file", f"unreadable ({exc.__class__.__name__}: {exc})",
+                                    "a valid HDF5 file")) from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
@@ -184,13 +195,7 @@ class TrajectoryDataset:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._cache: dict[str, np.ndarray] = {}
-        if not self.path.exists():
-            raise DatasetError(describe(str(self.path), "file", "missing", "an existing pbrl trajectory HDF5 file"))
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise DatasetError(describe(str(self.path), "file", f"unreadable ({exc.__class__.__name__}: {exc})",
-                                        "a valid HDF5 file")) from None
+        self._file = open_h5(self.path, "an existing pbrl trajectory HDF5 file")
         try:
             self._validate()
         except Exception:

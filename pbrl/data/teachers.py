@@ -232,8 +232,12 @@ class Teacher:
             order[rows, pos[rows]], order[rows, pos[rows] + 1] = order[rows, pos[rows] + 1], order[rows, pos[rows]]
         return order
 
+    def params(self) -> dict[str, Any]:
+        """The fields that are set (``Teacher(**t.params()) == t``)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.utility, **{k: v for k, v in asdict(self).items() if k != "utility" and v is not None}}
+        return {"name": self.utility, **{k: v for k, v in self.params().items() if k != "utility"}}
 
 
 # ---------------------------------------------------------------------------------------------------------
