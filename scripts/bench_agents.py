@@ -33,7 +33,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="gradient steps per run (default: the cpu preset's)")
     p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--set", action="append", default=[], help="override for every run, e.g. agent.policy=tanh_gaussian")
+    p.add_argument("--set", action="append", default=[],
+                   help="override for every run (agent.policy=tanh_gaussian) or for one agent (cpl:agent.bc_steps=4800)")
     p.add_argument("--out", default="runs/bench")
     args = p.parse_args()
     results = []
@@ -44,8 +45,10 @@ def main() -> None:
                 if (run / "eval.json").exists():
                     result = json.loads((run / "eval.json").read_text())
                 else:
+                    sets = [o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o for o in args.set
+                            if ":" not in o.split("=", 1)[0] or o.split(":", 1)[0] == agent]
                     cfg = build_config(agent, dataset, scale="cpu", steps=args.steps, seed=seed,
-                                       overrides=[f"train.eval_episodes={args.episodes}", *args.set])
+                                       overrides=[f"train.eval_episodes={args.episodes}", *sets])
                     result = train(cfg, run)
                 results.append(result)
                 print(f"{dataset} {agent} seed {seed}: normalized score {result['normalized_score']:.1f}"
