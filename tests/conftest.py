@@ -35,3 +35,11 @@ def traj_file(tmp_path):
     path = tmp_path / "traj.h5"
     write_trajectories(path, make_episodes([30, 5, 50, 12]), env_id="Hopper-v5", behaviour_policy="synthetic", seed=0)
     return path
+
+
+def write_episodes(path, lengths, seed=0):
+    """A synthetic trajectory file with episodes of the given lengths, opened for reading."""
+    from pbrl.data.store import TrajectoryDataset
+
+    write_trajectories(path, make_episodes(lengths, seed=seed), env_id="Hopper-v5", behaviour_policy="b", seed=0)
+    return TrajectoryDataset(path)

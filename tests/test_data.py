@@ -17,7 +17,7 @@ from pbrl.data.registry import load_dataset
 from pbrl.data.store import TrajectoryDataset, write_trajectories
 from pbrl.data.teachers import Teacher, segment_returns
 from pbrl.errors import DatasetError
-from tests.conftest import make_episodes
+from tests.conftest import make_episodes, write_episodes
 
 
 def digest(path):
@@ -122,9 +122,7 @@ def test_sampled_segments_stay_inside_episodes(traj_file):
 @settings(max_examples=40, deadline=None)
 @given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=8), t=st.integers(1, 40), seed=st.integers(0, 99))
 def test_sampler_never_crosses_episode_ends(tmp_path_factory, lengths, t, seed):
-    path = tmp_path_factory.mktemp("h") / "d.h5"
-    write_trajectories(path, make_episodes(lengths, seed=seed), env_id="Hopper-v5", behaviour_policy="b", seed=0)
-    ds = TrajectoryDataset(path)
+    ds = write_episodes(tmp_path_factory.mktemp("h") / "d.h5", lengths, seed)
     if t > max(lengths):
         with pytest.raises(DatasetError):
             sample_segments(ds, 4, t, np.random.default_rng(seed))

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from pbrl.data.store import Episode, atomic_path, commit_atomic, write_trajectories
+from pbrl.data.store import Episode, atomic_path, atomic_write_text, write_trajectories
 from pbrl.envs.registry import EnvSpec, get_env_spec, make_env
 from pbrl.errors import ConfigError, describe
 
@@ -132,12 +132,6 @@ class BehaviourRun:
             return pickle.load(f)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = atomic_path(path)
-    tmp.write_bytes(data)
-    commit_atomic(tmp, path)
-
-
 def _build_vec_env(env_name: str, seed: int, source: str):
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -201,11 +195,10 @@ def train_behaviour(env_name: str, *, algo: str = "sac", steps: int, seed: int, 
                 tmp = atomic_path(norm_path)
                 venv.save(str(tmp))
                 os.replace(tmp, norm_path)
-            _atomic_write_bytes(run.directory / "episodes.pkl", pickle.dumps(recorder.episodes))
+            atomic_write_text(run.directory / "episodes.pkl", pickle.dumps(recorder.episodes))
             recent = [float(e.rewards.sum()) for e in recorder.episodes[-20:]]
-            _atomic_write_bytes(run.progress_file, json.dumps(
-                {"steps": done, "episodes": len(recorder.episodes), "recent_return": float(np.mean(recent)) if recent else None}
-            ).encode())
+            atomic_write_text(run.progress_file, json.dumps(
+                {"steps": done, "episodes": len(recorder.episodes), "recent_return": float(np.mean(recent)) if recent else None}))
             bar.update(n)
             bar.set_postfix(recent_return=f"{np.mean(recent):.0f}" if recent else "-")
     venv.close()

@@ -87,12 +87,15 @@ def open_h5(path: Path, expected: str) -> h5py.File:
                                     "a valid HDF5 file")) from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically: readers see the old file or the whole new one, never a part."""
+def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> Path:
+    """Write a text (or bytes) file atomically: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = atomic_path(path)
     try:
-        tmp.write_text(text)
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text)
         commit_atomic(tmp, path)
     finally:
         if tmp.exists():
