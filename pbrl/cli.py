@@ -310,11 +310,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.video:
         _headless_gl()
     from pbrl.envs.evaluate import evaluate
-    from pbrl.train.trainer import agent_policy, load_run, write_json
+    from pbrl.train.trainer import actor_policy, load_run, write_json
 
     cfg, agent, data = load_run(args.run_dir, args.device)
     device = next(agent.parameters()).device
-    result = evaluate(agent_policy(agent, device), args.env or data.env, episodes=args.episodes, seed=args.seed,
+    result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env, episodes=args.episodes, seed=args.seed,
                       video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video)
     result = {"agent": cfg.agent, "dataset": data.name, **{k: v for k, v in result.items() if k != "seed"},
               "seed": cfg.train.seed, "eval_seed": args.seed}

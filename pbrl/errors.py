@@ -18,3 +18,7 @@ class ConfigError(PbrlError):
 def describe(where: str, field: str, got: object, expected: str) -> str:
     """Build the standard one-line message: `<where>: <field>: got <got>, expected <expected>`."""
     return f"{where}: {field}: got {got}, expected {expected}"
+
+
+class NonFiniteError(PbrlError):
+    """A loss or parameter became NaN or infinite during training; nothing non-finite is written."""

@@ -19,6 +19,7 @@ from pbrl.agents import CPL, CPLConfig
 from pbrl.data.pairing import make_preferences
 from pbrl.data.preferences import PreferenceSampler
 from pbrl.data.registry import load_dataset
+from pbrl.train.trainer import data_spec
 
 
 def sync(device: torch.device) -> None:
@@ -29,8 +30,8 @@ def sync(device: torch.device) -> None:
 def bench(args, hidden: int, dropout: float, device: torch.device, data, prefs) -> dict:
     torch.manual_seed(0)
     traj = data.trajectories
-    agent = CPL(CPLConfig(hidden=hidden, layers=2, dropout=dropout, policy=args.policy, bc_steps=0), traj.obs_dim,
-                traj.act_dim).to(device)
+    agent = CPL(CPLConfig(hidden_layers=[hidden, hidden], dropout=dropout, policy=args.policy, bc_steps=0),
+                data_spec(traj)).to(device)
     opt = torch.optim.AdamW(agent.parameters(), lr=1e-4)
     sampler = PreferenceSampler(traj, prefs, device=device, seed=0)
     loss_fn = torch.compile(agent.loss) if args.compile else agent.loss

@@ -34,7 +34,7 @@ def two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=0):
 def config(agent, dataset, steps=300, **overrides):
     sets = [f"train.{k}={v}" if k in ("lr", "batch_size", "checkpoint_every", "log_every", "eval_episodes")
             else f"agent.{k}={v}" for k, v in overrides.items()]
-    return build_config(agent, dataset, scale="cpu", overrides=["train.eval_episodes=0", "agent.hidden=64", "train.device=cpu",
+    return build_config(agent, dataset, scale="cpu", overrides=["train.eval_episodes=0", "agent.hidden_layers=[64, 64]", "train.device=cpu",
                                                                   "train.log_every=50", *sets], steps=steps, seed=0)
 
 
@@ -132,8 +132,8 @@ def test_config_overrides_and_errors():
     assert cfg.agent_config.alpha == 0.25 and cfg.train.steps == 7 and cfg.train.amp is False
     assert cfg.agent_config.bias == 0.5  # from agents/cpl.toml
     paper = build_config("cpl", "d", scale="paper")
-    assert (paper.agent_config.hidden, paper.train.batch_size, paper.agent_config.bc_steps) == (512, 96, 200_000)
-    with pytest.raises(ConfigError, match=r"--agent: agent: got 'nope', expected one of \['bc', 'cpl'\]"):
+    assert (paper.agent_config.hidden_layers, paper.train.batch_size, paper.agent_config.bc_steps) == ([512, 512], 96, 200_000)
+    with pytest.raises(ConfigError, match=r"--agent: agent: got 'nope', expected one of \['bc', 'cpl', 'iql-mr', 'iql-oracle', 'iql-pt', 'sft'\]"):
         build_config("nope", "d")
     with pytest.raises(ConfigError, match=r"agent.alhpa: got unknown field"):
         build_config("cpl", "d", overrides=["agent.alhpa=1"])

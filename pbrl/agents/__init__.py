@@ -1,9 +1,15 @@
-"""Agents: each a config dataclass, ``loss(batch, step)`` and ``act(obs)``. ``AGENTS`` maps CLI names to classes."""
+"""Agents: each a config dataclass, the batches it trains on, its loss and its actor. ``AGENTS`` maps CLI names to
+classes."""
 
-from pbrl.agents.base import Agent, AgentConfig, LossOutput
+from pbrl.agents.base import Agent, AgentConfig, DataSpec, LossOutput, PolicyConfig
 from pbrl.agents.bc import BC, BCConfig
 from pbrl.agents.cpl import CPL, CPLConfig
+from pbrl.agents.iql import IQL, IQLConfig
+from pbrl.agents.reward_model import IQLMR, IQLPT, IQLMRConfig, RewardModel, RewardModelConfig
+from pbrl.agents.sft import SFT, SFTConfig
 
-AGENTS: dict[str, type[Agent]] = {"bc": BC, "cpl": CPL}
+AGENTS: dict[str, type[Agent]] = {"bc": BC, "cpl": CPL, "sft": SFT, "iql-oracle": IQL, "iql-mr": IQLMR, "iql-pt": IQLPT}
 
-__all__ = ["AGENTS", "BC", "CPL", "Agent", "AgentConfig", "BCConfig", "CPLConfig", "LossOutput"]
+__all__ = ["AGENTS", "BC", "CPL", "IQL", "IQLMR", "IQLPT", "SFT", "Agent", "AgentConfig", "BCConfig", "CPLConfig",
+           "DataSpec", "IQLConfig", "IQLMRConfig", "LossOutput", "PolicyConfig", "RewardModel", "RewardModelConfig",
+           "SFTConfig"]

@@ -1,37 +1,64 @@
-"""What every agent shares: a config dataclass, ``loss(batch, step)`` and ``act(obs)``. The trainer owns the rest."""
+"""What every agent declares; the trainer owns the rest (devices, logging, files, the loop).
+
+An agent is an ``nn.Module`` with
+- ``Config``: its config dataclass, and ``batches``: the batch kind it trains on (``preferences``,
+  ``transitions`` or ``windows``: see :mod:`pbrl.data.preferences` and :mod:`pbrl.data.transitions`);
+- ``optimizers()``: named parameter groups with their optimiser settings and schedules (default: one
+  optimiser, ``main``, over every trainable parameter);
+- ``loss(batch, step)``: a :class:`LossOutput`, one loss or one per optimiser;
+- per-step hooks: ``after_step(step)`` (target networks, EMA) and ``reset_optimizers(step)`` (phase switches);
+- frozen modules (``self.freeze(module)``: checkpointed, never optimised, always in eval mode);
+- ``actor(num_envs, seed)``: the evaluation actor (:mod:`pbrl.agents.actors`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from pbrl.data.preferences import PreferenceBatch
+from pbrl.agents.actors import Actor, PolicyActor
 from pbrl.errors import ConfigError, describe
-from pbrl.nets.mlp import DeterministicTanhPolicy, TanhGaussianPolicy
+from pbrl.nets.mlp import POLICY_HEADS
+from pbrl.train.loop import LossOutput, OptimizerSpec
 
-POLICY_HEADS = {"tanh_gaussian": TanhGaussianPolicy, "deterministic": DeterministicTanhPolicy}
+BATCH_KINDS = ("preferences", "transitions", "windows")
 
 
 @dataclass
 class AgentConfig:
-    """Policy network fields shared by the MLP-policy agents."""
+    """Fields every agent has (none yet); agents subclass it."""
 
-    policy: str = "tanh_gaussian"  # tanh_gaussian | deterministic (log π = −‖μ(s) − a‖², CPL's official actor)
-    hidden: int = 256          # width of each hidden layer
-    layers: int = 2            # number of hidden layers
-    dropout: float = 0.0       # dropout after each hidden layer (CPL's paper: 0.25)
+
+@dataclass
+class PolicyConfig(AgentConfig):
+    """An MLP policy head (BC, SFT, CPL, IQL's actor)."""
+
+    policy: str = "tanh_gaussian"  # tanh_gaussian | deterministic (log π = −‖μ(s) − a‖², CPL's official actor) | gaussian
+    hidden_layers: list[int] = field(default_factory=lambda: [256, 256])  # width of each hidden layer
+    dropout: float = 0.0           # dropout after each hidden layer (CPL's paper: 0.25)
     log_std_min: float = -5.0
     log_std_max: float = 2.0
 
 
 @dataclass(frozen=True)
-class LossOutput:
-    """A scalar loss to minimise and detached diagnostics (logged as TensorBoard scalars)."""
+class DataSpec:
+    """What an agent may know of its data: dimensions and observation statistics ``[obs_dim]``."""
 
-    loss: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
+    obs_dim: int
+    act_dim: int
+    obs_mean: Tensor
+    obs_std: Tensor
+
+
+def build_policy(cfg: PolicyConfig, spec: DataSpec) -> nn.Module:
+    if cfg.policy not in POLICY_HEADS:
+        raise ConfigError(describe("agent.policy", "policy head", repr(cfg.policy), f"one of {sorted(POLICY_HEADS)}"))
+    return POLICY_HEADS[cfg.policy](spec.obs_dim, spec.act_dim, hidden_layers=cfg.hidden_layers, dropout=cfg.dropout,
+                                    log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+                                    obs_mean=spec.obs_mean, obs_std=spec.obs_std)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -41,24 +68,50 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 class Agent(nn.Module):
-    """Base agent with a tanh-Gaussian MLP policy, built from the dataset's dimensions and observation statistics."""
+    Config: ClassVar[type[AgentConfig]] = AgentConfig
+    batches: ClassVar[str] = "preferences"
 
-    Config = AgentConfig
-
-    def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, obs_mean: Tensor | None = None,
-                 obs_std: Tensor | None = None):
+    def __init__(self, cfg: AgentConfig, spec: DataSpec):
         super().__init__()
         self.cfg = cfg
-        if cfg.policy not in POLICY_HEADS:
-            raise ConfigError(describe("agent.policy", "policy head", repr(cfg.policy), f"one of {sorted(POLICY_HEADS)}"))
-        self.policy = POLICY_HEADS[cfg.policy](obs_dim, act_dim, hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout,
-                                         log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
-                                         obs_mean=obs_mean, obs_std=obs_std)
+        self.spec = spec
+        self._frozen: list[str] = []
 
-    def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
+    # -- what the loop asks -------------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"main": OptimizerSpec([p for p in self.parameters() if p.requires_grad])}
+
+    def loss(self, batch, step: int) -> LossOutput:
         raise NotImplementedError
 
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step (``step`` counts from 0)."""
+
+    def reset_optimizers(self, step: int) -> list[str]:
+        """Names of optimisers whose state is reset before ``step`` (a phase switch); none by default."""
+        return []
+
+    # -- frozen modules -----------------------------------------------------------------------------------
+    def freeze(self, name: str, module: nn.Module) -> nn.Module:
+        """Register ``module`` as ``self.<name>``: in the checkpoint, never optimised, always in eval mode."""
+        module.requires_grad_(False)
+        module.eval()
+        setattr(self, name, module)
+        self._frozen.append(name)
+        return module
+
+    def train(self, mode: bool = True) -> Agent:
+        super().train(mode)
+        for name in self._frozen:
+            getattr(self, name).eval()
+        return self
+
+    # -- acting -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
         """Deterministic action for a batch of observations ``[N, obs_dim] -> [N, act_dim]``."""
         return self.policy(obs)
+
+    def actor(self, num_envs: int, seed: int = 0) -> Actor:
+        """The evaluation actor for ``num_envs`` environments (its own generator, seeded with ``seed``)."""
+        return PolicyActor(self.act, num_envs, seed=seed)

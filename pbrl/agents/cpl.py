@@ -9,24 +9,28 @@ from dataclasses import dataclass
 
 import torch
 
-from pbrl.agents.base import Agent, AgentConfig, LossOutput
-from pbrl.agents.bc import bc_loss
+from pbrl.agents.base import LossOutput
+from pbrl.agents.bc import BC, BCConfig, bc_loss
 from pbrl.core import cpl_loss
 from pbrl.data.preferences import PreferenceBatch
 
 
 @dataclass
-class CPLConfig(AgentConfig):
+class CPLConfig(BCConfig):
     alpha: float = 0.1        # temperature: A(σ) = α Σ γ^t log π(a_t|s_t)
     gamma: float = 1.0        # discount inside a segment
     bias: float = 0.5         # conservative bias λ on the rejected segment (1.0 = plain Bradley-Terry)
     bc_weight: float = 0.0    # weight of the BC term on all segments after the warm start
     bc_steps: int = 0         # BC-only warm start (paper: 200k of 500k steps)
+    reset_optimizer: bool = False  # restart AdamW's moments when the CPL phase begins
 
 
-class CPL(Agent):
+class CPL(BC):
     Config = CPLConfig
     cfg: CPLConfig
+
+    def reset_optimizers(self, step: int) -> list[str]:
+        return ["main"] if self.cfg.reset_optimizer and step == self.cfg.bc_steps > 0 else []
 
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
         logp = self.policy.log_prob(batch.obs, batch.act)  # [B, 2, T]

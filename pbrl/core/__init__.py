@@ -9,9 +9,15 @@ from pbrl.core.links import (
     squared_link,
 )
 from pbrl.core.losses import DPO_LOSS_TYPES, cpl_loss, dpo_loss
+from pbrl.core.offline_rl import advantage_weights, awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.core.scores import cpl_score, discount_weights, dpo_implicit_reward, masked_discounted_sum, segment_return
 
 __all__ = [
+    "advantage_weights",
+    "awr_actor_loss",
+    "expectile_loss",
+    "td_target",
+    "twin_q_loss",
     "DPO_LOSS_TYPES",
     "biased_logistic_link",
     "cpl_loss",

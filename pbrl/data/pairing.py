@@ -81,13 +81,14 @@ class RewardEnsemble:
     def __init__(self, trajectories: TrajectoryDataset, members: int = 3, hidden: int = 64, seed: int = 0):
         from pbrl.nets.mlp import mlp
 
-        torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)
         x = np.concatenate([trajectories.observations, trajectories.actions], 1)
         self.x = torch.as_tensor(x)
         self.mean, self.std = self.x.mean(0), self.x.std(0) + 1e-3
         self.offsets = torch.as_tensor(trajectories.episode_offsets)
-        self.models = [mlp(x.shape[1], 1, hidden, 2) for _ in range(members)]
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.models = [mlp(x.shape[1], 1, [hidden, hidden]) for _ in range(members)]
 
     def _rows(self, seg: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         seg = torch.as_tensor(seg)

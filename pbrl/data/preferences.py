@@ -176,7 +176,7 @@ class PreferenceBatch:
     """A batch of B pairs of segments of length T.
 
     ``obs`` [B, 2, T, obs_dim], ``act`` [B, 2, T, act_dim], ``label`` [B] (1: segment 0 preferred),
-    ``mask`` [B, 2, T] (True on real steps), ``group`` [B].
+    ``mask`` [B, 2, T] (True on real steps), ``group`` [B], ``timestep`` [B, 2, T] (step within the episode).
     """
 
     obs: Tensor
@@ -184,10 +184,11 @@ class PreferenceBatch:
     label: Tensor
     mask: Tensor
     group: Tensor
+    timestep: Tensor | None = None
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
-        return PreferenceBatch(*(getattr(self, k).to(device, non_blocking=True)
-                                 for k in ("obs", "act", "label", "mask", "group")))
+        return PreferenceBatch(*(None if getattr(self, k) is None else getattr(self, k).to(device, non_blocking=True)
+                                 for k in ("obs", "act", "label", "mask", "group", "timestep")))
 
 
 class PreferenceSampler:
@@ -208,6 +209,7 @@ class PreferenceSampler:
             raise DatasetError(describe(str(trajectories.path), "labelled pairs", 0, "at least one pair that is not skipped"))
         seg = torch.stack([torch.as_tensor(prefs.segments_a[used]), torch.as_tensor(prefs.segments_b[used])], 1).to(self.device)
         self.start = offsets[seg[..., 0]] + seg[..., 1]           # [P, 2] global row of each segment's first step
+        self.first_timestep = seg[..., 1]                          # [P, 2] its step within the episode
         self.length = seg[..., 2]                                  # [P, 2]
         self.label = torch.as_tensor(prefs.label[used], device=self.device)
         self.group = torch.as_tensor(prefs.group[used], device=self.device).long()
@@ -223,7 +225,8 @@ class PreferenceSampler:
         """The pairs at ``index`` [B] as a PreferenceBatch."""
         mask = self.steps < self.length[index][..., None]                       # [B, 2, T]
         rows = torch.where(mask, self.start[index][..., None] + self.steps, 0)  # [B, 2, T]
-        return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index])
+        timestep = torch.where(mask, self.first_timestep[index][..., None] + self.steps, 0)
+        return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index], timestep)
 
     def sample(self, batch_size: int) -> PreferenceBatch:
         index = torch.randint(len(self), (batch_size,), generator=self.generator, device=self.device)

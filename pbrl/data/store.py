@@ -27,7 +27,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 
 import pbrl
 from pbrl.errors import DatasetError, describe
+from pbrl.io import atomic_path, atomic_write_text, commit_atomic  # noqa: F401  (re-exported)
 
 FORMAT = "pbrl.trajectories"
 FORMAT_VERSION = 1
@@ -60,22 +60,6 @@ class Episode:
         return len(self.rewards)
 
 
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` (same directory, so ``os.replace`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def commit_atomic(tmp: Path, path: Path) -> None:
-    """Move a finished temporary file into place in one step (mode 0644 less the umask, like a normal file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def open_h5(path: Path, expected: str) -> h5py.File:
     """Open an HDF5 file for reading, or raise DatasetError naming it (missing, or not HDF5)."""
     if not path.exists():
@@ -85,22 +69,6 @@ def open_h5(path: Path, expected: str) -> h5py.File:
     except OSError as exc:
         raise DatasetError(describe(str(path), "file", f"unreadable ({exc.__class__.__name__}: {exc})",
                                     "a valid HDF5 file")) from None
-
-
-def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> Path:
-    """Write a text (or bytes) file atomically: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        if isinstance(text, bytes):
-            tmp.write_bytes(text)
-        else:
-            tmp.write_text(text)
-        commit_atomic(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 @contextlib.contextmanager

@@ -90,12 +90,13 @@ def fit_value_function(trajectories: TrajectoryDataset, *, gamma: float = 0.99, 
     from pbrl.nets.mlp import mlp
 
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     obs = torch.as_tensor(trajectories.observations)
     target = torch.as_tensor(discounted_returns_to_go(trajectories, gamma, u), dtype=torch.float32)
     mean, std = obs.mean(0), obs.std(0) + 1e-3
     t_mean, t_std = target.mean(), target.std() + 1e-6
-    net = mlp(obs.shape[1], 1, hidden, 2)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = mlp(obs.shape[1], 1, [hidden, hidden])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(steps):
         idx = torch.randint(len(obs), (batch_size,), generator=gen)

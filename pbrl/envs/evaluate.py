@@ -12,7 +12,7 @@ import numpy as np
 
 from pbrl.envs.registry import get_env_spec, make_env
 
-BatchPolicy = Callable[[np.ndarray], np.ndarray]  # obs [N, obs_dim] -> actions [N, act_dim]
+BatchPolicy = Callable[[np.ndarray], np.ndarray]  # obs [N, obs_dim] -> actions [N, act_dim]; optional .reset(mask [N])
 
 
 def evaluate(policy: BatchPolicy, env_name: str, *, episodes: int = 10, seed: int = 0,
@@ -25,6 +25,9 @@ def evaluate(policy: BatchPolicy, env_name: str, *, episodes: int = 10, seed: in
     spec = get_env_spec(env_name)
     envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(spec.name, seed=seed + i) for i in range(episodes)])
     obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+    reset = getattr(policy, "reset", None)  # a stateful actor (history, action chunks) starts its episodes
+    if reset is not None:
+        reset(np.ones(episodes, dtype=bool))
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     success = np.zeros(episodes, dtype=bool)
@@ -66,6 +69,8 @@ def record_videos(policy: BatchPolicy, env_name: str, out_dir: Path, episodes: i
     for i in range(episodes):
         env = make_env(env_name, seed=seed + i, render_mode="rgb_array")
         obs, _ = env.reset(seed=seed + i)
+        if getattr(policy, "reset", None) is not None:
+            policy.reset(np.ones(1, dtype=bool))
         frames = [env.render()]
         done = False
         while not done:

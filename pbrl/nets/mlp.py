@@ -1,20 +1,21 @@
-"""MLP backbones and the tanh-Gaussian policy head used by BC and CPL."""
+"""MLP backbones: policy heads (tanh-Gaussian, deterministic, Gaussian with a tanh mean), Q and V networks."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, *, dropout: float = 0.0,
+def mlp(in_dim: int, out_dim: int, hidden_layers: Sequence[int], *, dropout: float = 0.0,
         activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """``layers`` hidden layers of width ``hidden`` (each Linear -> activation -> Dropout), then a Linear."""
+    """One hidden layer per entry of ``hidden_layers`` (each Linear -> activation -> Dropout), then a Linear."""
     mods: list[nn.Module] = []
     d = in_dim
-    for _ in range(layers):
+    for hidden in hidden_layers:
         mods += [nn.Linear(d, hidden), activation()]
         if dropout > 0:
             mods.append(nn.Dropout(dropout))
@@ -42,13 +43,13 @@ class TanhGaussianPolicy(nn.Module):
     are clipped to ``±(1 − action_eps)`` first, since actions on the bound have no finite pre-image.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, *, hidden: int = 256, layers: int = 2, dropout: float = 0.0,
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden_layers: Sequence[int] = (256, 256), dropout: float = 0.0,
                  log_std_min: float = -5.0, log_std_max: float = 2.0, action_eps: float = 1e-3,
                  obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
         super().__init__()
         self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
                                         obs_std if obs_std is not None else torch.ones(obs_dim))
-        self.net = mlp(obs_dim, 2 * act_dim, hidden, layers, dropout=dropout)
+        self.net = mlp(obs_dim, 2 * act_dim, hidden_layers, dropout=dropout)
         self.act_dim = act_dim
         self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
 
@@ -84,12 +85,12 @@ class DeterministicTanhPolicy(nn.Module):
     Bounded above by 0, so CPL's contrastive term cannot push a preferred segment's likelihood to infinity.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, *, hidden: int = 256, layers: int = 2, dropout: float = 0.0,
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden_layers: Sequence[int] = (256, 256), dropout: float = 0.0,
                  obs_mean: Tensor | None = None, obs_std: Tensor | None = None, **_: float):
         super().__init__()
         self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
                                         obs_std if obs_std is not None else torch.ones(obs_dim))
-        self.net = mlp(obs_dim, act_dim, hidden, layers, dropout=dropout)
+        self.net = mlp(obs_dim, act_dim, hidden_layers, dropout=dropout)
         self.act_dim = act_dim
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -97,3 +98,53 @@ class DeterministicTanhPolicy(nn.Module):
 
     def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         return -((self(obs) - act) ** 2).sum(-1)
+
+
+class GaussianPolicy(nn.Module):
+    """π(a|s) = N(tanh(f(s)), diag(σ²)) with a state-independent learned log σ (IQL's locomotion actor, as CORL
+    builds it). ``log_prob(obs [..., obs_dim], act [..., act_dim]) -> [...]``; ``forward`` is the mean action."""
+
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden_layers: Sequence[int] = (256, 256), dropout: float = 0.0,
+                 log_std_min: float = -20.0, log_std_max: float = 2.0, obs_mean: Tensor | None = None,
+                 obs_std: Tensor | None = None, **_: float):
+        super().__init__()
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        self.net = mlp(obs_dim, act_dim, hidden_layers, dropout=dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.act_dim = act_dim
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.net(self.normalizer(obs)))
+
+    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        log_std = self.log_std.clamp(self.log_std_min, self.log_std_max)
+        z = (act - self(obs)) / log_std.exp()
+        return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mu = self(obs)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return (mu + self.log_std.clamp(self.log_std_min, self.log_std_max).exp() * noise).clamp(-1.0, 1.0)
+
+
+class ValueNet(nn.Module):
+    """V(s) or, with ``act_dim``, Q(s, a): an MLP on normalised observations (and actions) -> ``[...]``."""
+
+    def __init__(self, obs_dim: int, act_dim: int = 0, *, hidden_layers: Sequence[int] = (256, 256),
+                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+        super().__init__()
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        self.net = mlp(obs_dim + act_dim, 1, hidden_layers)
+
+    def forward(self, obs: Tensor, act: Tensor | None = None) -> Tensor:
+        x = self.normalizer(obs)
+        if act is not None:
+            x = torch.cat([x, act], -1)
+        return self.net(x).squeeze(-1)
+
+
+POLICY_HEADS: dict[str, type[nn.Module]] = {"tanh_gaussian": TanhGaussianPolicy, "deterministic": DeterministicTanhPolicy,
+                                            "gaussian": GaussianPolicy}

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,30 +16,9 @@ import tomllib
 from pbrl.agents import AGENTS, AgentConfig
 from pbrl.errors import ConfigError, describe
 from pbrl.paths import find_resource
+from pbrl.train.loop import TrainConfig
 
 SCALES = ("cpu", "paper")
-
-
-@dataclass
-class TrainConfig:
-    """The shared trainer's settings (any agent)."""
-
-    steps: int = 10_000            # gradient steps
-    batch_size: int = 32           # pairs of segments per step
-    lr: float = 1e-4               # AdamW learning rate
-    weight_decay: float = 1e-4     # AdamW weight decay
-    grad_clip: float = 1.0         # max global gradient norm (0 disables)
-    seed: int = 0                  # fixes the initialisation, batches and dropout
-    device: str = "auto"           # auto | cpu | cuda | mps
-    threads: int = 1               # torch CPU threads (1 is fastest on a shared 2-core machine)
-    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False          # torch.compile the loss (GPU)
-    log_every: int = 100           # TensorBoard scalars every N steps
-    checkpoint_every: int = 1000   # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 2      # how many recent checkpoints to keep
-    eval_every: int = 0            # evaluate in the simulator every N steps (0: only at the end)
-    eval_episodes: int = 10        # episodes per evaluation
-    eval_seed: int = 100_000       # env seeds eval_seed + i, apart from training seeds
 
 
 @dataclass
@@ -53,7 +34,8 @@ class RunConfig:
                 "train": dataclasses.asdict(self.train), "agent": dataclasses.asdict(self.agent_config)}
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        d = self.to_dict()  # TOML has no null: an unset optional field is left out and reads back as None
+        return tomli_w.dumps({s: {k: v for k, v in t.items() if v is not None} for s, t in d.items()})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
@@ -86,13 +68,49 @@ def _set_field(cfg: RunConfig, section: str, key: str, value: Any, where: str) -
     fields = {f.name: f for f in dataclasses.fields(target)}
     if key not in fields:
         raise ConfigError(describe(where, f"{section}.{key}", "unknown field", f"one of {sorted(fields)}"))
-    current = getattr(target, key)
-    expected = type(current)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(describe(where, f"{section}.{key}", f"{value!r} ({type(value).__name__})", expected.__name__))
-    setattr(target, key, value)
+    hint = typing.get_type_hints(type(target))[key]
+    coerced = _coerce(value, hint)
+    if coerced is _INVALID:
+        raise ConfigError(describe(where, f"{section}.{key}", f"{value!r} ({type(value).__name__})", _type_name(hint)))
+    setattr(target, key, coerced)
+
+
+_INVALID = object()
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` checked against a field's type hint (int, float, bool, str, ``list[X]``, ``X | None``); ints are
+    accepted for floats; anything else is ``_INVALID``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None):
+                if value is None or (isinstance(value, str) and value.lower() == "none"):
+                    return None
+                continue
+            got = _coerce(value, option)
+            if got is not _INVALID:
+                return got
+        return _INVALID
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list):
+            return _INVALID
+        items = [_coerce(v, item) for v in value]
+        return _INVALID if any(i is _INVALID for i in items) else items
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        return _INVALID
+    return value if isinstance(value, hint) else _INVALID
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -1,25 +1,31 @@
-"""The one training loop: AdamW, gradient clipping, bf16 autocast on CUDA, TensorBoard scalars, a progress bar,
-atomic checkpoints with exact resume, periodic and final evaluation in the simulator."""
+"""The control wiring around the one loop (:mod:`pbrl.train.loop`): load the dataset, build the agent and the
+sampler of the batches it declares, fit a reward model first where the agent learns its reward, train, and
+evaluate in the simulator through the agent's actor."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pbrl.agents import AGENTS, Agent
-from pbrl.data.preferences import PreferenceSampler
+from pbrl.agents.base import DataSpec
+from pbrl.agents.reward_model import RewardModel, accuracy
+from pbrl.data.preferences import PreferenceDataset, PreferenceSampler
 from pbrl.data.registry import LoadedDataset, load_dataset
-from pbrl.data.store import atomic_path, atomic_write_text, commit_atomic
+from pbrl.data.store import TrajectoryDataset
+from pbrl.data.transitions import TransitionSampler, WindowSampler, check_rewards, returns_scale
 from pbrl.envs.evaluate import evaluate
 from pbrl.errors import ConfigError, DatasetError, describe
+from pbrl.io import atomic_write_text
 from pbrl.train.config import RunConfig
+from pbrl.train.loop import Checkpoints, TrainConfig, run_loop
+
+__all__ = ["Checkpoints", "actor_policy", "build_agent", "load_run", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,58 +44,42 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def data_spec(trajectories: TrajectoryDataset) -> DataSpec:
+    obs = trajectories.observations.astype(np.float64)
+    return DataSpec(trajectories.obs_dim, trajectories.act_dim, torch.as_tensor(obs.mean(0)),
+                    torch.as_tensor(obs.std(0) + 1e-3))
+
+
 def build_agent(cfg: RunConfig, data: LoadedDataset) -> Agent:
-    obs = data.trajectories.observations.astype(np.float64)
-    mean, std = torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0) + 1e-3)
-    return AGENTS[cfg.agent](cfg.agent_config, data.trajectories.obs_dim, data.trajectories.act_dim, mean, std)
+    return AGENTS[cfg.agent](cfg.agent_config, data_spec(data.trajectories))
 
 
-def agent_policy(agent: Agent, device: torch.device):
-    """numpy obs [N, obs_dim] -> numpy actions [N, act_dim] with the agent in eval mode."""
+def actor_policy(agent: Agent, num_envs: int, device: torch.device, seed: int = 0):
+    """numpy obs [N, obs_dim] -> numpy actions [N, act_dim] through the agent's actor; ``.reset(mask)`` resets it."""
+    actor = agent.actor(num_envs, seed=seed)
 
     def policy(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return agent.act(torch.as_tensor(obs, device=device)).float().cpu().numpy()
+            return actor(torch.as_tensor(obs, device=device)).float().cpu().numpy()
 
+    policy.reset = actor.reset  # type: ignore[attr-defined]
     return policy
 
 
-class Checkpoints:
-    """``DIR/checkpoints/step_XXXXXXXX.pt``, written atomically, the newest ``keep`` kept."""
-
-    def __init__(self, directory: Path, keep: int):
-        self.directory = directory
-        self.keep = keep
-
-    def all(self) -> list[Path]:
-        return sorted(self.directory.glob("step_*.pt"))
-
-    def latest(self) -> Path | None:
-        found = self.all()
-        return found[-1] if found else None
-
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"step_{step:08d}.pt"
-        tmp = atomic_path(path)
-        torch.save(state, tmp)
-        commit_atomic(tmp, path)
-        for old in self.all()[: -self.keep]:
-            old.unlink()
-        return path
+def needs_preferences(agent: str) -> bool:
+    cls = AGENTS[agent]
+    return cls.batches == "preferences" or getattr(cls, "learned_reward", False)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
+    """Everything that can be refused before a file is written."""
+    cls = AGENTS[cfg.agent]
+    if needs_preferences(cfg.agent) and (data.preferences is None or len(data.preferences.used) == 0):
+        what = "a reward model" if getattr(cls, "learned_reward", False) else f"agent {cfg.agent!r}"
+        raise DatasetError(describe(cfg.dataset, "preferences", "none", f"preference labels for {what} "
+                                    "(label the dataset with `pbrl data label`)"))
+    if cls.batches == "transitions" and not getattr(cls, "learned_reward", False):
+        check_rewards(data.trajectories, data.trajectories.rewards, cfg.dataset)
 
 
 def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
@@ -109,6 +99,98 @@ def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
     return cfg
 
 
+def split_pairs(prefs: PreferenceDataset, holdout: float, seed: int) -> tuple[PreferenceDataset, PreferenceDataset]:
+    """Labelled pairs split into (train, held out) by a seeded permutation; skipped pairs are dropped."""
+    used = prefs.used
+    order = np.random.default_rng(seed).permutation(used)
+    n_hold = int(round(holdout * len(order)))
+    if holdout > 0 and (n_hold < 1 or n_hold >= len(order)):
+        raise DatasetError(describe("reward_holdout", "held-out pairs", n_hold, f"between 1 and {len(order) - 1} "
+                                    f"of {len(order)} labelled pairs"))
+    pick = lambda idx: PreferenceDataset(prefs.segments_a[idx], prefs.segments_b[idx], prefs.label[idx],  # noqa: E731
+                                         prefs.group[idx], query=prefs.query[idx])
+    return pick(np.sort(order[n_hold:])), pick(np.sort(order[:n_hold]))
+
+
+@torch.no_grad()
+def holdout_accuracy(model: RewardModel, sampler: PreferenceSampler, chunk: int = 256) -> float:
+    model.eval()
+    margins, labels = [], []
+    for start in range(0, len(sampler), chunk):
+        batch = sampler.batch(torch.arange(start, min(start + chunk, len(sampler)), device=sampler.device))
+        margins.append(model.margins(batch))
+        labels.append(batch.label)
+    return float(accuracy(torch.cat(margins, 1), torch.cat(labels)))
+
+
+@torch.no_grad()
+def relabel(model: RewardModel, trajectories: TrajectoryDataset, device: torch.device, chunk: int = 2048) -> np.ndarray:
+    """The model's reward of every transition, ``[N]`` float64."""
+    model.eval()
+    windows = WindowSampler(trajectories, context=model.relabel_context, device=device)
+    out = []
+    for start in range(0, len(windows), chunk):
+        w = windows.batch(torch.arange(start, min(start + chunk, len(windows)), device=device))
+        out.append(model.window_reward(w.obs, w.act, w.timestep, w.mask).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.device, progress: bool
+                 ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Fit the reward model of an ``iql-mr`` / ``iql-pt`` run in ``out`` (resumable); returns the relabelled,
+    min-max normalised rewards ``[N]`` and a summary, or None when stopped early."""
+    ac = cfg.agent_config
+    prefs = data.preferences
+    segment = int(max(prefs.segments_a[:, 2].max(), prefs.segments_b[:, 2].max()))
+    train_pairs, held_pairs = split_pairs(prefs, ac.reward_holdout, cfg.train.seed)
+    tc = TrainConfig(steps=ac.reward_steps, batch_size=ac.reward_batch_size, lr=ac.reward_lr, weight_decay=0.0,
+                     grad_clip=0.0, seed=cfg.train.seed, device=cfg.train.device, threads=cfg.train.threads,
+                     amp=cfg.train.amp, log_every=min(cfg.train.log_every, ac.reward_steps),
+                     checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=1)
+    torch.manual_seed(tc.seed)
+    model = RewardModel(ac.reward_config(segment), data_spec(data.trajectories)).to(device)
+    sampler = PreferenceSampler(data.trajectories, train_pairs, device=device, seed=tc.seed)
+    held = PreferenceSampler(data.trajectories, held_pairs, device=device, seed=tc.seed) if len(held_pairs) else None
+
+    def log_holdout(step: int, writer) -> None:
+        if held is not None:
+            writer.add_scalar("reward/holdout_accuracy", holdout_accuracy(model, held), step)
+
+    tc.eval_every = max(tc.steps // 4, 1)
+    result = run_loop(model, lambda: sampler.sample(tc.batch_size), tc, out, device=device,
+                      stateful={"sampler": sampler}, evaluate=log_holdout, progress=progress,
+                      desc=f"reward model ({ac.reward_model})")
+    if not result.finished:
+        return None
+    raw = relabel(model, data.trajectories, device)
+    lo, hi = float(raw.min()), float(raw.max())
+    rewards = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+    true = data.trajectories.rewards.astype(np.float64)
+    summary = {"reward_model": ac.reward_model, "steps": result.step, "train_pairs": len(train_pairs),
+               "holdout_pairs": len(held_pairs),
+               "holdout_accuracy": holdout_accuracy(model, held) if held is not None else None,
+               "train_accuracy": holdout_accuracy(model, PreferenceSampler(data.trajectories, split_pairs(
+                   train_pairs, 0.0, 0)[0] if len(train_pairs) <= 2000 else split_pairs(
+                   train_pairs, 2000 / len(train_pairs), tc.seed)[1], device=device)),
+               "reward_correlation": float(np.corrcoef(raw, true)[0, 1]) if true.std() > 0 and raw.std() > 0 else None}
+    write_json(out / "summary.json", summary)
+    return rewards, summary
+
+
+def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torch.device,
+                 rewards: np.ndarray | None = None):
+    kind = type(agent).batches
+    if kind == "preferences":
+        return PreferenceSampler(data.trajectories, data.preferences, device=device, seed=cfg.train.seed)
+    if kind == "transitions":
+        r = data.trajectories.rewards if rewards is None else rewards
+        scale = returns_scale(data.trajectories, r) if cfg.agent_config.reward_scale == "returns" else 1.0
+        return TransitionSampler(data.trajectories, rewards=r, scale=scale, device=device, seed=cfg.train.seed)
+    if kind == "windows":
+        return WindowSampler(data.trajectories, context=cfg.agent_config.context, device=device, seed=cfg.train.seed)
+    raise ConfigError(describe(cfg.agent, "batches", repr(kind), "preferences, transitions or windows"))
+
+
 def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop_at: int | None = None
           ) -> dict[str, Any] | None:
     """Train ``cfg.agent`` on ``cfg.dataset`` into ``out``, resuming from its latest checkpoint; returns eval.json.
@@ -123,100 +205,52 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     device = resolve_device(tc.device)
     if device.type == "cpu":
         torch.set_num_threads(tc.threads)
-    data = load_dataset(cfg.dataset)
-    if data.preferences is None:
-        raise DatasetError(describe(cfg.dataset, "preferences", "none", "a dataset with preference labels "
-                                    "(label one with `pbrl data label`)"))
+    data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
+    check_inputs(cfg, data)
     cfg = prepare_run_dir(cfg, out)
+    rewards, reward_summary = None, None
+    if getattr(AGENTS[cfg.agent], "learned_reward", False):
+        learned = learn_reward(cfg, data, out / "reward_model", device, progress)
+        if learned is None:
+            return None
+        rewards, reward_summary = learned
     torch.manual_seed(tc.seed)
     agent = build_agent(cfg, data).to(device)
-    optimizer = torch.optim.AdamW(agent.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sampler = PreferenceSampler(data.trajectories, data.preferences, device=device, seed=tc.seed)
-    ckpts = Checkpoints(out / "checkpoints", tc.keep_checkpoints)
-    step = 0
-    latest = ckpts.latest()
-    if latest is not None:
-        state = torch.load(latest, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        _set_rng_state(state["rng"], device)
-        step = int(state["step"])
-    if step >= tc.steps and (out / "eval.json").exists():  # a finished run: nothing to do
-        return json.loads((out / "eval.json").read_text())
-    from torch.utils.tensorboard import SummaryWriter
+    sampler = make_sampler(cfg, agent, data, device, rewards)
+    episodes = tc.eval_episodes
 
-    writer = SummaryWriter(str(out))
-    use_amp = tc.amp and device.type == "cuda"
-    loss_fn = torch.compile(agent.loss) if tc.compile else agent.loss
-
-    def checkpoint() -> None:
-        ckpts.save(step, {"step": step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                          "sampler": sampler.state_dict(), "rng": _rng_state(device), "config": cfg.to_dict()})
-
-    def run_eval() -> dict[str, Any]:
+    def run_eval(step: int, writer) -> dict[str, Any]:
         agent.eval()
-        result = evaluate(agent_policy(agent, device), data.env, episodes=tc.eval_episodes, seed=tc.eval_seed)
+        result = evaluate(actor_policy(agent, episodes, device, tc.eval_seed), data.env, episodes=episodes,
+                          seed=tc.eval_seed)
         agent.train()
         for key in ("normalized_score", "return_mean", "success_rate"):
-            if key in result:
+            if key in result and writer is not None:
                 writer.add_scalar(f"eval/{key}", result[key], step)
         return result
 
-    agent.train()
-    sample_time = total_time = 0.0
-    start_step = step
-    bar = tqdm(total=tc.steps, initial=step, desc=f"{cfg.agent} {data.name}", disable=not progress or None,
-               dynamic_ncols=True)
-    end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    while step < end:
-        t0 = time.perf_counter()
-        batch = sampler.sample(tc.batch_size)
-        t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out_ = loss_fn(batch, step)
-        optimizer.zero_grad(set_to_none=True)
-        out_.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        step += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
-        sample_time += t1 - t0
-        total_time += t2 - t0
-        if step % tc.log_every == 0 or step == tc.steps:
-            if not torch.isfinite(out_.loss):
-                raise FloatingPointError(f"{out}: loss: got {out_.loss.item()} at step {step}, expected a finite value")
-            writer.add_scalar("train/loss", out_.loss.item(), step)
-            writer.add_scalar("train/grad_norm", grad_norm.item(), step)
-            writer.add_scalar("time/steps_per_s", (step - start_step) / max(total_time, 1e-9), step)
-            writer.add_scalar("time/sample_fraction", sample_time / max(total_time, 1e-9), step)
-            for k, v in out_.metrics.items():
-                writer.add_scalar(k, float(v), step)
-            bar.set_postfix(loss=f"{out_.loss.item():.3f}")
-        if step % tc.checkpoint_every == 0 and step < tc.steps:
-            checkpoint()
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-            run_eval()
-        bar.update(1)
-    bar.close()
-    if step < tc.steps:
-        checkpoint()
-        writer.close()
+    result = run_loop(agent, lambda: sampler.sample(tc.batch_size), tc, out, device=device,
+                      stateful={"sampler": sampler}, evaluate=run_eval if episodes > 0 else None, progress=progress,
+                      stop_at=stop_at, desc=f"{cfg.agent} {data.name}", extra_state={"config": cfg.to_dict()})
+    if not result.finished:
         return None
-    if ckpts.latest() is None or int(ckpts.latest().stem.split("_")[1]) != step:
-        checkpoint()
-    result = run_eval() if tc.eval_episodes > 0 else {"normalized_score": None, "return_mean": None,
-                                                       "return_std": None, "episodes": 0}
-    result = {"agent": cfg.agent, "dataset": data.name, "steps": step, "scale": cfg.scale,
-              "train_time_s": total_time, "steps_per_s": (step - start_step) / total_time if total_time else None,
-              "sample_fraction": sample_time / total_time if total_time else None,
-              **{k: v for k, v in result.items() if k != "seed"}, "seed": tc.seed, "eval_seed": tc.eval_seed}
-    write_json(out / "eval.json", result)
-    writer.flush()
-    writer.close()
-    return result
+    if result.step == result.start_step and (out / "eval.json").exists():  # a finished run: nothing to do
+        return json.loads((out / "eval.json").read_text())
+    if episodes > 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out)) as writer:
+            evaluation = run_eval(result.step, writer)
+    else:
+        evaluation = {"normalized_score": None, "return_mean": None, "return_std": None, "episodes": 0}
+    summary = {"agent": cfg.agent, "dataset": data.name, "steps": result.step, "scale": cfg.scale,
+               "train_time_s": result.train_time_s, "steps_per_s": result.steps_per_s,
+               "sample_fraction": result.sample_fraction,
+               **{k: v for k, v in evaluation.items() if k != "seed"}, "seed": tc.seed, "eval_seed": tc.eval_seed}
+    if reward_summary is not None:
+        summary["reward_model"] = reward_summary
+    write_json(out / "eval.json", summary)
+    return summary
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[RunConfig, Agent, LoadedDataset]:
@@ -230,7 +264,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[RunConfi
     if latest is None:
         raise ConfigError(describe(str(run_dir / "checkpoints"), "checkpoint", "none", "at least one step_*.pt"))
     dev = resolve_device(device)
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     agent = build_agent(cfg, data).to(dev)
     agent.load_state_dict(torch.load(latest, map_location="cpu", weights_only=False)["agent"])
     agent.eval()

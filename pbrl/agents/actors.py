@@ -1,0 +1,79 @@
+"""Evaluation actors: what acts in N environments at once. An actor has ``reset(env_mask)`` (a new episode in the
+environments where ``env_mask`` [N] is true) and ``__call__(obs [N, obs_dim]) -> actions [N, act_dim]``, and its
+own ``torch.Generator`` (sampling never touches the training RNG, so resume stays exact)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+class Actor:
+    def __init__(self, num_envs: int, *, seed: int = 0, device: torch.device | str = "cpu"):
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def _mask(self, env_mask: Tensor | None) -> Tensor:
+        if env_mask is None:
+            return torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        return torch.as_tensor(env_mask, dtype=torch.bool, device=self.device)
+
+    def reset(self, env_mask: Tensor | None = None) -> None:
+        """Start new episodes where ``env_mask`` [N] is true (all when None)."""
+
+    def __call__(self, obs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class PolicyActor(Actor):
+    """A memoryless policy ``act(obs [N, obs_dim]) -> [N, act_dim]``: reset has nothing to clear."""
+
+    def __init__(self, act: Callable[[Tensor], Tensor], num_envs: int, *, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        super().__init__(num_envs, seed=seed, device=device)
+        self.act = act
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor) -> Tensor:
+        return self.act(obs)
+
+
+WindowPolicy = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+class HistoryActor(Actor):
+    """Keeps each environment's last ``context`` observations, actions and timesteps, and acts with
+    ``policy(obs [N,K,do], act [N,K,da], timestep [N,K], mask [N,K]) -> [N, da]`` on that window (the newest step
+    last; its action slot holds zeros until the action is taken). ``reset`` clears only the masked envs."""
+
+    def __init__(self, policy: WindowPolicy, num_envs: int, obs_dim: int, act_dim: int, context: int, *,
+                 seed: int = 0, device: torch.device | str = "cpu"):
+        super().__init__(num_envs, seed=seed, device=device)
+        self.policy, self.context = policy, context
+        self.obs = torch.zeros(num_envs, context, obs_dim, device=self.device)
+        self.act = torch.zeros(num_envs, context, act_dim, device=self.device)
+        self.timestep = torch.zeros(num_envs, context, dtype=torch.long, device=self.device)
+        self.mask = torch.zeros(num_envs, context, dtype=torch.bool, device=self.device)
+        self.t = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+
+    def reset(self, env_mask: Tensor | None = None) -> None:
+        m = self._mask(env_mask)
+        for buf in (self.obs, self.act, self.timestep, self.mask):
+            buf[m] = 0
+        self.t[m] = 0
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor) -> Tensor:
+        roll = lambda x, new: torch.cat([x[:, 1:], new[:, None]], 1)  # noqa: E731
+        self.obs = roll(self.obs, obs.to(self.obs.dtype))
+        self.act = roll(self.act, torch.zeros_like(self.act[:, 0]))
+        self.timestep = roll(self.timestep, self.t)
+        self.mask = roll(self.mask, torch.ones_like(self.mask[:, 0]))
+        action = self.policy(self.obs, self.act, self.timestep, self.mask)
+        self.act[:, -1] = action
+        self.t += 1
+        return action

@@ -1,0 +1,98 @@
+"""The project's causal transformer (GPT-style, pre-norm, ``scaled_dot_product_attention`` so fused / flash kernels
+run on GPU) over state-action sequences with timestep embeddings, and the Preference Transformer reward model
+built on it (Kim et al., 2023). The forward has no data-dependent Python control flow (traceable)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pbrl.nets.mlp import ObsNormalizer
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = True) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # [B, H, T, d/H]
+        attn_mask = None
+        if key_mask is not None or causal:
+            allowed = torch.ones(t, t, dtype=torch.bool, device=x.device)
+            if causal:
+                allowed = torch.tril(allowed)
+            allowed = allowed[None, None]
+            if key_mask is not None:
+                # a query always sees itself, so padded rows stay finite (they are masked out downstream)
+                allowed = (allowed & key_mask[:, None, None, :]) | torch.eye(t, dtype=torch.bool, device=x.device)
+            attn_mask = allowed
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), key_mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class CausalTransformer(nn.Module):
+    """Token t is (s_t, a_t) embedded plus a learned embedding of the episode timestep; returns one feature
+    per step, ``[B, T, dim]``, each a function of steps ≤ t only. ``mask`` [B, T] marks real steps."""
+
+    def __init__(self, obs_dim: int, act_dim: int, *, dim: int = 128, layers: int = 1, heads: int = 4,
+                 max_timestep: int = 1000, dropout: float = 0.0, obs_mean: Tensor | None = None,
+                 obs_std: Tensor | None = None):
+        super().__init__()
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        self.embed = nn.Linear(obs_dim + act_dim, dim)
+        self.time = nn.Embedding(max_timestep + 1, dim)
+        self.max_timestep = max_timestep
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.embed(torch.cat([self.normalizer(obs), act], -1)) + self.time(timestep.clamp(0, self.max_timestep))
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x)
+
+
+class PreferenceTransformer(nn.Module):
+    """Preference Transformer (Kim et al., 2023): a causal transformer, then a *preference attention* layer:
+    per step a reward r̂_t, a query q_t and a key k_t; ``z_i = Σ_j softmax_j(q_i·k_j / √d) r̂_j`` over the segment,
+    and the segment score is the mean of z (the weighted sum).
+
+    ``forward(obs [B,T,do], act [B,T,da], timestep [B,T], mask [B,T]) -> (score [B], step_reward [B,T])``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, *, dim: int = 128, layers: int = 1, heads: int = 4,
+                 max_timestep: int = 1000, dropout: float = 0.0, obs_mean: Tensor | None = None,
+                 obs_std: Tensor | None = None):
+        super().__init__()
+        self.trunk = CausalTransformer(obs_dim, act_dim, dim=dim, layers=layers, heads=heads,
+                                       max_timestep=max_timestep, dropout=dropout, obs_mean=obs_mean, obs_std=obs_std)
+        self.head = nn.Linear(dim, 2 * dim + 1)  # query, key, reward
+        self.dim = dim
+
+    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.trunk(obs, act, timestep, mask)
+        q, k, r = self.head(h).split([self.dim, self.dim, 1], -1)
+        r = r.squeeze(-1)                                                          # [B, T]
+        logits = (q @ k.transpose(1, 2)) / self.dim**0.5                           # [B, T, T]
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        z = (logits.softmax(-1) * r[:, None, :]).sum(-1)                           # [B, T]
+        m = mask.to(z.dtype)
+        return (z * m).sum(-1) / m.sum(-1).clamp_min(1.0), r

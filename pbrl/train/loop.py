@@ -1,0 +1,308 @@
+"""The agent-agnostic training loop: optimisers and schedulers, gradient clipping, bf16 autocast on CUDA,
+TensorBoard scalars, a progress bar, atomic checkpoints with exact resume, and a non-finite flag kept on the
+device (no host sync per step; checked before every log, checkpoint and evaluation).
+
+It knows nothing of agents, environments or datasets: a *learner* is any ``nn.Module`` that declares
+
+- ``optimizers() -> dict[str, OptimizerSpec]``: named parameter groups, each with its own optimiser;
+- ``loss(batch, step) -> LossOutput``: one loss, or one loss per optimiser name (their graphs must not share
+  gradients: each loss reaches only its own optimiser's parameters, as IQL's three do);
+- optionally ``after_step(step)`` (target networks, EMA) and ``reset_optimizers(step) -> list[str]`` (a phase
+  switch that restarts an optimiser, e.g. CPL's BC -> CPL switch).
+
+Batches come from ``sample()``; objects whose state must survive a resume (samplers with their generators)
+are passed as ``stateful``. Control agents (``pbrl.train.trainer``) and sequence-level objectives run on it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pbrl.errors import NonFiniteError
+from pbrl.io import atomic_path, commit_atomic
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What a learner's ``loss`` returns: a scalar ``loss`` (one optimiser) or ``{optimiser name: scalar}``,
+    and detached diagnostics logged as TensorBoard scalars."""
+
+    loss: Tensor | dict[str, Tensor]
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def per_optimizer(self, names: list[str]) -> dict[str, Tensor]:
+        if isinstance(self.loss, Tensor):
+            if len(names) != 1:
+                raise ValueError(f"loss: got one scalar, expected one loss per optimiser {names}")
+            return {names[0]: self.loss}
+        return self.loss
+
+    def total(self) -> Tensor:
+        return self.loss if isinstance(self.loss, Tensor) else sum(self.loss.values())
+
+
+@dataclass
+class OptimizerSpec:
+    """One AdamW over ``params``. ``None`` fields take the run's ``train.lr`` / ``weight_decay`` / ``grad_clip``;
+    ``schedule``: ``constant`` or ``cosine`` (the learning rate decays to 0 over the run's steps)."""
+
+    params: list[nn.Parameter]
+    lr: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    schedule: str = "constant"
+
+
+class Learner(Protocol):
+    def optimizers(self) -> dict[str, OptimizerSpec]: ...
+    def loss(self, batch: Any, step: int) -> LossOutput: ...
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    """The shared loop's settings (any learner). Evaluation fields are read by the control wiring."""
+
+    steps: int = 10_000            # gradient steps
+    batch_size: int = 32           # items per step (pairs, transitions or windows: what the agent declares)
+    lr: float = 1e-4               # AdamW learning rate (optimisers that do not set their own)
+    weight_decay: float = 1e-4     # AdamW weight decay (0: Adam)
+    grad_clip: float = 1.0         # max global gradient norm per optimiser (0 disables)
+    seed: int = 0                  # fixes the initialisation, batches and dropout
+    device: str = "auto"           # auto | cpu | cuda | mps
+    threads: int = 1               # torch CPU threads (1 is fastest on a shared 2-core machine)
+    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False          # torch.compile the loss (GPU)
+    log_every: int = 100           # TensorBoard scalars every N steps
+    checkpoint_every: int = 1000   # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2      # how many recent checkpoints to keep
+    eval_every: int = 0            # evaluate every N steps (0: only at the end)
+    eval_episodes: int = 10        # episodes per evaluation
+    eval_seed: int = 100_000       # env seeds eval_seed + i, apart from training seeds
+
+
+class Checkpoints:
+    """``DIR/checkpoints/step_XXXXXXXX.pt``, written atomically, the newest ``keep`` kept."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def all(self) -> list[Path]:
+        return sorted(self.directory.glob("step_*.pt"))
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step_{step:08d}.pt"
+        tmp = atomic_path(path)
+        torch.save(state, tmp)
+        commit_atomic(tmp, path)
+        for old in self.all()[: -self.keep]:
+            old.unlink()
+        return path
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _schedule(name: str, steps: int) -> Callable[[int], float]:
+    if name == "cosine":  # CosineAnnealingLR(T_max=steps) as a multiplier, the IQL paper's actor schedule
+        return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
+    return lambda k: 1.0
+
+
+class Optimizers:
+    """The learner's named optimisers with their schedulers and clip norms."""
+
+    def __init__(self, specs: Mapping[str, OptimizerSpec], cfg: TrainConfig):
+        self.specs = dict(specs)
+        self.opt: dict[str, torch.optim.Optimizer] = {}
+        self.sched: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        for name, spec in self.specs.items():
+            if spec.schedule not in SCHEDULES:
+                raise ValueError(f"optimizer {name}: schedule: got {spec.schedule!r}, expected one of {SCHEDULES}")
+            lr = cfg.lr if spec.lr is None else spec.lr
+            wd = cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
+            self.opt[name] = torch.optim.AdamW(spec.params, lr=lr, weight_decay=wd)
+            self.sched[name] = torch.optim.lr_scheduler.LambdaLR(self.opt[name], _schedule(spec.schedule, cfg.steps))
+        self.clip = {n: (cfg.grad_clip if s.grad_clip is None else s.grad_clip) for n, s in self.specs.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.opt)
+
+    def zero_grad(self) -> None:
+        for o in self.opt.values():
+            o.zero_grad(set_to_none=True)
+
+    def step(self) -> dict[str, Tensor]:
+        """Clip each group's gradient, step its optimiser and scheduler; returns each group's gradient norm."""
+        norms = {}
+        for name, o in self.opt.items():
+            clip = self.clip[name]
+            norms[name] = torch.nn.utils.clip_grad_norm_(self.specs[name].params, clip if clip > 0 else float("inf"))
+            o.step()
+            self.sched[name].step()
+        return norms
+
+    def reset(self, name: str) -> None:
+        """Forget the optimiser's moments (a phase switch); the learning-rate schedule goes on."""
+        self.opt[name].state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {n: {"opt": self.opt[n].state_dict(), "sched": self.sched[n].state_dict()} for n in self.opt}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n in self.opt:
+            self.opt[n].load_state_dict(state[n]["opt"])
+            self.sched[n].load_state_dict(state[n]["sched"])
+
+
+@dataclass
+class LoopResult:
+    step: int              # the step reached
+    start_step: int        # the step this call started from (a resume starts later than 0)
+    train_time_s: float    # seconds in sampling + updates, this call
+    sample_time_s: float   # seconds in sampling, this call
+    finished: bool         # step == cfg.steps
+
+    @property
+    def steps_per_s(self) -> float | None:
+        return (self.step - self.start_step) / self.train_time_s if self.train_time_s else None
+
+    @property
+    def sample_fraction(self) -> float | None:
+        return self.sample_time_s / self.train_time_s if self.train_time_s else None
+
+
+def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, out: Path, *, device: torch.device,
+             stateful: Mapping[str, Stateful] | None = None, evaluate: Callable[[int, Any], dict] | None = None,
+             progress: bool = True, stop_at: int | None = None, desc: str = "train",
+             extra_state: dict[str, Any] | None = None) -> LoopResult:
+    """Train ``learner`` for ``cfg.steps`` steps into ``out`` (TensorBoard events, ``checkpoints/``), resuming
+    from the newest checkpoint there. The global torch RNG is seeded with ``cfg.seed`` by the caller *before*
+    the learner is built; its state is checkpointed, so a resumed run is bit-identical on the same CPU.
+
+    ``evaluate(step, writer)`` runs every ``cfg.eval_every`` steps; ``stop_at`` ends this call early at that step
+    with a checkpoint. ``extra_state`` is stored in every checkpoint (e.g. the resolved config).
+    """
+    out = Path(out)
+    stateful = dict(stateful or {})
+    optimizers = Optimizers(learner.optimizers(), cfg)
+    ckpts = Checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+    step = 0
+    latest = ckpts.latest()
+    if latest is not None:
+        state = torch.load(latest, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+        learner.load_state_dict(state["agent"])
+        optimizers.load_state_dict(state["optimizers"])
+        for name, obj in stateful.items():
+            obj.load_state_dict(state["stateful"][name])
+        set_rng_state(state["rng"], device)
+        step = int(state["step"])
+    result = LoopResult(step, step, 0.0, 0.0, step >= cfg.steps)
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    if step >= end:
+        return result
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out))
+    use_amp = cfg.amp and device.type == "cuda"
+    loss_fn = torch.compile(learner.loss) if cfg.compile else learner.loss
+    after_step = getattr(learner, "after_step", None)
+    reset_optimizers = getattr(learner, "reset_optimizers", None)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # accumulated on the device, no sync per step
+
+    def check_finite(what: str) -> None:
+        if bool(nonfinite):
+            raise NonFiniteError(f"{out}: loss: got a non-finite value at or before step {step}, expected finite "
+                                 f"values (no {what} written; lower train.lr or check the data)")
+
+    def checkpoint() -> None:
+        check_finite("checkpoint")
+        ckpts.save(step, {"step": step, "agent": learner.state_dict(), "optimizers": optimizers.state_dict(),
+                          "stateful": {n: o.state_dict() for n, o in stateful.items()}, "rng": rng_state(device),
+                          **(extra_state or {})})
+
+    learner.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress or None, dynamic_ncols=True)
+    while step < end:
+        t0 = time.perf_counter()
+        if reset_optimizers is not None:
+            for name in reset_optimizers(step):
+                optimizers.reset(name)
+        batch = sample()
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            output = loss_fn(batch, step)
+        losses = output.per_optimizer(optimizers.names)
+        total = sum(losses.values())
+        optimizers.zero_grad()
+        total.backward()
+        norms = optimizers.step()
+        if after_step is not None:
+            after_step(step)
+        nonfinite |= ~torch.isfinite(total.detach())
+        step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        result.sample_time_s += t1 - t0
+        result.train_time_s += t2 - t0
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            check_finite("log")
+            writer.add_scalar("train/loss", total.item(), step)
+            several = len(losses) > 1
+            for name, norm in norms.items():
+                writer.add_scalar(f"train/grad_norm/{name}" if several else "train/grad_norm", norm.item(), step)
+                if several:
+                    writer.add_scalar(f"train/loss/{name}", losses[name].item(), step)
+                writer.add_scalar(f"train/lr/{name}" if several else "train/lr", optimizers.sched[name].get_last_lr()[0], step)
+            writer.add_scalar("time/steps_per_s", (step - result.start_step) / max(result.train_time_s, 1e-9), step)
+            writer.add_scalar("time/sample_fraction", result.sample_time_s / max(result.train_time_s, 1e-9), step)
+            for k, v in output.metrics.items():
+                writer.add_scalar(k, float(v), step)
+            bar.set_postfix(loss=f"{total.item():.3f}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            checkpoint()
+        if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            check_finite("evaluation")
+            learner.eval()
+            evaluate(step, writer)
+            learner.train()
+        bar.update(1)
+    bar.close()
+    writer.flush()
+    writer.close()
+    result.step = step
+    result.finished = step >= cfg.steps
+    return result
