@@ -166,6 +166,37 @@ def cmd_export_minari(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_d4rl(args: argparse.Namespace) -> int:
+    from pbrl.data.formats import export_d4rl
+    from pbrl.data.registry import load_dataset
+    from pbrl.errors import ConfigError, describe
+
+    out = Path(args.out)
+    if out.exists() or not out.parent.is_dir():
+        raise ConfigError(describe("--out", "file", str(out), "a new file in an existing directory"
+                                   + (" (it exists)" if out.exists() else "")))
+    data = load_dataset(args.dataset, preferences=False)
+    print(f"wrote {export_d4rl(data.trajectories, out)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pbrl.errors import ConfigError, describe
+    from pbrl.train.bench import bench
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(describe("--seeds", "seeds", repr(args.seeds), "comma-separated integers, e.g. 0,1,2")) from None
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bench(agents, datasets, seeds, args.out, steps=args.steps, scale=args.scale, overrides=args.set or [],
+          ceiling_check=not args.no_ceiling_check, progress=not args.quiet, record=args.record)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/results.csv, results.md, results.png")
+    return 0
+
+
 def cmd_import_labels(args: argparse.Namespace) -> int:
     from pbrl.data.formats import import_labels
     from pbrl.data.preferences import write_preferences
@@ -401,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     il.add_argument("--dataset", required=True, help="the trajectory dataset the segments refer to")
     il.add_argument("--out", required=True, help="name (datasets/NAME.prefs.h5 + card) or .h5 path")
     il.set_defaults(func=cmd_import_labels)
+    ed = dsub.add_parser("export-d4rl", help="write a dataset's trajectories in D4RL's HDF5 layout (d3rlpy, CORL)")
+    ed.add_argument("dataset", help="dataset name or .h5 path")
+    ed.add_argument("--out", required=True, help="a new .hdf5 path")
+    ed.set_defaults(func=cmd_export_d4rl)
     el = dsub.add_parser("export-labels", help="export a dataset's labels as JSON Lines or CSV")
     el.add_argument("dataset", help="dataset name or preference .h5 path")
     el.add_argument("--out", required=True, help="a .jsonl or .csv path")
@@ -422,6 +457,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    bn = sub.add_parser("bench", help="train an agent x dataset x seed grid (resumable); every score beside oracle IQL",
+                        epilog="example: pbrl bench --agents cpl,sft,bc,iql-mr,iql-pt,iql-oracle --datasets "
+                        "hopper-medium-replay-small --seeds 0,1,2 --out bench", formatter_class=fmt)
+    bn.add_argument("--agents", required=True, help=f"comma-separated, from {sorted(AGENTS)}")
+    bn.add_argument("--datasets", required=True, help="comma-separated dataset names or .h5 paths")
+    bn.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    bn.add_argument("--steps", type=int, default=None, help="gradient steps for every agent (default: each preset's)")
+    bn.add_argument("--scale", default="cpu", help="preset scale: cpu | paper")
+    bn.add_argument("--set", action="append", metavar="[AGENT:]SECTION.KEY=VALUE",
+                    help="override a config field, for every agent or one (cpl:agent.alpha=0.2)")
+    bn.add_argument("--out", default="bench", help="results folder (default: bench/)")
+    bn.add_argument("--no-ceiling-check", action="store_true", help="skip oracle IQL at twice the budget")
+    bn.add_argument("--record", action="store_true", help="record the oracle score in each dataset's card (the demo "
+                    "shows it)")
+    bn.add_argument("--quiet", action="store_true", help="no progress bar")
+    bn.set_defaults(func=cmd_bench)
 
     ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval.json")
     ev.add_argument("run_dir", help="a directory written by `pbrl train`")

@@ -149,3 +149,25 @@ def test_human_labels_import_and_info(tmp_path, traj_file):
     bad.write_text("query,a,b\n1,2,3\n")
     with pytest.raises(DatasetError, match=r"bad.csv:1: header: got \['query', 'a', 'b'\]"):
         import_labels(bad, TrajectoryDataset(traj_file))
+
+
+def test_d4rl_export_round_trip_keeps_every_episode(tmp_path, traj_file, capsys):
+    out = tmp_path / "export.hdf5"
+    assert main(["data", "export-d4rl", str(traj_file), "--out", str(out)]) == 0
+    src = TrajectoryDataset(traj_file)
+    with h5py.File(out) as f:
+        assert {"observations", "actions", "rewards", "terminals", "timeouts", "next_observations"} <= set(f)
+        np.testing.assert_array_equal(f["next_observations"][4], src.observations[5])
+        np.testing.assert_array_equal(f["next_observations"][29], src.final_observations[0])
+        assert f["terminals"][()].sum() + f["timeouts"][()].sum() == src.num_episodes
+    episodes, _ = read_d4rl(out)
+    assert len(episodes) == src.num_episodes
+    for got, want in zip(episodes, src):
+        np.testing.assert_array_equal(got.observations, want.observations)
+        np.testing.assert_array_equal(got.rewards, want.rewards)
+        np.testing.assert_array_equal(got.final_observation, want.final_observation)
+        assert got.terminated == want.terminated
+    # an existing --out is refused with one line, and left as it was
+    before = out.read_bytes()
+    assert main(["data", "export-d4rl", str(traj_file), "--out", str(out)]) == 2
+    assert "--out: file" in capsys.readouterr().err and out.read_bytes() == before

@@ -15,7 +15,7 @@ import torch
 from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_policy
 from pbrl.core import awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.data.transitions import TransitionBatch
-from pbrl.nets.mlp import ValueNet
+from pbrl.nets.mlp import EnsembleQ, ValueNet
 from pbrl.train.loop import OptimizerSpec
 
 
@@ -41,27 +41,26 @@ class IQL(Agent):
     def __init__(self, cfg: IQLConfig, spec: DataSpec):
         super().__init__(cfg, spec)
         self.policy = build_policy(cfg, spec)
-        critic = lambda act_dim: ValueNet(spec.obs_dim, act_dim, hidden_layers=cfg.critic_layers,  # noqa: E731
-                                          obs_mean=spec.obs_mean, obs_std=spec.obs_std)
-        self.q1, self.q2, self.value = critic(spec.act_dim), critic(spec.act_dim), critic(0)
-        self.freeze("q1_target", copy.deepcopy(self.q1))
-        self.freeze("q2_target", copy.deepcopy(self.q2))
+        norm = {"obs_mean": spec.obs_mean, "obs_std": spec.obs_std}
+        self.q = EnsembleQ(spec.obs_dim, spec.act_dim, members=2, hidden_layers=cfg.critic_layers, **norm)  # twin Q
+        self.value = ValueNet(spec.obs_dim, hidden_layers=cfg.critic_layers, **norm)
+        self.freeze("q_target", copy.deepcopy(self.q))
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"value": OptimizerSpec(list(self.value.parameters())),
-                "critic": OptimizerSpec([*self.q1.parameters(), *self.q2.parameters()]),
+                "critic": OptimizerSpec(list(self.q.parameters())),
                 "actor": OptimizerSpec(list(self.policy.parameters()), schedule=self.cfg.actor_schedule)}
 
     def loss(self, batch: TransitionBatch, step: int) -> LossOutput:
         c = self.cfg
         with torch.no_grad():
-            target_q = torch.minimum(self.q1_target(batch.obs, batch.act), self.q2_target(batch.obs, batch.act))
+            target_q = self.q_target(batch.obs, batch.act).min(0).values                    # [B]
             next_v = self.value(batch.next_obs)
         v = self.value(batch.obs)
         advantage = target_q - v                                                          # [B]
         value_loss = expectile_loss(advantage, c.expectile).mean()
         target = td_target(batch.reward, batch.done, next_v, c.discount)
-        q1, q2 = self.q1(batch.obs, batch.act), self.q2(batch.obs, batch.act)
+        q1, q2 = self.q(batch.obs, batch.act)
         critic_loss = twin_q_loss(q1, q2, target).mean()
         log_prob = self.policy.log_prob(batch.obs, batch.act)
         actor_loss = awr_actor_loss(log_prob, advantage, c.temperature, c.max_weight).mean()
@@ -72,6 +71,4 @@ class IQL(Agent):
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        for net, target in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-            for p, tp in zip(net.parameters(), target.parameters()):
-                tp.lerp_(p, self.cfg.target_update)
+        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.target_update)

@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from pbrl.data.preferences import PreferenceDataset
-from pbrl.data.store import Episode, TrajectoryDataset, atomic_write_text, open_h5, write_trajectories
+from pbrl.data.store import Episode, TrajectoryDataset, atomic_h5, atomic_write_text, open_h5, write_trajectories
 from pbrl.errors import DatasetError, describe
 
 LABEL_FIELDS = ("query_id", "a_episode", "a_start", "a_length", "b_episode", "b_start", "b_length", "choice",
@@ -106,6 +106,34 @@ def import_d4rl(path: str | os.PathLike, out: str | os.PathLike, *, env_id: str,
     episodes, meta = read_d4rl(path)
     return write_trajectories(out, episodes, env_id=env_id, behaviour_policy=f"imported from D4RL file {Path(path).name}",
                               seed=seed, metadata=meta)
+
+
+def export_d4rl(trajectories: TrajectoryDataset, out: str | os.PathLike) -> Path:
+    """Write ``trajectories`` in D4RL's flat layout (``observations``, ``actions``, ``rewards``, ``terminals``,
+    ``timeouts``, ``next_observations``, ``infos/*``), atomically, for tools that read D4RL files (d3rlpy, CORL).
+
+    ``timeouts`` marks the last step of every episode that did not terminate, so every episode boundary survives
+    the round trip (``read_d4rl`` gives back the same episodes)."""
+    from pbrl.data.transitions import next_observations
+
+    out = Path(out)
+    last = trajectories.episode_offsets[1:] - 1
+    terminals = np.zeros(trajectories.num_transitions, bool)
+    timeouts = np.zeros(trajectories.num_transitions, bool)
+    terminals[last] = trajectories.terminations[last]
+    timeouts[last] = ~trajectories.terminations[last]
+    with atomic_h5(out, "d4rl", 1) as f:
+        f.attrs["env_id"] = trajectories.env_id
+        f.attrs["source"] = trajectories.path.name
+        f.create_dataset("observations", data=trajectories.observations.astype(np.float32))
+        f.create_dataset("actions", data=trajectories.actions.astype(np.float32))
+        f.create_dataset("rewards", data=trajectories.rewards.astype(np.float32))
+        f.create_dataset("terminals", data=terminals)
+        f.create_dataset("timeouts", data=timeouts)
+        f.create_dataset("next_observations", data=next_observations(trajectories).astype(np.float32))
+        for key in trajectories.info_keys:
+            f.create_dataset(f"infos/{key}", data=trajectories.info(key).astype(np.float32))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

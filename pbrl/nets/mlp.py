@@ -146,5 +146,40 @@ class ValueNet(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class EnsembleLinear(nn.Module):
+    """``members`` independent linear layers applied in one batched matmul: ``[M, B, in] -> [M, B, out]``.
+    Each member is initialised as ``nn.Linear`` would be (U(±1/√in) for weight and bias)."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleQ(nn.Module):
+    """``members`` Q(s, a) MLPs (IQL's twin critic) evaluated in one batched pass: ``(obs [B, do], act [B, da]) ->
+    [M, B]``. The same networks as ``members`` separate :class:`ValueNet` critics, with fewer kernel launches."""
+
+    def __init__(self, obs_dim: int, act_dim: int, *, members: int = 2, hidden_layers: Sequence[int] = (256, 256),
+                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+        super().__init__()
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        dims = [obs_dim + act_dim, *hidden_layers]
+        self.layers = nn.ModuleList(EnsembleLinear(members, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.out = EnsembleLinear(members, dims[-1], 1)
+        self.members = members
+
+    def forward(self, obs: Tensor, act: Tensor) -> Tensor:
+        x = torch.cat([self.normalizer(obs), act], -1).expand(self.members, -1, -1)
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.out(x).squeeze(-1)
+
+
 POLICY_HEADS: dict[str, type[nn.Module]] = {"tanh_gaussian": TanhGaussianPolicy, "deterministic": DeterministicTanhPolicy,
                                             "gaussian": GaussianPolicy}

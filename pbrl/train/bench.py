@@ -1,0 +1,316 @@
+"""``pbrl bench``: an agent × dataset × seed grid, one cell at a time, resumable, every score beside oracle IQL.
+
+Each cell is a ``pbrl train`` run in ``OUT/runs/<dataset>/<agent>/seed<seed>/``. A finished cell is reused only
+when its resolved config and its dataset's checksums match what the cell recorded (``cell.json``); a cell whose
+config changed is moved aside (``…​.stale-<hash>``) and trained again. An interrupted cell resumes from its
+checkpoint. Results: ``OUT/results.csv`` (one row per cell), ``OUT/results.md`` (mean ± std, ratio to
+``iql-oracle``, gap closed), ``OUT/results.png`` (bar chart).
+
+The ceiling check (DESIGN §7.1): with ``iql-oracle`` in the grid, seed ``seeds[0]`` is also trained at twice the
+budget; the ceiling counts as converged where the 1× score is at least 0.9 of the 2× score.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pbrl
+from pbrl.agents import AGENTS
+from pbrl.data.preferences import sha256_file
+from pbrl.data.registry import LoadedDataset, load_dataset
+from pbrl.errors import ConfigError, describe
+from pbrl.io import atomic_write_text
+from pbrl.train.config import RunConfig, build_config
+
+ORACLE = "iql-oracle"
+CSV_FIELDS = ["dataset", "agent", "seed", "steps", "scale", "normalized_score", "success_rate", "ratio_to_oracle",
+              "gap_closed", "holdout_accuracy", "wall_time_s", "steps_per_s", "config_hash", "dataset_sha256",
+              "pbrl_version"]
+
+
+@dataclass
+class Cell:
+    dataset: str
+    agent: str
+    seed: int
+    cfg: RunConfig
+    run_dir: Path
+    budget: str = "1x"   # 1x, or 2x for the ceiling check
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:16]
+
+
+def dataset_checksum(data: LoadedDataset) -> str:
+    """One hash over the dataset's files (the card's recorded sums, or the files' own)."""
+    files = [data.trajectories.path]
+    if data.preferences is not None and data.card.get("preferences"):
+        files.append(data.trajectories.path.parent / data.card["preferences"])
+    sums = [data.card.get("checksums", {}).get(f.name) or sha256_file(f) for f in files]
+    return hashlib.sha256("".join(sums).encode()).hexdigest()[:16]
+
+
+def parse_overrides(items: list[str]) -> dict[str, list[str]]:
+    """``["cpl:agent.alpha=0.2", "train.lr=1e-3"]`` -> per-agent lists (``"*"``: every agent)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        agent, _, rest = item.partition(":") if ":" in item.split("=", 1)[0] else ("*", "", item)
+        out.setdefault(agent, []).append(rest)
+    return out
+
+
+def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *, steps: int | None = None,
+         scale: str = "cpu", overrides: list[str] = (), ceiling_check: bool = True
+         ) -> tuple[list[Cell], dict[str, LoadedDataset]]:
+    """Every cell of the grid, checked before anything is trained or written: unknown agents or datasets, and
+    agents the dataset cannot serve (no labels, no rewards), fail here with one line."""
+    from pbrl.train.trainer import check_inputs, needs_preferences
+
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise ConfigError(describe("--agents", "agent", repr(unknown[0]), f"one of {sorted(AGENTS)}"))
+    if not agents or not datasets or not seeds:
+        raise ConfigError(describe("pbrl bench", "grid", "an empty --agents, --datasets or --seeds", "at least one each"))
+    per_agent = parse_overrides(list(overrides))
+    for name in per_agent:
+        if name != "*" and name not in agents:
+            raise ConfigError(describe("--set", "agent prefix", repr(name), f"one of the benchmarked agents {agents}"))
+    loaded = {d: load_dataset(d, preferences=any(needs_preferences(a) for a in agents)) for d in datasets}
+    cells = []
+    for d in datasets:
+        for a in agents:
+            sets = per_agent.get("*", []) + per_agent.get(a, [])
+            for s in seeds:
+                cfg = build_config(a, d, scale=scale, overrides=["train.device=cpu", *sets] if scale == "cpu" else sets,
+                                   steps=steps, seed=s)
+                check_inputs(cfg, loaded[d])
+                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / loaded[d].name / a / f"seed{s}"))
+            if a == ORACLE and ceiling_check:
+                base = next(c for c in cells if c.dataset == loaded[d].name and c.agent == a and c.seed == seeds[0])
+                cfg2 = RunConfig.from_dict(base.cfg.to_dict())
+                cfg2.train.steps *= 2
+                cells.append(Cell(loaded[d].name, a, seeds[0], cfg2, out / "runs" / loaded[d].name / f"{a}@2x" /
+                                  f"seed{seeds[0]}", "2x"))
+    names = [data.name for data in loaded.values()]
+    if len(set(names)) != len(names):
+        raise ConfigError(describe("--datasets", "dataset names", names, "distinct names"))
+    return cells, {data.name: data for data in loaded.values()}
+
+
+def prepare_cell(cell: Cell, checksum: str) -> dict[str, Any] | None:
+    """The cell's stored result when it is finished with the same config and data, else None (a stale cell
+    directory is moved aside first)."""
+    meta_path = cell.run_dir / "cell.json"
+    want = {"config_hash": config_hash(cell.cfg), "dataset_sha256": checksum}
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in want} == want:
+            eval_path = cell.run_dir / "eval.json"
+            return json.loads(eval_path.read_text()) if eval_path.exists() and meta.get("finished") else None
+    if cell.run_dir.exists():
+        stale = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(cell.run_dir), str(stale))
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_path, json.dumps({**want, "finished": False}, indent=2) + "\n")
+    return None
+
+
+def run_cell(cell: Cell, checksum: str, progress: bool) -> dict[str, Any]:
+    from pbrl.train.trainer import train
+
+    done = prepare_cell(cell, checksum)
+    if done is not None:
+        return {**done, "reused": True}
+    t0 = time.perf_counter()
+    result = train(cell.cfg, cell.run_dir, progress=progress)
+    wall = time.perf_counter() - t0
+    meta = {"config_hash": config_hash(cell.cfg), "dataset_sha256": checksum, "finished": True, "wall_time_s": wall}
+    atomic_write_text(cell.run_dir / "cell.json", json.dumps(meta, indent=2) + "\n")
+    return {**result, "reused": False}
+
+
+def wall_time(cell: Cell) -> float | None:
+    path = cell.run_dir / "cell.json"
+    return json.loads(path.read_text()).get("wall_time_s") if path.exists() else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (dataset, agent): per-seed scores, mean, std."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["agent"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        scores = [r["normalized_score"] for r in rs if r["normalized_score"] is not None]
+        success = [r["success_rate"] for r in rs if r.get("success_rate") not in (None, "")]
+        out[key] = {"scores": scores, "seeds": [r["seed"] for r in rs],
+                    "mean": statistics.fmean(scores) if scores else None,
+                    "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                    "success": statistics.fmean(success) if success else None,
+                    "steps": rs[0]["steps"], "scale": rs[0]["scale"],
+                    "holdout": [r["holdout_accuracy"] for r in rs if r.get("holdout_accuracy") not in (None, "")]}
+    return out
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``ratio_to_oracle`` = score / mean oracle score, ``gap_closed`` = (score − BC) / (oracle − BC), per dataset."""
+    means = {k: v["mean"] for k, v in summarise(rows).items()}
+    for r in rows:
+        oracle, bc = means.get((r["dataset"], ORACLE)), means.get((r["dataset"], "bc"))
+        s = r["normalized_score"]
+        r["ratio_to_oracle"] = s / oracle if s is not None and oracle else None
+        r["gap_closed"] = (s - bc) / (oracle - bc) if s is not None and oracle is not None and bc is not None \
+            and oracle != bc else None
+
+
+def markdown(rows: list[dict[str, Any]], ceiling: dict[str, dict[str, Any]], command: str) -> str:
+    stats = summarise(rows)
+    fmt = lambda v, p=1: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = [f"`{command}`", "",
+             "| dataset | agent | steps | scale | seeds | normalized score (per seed) | ratio to oracle | gap closed | "
+             "success | reward-model held-out acc. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (d, a), s in stats.items():
+        oracle, bc = stats.get((d, ORACLE), {}).get("mean"), stats.get((d, "bc"), {}).get("mean")
+        ratio = s["mean"] / oracle if s["mean"] is not None and oracle else None
+        gap = (s["mean"] - bc) / (oracle - bc) if None not in (s["mean"], oracle, bc) and oracle != bc else None
+        per_seed = ", ".join(f"{x:.1f}" for x in s["scores"])
+        acc = fmt(statistics.fmean(s["holdout"]), 3) if s["holdout"] else "–"
+        lines.append(f"| {d} | {a} | {s['steps']} | {s['scale']} | {len(s['scores'])} | {fmt(s['mean'])} ± "
+                     f"{fmt(s['std'])} ({per_seed}) | {fmt(ratio, 2)} | {fmt(gap, 2)} | "
+                     f"{fmt(None if s['success'] is None else 100 * s['success'])} | {acc} |")
+    lines.append("")
+    for d, c in ceiling.items():
+        verdict = "converged" if c["converged"] else "**ceiling not converged**"
+        lines.append(f"- {d}: oracle IQL seed {c['seed']} scores {fmt(c['score_1x'])} at {c['steps_1x']} steps and "
+                     f"{fmt(c['score_2x'])} at {c['steps_2x']} (ratio {fmt(c['ratio'], 2)}): {verdict} (rule: ≥ 0.9).")
+    for d in {r["dataset"] for r in rows}:
+        oracle, bc = stats.get((d, ORACLE), {}).get("mean"), stats.get((d, "bc"), {}).get("mean")
+        if oracle is not None and bc is not None:
+            kind = "discriminates" if bc <= 0.7 * oracle else "does not discriminate (claim nothing)"
+            lines.append(f"- {d}: BC / oracle = {bc / oracle:.2f}: {kind} (rule: BC ≤ 0.7 × oracle).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = summarise(rows)
+    datasets = list(dict.fromkeys(d for d, _ in stats))
+    agents = list(dict.fromkeys(a for _, a in stats))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(1.2 * len(agents) * len(datasets) + 2, 3.6), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        names = [a for a in agents if (d, a) in stats]
+        means = [stats[(d, a)]["mean"] or 0.0 for a in names]
+        stds = [stats[(d, a)]["std"] for a in names]
+        colors = ["#888888" if a == ORACLE else "#3b75af" for a in names]
+        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+        for i, a in enumerate(names):
+            ax.scatter([i] * len(stats[(d, a)]["scores"]), stats[(d, a)]["scores"], color="black", s=8, zorder=3)
+        if stats.get((d, ORACLE), {}).get("mean") is not None:
+            ax.axhline(stats[(d, ORACLE)]["mean"], color="#888888", ls="--", lw=1)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(d, fontsize=9)
+        ax.set_ylabel("normalized score")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dict[str, Any] | None,
+                   command: str) -> Path | None:
+    """Store the oracle IQL score of this bench in the dataset's card (``[oracle]``), for the demo to show."""
+    import tomli_w
+    import tomllib
+
+    from pbrl.paths import find_resource
+
+    card_path = find_resource("datasets", f"{data.name}.toml")
+    oracle = [r for r in rows if r["dataset"] == data.name and r["agent"] == ORACLE]
+    if card_path is None or not oracle:
+        return None
+    card = tomllib.loads(card_path.read_text())
+    scores = [r["normalized_score"] for r in oracle]
+    card["oracle"] = {"agent": ORACLE, "normalized_score": statistics.fmean(scores),
+                      "normalized_score_std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                      "per_seed": scores, "seeds": [r["seed"] for r in oracle], "steps": oracle[0]["steps"],
+                      "scale": oracle[0]["scale"], "command": command, "pbrl_version": pbrl.__version__}
+    if ceiling:
+        card["oracle"].update({"converged": ceiling["converged"], "score_2x": ceiling["score_2x"],
+                               "steps_2x": ceiling["steps_2x"]})
+    atomic_write_text(card_path, tomli_w.dumps(card))
+    return card_path
+
+
+def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | os.PathLike, *, steps: int | None = None,
+          scale: str = "cpu", overrides: list[str] = (), ceiling_check: bool = True, progress: bool = True,
+          record: bool = False, command: str | None = None) -> list[dict[str, Any]]:
+    """Run (or reuse) every cell, then write results.csv / results.md / results.png into ``out``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    command = command or "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cells, loaded = plan(agents, datasets, seeds, out, steps=steps, scale=scale, overrides=overrides,
+                         ceiling_check=ceiling_check)
+    checksums = {d: dataset_checksum(data) for d, data in loaded.items()}
+    rows, ceiling_rows = [], {}
+    bar = tqdm(cells, desc="bench cells", disable=not progress or None, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
+        result = run_cell(cell, checksums[cell.dataset], progress=False)
+        row = {"dataset": cell.dataset, "agent": cell.agent, "seed": cell.seed, "steps": result["steps"],
+               "scale": cell.cfg.scale, "normalized_score": result.get("normalized_score"),
+               "success_rate": result.get("success_rate"),
+               "holdout_accuracy": (result.get("reward_model") or {}).get("holdout_accuracy"),
+               "wall_time_s": wall_time(cell), "steps_per_s": result.get("steps_per_s"),
+               "config_hash": config_hash(cell.cfg), "dataset_sha256": checksums[cell.dataset],
+               "pbrl_version": pbrl.__version__}
+        if cell.budget == "2x":
+            ceiling_rows[cell.dataset] = row
+        else:
+            rows.append(row)
+    bar.close()
+    add_ratios(rows)
+    ceiling = {}
+    for d, row2 in ceiling_rows.items():
+        row1 = next(r for r in rows if r["dataset"] == d and r["agent"] == ORACLE and r["seed"] == row2["seed"])
+        s1, s2 = row1["normalized_score"], row2["normalized_score"]
+        ratio = s1 / s2 if s1 is not None and s2 else None
+        ceiling[d] = {"seed": row2["seed"], "score_1x": row1["normalized_score"], "steps_1x": row1["steps"],
+                      "score_2x": row2["normalized_score"], "steps_2x": row2["steps"], "ratio": ratio,
+                      "converged": ratio is not None and ratio >= 0.9}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "results.csv")
+    atomic_write_text(out / "ceiling.json", json.dumps(ceiling, indent=2) + "\n")
+    atomic_write_text(out / "results.md", markdown(rows, ceiling, command))
+    plot(rows, out / "results.png")
+    if record:
+        for d, data in loaded.items():
+            record_in_card(data, rows, ceiling.get(d), command)
+    return rows

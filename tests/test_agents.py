@@ -1,0 +1,232 @@
+"""The agent interface and the baselines: IQL (oracle), reward model + IQL (MLP, Preference Transformer), SFT;
+the evaluation actor; the loop's independence; exact resume for every agent; errors before anything is written."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pbrl.agents import AGENTS
+from pbrl.agents.actors import HistoryActor
+from pbrl.data.pairing import make_preferences
+from pbrl.data.preferences import write_preferences
+from pbrl.data.registry import load_dataset
+from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
+from pbrl.data.teachers import Teacher
+from pbrl.data.transitions import WindowSampler, next_observations
+from pbrl.errors import ConfigError, DatasetError
+from pbrl.nets.transformer import CausalTransformer, PreferenceTransformer
+from pbrl.train.config import build_config
+from pbrl.train.loop import Checkpoints
+from pbrl.train.trainer import learn_reward, load_run, train
+from tests.test_train import config, mean_action, two_behaviour_dataset
+
+SMALL = {"iql-mr": ["agent.reward_steps=30", "agent.reward_hidden_layers=[32, 32]", "agent.reward_members=2"],
+         "iql-pt": ["agent.reward_steps=20", "agent.reward_dim=16", "agent.reward_heads=2"]}
+
+
+def small(agent, data, steps, extra=()):
+    return build_config(agent, data, scale="cpu", steps=steps, seed=0, overrides=[
+        "train.eval_episodes=0", "agent.hidden_layers=[32, 32]", "train.device=cpu", "train.log_every=10",
+        "train.batch_size=32", *(["agent.critic_layers=[32, 32]"] if agent.startswith("iql") else []),
+        *SMALL.get(agent, []), *extra])
+
+
+def test_the_loop_imports_no_agent_env_or_dataset():
+    tree = ast.parse((Path(__file__).parents[1] / "pbrl" / "train" / "loop.py").read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    pbrl_modules = {m for m in modules if m and m.startswith("pbrl")}
+    assert pbrl_modules <= {"pbrl.io", "pbrl.errors"}, pbrl_modules
+
+
+def test_data_never_imports_the_training_side():
+    for path in (Path(__file__).parents[1] / "pbrl" / "data").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in modules if m.startswith(("pbrl.agents", "pbrl.train"))}, path.name
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_exact_resume_for_every_agent(tmp_path, agent):
+    data = two_behaviour_dataset(tmp_path, episodes=10)
+    cfg = small(agent, data, steps=24, extra=["train.checkpoint_every=10"])
+    train(cfg, tmp_path / "straight", progress=False)
+    assert train(cfg, tmp_path / "split", progress=False, stop_at=13) is None
+    train(cfg, tmp_path / "split", progress=False)
+    a = torch.load(Checkpoints(tmp_path / "straight" / "checkpoints", 1).latest(), weights_only=False)
+    b = torch.load(Checkpoints(tmp_path / "split" / "checkpoints", 1).latest(), weights_only=False)
+    assert a["step"] == b["step"] == 24
+    for k in a["agent"]:
+        assert torch.equal(a["agent"][k], b["agent"][k]), k
+    assert a["optimizers"].keys() == b["optimizers"].keys()
+
+
+def test_iql_learns_the_rewarded_behaviour_where_bc_averages(tmp_path):
+    data = two_behaviour_dataset(tmp_path)
+    train(config("iql-oracle", data, steps=400, lr=1e-3), tmp_path / "iql", progress=False)
+    _, iql, _ = load_run(tmp_path / "iql", "cpu")
+    assert mean_action(iql) > 0.4, "IQL with the true reward should act like the rewarded (+0.6) behaviour"
+    state = torch.load(Checkpoints(tmp_path / "iql" / "checkpoints", 1).latest(), weights_only=False)
+    assert set(state["optimizers"]) == {"value", "critic", "actor"}
+    # the target critic moved towards the critic (Polyak) but is not equal to it
+    q, qt = state["agent"]["q.out.weight"], state["agent"]["q_target.out.weight"]
+    assert not torch.equal(q, qt) and (q - qt).abs().max() < 1.0
+
+
+def test_sft_learns_the_preferred_segments(tmp_path):
+    data = two_behaviour_dataset(tmp_path)
+    train(config("sft", data, steps=300, dropout=0.0, lr=1e-3), tmp_path / "sft", progress=False)
+    _, sft, _ = load_run(tmp_path / "sft", "cpu")
+    assert mean_action(sft) > 0.4, "SFT imitates only the preferred (+0.6) segments"
+
+
+def test_iql_with_a_learned_reward_learns_the_preferred_behaviour(tmp_path):
+    data = two_behaviour_dataset(tmp_path)
+    cfg = config("iql-mr", data, steps=400, lr=1e-3)
+    for key, value in (("reward_steps", 200), ("reward_hidden_layers", [32, 32]), ("reward_members", 2)):
+        setattr(cfg.agent_config, key, value)
+    result = train(cfg, tmp_path / "mr", progress=False)
+    assert result["reward_model"]["holdout_accuracy"] > 0.9
+    _, agent, _ = load_run(tmp_path / "mr", "cpu")
+    assert mean_action(agent) > 0.4
+
+
+def reward_accuracy(tmp_path, labels_fn, steps=600):
+    """Held-out accuracy of a small MLP reward model on return-teacher labels of the shipped Hopper trajectories."""
+    ds = load_dataset("hopper-medium-replay-small", preferences=False).trajectories
+    prefs = make_preferences(ds, pairs=3000, segment=32, teacher=Teacher(), seed=0)
+    prefs.label = labels_fn(prefs.label)
+    path = write_preferences(tmp_path / "p.prefs.h5", prefs, ds, teacher={"name": "return"}, seed=0)
+    cfg = build_config("iql-mr", str(path), scale="cpu", seed=0, overrides=[
+        "train.device=cpu", f"agent.reward_steps={steps}", "agent.reward_hidden_layers=[64, 64]",
+        "agent.reward_members=1", "agent.reward_lr=1e-3", "agent.reward_batch_size=32"])
+    data = load_dataset(str(path))
+    rewards, summary = learn_reward(cfg, data, tmp_path / "rm", torch.device("cpu"), progress=False)
+    assert rewards.shape == (ds.num_transitions,) and 0.0 <= rewards.min() and rewards.max() <= 1.0
+    return summary["holdout_accuracy"]
+
+
+def test_mlp_reward_model_is_above_90_percent_on_noiseless_labels(tmp_path):
+    assert reward_accuracy(tmp_path, lambda y: y) > 0.9
+
+
+def test_reward_model_on_shuffled_labels_is_at_chance(tmp_path):
+    """The known-bad variant: labels that carry no signal cannot pass the accuracy check above."""
+    rng = np.random.default_rng(0)
+    assert reward_accuracy(tmp_path, lambda y: rng.permutation(y), steps=300) < 0.6
+
+
+def test_preference_transformer_is_causal_and_ignores_padding():
+    torch.manual_seed(0)
+    net = PreferenceTransformer(3, 2, dim=16, heads=2).eval()
+    trunk: CausalTransformer = net.trunk
+    obs, act = torch.randn(2, 6, 3), torch.randn(2, 6, 2)
+    t = torch.arange(6).expand(2, 6)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    h = trunk(obs, act, t, mask)
+    obs2 = obs.clone()
+    obs2[:, 4] += 5.0  # change step 4: steps 0..3 must not see it, steps 4..5 must
+    h2 = trunk(obs2, act, t, mask)
+    torch.testing.assert_close(h[:, :4], h2[:, :4])
+    assert (h[:, 4:] - h2[:, 4:]).abs().max() > 1e-3
+    # padding: a segment of 4 real steps scores the same whatever sits in its 2 padded steps
+    mask[:, 4:] = False
+    s1, r1 = net(obs, act, t, mask)
+    obs3 = obs.clone()
+    obs3[:, 4:] = 100.0
+    s2, r2 = net(obs3, act, t, mask)
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(r1[:, :4], r2[:, :4])
+    assert torch.isfinite(s1).all()
+
+
+def test_history_actor_reset_clears_only_the_masked_environment():
+    seen = {}
+
+    def policy(obs, act, timestep, mask):
+        seen["mask"], seen["timestep"], seen["obs"] = mask.clone(), timestep.clone(), obs.clone()
+        return obs[:, -1, :2]
+
+    actor = HistoryActor(policy, num_envs=3, obs_dim=2, act_dim=2, context=4)
+    actor.reset()
+    for k in range(3):
+        actor(torch.full((3, 2), float(k)))
+    assert seen["mask"].sum(1).tolist() == [3, 3, 3]
+    actor.reset(torch.tensor([False, True, False]))
+    actor(torch.full((3, 2), 9.0))
+    assert seen["mask"].sum(1).tolist() == [4, 1, 4]
+    assert seen["timestep"][:, -1].tolist() == [3, 0, 3]
+    assert seen["obs"][1, :-1].abs().sum() == 0 and seen["obs"][0, 0, 0] == 0.0 and seen["obs"][0, -2, 0] == 2.0
+    torch.testing.assert_close(actor.act[:, -1], torch.full((3, 2), 9.0))
+
+
+def test_window_sampler_never_crosses_an_episode_start(tmp_path):
+    from tests.conftest import write_episodes
+
+    ds = write_episodes(tmp_path / "w.h5", [5, 3, 7])
+    windows = WindowSampler(ds, context=4)
+    b = windows.batch(torch.tensor([0, 2, 5, 6, 14]))
+    assert b.mask.sum(1).tolist() == [1, 3, 1, 2, 4]
+    assert b.timestep[:, -1].tolist() == [0, 2, 0, 1, 6]
+    torch.testing.assert_close(b.obs[:, -1], torch.as_tensor(ds.observations[[0, 2, 5, 6, 14]]))
+    nxt = next_observations(ds)
+    np.testing.assert_array_equal(nxt[4], ds.final_observations[0])
+    np.testing.assert_array_equal(nxt[3], ds.observations[4])
+
+
+def test_every_paper_preset_builds_and_runs_two_steps(tmp_path):
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    for agent in sorted(AGENTS):
+        cfg = build_config(agent, data, scale="paper", steps=2, seed=0, overrides=[
+            "train.device=cpu", "train.eval_episodes=0", "train.batch_size=4",
+            *(["agent.reward_steps=2", "agent.reward_batch_size=4"] if agent in ("iql-mr", "iql-pt") else [])])
+        result = train(cfg, tmp_path / agent, progress=False)
+        assert result["steps"] == 2, agent
+
+
+def rewardless_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    eps = [Episode(rng.standard_normal((20, 3)).astype(np.float32), rng.uniform(-1, 1, (20, 1)).astype(np.float32),
+                   np.zeros(20, np.float32), False, np.zeros(3, np.float32)) for _ in range(4)]
+    return str(write_trajectories(tmp_path / "norew.h5", eps, env_id="Hopper-v5", behaviour_policy="robot logs", seed=0))
+
+
+def test_iql_oracle_refuses_a_dataset_without_rewards_and_writes_nothing(tmp_path):
+    data = rewardless_dataset(tmp_path)
+    with pytest.raises(DatasetError, match=r"norew.h5: rewards: got none .* expected a dataset with true rewards"):
+        train(small("iql-oracle", data, 5), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("agent", ["iql-mr", "iql-pt", "cpl", "sft"])
+def test_agents_that_need_labels_refuse_an_unlabelled_dataset(tmp_path, agent):
+    data = rewardless_dataset(tmp_path)
+    with pytest.raises(DatasetError, match=r"preferences: got none, expected preference labels"):
+        train(small(agent, data, 5), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_takes_lists_and_checks_their_items():
+    cfg = build_config("iql-oracle", "d", scale="cpu", overrides=["agent.hidden_layers=[64, 32, 16]"])
+    assert cfg.agent_config.hidden_layers == [64, 32, 16]
+    with pytest.raises(ConfigError, match=r"agent.hidden_layers: got \[64, 'x'\] \(list\), expected list\[int\]"):
+        build_config("iql-oracle", "d", overrides=["agent.hidden_layers=[64, 'x']"])
+    with pytest.raises(ConfigError, match=r"agent.critic_layers: got 3 \(int\), expected list\[int\]"):
+        build_config("iql-oracle", "d", overrides=["agent.critic_layers=3"])
+
+
+def test_library_code_does_not_reseed_the_global_rng(tmp_path):
+    ds = TrajectoryDataset(write_trajectories(tmp_path / "t.h5", [Episode(
+        np.random.default_rng(i).standard_normal((40, 3)).astype(np.float32), np.zeros((40, 1), np.float32),
+        np.ones(40, np.float32), False, np.zeros(3, np.float32)) for i in range(4)], env_id="Hopper-v5",
+        behaviour_policy="b", seed=0))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    make_preferences(ds, pairs=20, segment=8, teacher=Teacher(utility="regret", value_steps=5), seed=0)
+    make_preferences(ds, pairs=20, segment=8, pairing="disagreement", seed=0)
+    assert torch.equal(before, torch.get_rng_state())

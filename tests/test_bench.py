@@ -1,0 +1,100 @@
+"""`pbrl bench`: the grid resumes after a kill, reuses only cells whose config and data match, reruns a changed
+cell, writes results.csv / .md / .png, and refuses unknown agents or datasets before writing anything."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from pbrl.cli import main
+from pbrl.errors import ConfigError, DatasetError
+from pbrl.train import bench as bench_mod
+from pbrl.train.bench import bench
+from tests.test_train import two_behaviour_dataset
+
+
+class Killed(Exception):
+    """Stands for the process being killed mid-cell (the cell has a checkpoint, no eval.json)."""
+
+
+SETS = ["train.eval_episodes=0", "agent.hidden_layers=[16, 16]", "train.batch_size=8", "train.log_every=5",
+        "iql-oracle:agent.critic_layers=[16, 16]"]
+
+
+def test_bench_resumes_after_a_kill_and_reruns_a_changed_cell(tmp_path, monkeypatch):
+    data = two_behaviour_dataset(tmp_path, episodes=8)
+    out = tmp_path / "bench"
+    from pbrl.train import trainer
+
+    calls, killed = [], []
+    original = trainer.train
+
+    def killed_on_third(cfg, run_dir, **kw):
+        calls.append((cfg.agent, cfg.train.seed))
+        if len(calls) == 3 and not killed:
+            killed.append(True)
+            original(cfg, run_dir, stop_at=5, **kw)   # half-way through the cell, then the process dies
+            raise Killed
+        return original(cfg, run_dir, **kw)
+
+    monkeypatch.setattr(trainer, "train", killed_on_third)
+    with pytest.raises(Killed):
+        bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=SETS, progress=False)
+    first = out / "runs" / "two.prefs" / "bc" / "seed0"
+    mtime = (first / "eval.json").stat().st_mtime_ns
+    calls.clear()
+    rows = bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=SETS, progress=False)
+    assert calls == [("iql-oracle", 0), ("iql-oracle", 1), ("iql-oracle", 0)]  # the rest, and the 2x ceiling cell
+    assert (first / "eval.json").stat().st_mtime_ns == mtime
+    assert [(r["agent"], r["seed"]) for r in rows] == [("bc", 0), ("bc", 1), ("iql-oracle", 0), ("iql-oracle", 1)]
+    assert all(r["steps"] == 10 for r in rows)
+    # a second run changes nothing
+    calls.clear()
+    bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=SETS, progress=False)
+    assert calls == []
+    # a changed config reruns that agent's cells only, moving the stale ones aside
+    bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=[*SETS, "bc:train.lr=0.001"], progress=False)
+    assert calls == [("bc", 0), ("bc", 1)]
+    assert list((out / "runs" / "two.prefs" / "bc").glob("seed0.stale-*"))
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and {"ratio_to_oracle", "gap_closed", "config_hash", "pbrl_version", "wall_time_s"} <= set(table[0])
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ceiling" in (out / "results.md").read_text()
+    assert json.loads((out / "ceiling.json").read_text())["two.prefs"]["steps_2x"] == 20
+
+
+def test_ratios_and_gap_closed():
+    rows = [{"dataset": "d", "agent": a, "seed": 0, "normalized_score": s, "steps": 1, "scale": "cpu"}
+            for a, s in (("bc", 20.0), ("iql-oracle", 80.0), ("cpl", 50.0))]
+    bench_mod.add_ratios(rows)
+    cpl = rows[2]
+    assert cpl["ratio_to_oracle"] == pytest.approx(50 / 80) and cpl["gap_closed"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--agents", "cpl,ppo", "--datasets", "hopper-medium-replay-small"], "--agents: agent: got 'ppo'"),
+    (["--agents", "cpl", "--datasets", "no-such-set"], "dataset: got 'no-such-set'"),
+    (["--agents", "cpl", "--datasets", "hopper-medium-replay-small", "--seeds", "a"], "--seeds: seeds: got 'a'"),
+])
+def test_bad_bench_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, error):
+    out = tmp_path / "bench"
+    assert main(["bench", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and error in err
+    assert not out.exists()
+
+
+def test_bench_refuses_agents_the_dataset_cannot_serve_before_training(tmp_path):
+    from tests.test_agents import rewardless_dataset
+
+    data = rewardless_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="rewards: got none"):
+        bench(["iql-oracle"], [data], [0], tmp_path / "b", steps=2, progress=False)
+    with pytest.raises(DatasetError, match="preferences: got none"):
+        bench(["cpl", "iql-oracle"], [data], [0], tmp_path / "b", steps=2, progress=False)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="agent prefix"):
+        bench(["bc"], ["hopper-medium-replay-small"], [0], tmp_path / "b", overrides=["cpl:agent.alpha=1"], progress=False)
