@@ -164,12 +164,14 @@ class Optimizers:
         for o in self.opt.values():
             o.zero_grad(set_to_none=True)
 
-    def step(self) -> dict[str, Tensor]:
-        """Clip each group's gradient, step its optimiser and scheduler; returns each group's gradient norm."""
+    def step(self, norms_wanted: bool = True) -> dict[str, Tensor]:
+        """Clip each group's gradient, step its optimiser and scheduler; returns each group's gradient norm (computed
+        where a clip needs it or ``norms_wanted``: a log step)."""
         norms = {}
         for name, o in self.opt.items():
             clip = self.clip[name]
-            norms[name] = torch.nn.utils.clip_grad_norm_(self.specs[name].params, clip if clip > 0 else float("inf"))
+            if clip > 0 or norms_wanted:
+                norms[name] = torch.nn.utils.clip_grad_norm_(self.specs[name].params, clip if clip > 0 else float("inf"))
             o.step()
             self.sched[name].step()
         return norms
@@ -268,7 +270,8 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
         total = sum(losses.values())
         optimizers.zero_grad()
         total.backward()
-        norms = optimizers.step()
+        logging = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        norms = optimizers.step(norms_wanted=logging)
         if after_step is not None:
             after_step(step)
         nonfinite |= ~torch.isfinite(total.detach())
@@ -278,7 +281,7 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
         t2 = time.perf_counter()
         result.sample_time_s += t1 - t0
         result.train_time_s += t2 - t0
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if logging:
             check_finite("log")
             writer.add_scalar("train/loss", total.item(), step)
             several = len(losses) > 1
