@@ -132,18 +132,22 @@ def pbrl_speed(data, steps: int, warmup: int) -> dict:
     return {"update_ms": 1000 * statistics.median(update), "sample_ms": 1000 * statistics.median(sample)}
 
 
-def scores(py: Path, data, d4rl: Path, tmp: Path, steps: int, seeds: list[int], episodes: int, out: Path) -> dict:
+def scores(py: Path, data, d4rl: Path, tmp: Path, steps: int, seeds: list[int], episodes: int, out: Path,
+           bench_dir: Path) -> dict:
+    """pbrl's side runs as `pbrl bench` cells in ``bench_dir`` (finished cells with the same config are reused, and
+    a later full `pbrl bench` there reuses these)."""
     from pbrl.envs.evaluate import evaluate
+    from pbrl.train.bench import bench
     from pbrl.train.config import build_config
-    from pbrl.train.trainer import train
 
+    ours_rows = bench(["iql-oracle"], [data.name], seeds, bench_dir, steps=steps, ceiling_check=False,
+                      overrides=[f"train.eval_episodes={episodes}"], progress=False,
+                      command=f"scripts/bench_iql_d3rlpy.py --train-steps {steps}")
     rows = []
     for seed in seeds:
-        cfg = build_config("iql-oracle", data.name, scale="cpu", steps=steps, seed=seed,
-                           overrides=["train.device=cpu", f"train.eval_episodes={episodes}"])
-        t0 = time.perf_counter()
-        ours = train(cfg, out / f"pbrl_seed{seed}", progress=False)
-        ours_wall = time.perf_counter() - t0
+        cfg = build_config("iql-oracle", data.name, scale="cpu", steps=steps, seed=seed)
+        ours = next(r for r in ours_rows if r["seed"] == seed)
+        ours_wall = ours["wall_time_s"]
         policy_path = out / f"policy_seed{seed}.pt"
         if not policy_path.exists():
             worker(py, "train", str(d4rl), str(out), "--steps", str(steps), "--seed", str(seed), cwd=tmp)
@@ -152,6 +156,7 @@ def scores(py: Path, data, d4rl: Path, tmp: Path, steps: int, seeds: list[int], 
                           seed=cfg.train.eval_seed)
         d3_wall = json.loads((out / f"train_seed{seed}.json").read_text())["wall_s"]
         rows.append({"seed": seed, "pbrl": ours["normalized_score"], "d3rlpy": theirs["normalized_score"],
+                     "pbrl_steps_per_s": ours["steps_per_s"],
                      "pbrl_wall_s": ours_wall, "d3rlpy_wall_s": d3_wall})
         print(f"seed {seed}: pbrl {rows[-1]['pbrl']:.1f}  d3rlpy {rows[-1]['d3rlpy']:.1f}", flush=True)
     mean = lambda k: statistics.fmean(r[k] for r in rows)  # noqa: E731
@@ -177,6 +182,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--out", default="runs/bench_iql_d3rlpy")
+    p.add_argument("--bench-dir", default="bench", help="where pbrl's iql-oracle cells live (as `pbrl bench --out`)")
     args = p.parse_args()
     from pbrl.data.formats import export_d4rl
     from pbrl.data.registry import load_dataset
@@ -216,7 +222,8 @@ def main() -> None:
         result = {"equal_work": check, "speed": rounds}
         if args.train_steps:
             seeds = [int(s) for s in args.seeds.split(",")]
-            result["scores"] = scores(py, data, d4rl, tmp, args.train_steps, seeds, args.episodes, out)
+            result["scores"] = scores(py, data, d4rl, tmp, args.train_steps, seeds, args.episodes, out,
+                                      Path(args.bench_dir))
             s = result["scores"]
             print(f"\n## scores after {args.train_steps} steps, {args.episodes} episodes, seeds {seeds}")
             print("| seed | pbrl iql-oracle | d3rlpy IQL |\n|---|---|---|")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pbrl.data.sampling import Sampler
 from pbrl.data.store import TrajectoryDataset, atomic_h5, open_h5
 from pbrl.errors import DatasetError, describe
 
@@ -191,7 +192,7 @@ class PreferenceBatch:
                                  for k in ("obs", "act", "label", "mask", "group", "timestep")))
 
 
-class PreferenceSampler:
+class PreferenceSampler(Sampler):
     """Vectorised batch sampler: one gather per batch, no per-item Python loop; lives on any device.
 
     The whole trajectory dataset (obs, act) and the pair table sit in tensors on ``device``; a batch is
@@ -215,8 +216,7 @@ class PreferenceSampler:
         self.group = torch.as_tensor(prefs.group[used], device=self.device).long()
         self.segment_length = int(self.length.max())
         self.steps = torch.arange(self.segment_length, device=self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
+        self._seed(seed)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -227,13 +227,3 @@ class PreferenceSampler:
         rows = torch.where(mask, self.start[index][..., None] + self.steps, 0)  # [B, 2, T]
         timestep = torch.where(mask, self.first_timestep[index][..., None] + self.steps, 0)
         return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index], timestep)
-
-    def sample(self, batch_size: int) -> PreferenceBatch:
-        index = torch.randint(len(self), (batch_size,), generator=self.generator, device=self.device)
-        return self.batch(index)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"].cpu())

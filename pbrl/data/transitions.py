@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pbrl.data.sampling import Sampler
 from pbrl.data.store import TrajectoryDataset
 from pbrl.errors import DatasetError, describe
 
@@ -62,7 +63,7 @@ class TransitionBatch:
     done: Tensor
 
 
-class TransitionSampler:
+class TransitionSampler(Sampler):
     """Uniform transitions of a trajectory dataset, with ``rewards`` (the true ones by default) times ``scale``."""
 
     def __init__(self, trajectories: TrajectoryDataset, *, rewards: np.ndarray | None = None, scale: float = 1.0,
@@ -74,8 +75,7 @@ class TransitionSampler:
         self.next_obs = torch.as_tensor(next_observations(trajectories), device=self.device)
         self.reward = torch.as_tensor(np.asarray(r, np.float64) * scale, dtype=torch.float32, device=self.device)
         self.done = torch.as_tensor(trajectories.terminations, dtype=torch.float32, device=self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
+        self._seed(seed)
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -83,14 +83,6 @@ class TransitionSampler:
     def batch(self, index: Tensor) -> TransitionBatch:
         return TransitionBatch(self.obs[index], self.act[index], self.reward[index], self.next_obs[index], self.done[index])
 
-    def sample(self, batch_size: int) -> TransitionBatch:
-        return self.batch(torch.randint(len(self), (batch_size,), generator=self.generator, device=self.device))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"].cpu())
 
 
 @dataclass
@@ -105,7 +97,7 @@ class WindowBatch:
     mask: Tensor
 
 
-class WindowSampler:
+class WindowSampler(Sampler):
     """Windows of the ``context`` steps ending at a uniformly drawn step, never crossing an episode start."""
 
     def __init__(self, trajectories: TrajectoryDataset, *, context: int, device: str | torch.device = "cpu",
@@ -122,8 +114,7 @@ class WindowSampler:
         self.episode_start = torch.as_tensor(start, device=self.device)                # [N] first row of the episode
         self.timestep = torch.arange(len(start), device=self.device) - self.episode_start  # [N]
         self.offsets = torch.arange(-context + 1, 1, device=self.device)             # [K]
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
+        self._seed(seed)
 
     def __len__(self) -> int:
         return len(self.timestep)
@@ -135,12 +126,3 @@ class WindowSampler:
         rows = torch.where(mask, rows, last[:, None])
         return WindowBatch(self.obs[rows], self.act[rows], self.reward[rows] * mask,
                            torch.where(mask, self.timestep[rows], 0), mask)
-
-    def sample(self, batch_size: int) -> WindowBatch:
-        return self.batch(torch.randint(len(self), (batch_size,), generator=self.generator, device=self.device))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"].cpu())
