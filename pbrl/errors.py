@@ -22,3 +22,7 @@ def describe(where: str, field: str, got: object, expected: str) -> str:
 
 class NonFiniteError(PbrlError):
     """A loss or parameter became NaN or infinite during training; nothing non-finite is written."""
+
+
+class CheckpointError(PbrlError):
+    """A checkpoint does not fit the model it is loaded into (another version of the agent or config)."""

@@ -230,3 +230,14 @@ def test_library_code_does_not_reseed_the_global_rng(tmp_path):
     make_preferences(ds, pairs=20, segment=8, teacher=Teacher(utility="regret", value_steps=5), seed=0)
     make_preferences(ds, pairs=20, segment=8, pairing="disagreement", seed=0)
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line(tmp_path):
+    from pbrl.errors import CheckpointError
+
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    train(small("bc", data, 3), tmp_path / "run", progress=False)
+    cfg_path = tmp_path / "run" / "config.toml"
+    cfg_path.write_text(cfg_path.read_text().replace("hidden_layers = [\n    32,\n    32,\n]", "hidden_layers = [\n    8,\n]"))
+    with pytest.raises(CheckpointError, match=r"step_00000003.pt: weights: got .*expected the parameters of this agent"):
+        load_run(tmp_path / "run", "cpu")

@@ -224,8 +224,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.scatter([i] * len(stats[(d, a)]["scores"]), stats[(d, a)]["scores"], color="black", s=8, zorder=3)
         if stats.get((d, ORACLE), {}).get("mean") is not None:
             ax.axhline(stats[(d, ORACLE)]["mean"], color="#888888", ls="--", lw=1)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(d, fontsize=9)
+        ax.set_xticks(range(len(names)), [f"{a}\n{stats[(d, a)]['steps']} steps" for a in names], fontsize=7)
+        ax.set_title(f"{d} ({stats[(d, names[0])]['scale']} presets, mean ± std, dots: seeds)", fontsize=8)
         ax.set_ylabel("normalized score")
     fig.tight_layout()
     buf = io.BytesIO()

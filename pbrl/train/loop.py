@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pbrl.errors import NonFiniteError
+from pbrl.errors import CheckpointError, NonFiniteError
 from pbrl.io import atomic_path, commit_atomic
 
 SCHEDULES = ("constant", "cosine")
@@ -119,6 +119,17 @@ class Checkpoints:
         for old in self.all()[: -self.keep]:
             old.unlink()
         return path
+
+
+def load_weights(module: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """``module.load_state_dict(state["agent"])``, or one line naming the checkpoint when it does not fit."""
+    try:
+        module.load_state_dict(state["agent"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else type(exc).__name__
+        raise CheckpointError(f"{path}: weights: got {detail[:200]}, expected the parameters of this agent and config "
+                              "(a checkpoint of another pbrl version? train into a new --out)") from None
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -225,7 +236,7 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
     latest = ckpts.latest()
     if latest is not None:
         state = torch.load(latest, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
-        learner.load_state_dict(state["agent"])
+        load_weights(learner, state, latest)
         optimizers.load_state_dict(state["optimizers"])
         for name, obj in stateful.items():
             obj.load_state_dict(state["stateful"][name])

@@ -23,7 +23,7 @@ from pbrl.envs.evaluate import evaluate
 from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.io import atomic_write_text
 from pbrl.train.config import RunConfig
-from pbrl.train.loop import Checkpoints, TrainConfig, run_loop
+from pbrl.train.loop import Checkpoints, TrainConfig, load_weights, run_loop
 
 __all__ = ["Checkpoints", "actor_policy", "build_agent", "load_run", "train"]
 
@@ -266,6 +266,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[RunConfi
     dev = resolve_device(device)
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     agent = build_agent(cfg, data).to(dev)
-    agent.load_state_dict(torch.load(latest, map_location="cpu", weights_only=False)["agent"])
+    load_weights(agent, torch.load(latest, map_location="cpu", weights_only=False), latest)
     agent.eval()
     return cfg, agent, data
