@@ -34,3 +34,15 @@ def test_cpl_trains_on_cuda_with_bf16(tmp_path, compile_):
     assert result["normalized_score"] is not None and result["steps"] == 300
     state = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 1).latest(), weights_only=False)
     assert all(torch.isfinite(v).all() for v in state["agent"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("agent", ["iql-oracle", "iql-pt"])
+def test_transition_agents_train_on_cuda_with_bf16(tmp_path, agent):
+    cfg = build_config(agent, "hopper-medium-replay-small", scale="paper", steps=200, seed=0,
+                       overrides=["train.device=cuda", "train.eval_episodes=2", "train.log_every=50",
+                                  "agent.reward_steps=50"] if agent == "iql-pt" else
+                       ["train.device=cuda", "train.eval_episodes=2", "train.log_every=50"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["normalized_score"] is not None and result["steps"] == 200
+    state = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 1).latest(), weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["agent"].values() if v.is_floating_point())
