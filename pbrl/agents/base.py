@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from pbrl.agents.actors import Actor, PolicyActor
+from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, describe
 from pbrl.nets.mlp import POLICY_HEADS
-from pbrl.train.loop import LossOutput, OptimizerSpec
 
 BATCH_KINDS = ("preferences", "transitions", "windows")
 

@@ -14,9 +14,9 @@ import torch
 
 from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_policy
 from pbrl.core import awr_actor_loss, expectile_loss, td_target, twin_q_loss
+from pbrl.core.training import OptimizerSpec
 from pbrl.data.transitions import TransitionBatch
 from pbrl.nets.mlp import EnsembleQ, ValueNet
-from pbrl.train.loop import OptimizerSpec
 
 
 @dataclass

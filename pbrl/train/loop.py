@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,41 +27,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
 from pbrl.errors import CheckpointError, NonFiniteError
 from pbrl.io import atomic_path, commit_atomic
 
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclass(frozen=True)
-class LossOutput:
-    """What a learner's ``loss`` returns: a scalar ``loss`` (one optimiser) or ``{optimiser name: scalar}``,
-    and detached diagnostics logged as TensorBoard scalars."""
-
-    loss: Tensor | dict[str, Tensor]
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-
-    def per_optimizer(self, names: list[str]) -> dict[str, Tensor]:
-        if isinstance(self.loss, Tensor):
-            if len(names) != 1:
-                raise ValueError(f"loss: got one scalar, expected one loss per optimiser {names}")
-            return {names[0]: self.loss}
-        return self.loss
-
-    def total(self) -> Tensor:
-        return self.loss if isinstance(self.loss, Tensor) else sum(self.loss.values())
-
-
-@dataclass
-class OptimizerSpec:
-    """One AdamW over ``params``. ``None`` fields take the run's ``train.lr`` / ``weight_decay`` / ``grad_clip``;
-    ``schedule``: ``constant`` or ``cosine`` (the learning rate decays to 0 over the run's steps)."""
-
-    params: list[nn.Parameter]
-    lr: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    schedule: str = "constant"
+__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "run_loop"]
 
 
 class Learner(Protocol):
