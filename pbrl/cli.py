@@ -191,7 +191,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bench(agents, datasets, seeds, args.out, steps=args.steps, scale=args.scale, overrides=args.set or [],
-          ceiling_check=not args.no_ceiling_check, progress=not args.quiet, record=args.record)
+          ceiling_check=not args.no_ceiling_check, progress=not args.quiet, record=args.record,
+          report_only=args.report_only)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.csv, results.md, results.png")
     return 0
@@ -472,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--no-ceiling-check", action="store_true", help="skip oracle IQL at twice the budget")
     bn.add_argument("--record", action="store_true", help="record the oracle score in each dataset's card (the demo "
                     "shows it)")
+    bn.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished cells, name the "
+                    "missing ones")
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
     bn.set_defaults(func=cmd_bench)
 

@@ -98,3 +98,15 @@ def test_bench_refuses_agents_the_dataset_cannot_serve_before_training(tmp_path)
     assert not (tmp_path / "b").exists()
     with pytest.raises(ConfigError, match="agent prefix"):
         bench(["bc"], ["hopper-medium-replay-small"], [0], tmp_path / "b", overrides=["cpl:agent.alpha=1"], progress=False)
+
+
+def test_report_only_trains_nothing_and_names_the_missing_cells(tmp_path):
+    data = two_behaviour_dataset(tmp_path, episodes=8)
+    out = tmp_path / "bench"
+    sets = SETS[:-1]  # no iql-oracle here
+    bench(["bc"], [data], [0], out, steps=4, overrides=sets, progress=False)
+    rows = bench(["bc", "sft"], [data], [0, 1], out, steps=4, overrides=sets, progress=False, report_only=True)
+    assert [(r["agent"], r["seed"]) for r in rows] == [("bc", 0)]
+    assert not (out / "runs" / "two.prefs" / "sft").exists()
+    assert "not yet run (`--report-only`): two.prefs bc seed 1; two.prefs sft seed 0; two.prefs sft seed 1" in \
+        (out / "results.md").read_text()

@@ -110,16 +110,33 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
     return cells, {data.name: data for data in loaded.values()}
 
 
-def prepare_cell(cell: Cell, checksum: str) -> dict[str, Any] | None:
-    """The cell's stored result when it is finished with the same config and data, else None (a stale cell
-    directory is moved aside first)."""
+def cell_identity(cell: Cell, checksum: str) -> dict[str, str]:
+    return {"config_hash": config_hash(cell.cfg), "dataset_sha256": checksum}
+
+
+def finished_result(cell: Cell, checksum: str) -> dict[str, Any] | None:
+    """The cell's stored eval.json when it finished with the same config and data, else None (reads only)."""
     meta_path = cell.run_dir / "cell.json"
-    want = {"config_hash": config_hash(cell.cfg), "dataset_sha256": checksum}
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if {k: meta.get(k) for k in want} == want:
-            eval_path = cell.run_dir / "eval.json"
-            return json.loads(eval_path.read_text()) if eval_path.exists() and meta.get("finished") else None
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    want = cell_identity(cell, checksum)
+    eval_path = cell.run_dir / "eval.json"
+    if {k: meta.get(k) for k in want} == want and meta.get("finished") and eval_path.exists():
+        return json.loads(eval_path.read_text())
+    return None
+
+
+def prepare_cell(cell: Cell, checksum: str) -> dict[str, Any] | None:
+    """The cell's stored result when it is finished with the same config and data, else None after making the cell
+    ready to train: an unfinished cell of the same config stays (it resumes), a stale one is moved aside."""
+    done = finished_result(cell, checksum)
+    if done is not None:
+        return done
+    meta_path = cell.run_dir / "cell.json"
+    want = cell_identity(cell, checksum)
+    if meta_path.exists() and {k: json.loads(meta_path.read_text()).get(k) for k in want} == want:
+        return None
     if cell.run_dir.exists():
         stale = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(str(cell.run_dir), str(stale))
@@ -137,7 +154,7 @@ def run_cell(cell: Cell, checksum: str, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = train(cell.cfg, cell.run_dir, progress=progress)
     wall = time.perf_counter() - t0
-    meta = {"config_hash": config_hash(cell.cfg), "dataset_sha256": checksum, "finished": True, "wall_time_s": wall}
+    meta = {**cell_identity(cell, checksum), "finished": True, "wall_time_s": wall}
     atomic_write_text(cell.run_dir / "cell.json", json.dumps(meta, indent=2) + "\n")
     return {**result, "reused": False}
 
@@ -270,8 +287,9 @@ def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dic
 
 def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | os.PathLike, *, steps: int | None = None,
           scale: str = "cpu", overrides: list[str] = (), ceiling_check: bool = True, progress: bool = True,
-          record: bool = False, command: str | None = None) -> list[dict[str, Any]]:
-    """Run (or reuse) every cell, then write results.csv / results.md / results.png into ``out``."""
+          record: bool = False, command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
+    """Run (or reuse) every cell, then write results.csv / results.md / results.png into ``out``. With
+    ``report_only`` nothing is trained: the results hold the finished cells and name the missing ones."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -279,11 +297,17 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
     cells, loaded = plan(agents, datasets, seeds, out, steps=steps, scale=scale, overrides=overrides,
                          ceiling_check=ceiling_check)
     checksums = {d: dataset_checksum(data) for d, data in loaded.items()}
-    rows, ceiling_rows = [], {}
+    rows, ceiling_rows, missing = [], {}, []
     bar = tqdm(cells, desc="bench cells", disable=not progress or None, dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
-        result = run_cell(cell, checksums[cell.dataset], progress=False)
+        if report_only:
+            result = finished_result(cell, checksums[cell.dataset])
+            if result is None:
+                missing.append(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
+                continue
+        else:
+            result = run_cell(cell, checksums[cell.dataset], progress=False)
         row = {"dataset": cell.dataset, "agent": cell.agent, "seed": cell.seed, "steps": result["steps"],
                "scale": cell.cfg.scale, "normalized_score": result.get("normalized_score"),
                "success_rate": result.get("success_rate"),
@@ -299,7 +323,9 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
     add_ratios(rows)
     ceiling = {}
     for d, row2 in ceiling_rows.items():
-        row1 = next(r for r in rows if r["dataset"] == d and r["agent"] == ORACLE and r["seed"] == row2["seed"])
+        row1 = next((r for r in rows if r["dataset"] == d and r["agent"] == ORACLE and r["seed"] == row2["seed"]), None)
+        if row1 is None:
+            continue
         s1, s2 = row1["normalized_score"], row2["normalized_score"]
         ratio = s1 / s2 if s1 is not None and s2 else None
         ceiling[d] = {"seed": row2["seed"], "score_1x": row1["normalized_score"], "steps_1x": row1["steps"],
@@ -308,7 +334,8 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
     atomic_write_text(out / "ceiling.json", json.dumps(ceiling, indent=2) + "\n")
-    atomic_write_text(out / "results.md", markdown(rows, ceiling, command))
+    atomic_write_text(out / "results.md", markdown(rows, ceiling, command)
+                      + (f"- not yet run (`--report-only`): {'; '.join(missing)}.\n" if missing else ""))
     plot(rows, out / "results.png")
     if record:
         for d, data in loaded.items():
