@@ -72,6 +72,10 @@ def test_ratios_and_gap_closed():
     bench_mod.add_ratios(rows)
     cpl = rows[2]
     assert cpl["ratio_to_oracle"] == pytest.approx(50 / 80) and cpl["gap_closed"] == pytest.approx(0.5)
+    assert bench_mod.above_ceiling(rows) == {}
+    rows.append({"dataset": "d", "agent": "iql-mr", "seed": 0, "normalized_score": 90.0, "steps": 1, "scale": "cpu"})
+    assert bench_mod.above_ceiling(rows) == {"d": ["iql-mr (90.0)"]}
+    assert "the oracle is no ceiling at this budget" in bench_mod.markdown(rows, {}, "cmd")
 
 
 @pytest.mark.parametrize("args, error", [

@@ -213,12 +213,26 @@ def markdown(rows: list[dict[str, Any]], ceiling: dict[str, dict[str, Any]], com
         verdict = "converged" if c["converged"] else "**ceiling not converged**"
         lines.append(f"- {d}: oracle IQL seed {c['seed']} scores {fmt(c['score_1x'])} at {c['steps_1x']} steps and "
                      f"{fmt(c['score_2x'])} at {c['steps_2x']} (ratio {fmt(c['ratio'], 2)}): {verdict} (rule: ≥ 0.9).")
+    for d, above in above_ceiling(rows).items():
+        lines.append(f"- {d}: **the oracle is no ceiling at this budget**: {', '.join(above)} score(s) more than 1.1 × "
+                     "oracle IQL; train the oracle longer (DESIGN §7.1) before reading ratios as fractions of a ceiling.")
     for d in {r["dataset"] for r in rows}:
         oracle, bc = stats.get((d, ORACLE), {}).get("mean"), stats.get((d, "bc"), {}).get("mean")
         if oracle is not None and bc is not None:
             kind = "discriminates" if bc <= 0.7 * oracle else "does not discriminate (claim nothing)"
             lines.append(f"- {d}: BC / oracle = {bc / oracle:.2f}: {kind} (rule: BC ≤ 0.7 × oracle).")
     return "\n".join(lines) + "\n"
+
+
+def above_ceiling(rows: list[dict[str, Any]], margin: float = 1.1) -> dict[str, list[str]]:
+    """Per dataset, the agents whose mean score exceeds ``margin`` × the oracle's mean: the oracle is then no ceiling."""
+    stats = summarise(rows)
+    out: dict[str, list[str]] = {}
+    for (d, a), s in stats.items():
+        oracle = stats.get((d, ORACLE), {}).get("mean")
+        if a != ORACLE and oracle and s["mean"] is not None and s["mean"] > margin * oracle:
+            out.setdefault(d, []).append(f"{a} ({s['mean']:.1f})")
+    return out
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -281,6 +295,7 @@ def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dic
     if ceiling:
         card["oracle"].update({"converged": ceiling["converged"], "score_2x": ceiling["score_2x"],
                                "steps_2x": ceiling["steps_2x"]})
+    card["oracle"]["exceeded_by"] = above_ceiling(rows).get(data.name, [])
     atomic_write_text(card_path, tomli_w.dumps(card))
     return card_path
 
