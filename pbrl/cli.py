@@ -277,6 +277,8 @@ def dataset_info(name: str) -> dict[str, Any]:
                      "tie_fraction": float((lab == 0.5).mean()) if used.any() else 0.0,
                      "skip_fraction": float(p.skipped.mean()),
                      "label_agreement": agreement(lab, ra[used], rb[used]),
+                     "label_agreement_episode_return": agreement(lab, returns[p.segments_a[used, 0]],
+                                                                 returns[p.segments_b[used, 0]]),
                      "groups": {int(g): int((p.group[used] == g).sum()) for g in np.unique(p.group)},
                      "annotators": int(len(set(p.annotator[used]) - {""}))})
         groups = _groups_of(p.attrs)
@@ -305,6 +307,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         print(f"  labels       a {c['a']}  b {c['b']}  equal {c['equal']}  skip {c['skip']}   tie fraction "
               f"{info['tie_fraction']:.3f}   skip fraction {info['skip_fraction']:.3f}")
         print(f"  agreement    {agree} of decided labels follow the true segment return")
+        ep = info["label_agreement_episode_return"]
+        print(f"               {'–' if ep is None else f'{ep:.3f}'} follow the return of the episode each segment comes from")
         print(f"  groups       {info['groups']}   annotators {info['annotators']}   queries {info['queries']}")
         if "consistency" in info:
             print(format_consistency(info["consistency"]))

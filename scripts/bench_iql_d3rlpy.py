@@ -188,7 +188,7 @@ def main() -> None:
     from pbrl.data.registry import load_dataset
 
     torch.set_num_threads(1)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the worker runs in a temporary directory
     out.mkdir(parents=True, exist_ok=True)
     py = ensure_venv()
     data = load_dataset(args.dataset, preferences=False)
