@@ -241,3 +241,13 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(tmp_path):
     cfg_path.write_text(cfg_path.read_text().replace("hidden_layers = [\n    32,\n    32,\n]", "hidden_layers = [\n    8,\n]"))
     with pytest.raises(CheckpointError, match=r"step_00000003.pt: weights: got .*expected the parameters of this agent"):
         load_run(tmp_path / "run", "cpu")
+
+
+@pytest.mark.parametrize("reset, adam_steps", [(True, 1), (False, 6)])
+def test_cpl_phase_switch_can_restart_the_optimiser(tmp_path, reset, adam_steps):
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    cfg = small("cpl", data, 6, extra=["agent.bc_steps=5", f"agent.reset_optimizer={str(reset).lower()}"])
+    train(cfg, tmp_path / "run", progress=False)
+    state = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 1).latest(), weights_only=False)
+    adam = state["optimizers"]["main"]["opt"]["state"][0]
+    assert int(adam["step"]) == adam_steps

@@ -167,3 +167,13 @@ def test_plackett_luce_two_items_is_bradley_terry_and_three_items_by_hand():
     want = -(s3[1] - math.log(sum(math.exp(v) for v in s3)) + s3[0] - math.log(math.exp(s3[0]) + math.exp(s3[2])))
     got = plackett_luce_link(torch.tensor([s3], dtype=torch.float64), torch.tensor([order]))
     assert got.item() == pytest.approx(want, rel=1e-13)
+
+
+def test_preference_accuracy_counts_decided_pairs_and_averages_an_ensemble():
+    from pbrl.core import preference_accuracy
+
+    margin = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    label = torch.tensor([1.0, 1.0, 0.5, 0.0])  # right, wrong, tie (ignored), wrong
+    assert preference_accuracy(margin, label).item() == pytest.approx(1 / 3)
+    ensemble = torch.tensor([[1.0, 1.0], [-3.0, 1.0]])  # member means: -1 and +1
+    assert preference_accuracy(ensemble, torch.tensor([0.0, 1.0])).item() == 1.0

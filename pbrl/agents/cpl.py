@@ -11,7 +11,7 @@ import torch
 
 from pbrl.agents.base import LossOutput
 from pbrl.agents.bc import BC, BCConfig, bc_loss
-from pbrl.core import cpl_loss
+from pbrl.core import cpl_loss, preference_accuracy
 from pbrl.data.preferences import PreferenceBatch
 
 
@@ -41,8 +41,6 @@ class CPL(BC):
                           bias=self.cfg.bias, mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1])
         with torch.no_grad():
             gap = (logp[:, 0] * batch.mask[:, 0]).sum(-1) - (logp[:, 1] * batch.mask[:, 1]).sum(-1)
-            decided = batch.label != 0.5
-            correct = ((gap > 0) == (batch.label > 0.5)).float()
-            accuracy = (correct * decided).sum() / decided.sum().clamp_min(1)
+            accuracy = preference_accuracy(gap, batch.label)
         return LossOutput(losses.mean() + self.cfg.bc_weight * bc,
                           {"cpl/loss": losses.mean().detach(), "cpl/accuracy": accuracy, "bc/nll": bc.detach()})

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pbrl.agents.base import Agent, AgentConfig, DataSpec, LossOutput
 from pbrl.agents.iql import IQL, IQLConfig
-from pbrl.core import logistic_link
+from pbrl.core import logistic_link, preference_accuracy
 from pbrl.data.preferences import PreferenceBatch
 from pbrl.errors import ConfigError, describe
 from pbrl.nets.reward import RewardEnsemble
@@ -73,7 +73,7 @@ class RewardModel(Agent):
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
         margin = self.margins(batch)
         loss = logistic_link(margin, batch.label.expand_as(margin)).mean()
-        return LossOutput(loss, {"reward/accuracy": accuracy(margin.detach(), batch.label)})
+        return LossOutput(loss, {"reward/accuracy": preference_accuracy(margin.detach(), batch.label)})
 
     @torch.no_grad()
     def window_reward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
@@ -81,13 +81,6 @@ class RewardModel(Agent):
         if self.cfg.model == "mlp":
             return self.net(obs[:, -1], act[:, -1]).mean(0)
         return self.net(obs, act, timestep, mask)[1][:, -1]
-
-
-def accuracy(margin: Tensor, label: Tensor) -> Tensor:
-    """Share of decided pairs (label ≠ 0.5) whose margin ``[K, B]`` (mean over K) has the label's sign."""
-    decided = label != 0.5
-    correct = ((margin.mean(0) > 0) == (label > 0.5)) & decided
-    return correct.sum() / decided.sum().clamp_min(1)
 
 
 @dataclass

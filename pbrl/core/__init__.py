@@ -5,6 +5,7 @@ from pbrl.core.links import (
     hinge_link,
     logistic_link,
     plackett_luce_link,
+    preference_accuracy,
     robust_logistic_link,
     squared_link,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "logistic_link",
     "masked_discounted_sum",
     "plackett_luce_link",
+    "preference_accuracy",
     "robust_logistic_link",
     "segment_return",
     "squared_link",

@@ -76,3 +76,13 @@ def plackett_luce_link(scores: Tensor, ranking: Tensor) -> Tensor:
     ordered = scores.gather(-1, ranking.long())
     tail_lse = torch.logcumsumexp(ordered.flip(-1), dim=-1).flip(-1)
     return -(ordered - tail_lse)[..., :-1].sum(-1)
+
+
+def preference_accuracy(margin: Tensor, label: Tensor) -> Tensor:
+    """Share of decided pairs (label ≠ 0.5) whose ``margin = score_a − score_b`` has the label's sign: a scalar.
+
+    ``margin`` ``[B]``, or ``[K, B]`` for an ensemble (its mean over K is used); ``label`` ``[B]``."""
+    m = margin.mean(0) if margin.dim() == 2 else margin
+    decided = label != 0.5
+    correct = ((m > 0) == (label > 0.5)) & decided
+    return correct.sum() / decided.sum().clamp_min(1)

@@ -14,7 +14,8 @@ import torch
 
 from pbrl.agents import AGENTS, Agent
 from pbrl.agents.base import DataSpec
-from pbrl.agents.reward_model import RewardModel, accuracy
+from pbrl.agents.reward_model import RewardModel
+from pbrl.core import preference_accuracy
 from pbrl.data.preferences import PreferenceDataset, PreferenceSampler
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.data.store import TrajectoryDataset
@@ -120,7 +121,7 @@ def holdout_accuracy(model: RewardModel, sampler: PreferenceSampler, chunk: int 
         batch = sampler.batch(torch.arange(start, min(start + chunk, len(sampler)), device=sampler.device))
         margins.append(model.margins(batch))
         labels.append(batch.label)
-    return float(accuracy(torch.cat(margins, 1), torch.cat(labels)))
+    return float(preference_accuracy(torch.cat(margins, 1), torch.cat(labels)))
 
 
 @torch.no_grad()
