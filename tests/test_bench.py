@@ -114,3 +114,15 @@ def test_report_only_trains_nothing_and_names_the_missing_cells(tmp_path):
     assert not (out / "runs" / "two.prefs" / "sft").exists()
     assert "not yet run (`--report-only`): two.prefs bc seed 1; two.prefs sft seed 0; two.prefs sft seed 1" in \
         (out / "results.md").read_text()
+
+
+def test_an_oracle_cell_does_not_depend_on_the_other_agents_of_the_grid(tmp_path, monkeypatch):
+    from pbrl.train import trainer
+
+    data = two_behaviour_dataset(tmp_path, episodes=8)
+    out = tmp_path / "bench"
+    bench(["iql-oracle"], [data], [0], out, steps=4, overrides=SETS[:-1], ceiling_check=False, progress=False)
+    calls, original = [], trainer.train
+    monkeypatch.setattr(trainer, "train", lambda cfg, d, **kw: calls.append(cfg.agent) or original(cfg, d, **kw))
+    bench(["bc", "iql-oracle"], [data], [0], out, steps=4, overrides=SETS[:-1], ceiling_check=False, progress=False)
+    assert calls == ["bc"]

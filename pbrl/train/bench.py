@@ -47,6 +47,7 @@ class Cell:
     seed: int
     cfg: RunConfig
     run_dir: Path
+    checksum: str        # of the files the cell reads (see dataset_checksum)
     budget: str = "1x"   # 1x, or 2x for the ceiling check
 
 
@@ -54,11 +55,13 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:16]
 
 
-def dataset_checksum(data: LoadedDataset) -> str:
-    """One hash over the dataset's files (the card's recorded sums, or the files' own)."""
+def dataset_checksum(data: LoadedDataset, source: str, with_preferences: bool) -> str:
+    """One hash over the files a cell reads: the trajectories, and the labels where the agent uses them (so an
+    ``iql-oracle`` cell stays valid when only the labels change). Cards' recorded sums, else the files' own."""
     files = [data.trajectories.path]
-    if data.preferences is not None and data.card.get("preferences"):
-        files.append(data.trajectories.path.parent / data.card["preferences"])
+    if with_preferences:
+        files.append(data.trajectories.path.parent / data.card["preferences"] if data.card.get("preferences")
+                     else Path(source))
     sums = [data.card.get("checksums", {}).get(f.name) or sha256_file(f) for f in files]
     return hashlib.sha256("".join(sums).encode()).hexdigest()[:16]
 
@@ -97,13 +100,14 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
                 cfg = build_config(a, d, scale=scale, overrides=["train.device=cpu", *sets] if scale == "cpu" else sets,
                                    steps=steps, seed=s)
                 check_inputs(cfg, loaded[d])
-                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / loaded[d].name / a / f"seed{s}"))
+                checksum = dataset_checksum(loaded[d], d, needs_preferences(a))
+                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / loaded[d].name / a / f"seed{s}", checksum))
             if a == ORACLE and ceiling_check:
                 base = next(c for c in cells if c.dataset == loaded[d].name and c.agent == a and c.seed == seeds[0])
                 cfg2 = RunConfig.from_dict(base.cfg.to_dict())
                 cfg2.train.steps *= 2
                 cells.append(Cell(loaded[d].name, a, seeds[0], cfg2, out / "runs" / loaded[d].name / f"{a}@2x" /
-                                  f"seed{seeds[0]}", "2x"))
+                                  f"seed{seeds[0]}", base.checksum, "2x"))
     names = [data.name for data in loaded.values()]
     if len(set(names)) != len(names):
         raise ConfigError(describe("--datasets", "dataset names", names, "distinct names"))
@@ -311,24 +315,23 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
     command = command or "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cells, loaded = plan(agents, datasets, seeds, out, steps=steps, scale=scale, overrides=overrides,
                          ceiling_check=ceiling_check)
-    checksums = {d: dataset_checksum(data) for d, data in loaded.items()}
     rows, ceiling_rows, missing = [], {}, []
     bar = tqdm(cells, desc="bench cells", disable=not progress or None, dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
         if report_only:
-            result = finished_result(cell, checksums[cell.dataset])
+            result = finished_result(cell, cell.checksum)
             if result is None:
                 missing.append(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
                 continue
         else:
-            result = run_cell(cell, checksums[cell.dataset], progress=False)
+            result = run_cell(cell, cell.checksum, progress=False)
         row = {"dataset": cell.dataset, "agent": cell.agent, "seed": cell.seed, "steps": result["steps"],
                "scale": cell.cfg.scale, "normalized_score": result.get("normalized_score"),
                "success_rate": result.get("success_rate"),
                "holdout_accuracy": (result.get("reward_model") or {}).get("holdout_accuracy"),
                "wall_time_s": wall_time(cell), "steps_per_s": result.get("steps_per_s"),
-               "config_hash": config_hash(cell.cfg), "dataset_sha256": checksums[cell.dataset],
+               "config_hash": config_hash(cell.cfg), "dataset_sha256": cell.checksum,
                "pbrl_version": pbrl.__version__}
         if cell.budget == "2x":
             ceiling_rows[cell.dataset] = row
