@@ -114,31 +114,31 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
     return cells, {data.name: data for data in loaded.values()}
 
 
-def cell_identity(cell: Cell, checksum: str) -> dict[str, str]:
-    return {"config_hash": config_hash(cell.cfg), "dataset_sha256": checksum}
+def cell_identity(cell: Cell) -> dict[str, str]:
+    return {"config_hash": config_hash(cell.cfg), "dataset_sha256": cell.checksum}
 
 
-def finished_result(cell: Cell, checksum: str) -> dict[str, Any] | None:
+def finished_result(cell: Cell) -> dict[str, Any] | None:
     """The cell's stored eval.json when it finished with the same config and data, else None (reads only)."""
     meta_path = cell.run_dir / "cell.json"
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
-    want = cell_identity(cell, checksum)
+    want = cell_identity(cell)
     eval_path = cell.run_dir / "eval.json"
     if {k: meta.get(k) for k in want} == want and meta.get("finished") and eval_path.exists():
         return json.loads(eval_path.read_text())
     return None
 
 
-def prepare_cell(cell: Cell, checksum: str) -> dict[str, Any] | None:
+def prepare_cell(cell: Cell) -> dict[str, Any] | None:
     """The cell's stored result when it is finished with the same config and data, else None after making the cell
     ready to train: an unfinished cell of the same config stays (it resumes), a stale one is moved aside."""
-    done = finished_result(cell, checksum)
+    done = finished_result(cell)
     if done is not None:
         return done
     meta_path = cell.run_dir / "cell.json"
-    want = cell_identity(cell, checksum)
+    want = cell_identity(cell)
     if meta_path.exists() and {k: json.loads(meta_path.read_text()).get(k) for k in want} == want:
         return None
     if cell.run_dir.exists():
@@ -149,16 +149,16 @@ def prepare_cell(cell: Cell, checksum: str) -> dict[str, Any] | None:
     return None
 
 
-def run_cell(cell: Cell, checksum: str, progress: bool) -> dict[str, Any]:
+def run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
     from pbrl.train.trainer import train
 
-    done = prepare_cell(cell, checksum)
+    done = prepare_cell(cell)
     if done is not None:
         return {**done, "reused": True}
     t0 = time.perf_counter()
     result = train(cell.cfg, cell.run_dir, progress=progress)
     wall = time.perf_counter() - t0
-    meta = {**cell_identity(cell, checksum), "finished": True, "wall_time_s": wall}
+    meta = {**cell_identity(cell), "finished": True, "wall_time_s": wall}
     atomic_write_text(cell.run_dir / "cell.json", json.dumps(meta, indent=2) + "\n")
     return {**result, "reused": False}
 
@@ -320,12 +320,12 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
     for cell in bar:
         bar.set_postfix_str(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
         if report_only:
-            result = finished_result(cell, cell.checksum)
+            result = finished_result(cell)
             if result is None:
                 missing.append(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
                 continue
         else:
-            result = run_cell(cell, cell.checksum, progress=False)
+            result = run_cell(cell, progress=False)
         row = {"dataset": cell.dataset, "agent": cell.agent, "seed": cell.seed, "steps": result["steps"],
                "scale": cell.cfg.scale, "normalized_score": result.get("normalized_score"),
                "success_rate": result.get("success_rate"),
