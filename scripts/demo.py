@@ -73,7 +73,7 @@ def main() -> int:
         ratio = f"{r['normalized_score'] / ceiling:.2f}" if ceiling else "–"
         print(f"{r['agent']:<12} {r['steps']:>7} {r['scale']:>6} {r['normalized_score']:>17.1f} {ratio:>16}  trained now")
     if oracle:
-        note = "converged" if oracle.get("converged") else "CEILING NOT CONVERGED at this budget"
+        note = "2x-budget rule met" if oracle.get("converged") else "CEILING NOT CONVERGED at this budget"
         seeds = ", ".join(str(s) for s in oracle["seeds"])
         print(f"{'iql-oracle':<12} {oracle['steps']:>7} {oracle['scale']:>6} {ceiling:>17.1f} {1.0:>16.2f}  RECORDED "
               f"(seeds {seeds}; {note}"

@@ -214,7 +214,7 @@ def markdown(rows: list[dict[str, Any]], ceiling: dict[str, dict[str, Any]], com
                      f"{fmt(None if s['success'] is None else 100 * s['success'])} | {acc} |")
     lines.append("")
     for d, c in ceiling.items():
-        verdict = "converged" if c["converged"] else "**ceiling not converged**"
+        verdict = "meets the 2x-budget rule" if c["converged"] else "**ceiling not converged**"
         lines.append(f"- {d}: oracle IQL seed {c['seed']} scores {fmt(c['score_1x'])} at {c['steps_1x']} steps and "
                      f"{fmt(c['score_2x'])} at {c['steps_2x']} (ratio {fmt(c['ratio'], 2)}): {verdict} (rule: ≥ 0.9).")
     for d, above in above_ceiling(rows).items():
