@@ -147,7 +147,8 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
     tc = TrainConfig(steps=ac.reward_steps, batch_size=ac.reward_batch_size, lr=ac.reward_lr, weight_decay=0.0,
                      grad_clip=0.0, seed=cfg.train.seed, device=cfg.train.device, threads=cfg.train.threads,
                      amp=cfg.train.amp, log_every=min(cfg.train.log_every, ac.reward_steps),
-                     checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=1)
+                     checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=1,
+                     eval_every=max(ac.reward_steps // 4, 1))  # held-out accuracy four times per fit
     torch.manual_seed(tc.seed)
     model = RewardModel(ac.reward_config(segment), data_spec(data.trajectories)).to(device)
     sampler = PreferenceSampler(data.trajectories, train_pairs, device=device, seed=tc.seed)
@@ -157,7 +158,6 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
         if held is not None:
             writer.add_scalar("reward/holdout_accuracy", holdout_accuracy(model, held), step)
 
-    tc.eval_every = max(tc.steps // 4, 1)
     result = run_loop(model, lambda: sampler.sample(tc.batch_size), tc, out, device=device,
                       stateful={"sampler": sampler}, evaluate=log_holdout, progress=progress,
                       desc=f"reward model ({ac.reward_model})")
@@ -167,12 +167,12 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
     lo, hi = float(raw.min()), float(raw.max())
     rewards = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
     true = data.trajectories.rewards.astype(np.float64)
+    # train accuracy on at most 2,000 of the training pairs: enough to compare with the held-out figure
+    sample = train_pairs if len(train_pairs) <= 2000 else split_pairs(train_pairs, 2000 / len(train_pairs), tc.seed)[1]
     summary = {"reward_model": ac.reward_model, "steps": result.step, "train_pairs": len(train_pairs),
                "holdout_pairs": len(held_pairs),
                "holdout_accuracy": holdout_accuracy(model, held) if held is not None else None,
-               "train_accuracy": holdout_accuracy(model, PreferenceSampler(data.trajectories, split_pairs(
-                   train_pairs, 0.0, 0)[0] if len(train_pairs) <= 2000 else split_pairs(
-                   train_pairs, 2000 / len(train_pairs), tc.seed)[1], device=device)),
+               "train_accuracy": holdout_accuracy(model, PreferenceSampler(data.trajectories, sample, device=device)),
                "reward_correlation": float(np.corrcoef(raw, true)[0, 1]) if true.std() > 0 and raw.std() > 0 else None}
     write_json(out / "summary.json", summary)
     return rewards, summary
