@@ -22,7 +22,7 @@ from pbrl.errors import ConfigError, DatasetError
 from pbrl.nets.transformer import CausalTransformer, PreferenceTransformer
 from pbrl.train.config import build_config
 from pbrl.train.loop import Checkpoints
-from pbrl.train.trainer import learn_reward, load_run, train
+from pbrl.train.trainer import build_agent, learn_reward, load_run, make_sampler, train
 from tests.test_train import config, mean_action, two_behaviour_dataset
 
 SMALL = {"iql-mr": ["agent.reward_steps=30", "agent.reward_hidden_layers=[32, 32]", "agent.reward_members=2"],
@@ -201,6 +201,49 @@ def test_iql_oracle_refuses_a_dataset_without_rewards_and_writes_nothing(tmp_pat
     with pytest.raises(DatasetError, match=r"norew.h5: rewards: got none .* expected a dataset with true rewards"):
         train(small("iql-oracle", data, 5), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_reward_scales_are_affine_maps_of_the_reward_and_a_bad_one_is_refused_first(tmp_path):
+    data = load_dataset("hopper-medium-replay-small")
+    true = data.trajectories.rewards.astype(np.float64)
+    index = torch.arange(0, len(true), 97)
+    got = {}
+    for how in ("none", "returns", "minmax-returns"):
+        cfg = small("iql-oracle", "hopper-medium-replay-small", 5, [f"agent.reward_scale={how}"])
+        got[how] = make_sampler(cfg, build_agent(cfg, data), data, torch.device("cpu")).batch(index).reward.double().numpy()
+    starts = np.r_[0, np.cumsum(data.trajectories.episode_lengths)[:-1]]
+    episode_returns = np.add.reduceat(true, starts)
+    np.testing.assert_allclose(got["none"], true[index.numpy()], rtol=1e-6)
+    np.testing.assert_allclose(got["returns"], true[index.numpy()] * 1000 / np.ptp(episode_returns), rtol=1e-5)
+    unit = (true - true.min()) / np.ptp(true)
+    np.testing.assert_allclose(got["minmax-returns"], unit[index.numpy()] * 1000 / np.ptp(np.add.reduceat(unit, starts)),
+                               rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"agent.reward_scale: reward scale: got 'bogus', expected one of"):
+        train(small("iql-oracle", "hopper-medium-replay-small", 5, ["agent.reward_scale=bogus"]), tmp_path / "run",
+              progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_survival_control_sees_a_constant_reward_and_needs_no_reward_or_labels(tmp_path):
+    data = rewardless_dataset(tmp_path)  # no rewards, no labels: the control must still train
+    result = train(small("iql-constant", data, 5), tmp_path / "run", progress=False)
+    assert result["steps"] == 5
+    shipped = load_dataset("hopper-medium-replay-small")
+    cfg = small("iql-constant", "hopper-medium-replay-small", 5)
+    reward = make_sampler(cfg, build_agent(cfg, shipped), shipped, torch.device("cpu")).batch(torch.arange(50)).reward
+    lengths = shipped.trajectories.episode_lengths
+    torch.testing.assert_close(reward, torch.full((50,), 1000 / float(np.ptp(lengths))))
+
+
+def test_a_preset_extends_another_and_a_cycle_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PBRL_HOME", str(tmp_path))
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "iql-mr.toml").write_text('extends = "iql-oracle"\n[cpu.agent]\nexpectile = 0.9\n')
+    cfg = build_config("iql-mr", "d", scale="cpu")
+    assert cfg.agent_config.expectile == 0.9 and cfg.train.steps == build_config("iql-oracle", "d", scale="cpu").train.steps
+    (tmp_path / "agents" / "iql-oracle.toml").write_text('extends = "iql-mr"\n')
+    with pytest.raises(ConfigError, match=r"iql-(mr|oracle).toml: extends: got 'iql-(mr|oracle)', expected another preset"):
+        build_config("iql-mr", "d", scale="cpu")
 
 
 @pytest.mark.parametrize("agent", ["iql-mr", "iql-pt", "cpl", "sft"])

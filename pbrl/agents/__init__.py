@@ -4,12 +4,12 @@ classes."""
 from pbrl.agents.base import Agent, AgentConfig, DataSpec, LossOutput, PolicyConfig
 from pbrl.agents.bc import BC, BCConfig
 from pbrl.agents.cpl import CPL, CPLConfig
-from pbrl.agents.iql import IQL, IQLConfig
+from pbrl.agents.iql import IQL, IQLConfig, IQLConstant
 from pbrl.agents.reward_model import IQLMR, IQLPT, IQLMRConfig, RewardModel, RewardModelConfig
 from pbrl.agents.sft import SFT, SFTConfig
 
-AGENTS: dict[str, type[Agent]] = {"bc": BC, "cpl": CPL, "sft": SFT, "iql-oracle": IQL, "iql-mr": IQLMR, "iql-pt": IQLPT}
+AGENTS: dict[str, type[Agent]] = {"bc": BC, "cpl": CPL, "sft": SFT, "iql-oracle": IQL, "iql-constant": IQLConstant, "iql-mr": IQLMR, "iql-pt": IQLPT}
 
-__all__ = ["AGENTS", "BC", "CPL", "IQL", "IQLMR", "IQLPT", "SFT", "Agent", "AgentConfig", "BCConfig", "CPLConfig",
+__all__ = ["AGENTS", "BC", "CPL", "IQL", "IQLMR", "IQLConstant", "IQLPT", "SFT", "Agent", "AgentConfig", "BCConfig", "CPLConfig",
            "DataSpec", "IQLConfig", "IQLMRConfig", "LossOutput", "PolicyConfig", "RewardModel", "RewardModelConfig",
            "SFTConfig"]

@@ -3,12 +3,17 @@ V(s) is the τ-expectile of the target Q(s, a) over dataset actions (eq. 5), twi
 r + γ V(s′) (eq. 6) with a Polyak-averaged target, and the actor is advantage-weighted regression with clipped
 exp(β A) weights (eq. 7) under a cosine learning-rate schedule. Losses: :mod:`pbrl.core.offline_rl`.
 
-``iql-oracle`` runs it on the simulator's true reward: the ceiling every preference agent is reported against."""
+``iql-oracle`` runs it on the simulator's true reward: the ceiling every preference agent is reported against.
+``iql-constant`` runs it with every reward 1: the control of Li et al. (2023, "Survival Instinct in Offline
+Reinforcement Learning"), which showed that pessimistic offline RL with a wrong reward can still learn a good
+locomotion policy, because a positive reward teaches it to stay alive and inside the data. A preference agent's
+score means something only above this control."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -29,13 +34,15 @@ class IQLConfig(PolicyConfig):
     temperature: float = 3.0        # β of the actor's exp(β A) weights (locomotion 3, Kitchen/Adroit 0.5)
     max_weight: float = 100.0       # clip of exp(β A)
     target_update: float = 0.005    # Polyak rate of the target critics
-    reward_scale: str = "returns"   # returns: r · 1000 / (max − min episode return) (paper, locomotion) | none
+    reward_scale: str = "returns"   # returns: r · 1000 / (max − min episode return) (paper, locomotion) | none |
+                                    # minmax-returns: r min-max normalised to [0, 1] first (Uni-RLHF)
     actor_schedule: str = "cosine"  # cosine | constant
 
 
 class IQL(Agent):
     Config = IQLConfig
     batches = "transitions"
+    reward_source: ClassVar[str] = "true"   # true | learned (a reward model first) | constant (every reward 1)
     cfg: IQLConfig
 
     def __init__(self, cfg: IQLConfig, spec: DataSpec):
@@ -72,3 +79,9 @@ class IQL(Agent):
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.target_update)
+
+
+class IQLConstant(IQL):
+    """IQL with every reward 1: the survival-instinct control (Li et al., 2023), no information from rewards or labels."""
+
+    reward_source = "constant"

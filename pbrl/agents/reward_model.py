@@ -113,7 +113,7 @@ class IQLMR(IQL):
     """IQL on rewards relabelled by a reward model fitted to the preferences (the trainer runs that stage)."""
 
     Config = IQLMRConfig
-    learned_reward = True
+    reward_source = "learned"
 
 
 class IQLPT(IQLMR):

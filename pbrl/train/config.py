@@ -126,16 +126,24 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-def load_preset(agent: str, scale: str) -> dict[str, Any]:
-    """The ``[scale.train]`` and ``[scale.agent]`` tables of ``agents/<agent>.toml`` (empty if there is none)."""
+def load_preset(agent: str, scale: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``[scale.train]`` and ``[scale.agent]`` tables of ``agents/<agent>.toml`` (empty if there is none).
+    A preset with ``extends = "other"`` starts from ``other``'s tables and replaces the keys it names."""
     path = find_resource("agents", f"{agent}.toml")
     if path is None:
         return {}
     with open(path, "rb") as f:
         preset = tomllib.load(f)
-    if scale not in preset:
+    base: dict[str, Any] = {}
+    if "extends" in preset:
+        parent = preset.pop("extends")
+        if parent in (agent, *_seen) or find_resource("agents", f"{parent}.toml") is None:
+            raise ConfigError(describe(str(path), "extends", repr(parent), "another preset in agents/, without a cycle"))
+        base = load_preset(parent, scale, (*_seen, agent))
+    if scale not in preset and not base:
         raise ConfigError(describe(str(path), f"scale [{scale}]", "missing", f"one of {sorted(preset)}"))
-    return preset[scale]
+    tables = preset.get(scale, {})
+    return {section: {**base.get(section, {}), **tables.get(section, {})} for section in {*base, *tables}}
 
 
 def resolve_scale(scale: str, device: str) -> str:

@@ -31,7 +31,7 @@ from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
 from pbrl.errors import CheckpointError, NonFiniteError
 from pbrl.io import atomic_path, commit_atomic
 
-__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "run_loop"]
+__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "run_loop", "train_step"]
 
 
 class Learner(Protocol):
@@ -133,7 +133,8 @@ class Optimizers:
                 raise ValueError(f"optimizer {name}: schedule: got {spec.schedule!r}, expected one of {SCHEDULES}")
             lr = cfg.lr if spec.lr is None else spec.lr
             wd = cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
-            self.opt[name] = torch.optim.AdamW(spec.params, lr=lr, weight_decay=wd)
+            fused = all(p.is_cuda for p in spec.params)  # one kernel per step on CUDA; CPU keeps the default
+            self.opt[name] = torch.optim.AdamW(spec.params, lr=lr, weight_decay=wd, fused=fused or None)
             self.sched[name] = torch.optim.lr_scheduler.LambdaLR(self.opt[name], _schedule(spec.schedule, cfg.steps))
         self.clip = {n: (cfg.grad_clip if s.grad_clip is None else s.grad_clip) for n, s in self.specs.items()}
 
@@ -187,6 +188,25 @@ class LoopResult:
         return self.sample_time_s / self.train_time_s if self.train_time_s else None
 
 
+def train_step(learner: nn.Module, loss_fn: Callable[[Any, int], LossOutput], batch: Any, optimizers: Optimizers,
+               step: int, *, amp: bool, norms_wanted: bool) -> tuple[LossOutput, dict[str, Tensor], Tensor, dict[str, Tensor]]:
+    """One update: the loss under bf16 autocast (``amp``, CUDA), backward through the sum of the per-optimiser
+    losses, clipped optimiser steps, then the learner's ``after_step`` hook (target networks, EMA).
+    Returns (output, losses per optimiser, their sum, gradient norms); nothing here synchronises the device."""
+    device_type = "cuda" if amp else "cpu"
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        output = loss_fn(batch, step)
+    losses = output.per_optimizer(optimizers.names)
+    total = sum(losses.values())
+    optimizers.zero_grad()
+    total.backward()
+    norms = optimizers.step(norms_wanted=norms_wanted)
+    after_step = getattr(learner, "after_step", None)
+    if after_step is not None:
+        after_step(step)
+    return output, losses, total, norms
+
+
 def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, out: Path, *, device: torch.device,
              stateful: Mapping[str, Stateful] | None = None, evaluate: Callable[[int, Any], dict] | None = None,
              progress: bool = True, stop_at: int | None = None, desc: str = "train",
@@ -221,7 +241,6 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
     writer = SummaryWriter(str(out))
     use_amp = cfg.amp and device.type == "cuda"
     loss_fn = torch.compile(learner.loss) if cfg.compile else learner.loss
-    after_step = getattr(learner, "after_step", None)
     reset_optimizers = getattr(learner, "reset_optimizers", None)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # accumulated on the device, no sync per step
 
@@ -245,20 +264,13 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
                 optimizers.reset(name)
         batch = sample()
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output = loss_fn(batch, step)
-        losses = output.per_optimizer(optimizers.names)
-        total = sum(losses.values())
-        optimizers.zero_grad()
-        total.backward()
         logging = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        norms = optimizers.step(norms_wanted=logging)
-        if after_step is not None:
-            after_step(step)
+        output, losses, total, norms = train_step(learner, loss_fn, batch, optimizers, step, amp=use_amp,
+                                                  norms_wanted=logging)
         nonfinite |= ~torch.isfinite(total.detach())
         step += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if logging and device.type == "cuda":
+            torch.cuda.synchronize(device)  # only here: a sync per step would stall the launch queue
         t2 = time.perf_counter()
         result.sample_time_s += t1 - t0
         result.train_time_s += t2 - t0

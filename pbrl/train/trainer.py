@@ -67,20 +67,29 @@ def actor_policy(agent: Agent, num_envs: int, device: torch.device, seed: int = 
     return policy
 
 
+def reward_source(agent: str) -> str | None:
+    """Where a transition agent's rewards come from: ``true``, ``learned`` (a reward model first), ``constant``."""
+    return getattr(AGENTS[agent], "reward_source", None)
+
+
 def needs_preferences(agent: str) -> bool:
-    cls = AGENTS[agent]
-    return cls.batches == "preferences" or getattr(cls, "learned_reward", False)
+    return AGENTS[agent].batches == "preferences" or reward_source(agent) == "learned"
+
+
+REWARD_SCALES = ("returns", "minmax-returns", "none")
 
 
 def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
     """Everything that can be refused before a file is written."""
-    cls = AGENTS[cfg.agent]
     if needs_preferences(cfg.agent) and (data.preferences is None or len(data.preferences.used) == 0):
-        what = "a reward model" if getattr(cls, "learned_reward", False) else f"agent {cfg.agent!r}"
+        what = "a reward model" if reward_source(cfg.agent) == "learned" else f"agent {cfg.agent!r}"
         raise DatasetError(describe(cfg.dataset, "preferences", "none", f"preference labels for {what} "
                                     "(label the dataset with `pbrl data label`)"))
-    if cls.batches == "transitions" and not getattr(cls, "learned_reward", False):
+    if reward_source(cfg.agent) == "true":
         check_rewards(data.trajectories, data.trajectories.rewards, cfg.dataset)
+    how = getattr(cfg.agent_config, "reward_scale", None)
+    if how is not None and how not in REWARD_SCALES:
+        raise ConfigError(describe("agent.reward_scale", "reward scale", repr(how), f"one of {list(REWARD_SCALES)}"))
 
 
 def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
@@ -184,8 +193,17 @@ def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torc
     if kind == "preferences":
         return PreferenceSampler(data.trajectories, data.preferences, device=device, seed=cfg.train.seed)
     if kind == "transitions":
-        r = data.trajectories.rewards if rewards is None else rewards
-        scale = returns_scale(data.trajectories, r) if cfg.agent_config.reward_scale == "returns" else 1.0
+        if rewards is not None:
+            r = rewards
+        elif reward_source(cfg.agent) == "constant":
+            r = np.ones(data.trajectories.num_transitions, np.float32)
+        else:
+            r = data.trajectories.rewards
+        how = cfg.agent_config.reward_scale
+        if how == "minmax-returns":  # Uni-RLHF's normalisation of relabelled rewards, applied to any reward
+            lo, hi = float(r.min()), float(r.max())
+            r = (r - lo) / (hi - lo) if hi > lo else np.zeros_like(r)
+        scale = returns_scale(data.trajectories, r) if how in ("returns", "minmax-returns") else 1.0
         return TransitionSampler(data.trajectories, rewards=r, scale=scale, device=device, seed=cfg.train.seed)
     if kind == "windows":
         return WindowSampler(data.trajectories, context=cfg.agent_config.context, device=device, seed=cfg.train.seed)
@@ -210,7 +228,7 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     check_inputs(cfg, data)
     cfg = prepare_run_dir(cfg, out)
     rewards, reward_summary = None, None
-    if getattr(AGENTS[cfg.agent], "learned_reward", False):
+    if reward_source(cfg.agent) == "learned":
         learned = learn_reward(cfg, data, out / "reward_model", device, progress)
         if learned is None:
             return None
