@@ -52,8 +52,10 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     else:
         make_mujoco_dataset(spec.name, args.mixture, out=path, seed=args.seed, algo=args.algo,
                             medium_steps=args.medium_steps, expert_steps=args.expert_steps,
-                            transitions=args.transitions, behaviour_dir=args.behaviour_dir, command=command)
+                            transitions=args.transitions, behaviour_dir=args.behaviour_dir, command=command,
+                            expert_algo=args.expert_algo)
         how = {"behaviour": f"stable-baselines3 {args.algo.upper()}", "mixture": args.mixture,
+               "expert_algo": args.expert_algo or args.algo,
                "medium_steps": args.medium_steps, "expert_steps": args.expert_steps}
     if card is not None:
         write_card(card, {"name": args.out, "env": spec.name, "trajectories": path.name,
@@ -375,7 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "D4RL-style mixture. Meta-World: the task's scripted policy with Gaussian action noise.")
     mk.add_argument("--env", required=True, help="env preset (envs/*.toml) or gymnasium id, e.g. hopper, button-press")
     mk.add_argument("--mixture", default="medium-replay", help="random | medium | medium-replay | medium-expert | expert")
-    mk.add_argument("--algo", default="sac", choices=["sac", "ppo"], help="behaviour-policy trainer (default: sac)")
+    mk.add_argument("--algo", default="sac", choices=["sac", "ppo", "ppo-zoo"],
+                    help="behaviour-policy trainer (default: sac); ppo-zoo: RL Zoo's tuned Hopper PPO")
+    mk.add_argument("--expert-algo", default=None, choices=["sac", "ppo", "ppo-zoo"],
+                    help="trainer of the expert policy of expert / medium-expert (default: --algo)")
     mk.add_argument("--medium-steps", type=int, default=200_000, help="env steps to train the 'medium' policy")
     mk.add_argument("--expert-steps", type=int, default=1_000_000, help="env steps to train the 'expert' policy")
     mk.add_argument("--transitions", type=int, default=100_000, help="approximate size of the dataset in steps")

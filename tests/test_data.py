@@ -241,3 +241,22 @@ def test_regret_scores_match_hand_computation(traj_file):
         assert got[i] == pytest.approx(ret + 0.9**n * v_end - v_rows[lo], rel=1e-10)
     g = discounted_returns_to_go(ds, 0.5)
     assert g[off[1] - 1] == pytest.approx(r[off[1] - 1]) and g[0] == pytest.approx(r[0] + 0.5 * g[1])
+
+
+@pytest.mark.parametrize("algo", ["ppo", "ppo-zoo"])
+def test_behaviour_training_resumes_where_it_stopped_and_its_policy_acts(tmp_path, algo):
+    import json
+
+    from pbrl.data.make import load_behaviour_policy, train_behaviour
+    from pbrl.errors import ConfigError
+
+    run = train_behaviour("hopper", algo=algo, steps=512, seed=0, directory=tmp_path / algo, chunk=512)
+    assert run.steps_done() == 512 and (run.directory / "vecnormalize.pkl").exists()
+    first_episodes = len(run.episodes())
+    run = train_behaviour("hopper", algo=algo, steps=1024, seed=0, directory=tmp_path / algo, chunk=512)
+    progress = json.loads(run.progress_file.read_text())
+    assert progress["steps"] == 1024 and len(run.episodes()) > first_episodes
+    action = load_behaviour_policy(run, deterministic=True)(np.zeros(11, np.float32))
+    assert action.shape == (3,) and np.all(np.abs(action) <= 1)
+    with pytest.raises(ConfigError, match=r"--algo: behaviour trainer: got 'a2c', expected one of"):
+        train_behaviour("hopper", algo="a2c", steps=1, seed=0, directory=tmp_path / "x")

@@ -101,9 +101,20 @@ def random_policy(env_name: str, seed: int) -> PolicyFn:
 # stable-baselines3 behaviour policies
 # ---------------------------------------------------------------------------------------------------------
 
-# PPO settings tuned for MuJoCo locomotion (RL Zoo's Hopper/Walker entries); SAC uses SB3's defaults.
-PPO_KWARGS = dict(n_steps=512, batch_size=64, gamma=0.99, learning_rate=3e-4, ent_coef=0.0, clip_range=0.2,
-                  n_epochs=10, gae_lambda=0.95, max_grad_norm=0.5, vf_coef=0.5)
+# Behaviour trainers. `ppo`: generic PPO settings for MuJoCo locomotion (the shipped medium-replay set was made with
+# them; they plateau near D4RL's 'medium' level on Hopper). `ppo-zoo`: RL Baselines3 Zoo's tuned Hopper entry
+# (hyperparams/ppo.yml, reported at about 2,400 return after 1M steps), for expert policies. SAC: SB3's defaults.
+ALGOS = ("sac", "ppo", "ppo-zoo")
+PPO_SETTINGS = {
+    "ppo": dict(kwargs=dict(n_steps=512, batch_size=64, gamma=0.99, learning_rate=3e-4, ent_coef=0.0, clip_range=0.2,
+                            n_epochs=10, gae_lambda=0.95, max_grad_norm=0.5, vf_coef=0.5),
+                policy_kwargs=dict(log_std_init=-1.0, net_arch=dict(pi=[256, 256], vf=[256, 256])), gamma=0.99),
+    "ppo-zoo": dict(kwargs=dict(n_steps=512, batch_size=32, gamma=0.999, learning_rate=9.80828e-05,
+                                ent_coef=0.00229519, clip_range=0.2, n_epochs=5, gae_lambda=0.99, max_grad_norm=0.7,
+                                vf_coef=0.835671),
+                    policy_kwargs=dict(log_std_init=-2.0, ortho_init=False, net_arch=dict(pi=[256, 256], vf=[256, 256])),
+                    gamma=0.999),
+}
 
 
 @dataclass
@@ -159,8 +170,8 @@ def train_behaviour(env_name: str, *, algo: str = "sac", steps: int, seed: int, 
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.vec_env import VecNormalize
 
-    if algo not in ("sac", "ppo"):
-        raise ConfigError(describe("--algo", "behaviour trainer", repr(algo), "'sac' or 'ppo'"))
+    if algo not in ALGOS:
+        raise ConfigError(describe("--algo", "behaviour trainer", repr(algo), f"one of {list(ALGOS)}"))
     torch.set_num_threads(1)
     run = BehaviourRun(Path(directory), algo, env_name, seed)
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -171,13 +182,14 @@ def train_behaviour(env_name: str, *, algo: str = "sac", steps: int, seed: int, 
     recorder.episodes = run.episodes()
     model_path = run.directory / "model.zip"
     norm_path = run.directory / "vecnormalize.pkl"
-    if algo == "ppo":
-        venv = VecNormalize.load(str(norm_path), venv) if norm_path.exists() else VecNormalize(venv, gamma=0.99)
+    ppo = PPO_SETTINGS.get(algo)
+    if ppo is not None:
+        venv = VecNormalize.load(str(norm_path), venv) if norm_path.exists() else VecNormalize(venv, gamma=ppo["gamma"])
     if model_path.exists():
-        model = (PPO if algo == "ppo" else SAC).load(str(model_path), env=venv, seed=seed, device="cpu")
-    elif algo == "ppo":
-        model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0,
-                    policy_kwargs=dict(log_std_init=-1.0, net_arch=dict(pi=[256, 256], vf=[256, 256])), **PPO_KWARGS)
+        model = (SAC if ppo is None else PPO).load(str(model_path), env=venv, seed=seed, device="cpu")
+    elif ppo is not None:
+        model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, policy_kwargs=ppo["policy_kwargs"],
+                    **ppo["kwargs"])
     else:
         model = SAC("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, learning_starts=5_000)
     with tqdm(total=steps, initial=done, desc=f"train {algo} on {env_name}", disable=None) as bar:
@@ -191,7 +203,7 @@ def train_behaviour(env_name: str, *, algo: str = "sac", steps: int, seed: int, 
             tmp_model = run.directory / ".model.tmp.zip"  # SB3 insists on a .zip suffix
             model.save(str(tmp_model))
             os.replace(tmp_model, model_path)
-            if algo == "ppo":
+            if ppo is not None:
                 tmp = atomic_path(norm_path)
                 venv.save(str(tmp))
                 os.replace(tmp, norm_path)
@@ -210,7 +222,7 @@ def load_behaviour_policy(run: BehaviourRun, *, deterministic: bool = False) -> 
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.vec_env import VecNormalize
 
-    model = (PPO if run.algo == "ppo" else SAC).load(str(run.directory / "model.zip"), device="cpu")
+    model = (PPO if run.algo in PPO_SETTINGS else SAC).load(str(run.directory / "model.zip"), device="cpu")
     normalise: Callable[[np.ndarray], np.ndarray] = lambda o: o  # noqa: E731
     norm_path = run.directory / "vecnormalize.pkl"
     if norm_path.exists():
@@ -238,7 +250,7 @@ def subsample_episodes(episodes: list[Episode], transitions: int | None, seed: i
 
 def make_mujoco_dataset(env_name: str, mixture: str, *, out: str | os.PathLike, seed: int, algo: str,
                         medium_steps: int, expert_steps: int, transitions: int, behaviour_dir: str | os.PathLike,
-                        command: str = "") -> Path:
+                        command: str = "", expert_algo: str | None = None) -> Path:
     """Build one D4RL-style mixture for a MuJoCo task and write it to ``out``."""
     spec = get_env_spec(env_name)
     if mixture not in MIXTURES:
@@ -259,12 +271,14 @@ def make_mujoco_dataset(env_name: str, mixture: str, *, out: str | os.PathLike, 
             episodes = rollout(spec.name, load_behaviour_policy(run), transitions, seed=seed, source=f"medium-{algo}")
             policy_desc = f"stable-baselines3 {algo.upper()} after {medium_steps} steps (stochastic actions)"
     if mixture in ("expert", "medium-expert"):
-        run = train_behaviour(spec.name, algo=algo, steps=expert_steps, seed=seed,
-                              directory=bdir / f"{spec.name}-{algo}-{expert_steps}-s{seed}")
-        episodes += rollout(spec.name, load_behaviour_policy(run), transitions, seed=seed + 1, source=f"expert-{algo}")
-        policy_desc = (policy_desc + " + " if policy_desc else "") + f"stable-baselines3 {algo.upper()} after {expert_steps} steps"
+        ealgo = expert_algo or algo
+        run = train_behaviour(spec.name, algo=ealgo, steps=expert_steps, seed=seed,
+                              directory=bdir / f"{spec.name}-{ealgo}-{expert_steps}-s{seed}")
+        episodes += rollout(spec.name, load_behaviour_policy(run), transitions, seed=seed + 1, source=f"expert-{ealgo}")
+        policy_desc = (policy_desc + " + " if policy_desc else "") + f"stable-baselines3 {ealgo.upper()} after {expert_steps} steps"
     return write_trajectories(out, episodes, env_id=spec.id, behaviour_policy=policy_desc, seed=seed,
-                              metadata={"mixture": mixture, "algo": algo, "medium_steps": medium_steps,
+                              metadata={"mixture": mixture, "algo": algo, "expert_algo": expert_algo or algo,
+                                        "medium_steps": medium_steps,
                                         "expert_steps": expert_steps, "command": command})
 
 
