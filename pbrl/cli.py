@@ -89,8 +89,11 @@ def cmd_data_label(args: argparse.Namespace) -> int:
     if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
         raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/ "
                                    "(or a path to an .h5 file)"))
+    from pbrl.train.critics import behaviour_value_critic, fit_reward_ensemble
+
     prefs = make_preferences(data.trajectories, pairs=args.pairs, segment=args.segment, teacher=teacher, groups=groups,
-                             pairing=args.pairing, mode=args.mode, rank=args.rank, seed=args.seed)
+                             pairing=args.pairing, mode=args.mode, rank=args.rank, seed=args.seed,
+                             critic=behaviour_value_critic, ensemble=fit_reward_ensemble)
     how = {"teacher": teacher.as_dict(), "pairing": args.pairing, "mode": args.mode, "rank": args.rank}
     if groups:
         how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.params()} for g in groups]
@@ -109,7 +112,7 @@ def cmd_data_label(args: argparse.Namespace) -> int:
         from pbrl.data.teachers import consistency_report
 
         report = consistency_report(data.trajectories, prefs.segments_a, prefs.segments_b, prefs.label, prefs.group,
-                                    groups, prefs.skipped)
+                                    groups, prefs.skipped, critic=behaviour_value_critic)
         print(format_consistency(report))
     return 0
 
@@ -286,8 +289,10 @@ def dataset_info(name: str) -> dict[str, Any]:
         groups = _groups_of(p.attrs)
         if groups:
             from pbrl.data.teachers import consistency_report
+            from pbrl.train.critics import behaviour_value_critic
 
-            info["consistency"] = consistency_report(traj, p.segments_a, p.segments_b, p.label, p.group, groups, p.skipped)
+            info["consistency"] = consistency_report(traj, p.segments_a, p.segments_b, p.label, p.group, groups, p.skipped,
+                                                     critic=behaviour_value_critic)
     return info
 
 

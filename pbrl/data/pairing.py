@@ -17,15 +17,14 @@ K(K−1)/2 pairs sharing a query id.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
 
 import numpy as np
-import torch
 
-from pbrl.core import logistic_link
 from pbrl.data.preferences import PreferenceDataset
 from pbrl.data.store import TrajectoryDataset
-from pbrl.data.teachers import Group, Teacher, check_terms, segment_returns, segment_scores
+from pbrl.data.teachers import Group, Teacher, ValueCritic, check_terms, segment_returns, segment_scores
 from pbrl.errors import ConfigError, DatasetError, describe
 
 PAIRINGS = ("uniform", "stratified", "disagreement")
@@ -75,85 +74,49 @@ def stratified_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, r
     return pick(), pick()
 
 
-class RewardEnsemble:
-    """K MLP reward models r_k(s, a), each fitted by Bradley-Terry on segment sums to a bootstrap of the labels."""
-
-    def __init__(self, trajectories: TrajectoryDataset, members: int = 3, hidden: int = 64, seed: int = 0):
-        from pbrl.nets.mlp import mlp
-
-        self.gen = torch.Generator().manual_seed(seed)
-        x = np.concatenate([trajectories.observations, trajectories.actions], 1)
-        self.x = torch.as_tensor(x)
-        self.mean, self.std = self.x.mean(0), self.x.std(0) + 1e-3
-        self.offsets = torch.as_tensor(trajectories.episode_offsets)
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-            torch.manual_seed(seed)
-            self.models = [mlp(x.shape[1], 1, [hidden, hidden]) for _ in range(members)]
-
-    def _rows(self, seg: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        seg = torch.as_tensor(seg)
-        steps = torch.arange(int(seg[:, 2].max()))
-        mask = steps[None] < seg[:, 2:3]
-        rows = torch.where(mask, self.offsets[seg[:, 0]][:, None] + seg[:, 1:2] + steps[None], 0)
-        return rows, mask
-
-    def _segment_sum(self, model: torch.nn.Module, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (model((self.x[rows] - self.mean) / self.std).squeeze(-1) * mask).sum(-1)
-
-    def fit(self, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray, steps: int = 300, batch: int = 64) -> None:
-        ra, ma = self._rows(seg_a)
-        rb, mb = self._rows(seg_b)
-        y = torch.as_tensor(label, dtype=torch.float32)
-        for model in self.models:
-            boot = torch.randint(len(y), (len(y),), generator=self.gen)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            for _ in range(steps):
-                i = boot[torch.randint(len(boot), (min(batch, len(boot)),), generator=self.gen)]
-                margin = self._segment_sum(model, ra[i], ma[i]) - self._segment_sum(model, rb[i], mb[i])
-                loss = logistic_link(margin, y[i]).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-    @torch.no_grad()
-    def step_rewards(self) -> list[np.ndarray]:
-        return [m((self.x - self.mean) / self.std).squeeze(-1).double().numpy() for m in self.models]
+EnsembleFit = Callable[[TrajectoryDataset, np.ndarray, np.ndarray, np.ndarray, int], list[np.ndarray]]
+"""``(trajectories, seg_a [P, 3], seg_b [P, 3], label [P], seed) -> [each member's reward for every row, [N]]``: the
+reward-model ensemble of ``disagreement`` pairing (``pbrl.train.critics.fit_reward_ensemble``)."""
 
 
 def disagreement_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator,
-                       teacher: Teacher, u: np.ndarray, candidates: int = 10, seed: int = 0
+                       teacher: Teacher, u: np.ndarray, ensemble: EnsembleFit, candidates: int = 10, seed: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
     """A uniform tenth labelled first; the rest chosen where a reward-model ensemble disagrees most."""
     first = max(1, pairs // 10)
     a0, b0 = sample_segments(trajectories, first, length, rng), sample_segments(trajectories, first, length, rng)
     y0, skip0 = teacher.label(trajectories, a0, b0, rng, u)
-    ensemble = RewardEnsemble(trajectories, seed=seed)
-    ensemble.fit(a0[~skip0], b0[~skip0], y0[~skip0])
+    member_rewards = ensemble(trajectories, a0[~skip0], b0[~skip0], y0[~skip0], seed)
     m = candidates * (pairs - first)
     ca, cb = sample_segments(trajectories, m, length, rng), sample_segments(trajectories, m, length, rng)
     probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(trajectories, r, ca) - segment_scores(trajectories, r, cb),
-                                                -50, 50))) for r in ensemble.step_rewards()])
+                                                -50, 50))) for r in member_rewards])
     top = np.argsort(-probs.std(0), kind="stable")[: pairs - first]
     return np.concatenate([a0, ca[top]]), np.concatenate([b0, cb[top]])
 
 
 def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: int, teacher: Teacher | None = None,
                      groups: list[Group] | None = None, pairing: str = "uniform", mode: str = "dense",
-                     rank: int = 0, seed: int = 0) -> PreferenceDataset:
+                     rank: int = 0, seed: int = 0, critic: ValueCritic | None = None,
+                     ensemble: EnsembleFit | None = None) -> PreferenceDataset:
     """Choose ``pairs`` queries and label them: by one ``teacher``, or by ``groups`` (each labelling its share
     of the queries with its own teacher; every label carries its group id). ``rank=K`` asks K-way rankings
-    (``pairs`` is then the number of rankings)."""
+    (``pairs`` is then the number of rankings). A ``regret`` teacher needs a ``critic``, ``disagreement``
+    pairing an ``ensemble`` (:mod:`pbrl.train.critics` has both)."""
     if pairing not in PAIRINGS:
         raise ConfigError(describe("--pairing", "pairing", repr(pairing), f"one of {list(PAIRINGS)}"))
     if mode not in ("dense", "sparse"):
         raise ConfigError(describe("--mode", "mode", repr(mode), "'dense' or 'sparse'"))
     if rank == 1 or rank < 0:
         raise ConfigError(describe("--rank", "K", rank, "0 (pairs) or K >= 2"))
+    if pairing == "disagreement" and ensemble is None:
+        raise ConfigError(describe("--pairing disagreement", "ensemble", "none", "a reward-ensemble fit "
+                                   "(pbrl.train.critics.fit_reward_ensemble; `pbrl data label` passes one)"))
     rng = np.random.default_rng(seed)
     groups = groups or [Group("all", 1.0, teacher or Teacher())]
     for g in groups:
         check_terms(trajectories, g.teacher, str(trajectories.path))
-    utilities = [g.teacher.utilities(trajectories) for g in groups]
+    utilities = [g.teacher.utilities(trajectories, critic) for g in groups]
     queries = pairs
 
     def assign() -> np.ndarray:  # drawn after the segments, so one-group datasets do not depend on it
@@ -183,7 +146,8 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
     elif pairing == "stratified":
         seg_a, seg_b = stratified_pairs(trajectories, queries, segment, rng)
     elif pairing == "disagreement":
-        seg_a, seg_b = disagreement_pairs(trajectories, queries, segment, rng, groups[0].teacher, utilities[0], seed=seed)
+        seg_a, seg_b = disagreement_pairs(trajectories, queries, segment, rng, groups[0].teacher, utilities[0],
+                                            ensemble, seed=seed)
     else:
         seg_a = sample_segments(trajectories, queries, segment, rng)
         seg_b = sample_segments(trajectories, queries, segment, rng)

@@ -15,13 +15,13 @@ Bernoulli(σ(β Δ)); β = None is the deterministic limit β → ∞), mistake 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomllib
-import torch
 
 from pbrl.data.store import TrajectoryDataset
 from pbrl.errors import ConfigError, DatasetError, describe
@@ -79,36 +79,9 @@ def discounted_returns_to_go(trajectories: TrajectoryDataset, gamma: float, u: n
     return out
 
 
-def fit_value_function(trajectories: TrajectoryDataset, *, gamma: float = 0.99, steps: int = 3000,
-                       batch_size: int = 512, hidden: int = 256, seed: int = 0, u: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Fitted value evaluation of the dataset's behaviour: an MLP V(s) regressed on Monte-Carlo returns-to-go
-    of the utility ``u`` (the reward by default).
-
-    Returns ``(V(s_t) for every row [N], V(final observation) for every episode [E])``.
-    """
-    from pbrl.nets.mlp import mlp
-
-    gen = torch.Generator().manual_seed(seed)
-    obs = torch.as_tensor(trajectories.observations)
-    target = torch.as_tensor(discounted_returns_to_go(trajectories, gamma, u), dtype=torch.float32)
-    mean, std = obs.mean(0), obs.std(0) + 1e-3
-    t_mean, t_std = target.mean(), target.std() + 1e-6
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-        torch.manual_seed(seed)
-        net = mlp(obs.shape[1], 1, [hidden, hidden])
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(steps):
-        idx = torch.randint(len(obs), (batch_size,), generator=gen)
-        loss = ((net((obs[idx] - mean) / std).squeeze(-1) - (target[idx] - t_mean) / t_std) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        def value(o: torch.Tensor) -> np.ndarray:
-            return (net((o - mean) / std).squeeze(-1) * t_std + t_mean).double().numpy()
-
-        return value(obs), value(torch.as_tensor(trajectories.final_observations))
+ValueCritic = Callable[[TrajectoryDataset, np.ndarray, "Teacher"], tuple[np.ndarray, np.ndarray]]
+"""The regret teacher's critic: ``(trajectories, utility u [N], teacher) -> (V(s_t) [N], V(final observation) [E])``
+under the teacher's γ. ``pbrl.train.critics.behaviour_value_critic`` fits one to the behaviour's own returns."""
 
 
 def advantages(trajectories: TrajectoryDataset, u: np.ndarray, values: tuple[np.ndarray, np.ndarray],
@@ -177,12 +150,14 @@ class Teacher:
     def gamma(self) -> float:
         return self.discount if self.discount is not None else (0.99 if self.utility == "regret" else 1.0)
 
-    def utilities(self, trajectories: TrajectoryDataset) -> np.ndarray:
-        """Per-step utility of this teacher on ``trajectories``, ``[N]``."""
+    def utilities(self, trajectories: TrajectoryDataset, critic: ValueCritic | None = None) -> np.ndarray:
+        """Per-step utility of this teacher on ``trajectories``, ``[N]``; ``regret`` needs a ``critic``."""
         u = step_utilities(trajectories, self.weights)
         if self.utility == "regret":
-            values = fit_value_function(trajectories, gamma=self.gamma, steps=self.value_steps, seed=self.seed, u=u)
-            u = advantages(trajectories, u, values, self.gamma)
+            if critic is None:
+                raise ConfigError(describe("teacher 'regret'", "critic", "none", "a value critic "
+                                           "(pbrl.train.critics.behaviour_value_critic; `pbrl data label` passes one)"))
+            u = advantages(trajectories, u, critic(trajectories, u, self), self.gamma)
         return u
 
     def scores(self, trajectories: TrajectoryDataset, segments: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
@@ -300,7 +275,8 @@ def agreement(label: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> fl
 
 
 def consistency_report(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray,
-                       group: np.ndarray, groups: list[Group], skipped: np.ndarray | None = None) -> dict[str, Any]:
+                       group: np.ndarray, groups: list[Group], skipped: np.ndarray | None = None,
+                       critic: ValueCritic | None = None) -> dict[str, Any]:
     """Per-group agreement with its own utility, and the cross-group matrix ``[i][j]``: how often group i's
     labels follow group j's (noise-free) utility."""
     if skipped is None:
@@ -309,7 +285,7 @@ def consistency_report(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b
     for g in groups:
         clean = Teacher(utility=g.teacher.utility, weights=g.teacher.weights, myopic=g.teacher.myopic,
                         discount=g.teacher.discount, value_steps=g.teacher.value_steps, seed=g.teacher.seed)
-        u = clean.utilities(trajectories)
+        u = clean.utilities(trajectories, critic)
         scores.append((clean.scores(trajectories, seg_a, u), clean.scores(trajectories, seg_b, u)))
     matrix = []
     for i in range(len(groups)):
