@@ -76,6 +76,12 @@ def test_ratios_and_gap_closed():
     rows.append({"dataset": "d", "agent": "iql-mr", "seed": 0, "normalized_score": 90.0, "steps": 1, "scale": "cpu"})
     assert bench_mod.above_ceiling(rows) == {"d": ["iql-mr (90.0)"]}
     assert "the oracle is no ceiling at this budget" in bench_mod.markdown(rows, {}, "cmd")
+    assert bench_mod.control_margins(rows) == {}
+    rows += [{"dataset": "d", "agent": "iql-constant", "seed": k, "normalized_score": v, "steps": 1, "scale": "cpu"}
+             for k, v in ((0, 84.0), (1, 86.0))]
+    line = bench_mod.control_margins(rows)["d"]
+    assert "scores 85.0 ± 1.0" in line and "iql-mr +5.0" in line and "cpl -35.0" in line and "bc -65.0" in line
+    assert line in bench_mod.markdown(rows, {}, "cmd")
 
 
 @pytest.mark.parametrize("args, error", [

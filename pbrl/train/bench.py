@@ -35,6 +35,7 @@ from pbrl.io import atomic_write_text
 from pbrl.train.config import RunConfig, build_config
 
 ORACLE = "iql-oracle"
+CONTROL = "iql-constant"  # the survival-instinct control (pbrl.agents.iql.IQLConstant)
 CSV_FIELDS = ["dataset", "agent", "seed", "steps", "scale", "normalized_score", "success_rate", "ratio_to_oracle",
               "gap_closed", "holdout_accuracy", "wall_time_s", "steps_per_s", "config_hash", "dataset_sha256",
               "pbrl_version"]
@@ -220,12 +221,30 @@ def markdown(rows: list[dict[str, Any]], ceiling: dict[str, dict[str, Any]], com
     for d, above in above_ceiling(rows).items():
         lines.append(f"- {d}: **the oracle is no ceiling at this budget**: {', '.join(above)} score(s) more than 1.1 × "
                      "oracle IQL; train the oracle longer (DESIGN §7.1) before reading ratios as fractions of a ceiling.")
+    for d, line in control_margins(rows).items():
+        lines.append(f"- {d}: {line}")
     for d in {r["dataset"] for r in rows}:
         oracle, bc = stats.get((d, ORACLE), {}).get("mean"), stats.get((d, "bc"), {}).get("mean")
         if oracle is not None and bc is not None:
             kind = "discriminates" if bc <= 0.7 * oracle else "does not discriminate (claim nothing)"
             lines.append(f"- {d}: BC / oracle = {bc / oracle:.2f}: {kind} (rule: BC ≤ 0.7 × oracle).")
     return "\n".join(lines) + "\n"
+
+
+def control_margins(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per dataset with the survival control in the grid: its score, and every other agent's margin over it."""
+    stats = summarise(rows)
+    out = {}
+    for (d, a), s in stats.items():
+        if a != CONTROL or s["mean"] is None:
+            continue
+        margins = [f"{b} {o['mean'] - s['mean']:+.1f}" for (d2, b), o in stats.items()
+                   if d2 == d and b != CONTROL and o["mean"] is not None]
+        out[d] = (f"survival control `{CONTROL}` (IQL with every reward 1: no reward, no labels) scores "
+                  f"{s['mean']:.1f} ± {s['std']:.1f}; margin over it: {', '.join(margins)}. Offline RL with a positive "
+                  "reward learns to stay alive inside the data (Li et al., 2023): an agent's labels are worth only its "
+                  "margin over this row.")
+    return out
 
 
 def above_ceiling(rows: list[dict[str, Any]], margin: float = 1.1) -> dict[str, list[str]]:
@@ -253,7 +272,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         names = [a for a in agents if (d, a) in stats]
         means = [stats[(d, a)]["mean"] or 0.0 for a in names]
         stds = [stats[(d, a)]["std"] for a in names]
-        colors = ["#888888" if a == ORACLE else "#3b75af" for a in names]
+        colors = ["#888888" if a == ORACLE else "#d08c2c" if a == CONTROL else "#3b75af" for a in names]
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
         for i, a in enumerate(names):
             ax.scatter([i] * len(stats[(d, a)]["scores"]), stats[(d, a)]["scores"], color="black", s=8, zorder=3)
