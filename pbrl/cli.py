@@ -382,9 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "D4RL-style mixture. Meta-World: the task's scripted policy with Gaussian action noise.")
     mk.add_argument("--env", required=True, help="env preset (envs/*.toml) or gymnasium id, e.g. hopper, button-press")
     mk.add_argument("--mixture", default="medium-replay", help="random | medium | medium-replay | medium-expert | expert")
-    mk.add_argument("--algo", default="sac", choices=["sac", "ppo", "ppo-zoo"],
-                    help="behaviour-policy trainer (default: sac); ppo-zoo: RL Zoo's tuned Hopper PPO")
-    mk.add_argument("--expert-algo", default=None, choices=["sac", "ppo", "ppo-zoo"],
+    mk.add_argument("--algo", default="sac", choices=["sac", "ppo"], help="behaviour-policy trainer (default: sac)")
+    mk.add_argument("--expert-algo", default=None, choices=["sac", "ppo"],
                     help="trainer of the expert policy of expert / medium-expert (default: --algo)")
     mk.add_argument("--medium-steps", type=int, default=200_000, help="env steps to train the 'medium' policy")
     mk.add_argument("--expert-steps", type=int, default=1_000_000, help="env steps to train the 'expert' policy")
