@@ -73,6 +73,18 @@ def teacher_from_args(args: argparse.Namespace):
                    discount=args.discount, seed=args.seed)
 
 
+def describe_labels(args: argparse.Namespace, teacher, groups) -> str:
+    """One sentence for the card: how these labels were made (the description may predate them)."""
+    who = (f"{len(groups)} user groups ({', '.join(g.name for g in groups)})" if groups else
+           f"the {teacher.utility} teacher" + (" (critic: a value fitted to the behaviour's own returns)"
+                                               if teacher.utility == "regret" else ""))
+    what = f"{args.pairs} {f'{args.rank}-way rankings' if args.rank else 'pairs'} of {args.segment}-step segments"
+    noise = [f"{k} {v}" for k, v in (("beta", args.beta), ("mistake", args.mistake), ("skip below", args.skip_threshold),
+                                     ("equal within", args.equal_margin), ("myopic", args.gamma)) if v not in (None, 0.0, 1.0)]
+    return (f"{what}, {args.pairing} pairing ({args.mode}), labelled by {who}"
+            + (f", noise: {', '.join(noise)}" if noise else ", no noise") + f"; seed {args.seed}.")
+
+
 def cmd_data_label(args: argparse.Namespace) -> int:
     from pbrl.data.pairing import make_preferences
     from pbrl.data.preferences import write_preferences
@@ -85,6 +97,9 @@ def cmd_data_label(args: argparse.Namespace) -> int:
     teacher = teacher_from_args(args)
     groups = load_groups(args.groups, teacher) if args.groups else None
     path, card = _dataset_out(args.out, ".prefs.h5")
+    if path.exists() and not args.force:
+        raise ConfigError(describe("--out", "preference file", f"{path} (exists)", "a new name, or --force to replace "
+                                   "these labels (runs trained on them then refuse to resume)"))
     data = load_dataset(args.dataset, preferences=False)
     if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
         raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/ "
@@ -105,8 +120,10 @@ def cmd_data_label(args: argparse.Namespace) -> int:
                      **{k: v for k, v in how.items() if k != "groups"}})
         if groups:
             made["groups"] = how["groups"]
+        kept = {k: data.card[k] for k in ("oracle",) if k in data.card}  # facts of the trajectories, not the labels
         write_card(card, {"name": args.out, "env": data.env, "trajectories": data.trajectories.path.name,
-                          "preferences": path.name, "description": data.card.get("description", ""), "made": made})
+                          "preferences": path.name, "description": data.card.get("description", ""),
+                          "labels": describe_labels(args, teacher, groups), "made": made, **kept})
     print(f"wrote {path}" + (f" and {card}" if card else ""))
     if groups:
         from pbrl.data.teachers import consistency_report
@@ -276,6 +293,7 @@ def dataset_info(name: str) -> dict[str, Any]:
         used = ~p.skipped
         lab = p.label[used]
         info.update({"pairs": len(p), "labelled_pairs": int(used.sum()), "queries": int(len(np.unique(p.query))),
+                     "labels_made": data.card.get("labels", ""),
                      "segment_length": int(p.segments_a[:, 2].max()),
                      "label_counts": {"a": int((lab > 0.5).sum()), "b": int((lab < 0.5).sum()),
                                       "equal": int((lab == 0.5).sum()), "skip": int(p.skipped.sum())},
@@ -310,6 +328,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     if info["pairs"]:
         c = info["label_counts"]
         print(f"  pairs        {info['pairs']:>10}   segment {info['segment_length']}")
+        if info["labels_made"]:
+            print(f"  labelled     {info['labels_made']}")
         agree = "–" if info["label_agreement"] is None else f"{info['label_agreement']:.3f}"
         print(f"  labels       a {c['a']}  b {c['b']}  equal {c['equal']}  skip {c['skip']}   tie fraction "
               f"{info['tie_fraction']:.3f}   skip fraction {info['skip_fraction']:.3f}")
@@ -359,10 +379,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = next(agent.parameters()).device
     result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env, episodes=args.episodes, seed=args.seed,
                       video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video)
+    from pbrl.train.loop import Checkpoints
+
+    checkpoint = Checkpoints(Path(args.run_dir) / "checkpoints", 1).latest()
+    step = int(checkpoint.stem.split("_")[-1])
     result = {"agent": cfg.agent, "dataset": data.name, **{k: v for k, v in result.items() if k != "seed"},
-              "seed": cfg.train.seed, "eval_seed": args.seed}
-    write_json(Path(args.run_dir) / "eval.json", result)
+              "seed": cfg.train.seed, "eval_seed": args.seed, "checkpoint": checkpoint.name}
+    # the run's own eval.json stays as training wrote it; each evaluation setting gets its own file
+    env_tag = f"-{args.env}" if args.env else ""
+    out = Path(args.run_dir) / f"eval-step{step}{env_tag}-{args.episodes}ep-seed{args.seed}.json"
+    write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "returns"}, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
@@ -417,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dense: many labels per episode; sparse: one label per pair of trajectories")
     lb.add_argument("--rank", type=int, default=0, metavar="K", help="ask K-way rankings (stored as pairs)")
     lb.add_argument("--seed", type=int, default=0)
+    lb.add_argument("--force", action="store_true", help="replace an existing preference file")
     lb.add_argument("--out", required=True, help="name (datasets/NAME.prefs.h5 + card) or .h5 path")
     lb.set_defaults(func=cmd_data_label)
 
@@ -491,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
     bn.set_defaults(func=cmd_bench)
 
-    ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval.json")
+    ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval-stepK-…-seedS.json")
     ev.add_argument("run_dir", help="a directory written by `pbrl train`")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=100_000, help="env i is seeded seed + i")

@@ -49,10 +49,12 @@ def test_train_then_eval_on_the_shipped_dataset(tmp_path):
         assert key in result
     assert result["agent"] == "cpl" and result["dataset"] == SHIPPED and result["seed"] == 3 and result["episodes"] == 2
     assert json.loads(r.stdout.strip().splitlines()[-1])["normalized_score"] == result["normalized_score"]
+    before = (out / "eval.json").read_bytes()
     r = run_cli("eval", str(out), "--episodes", "3")
     assert r.returncode == 0, r.stderr
-    again = json.loads((out / "eval.json").read_text())
-    assert again["episodes"] == 3 and len(again["returns"]) == 3
+    assert (out / "eval.json").read_bytes() == before  # the run's own result is never overwritten
+    again = json.loads((out / "eval-step30-3ep-seed100000.json").read_text())
+    assert again["episodes"] == 3 and len(again["returns"]) == 3 and again["checkpoint"] == "step_00000030.pt"
 
 
 def test_data_make_label_info_for_mujoco_and_metaworld(tmp_path):
@@ -102,4 +104,65 @@ def test_eval_writes_videos(tmp_path):
     assert r.returncode == 0, r.stderr
     video = out / "videos" / "episode_0.mp4"
     assert video.exists() and video.stat().st_size > 1000
-    assert json.loads((out / "eval.json").read_text())["videos"] == [str(video)]
+    assert json.loads((out / "eval-step5-1ep-seed100000.json").read_text())["videos"] == [str(video)]
+
+
+def test_paths_round_trip_whatever_their_suffix_and_relabelling_is_guarded(tmp_path):
+    hop = tmp_path / "hop.hdf5"
+    assert main(["data", "make", "--env", "Hopper-v5", "--mixture", "random", "--transitions", "400", "--seed", "1",
+                 "--out", str(hop)]) == 0
+    assert dataset_info(str(hop))["episodes"] >= 1
+    bare = tmp_path / "labels" / "x"  # no suffix: written as given, read back by content
+    bare.parent.mkdir()
+    assert main(["data", "label", str(hop), "--pairs", "40", "--segment", "8", "--out", str(bare)]) == 0
+    assert dataset_info(str(bare))["pairs"] == 40
+    assert load_dataset(str(bare)).preferences_path == bare
+    before = bare.read_bytes()
+    r = run_cli("data", "label", str(hop), "--pairs", "40", "--segment", "8", "--seed", "1", "--out", str(bare))
+    assert r.returncode == 2 and "(exists), expected a new name, or --force to replace" in r.stderr
+    assert bare.read_bytes() == before
+    assert main(["data", "label", str(hop), "--pairs", "40", "--segment", "8", "--seed", "1", "--force",
+                 "--out", str(bare)]) == 0
+    assert bare.read_bytes() != before
+    d4 = tmp_path / "d4.hdf5"
+    assert main(["data", "export-d4rl", str(hop), "--out", str(d4)]) == 0
+    r = run_cli("data", "info", str(d4))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "layout: got D4RL's" in r.stderr and "pbrl data import-d4rl" in r.stderr
+
+
+def test_a_run_refuses_to_resume_on_changed_labels_and_writes_nothing(tmp_path):
+    hop = tmp_path / "hop.h5"
+    assert main(["data", "make", "--env", "Hopper-v5", "--mixture", "random", "--transitions", "400", "--seed", "1",
+                 "--out", str(hop)]) == 0
+    prefs = tmp_path / "hop.prefs.h5"
+    assert main(["data", "label", str(hop), "--pairs", "40", "--segment", "8", "--out", str(prefs)]) == 0
+    out = tmp_path / "run"
+    args = ["train", "--agent", "bc", "--dataset", str(prefs), "--steps", "4", "--scale", "cpu", "--out", str(out),
+            "--set", "train.eval_episodes=0", "--set", "train.checkpoint_every=2", "--quiet"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    recorded = json.loads((out / "data.json").read_text())
+    assert set(recorded) == {"trajectories", "preferences"} and recorded["preferences"]["file"] == str(prefs)
+    assert main(["data", "label", str(hop), "--pairs", "40", "--segment", "8", "--seed", "7", "--force",
+                 "--out", str(prefs)]) == 0
+    files = sorted(p.name for p in out.rglob("*"))
+    r = run_cli(*args[:6], "8", *args[7:])  # resume towards more steps
+    assert r.returncode == 2 and "sha256" in r.stderr and "the preferences this run started on" in r.stderr
+    assert sorted(p.name for p in out.rglob("*")) == files
+
+
+def test_a_relabelled_card_says_how_it_was_labelled_and_keeps_the_oracle(tmp_path):
+    import tomllib
+
+    assert run_cli("data", "make", "--env", "Hopper-v5", "--mixture", "random", "--transitions", "300", "--seed", "1",
+                   "--out", "tiny", cwd=tmp_path).returncode == 0
+    card = tmp_path / "datasets" / "tiny.toml"
+    card.write_text(card.read_text() + '\n[oracle]\nagent = "iql-oracle"\nnormalized_score = 1.5\n')
+    r = run_cli("data", "label", "tiny", "--pairs", "30", "--segment", "8", "--mistake", "0.1", "--out", "tiny",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = tomllib.loads(card.read_text())
+    assert written["labels"] == ("30 pairs of 8-step segments, uniform pairing (dense), labelled by the return teacher, "
+                                 "noise: mistake 0.1; seed 0.")
+    assert written["oracle"]["normalized_score"] == 1.5 and written["preferences"] == "tiny.prefs.h5"

@@ -34,6 +34,21 @@ class LoadedDataset:
     preferences: PreferenceDataset | None
     env: str
     card: dict[str, Any] = field(default_factory=dict)
+    preferences_path: Path | None = None   # the file the preferences came from (None: no preferences loaded)
+
+    def files(self) -> dict[str, tuple[Path, str]]:
+        """``{"trajectories": (path, sha256), "preferences": (path, sha256)}`` of what was loaded (a card's recorded
+        sums, checked on load, else the files' own)."""
+        sums = self.card.get("checksums", {})
+        out = {"trajectories": self.trajectories.path}
+        if self.preferences is not None and self.preferences_path is not None:
+            out["preferences"] = self.preferences_path
+        return {k: (Path(v), sums.get(Path(v).name) or sha256_file(Path(v))) for k, v in out.items()}
+
+
+def _d4rl_layout(path: Path) -> bool:
+    with open_h5(path, "an existing .h5 dataset file") as f:
+        return all(k in f for k in ("observations", "actions", "rewards", "terminals"))
 
 
 def _file_format(path: Path) -> str | None:
@@ -42,15 +57,28 @@ def _file_format(path: Path) -> str | None:
     return fmt.decode() if isinstance(fmt, bytes) else fmt
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: Path) -> bool:
+    """An existing file that starts with the HDF5 signature, whatever its suffix."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
 def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True) -> LoadedDataset:
-    """Load a dataset by card name (``datasets/NAME.toml``), card path, or HDF5 file path.
+    """Load a dataset by card name (``datasets/NAME.toml``), card path, or HDF5 file path (``.h5``, ``.hdf5`` or
+    any name: an HDF5 file is recognised by its content).
 
     A preference file brings its trajectory file; a trajectory file alone has no preferences.
     ``preferences=False`` opens (and checks) only the trajectories, e.g. to label them anew.
     """
     s = str(name_or_path)
     path = Path(s)
-    if path.suffix in (".h5", ".hdf5"):
+    if path.suffix in (".h5", ".hdf5") or (path.suffix != ".toml" and path.is_file() and is_hdf5(path)):
         if not path.exists():
             raise DatasetError(describe(s, "file", "missing", "an existing .h5 dataset file"))
         fmt = _file_format(path)
@@ -59,11 +87,16 @@ def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True) -
             prefs = prefs if preferences else None
         elif fmt == "pbrl.trajectories":
             prefs, traj = None, TrajectoryDataset(path)
+        elif _d4rl_layout(path):
+            raise DatasetError(describe(s, "layout", "D4RL's (observations, actions, rewards, terminals)",
+                                        f"a pbrl dataset: convert it once with `pbrl data import-d4rl {s} --env ENV "
+                                        "--out NAME`"))
         else:
             raise DatasetError(describe(s, "attribute 'format'", repr(fmt), "'pbrl.trajectories' or 'pbrl.preferences'"))
         from pbrl.envs.registry import get_env_spec
 
-        return LoadedDataset(path.stem, traj, prefs, get_env_spec(traj.env_id).name)
+        return LoadedDataset(path.stem, traj, prefs, get_env_spec(traj.env_id).name,
+                             preferences_path=path if prefs is not None else None)
     card_path = path if path.suffix == ".toml" else find_resource("datasets", f"{s}.toml")
     if card_path is None or not card_path.exists():
         raise DatasetError(describe("--dataset", "dataset", repr(s),
@@ -96,7 +129,8 @@ def load_card(card_path: Path, *, preferences: bool = True) -> LoadedDataset:
     prefs = None
     if preferences and card.get("preferences"):
         prefs, _ = read_preferences(root / card["preferences"], traj)
-    return LoadedDataset(card.get("name", card_path.stem), traj, prefs, card["env"], card)
+    return LoadedDataset(card.get("name", card_path.stem), traj, prefs, card["env"], card,
+                         preferences_path=root / card["preferences"] if prefs is not None else None)
 
 
 def write_card(card_path: Path, card: dict[str, Any]) -> Path:

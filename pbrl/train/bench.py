@@ -28,7 +28,6 @@ from typing import Any
 
 import pbrl
 from pbrl.agents import AGENTS
-from pbrl.data.preferences import sha256_file
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.errors import ConfigError, describe
 from pbrl.io import atomic_write_text
@@ -56,14 +55,11 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:16]
 
 
-def dataset_checksum(data: LoadedDataset, source: str, with_preferences: bool) -> str:
+def dataset_checksum(data: LoadedDataset, with_preferences: bool) -> str:
     """One hash over the files a cell reads: the trajectories, and the labels where the agent uses them (so an
     ``iql-oracle`` cell stays valid when only the labels change). Cards' recorded sums, else the files' own."""
-    files = [data.trajectories.path]
-    if with_preferences:
-        files.append(data.trajectories.path.parent / data.card["preferences"] if data.card.get("preferences")
-                     else Path(source))
-    sums = [data.card.get("checksums", {}).get(f.name) or sha256_file(f) for f in files]
+    files = data.files()
+    sums = [files["trajectories"][1]] + ([files["preferences"][1]] if with_preferences and "preferences" in files else [])
     return hashlib.sha256("".join(sums).encode()).hexdigest()[:16]
 
 
@@ -101,7 +97,7 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
                 cfg = build_config(a, d, scale=scale, overrides=["train.device=cpu", *sets] if scale == "cpu" else sets,
                                    steps=steps, seed=s)
                 check_inputs(cfg, loaded[d])
-                checksum = dataset_checksum(loaded[d], d, needs_preferences(a))
+                checksum = dataset_checksum(loaded[d], needs_preferences(a))
                 cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / loaded[d].name / a / f"seed{s}", checksum))
             if a == ORACLE and ceiling_check:
                 base = next(c for c in cells if c.dataset == loaded[d].name and c.agent == a and c.seed == seeds[0])

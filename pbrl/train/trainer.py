@@ -92,6 +92,26 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
         raise ConfigError(describe("agent.reward_scale", "reward scale", repr(how), f"one of {list(REWARD_SCALES)}"))
 
 
+def check_same_data(out: Path, data: LoadedDataset) -> None:
+    """A run resumes only on the files it started on: refuse (before writing anything) where their sha256 changed."""
+    path = out / "data.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    for role, (file, sha) in data.files().items():
+        before = recorded.get(role, {}).get("sha256")
+        if before is not None and before != sha:
+            raise DatasetError(describe(str(file), "sha256", sha[:16] + "…", f"{before[:16]}…, the {role} this run "
+                                        f"started on ({path}); train into a new --out to use the changed data"))
+
+
+def record_data(out: Path, data: LoadedDataset) -> None:
+    """``out/data.json``: the path and sha256 of every file the run reads (written once, at its start)."""
+    path = out / "data.json"
+    if not path.exists():
+        write_json(path, {role: {"file": str(file), "sha256": sha} for role, (file, sha) in data.files().items()})
+
+
 def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
     """Write ``out/config.toml`` for a new run; for an existing one, insist the config is the same."""
     out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +246,9 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
         torch.set_num_threads(tc.threads)
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     check_inputs(cfg, data)
+    check_same_data(out, data)
     cfg = prepare_run_dir(cfg, out)
+    record_data(out, data)
     rewards, reward_summary = None, None
     if reward_source(cfg.agent) == "learned":
         learned = learn_reward(cfg, data, out / "reward_model", device, progress)
