@@ -23,13 +23,14 @@ DEFAULT_DATASET = "hopper-medium-replay-small"
 AGENTS = ("cpl", "sft", "bc")
 
 
-def recorded_oracle(dataset: str) -> dict | None:
+def recorded_oracle(dataset: str, table: str = "oracle") -> dict | None:
+    """The ``[oracle]`` (or ``[control]``) score that `pbrl bench --record` stored in the dataset's card."""
     import tomllib
 
     from pbrl.paths import find_resource
 
     card = find_resource("datasets", f"{dataset}.toml")
-    return tomllib.loads(card.read_text()).get("oracle") if card else None
+    return tomllib.loads(card.read_text()).get(table) if card else None
 
 
 def main() -> int:
@@ -81,6 +82,11 @@ def main() -> int:
         if oracle.get("exceeded_by"):
             print(f"\nNOTE: at this budget the oracle is no ceiling: {', '.join(oracle['exceeded_by'])} scored above it "
                   "in the same bench (see docs/benchmarks.md).")
+        control = recorded_oracle(args.dataset, "control")
+        if control:
+            print(f"{'iql-constant':<12} {control['steps']:>7} {control['scale']:>6} {control['normalized_score']:>17.1f} "
+                  f"{control['normalized_score'] / ceiling:>16.2f}  RECORDED (survival control: IQL with every reward 1, "
+                  "no labels; a preference agent's labels are worth only its margin over this row)")
         print(f"\noracle recorded by: {oracle['command']}")
     else:
         print(f"{'iql-oracle':<12} {'–':>7} {'':>6} {'not recorded':>17}  run `pbrl bench ... --record` for this dataset")

@@ -132,3 +132,22 @@ def test_an_oracle_cell_does_not_depend_on_the_other_agents_of_the_grid(tmp_path
     monkeypatch.setattr(trainer, "train", lambda cfg, d, **kw: calls.append(cfg.agent) or original(cfg, d, **kw))
     bench(["bc", "iql-oracle"], [data], [0], out, steps=4, overrides=SETS[:-1], ceiling_check=False, progress=False)
     assert calls == ["bc"]
+
+
+def test_record_stores_the_oracle_and_the_survival_control_in_the_card(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import tomllib
+
+    monkeypatch.setenv("PBRL_HOME", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    card = tmp_path / "datasets" / "x.toml"
+    card.write_text('name = "x"\nenv = "hopper"\ntrajectories = "x.h5"\n')
+    rows = [{"dataset": "x", "agent": a, "seed": k, "normalized_score": v, "steps": 50, "scale": "cpu"}
+            for a, k, v in (("iql-oracle", 0, 40.0), ("iql-oracle", 1, 50.0), ("iql-constant", 0, 80.0), ("bc", 0, 10.0))]
+    assert bench_mod.record_in_card(SimpleNamespace(name="x"), rows, None, "cmd") == card
+    written = tomllib.loads(card.read_text())
+    assert written["oracle"]["normalized_score"] == 45.0 and written["oracle"]["per_seed"] == [40.0, 50.0]
+    assert written["oracle"]["exceeded_by"] == ["iql-constant (80.0)"]
+    assert written["control"]["agent"] == "iql-constant" and written["control"]["normalized_score"] == 80.0
+    assert written["name"] == "x" and written["trajectories"] == "x.h5"

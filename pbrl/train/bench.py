@@ -295,26 +295,35 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dict[str, Any] | None,
                    command: str) -> Path | None:
-    """Store the oracle IQL score of this bench in the dataset's card (``[oracle]``), for the demo to show."""
+    """Store this bench's oracle IQL score (``[oracle]``) and, where it ran, the survival control's (``[control]``)
+    in the dataset's card, for the demo to show."""
     import tomli_w
     import tomllib
 
     from pbrl.paths import find_resource
 
     card_path = find_resource("datasets", f"{data.name}.toml")
-    oracle = [r for r in rows if r["dataset"] == data.name and r["agent"] == ORACLE]
-    if card_path is None or not oracle:
+    if card_path is None:
         return None
     card = tomllib.loads(card_path.read_text())
-    scores = [r["normalized_score"] for r in oracle]
-    card["oracle"] = {"agent": ORACLE, "normalized_score": statistics.fmean(scores),
-                      "normalized_score_std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
-                      "per_seed": scores, "seeds": [r["seed"] for r in oracle], "steps": oracle[0]["steps"],
-                      "scale": oracle[0]["scale"], "command": command, "pbrl_version": pbrl.__version__}
-    if ceiling:
-        card["oracle"].update({"converged": ceiling["converged"], "score_2x": ceiling["score_2x"],
-                               "steps_2x": ceiling["steps_2x"]})
-    card["oracle"]["exceeded_by"] = above_ceiling(rows).get(data.name, [])
+    recorded = False
+    for table, agent in (("oracle", ORACLE), ("control", CONTROL)):
+        mine = [r for r in rows if r["dataset"] == data.name and r["agent"] == agent]
+        if not mine:
+            continue
+        scores = [r["normalized_score"] for r in mine]
+        card[table] = {"agent": agent, "normalized_score": statistics.fmean(scores),
+                       "normalized_score_std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                       "per_seed": scores, "seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],
+                       "scale": mine[0]["scale"], "command": command, "pbrl_version": pbrl.__version__}
+        recorded = True
+    if "oracle" in card and any(r["agent"] == ORACLE and r["dataset"] == data.name for r in rows):
+        if ceiling:
+            card["oracle"].update({"converged": ceiling["converged"], "score_2x": ceiling["score_2x"],
+                                   "steps_2x": ceiling["steps_2x"]})
+        card["oracle"]["exceeded_by"] = above_ceiling(rows).get(data.name, [])
+    if not recorded:
+        return None
     atomic_write_text(card_path, tomli_w.dumps(card))
     return card_path
 
