@@ -81,7 +81,8 @@ def test_ratios_and_gap_closed():
              for k, v in ((0, 84.0), (1, 86.0))]
     line = bench_mod.control_margins(rows)["d"]
     assert "scores 85.0 ± 1.0" in line and "iql-mr +5.0" in line and "cpl -35.0" in line and "bc -65.0" in line
-    assert line in bench_mod.markdown(rows, {}, "cmd")
+    report = bench_mod.markdown(rows, {}, "cmd")
+    assert line in report and "a positive reward alone beats the true one on this data" in report
 
 
 @pytest.mark.parametrize("args, error", [
