@@ -78,9 +78,9 @@ def test_ratios_and_gap_closed():
     assert "the oracle is no ceiling at this budget" in bench_mod.markdown(rows, {}, "cmd")
     assert bench_mod.control_margins(rows) == {}
     rows += [{"dataset": "d", "agent": "iql-constant", "seed": k, "normalized_score": v, "steps": 1, "scale": "cpu"}
-             for k, v in ((0, 84.0), (1, 86.0))]
+             for k, v in ((0, 88.0), (1, 90.0))]
     line = bench_mod.control_margins(rows)["d"]
-    assert "scores 85.0 ± 1.0" in line and "iql-mr +5.0" in line and "cpl -35.0" in line and "bc -65.0" in line
+    assert "scores 89.0 ± 1.0" in line and "iql-mr +1.0" in line and "cpl -39.0" in line and "bc -69.0" in line
     report = bench_mod.markdown(rows, {}, "cmd")
     assert line in report and "a positive reward alone beats the true one on this data" in report
 
