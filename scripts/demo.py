@@ -79,14 +79,14 @@ def main() -> int:
         print(f"{'iql-oracle':<12} {oracle['steps']:>7} {oracle['scale']:>6} {ceiling:>17.1f} {1.0:>16.2f}  RECORDED "
               f"(seeds {seeds}; {note}"
               + (f": {oracle['score_2x']:.1f} at {oracle['steps_2x']} steps" if "score_2x" in oracle else "") + ")")
-        if oracle.get("exceeded_by"):
-            print(f"\nNOTE: at this budget the oracle is no ceiling: {', '.join(oracle['exceeded_by'])} scored above it "
-                  "in the same bench (see docs/benchmarks.md).")
         control = recorded_oracle(args.dataset, "control")
         if control:
             print(f"{'iql-constant':<12} {control['steps']:>7} {control['scale']:>6} {control['normalized_score']:>17.1f} "
                   f"{control['normalized_score'] / ceiling:>16.2f}  RECORDED (survival control: IQL with every reward 1, "
                   "no labels; a preference agent's labels are worth only its margin over this row)")
+        if oracle.get("exceeded_by"):
+            print(f"\nNOTE: at this budget the oracle is no ceiling: {', '.join(oracle['exceeded_by'])} scored above it "
+                  "in the same bench (see docs/benchmarks.md).")
         print(f"\noracle recorded by: {oracle['command']}")
     else:
         print(f"{'iql-oracle':<12} {'–':>7} {'':>6} {'not recorded':>17}  run `pbrl bench ... --record` for this dataset")
