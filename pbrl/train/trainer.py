@@ -92,24 +92,30 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
         raise ConfigError(describe("agent.reward_scale", "reward scale", repr(how), f"one of {list(REWARD_SCALES)}"))
 
 
-def check_same_data(out: Path, data: LoadedDataset) -> None:
+def unit_range(r: np.ndarray) -> np.ndarray:
+    """Min-max normalisation to [0, 1] (Uni-RLHF's for relabelled rewards); a constant array becomes zeros."""
+    lo, hi = float(r.min()), float(r.max())
+    return (r - lo) / (hi - lo) if hi > lo else np.zeros_like(r)
+
+
+def check_same_data(out: Path, files: dict[str, tuple[Path, str]]) -> None:
     """A run resumes only on the files it started on: refuse (before writing anything) where their sha256 changed."""
     path = out / "data.json"
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
-    for role, (file, sha) in data.files().items():
+    for role, (file, sha) in files.items():
         before = recorded.get(role, {}).get("sha256")
         if before is not None and before != sha:
             raise DatasetError(describe(str(file), "sha256", sha[:16] + "…", f"{before[:16]}…, the {role} this run "
                                         f"started on ({path}); train into a new --out to use the changed data"))
 
 
-def record_data(out: Path, data: LoadedDataset) -> None:
+def record_data(out: Path, files: dict[str, tuple[Path, str]]) -> None:
     """``out/data.json``: the path and sha256 of every file the run reads (written once, at its start)."""
     path = out / "data.json"
     if not path.exists():
-        write_json(path, {role: {"file": str(file), "sha256": sha} for role, (file, sha) in data.files().items()})
+        write_json(path, {role: {"file": str(file), "sha256": sha} for role, (file, sha) in files.items()})
 
 
 def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
@@ -193,8 +199,7 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
     if not result.finished:
         return None
     raw = relabel(model, data.trajectories, device)
-    lo, hi = float(raw.min()), float(raw.max())
-    rewards = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+    rewards = unit_range(raw)
     true = data.trajectories.rewards.astype(np.float64)
     # train accuracy on at most 2,000 of the training pairs: enough to compare with the held-out figure
     sample = train_pairs if len(train_pairs) <= 2000 else split_pairs(train_pairs, 2000 / len(train_pairs), tc.seed)[1]
@@ -221,8 +226,7 @@ def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torc
             r = data.trajectories.rewards
         how = cfg.agent_config.reward_scale
         if how == "minmax-returns":  # Uni-RLHF's normalisation of relabelled rewards, applied to any reward
-            lo, hi = float(r.min()), float(r.max())
-            r = (r - lo) / (hi - lo) if hi > lo else np.zeros_like(r)
+            r = unit_range(r)
         scale = returns_scale(data.trajectories, r) if how in ("returns", "minmax-returns") else 1.0
         return TransitionSampler(data.trajectories, rewards=r, scale=scale, device=device, seed=cfg.train.seed)
     if kind == "windows":
@@ -246,9 +250,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
         torch.set_num_threads(tc.threads)
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     check_inputs(cfg, data)
-    check_same_data(out, data)
+    files = data.files()  # hashed once: a path-named dataset has no recorded sums
+    check_same_data(out, files)
     cfg = prepare_run_dir(cfg, out)
-    record_data(out, data)
+    record_data(out, files)
     rewards, reward_summary = None, None
     if reward_source(cfg.agent) == "learned":
         learned = learn_reward(cfg, data, out / "reward_model", device, progress)
