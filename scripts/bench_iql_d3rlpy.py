@@ -1,6 +1,6 @@
 """pbrl's IQL against d3rlpy 2.8.1's, on the same pbrl dataset exported to D4RL layout (DESIGN §7.3, §7.4).
 
-    OMP_NUM_THREADS=1 python scripts/bench_iql_d3rlpy.py                       # equal-work check + update speed
+    OMP_NUM_THREADS=1 python scripts/bench_iql_d3rlpy.py [--compile]             # equal-work check + update speed
     OMP_NUM_THREADS=1 python scripts/bench_iql_d3rlpy.py --train-steps 50000 --seeds 0,1,2   # + scores, both libraries
 
 d3rlpy pins gymnasium 1.0.0 and pulls the old ``gym``, so it lives in its own virtual environment, made here on
@@ -106,25 +106,23 @@ def equal_work(py: Path, data, d4rl: Path, tmp: Path) -> dict:
             "parameters": sum(p.numel() for n, p in agent.named_parameters() if "target" not in n)}
 
 
-def pbrl_speed(data, steps: int, warmup: int) -> dict:
+def pbrl_speed(data, steps: int, warmup: int, compile_loss: bool = False) -> dict:
+    """Median update and sampling times of pbrl's IQL: the loop's own ``train_step`` (no logging), the loss
+    optionally through ``torch.compile`` (``train.compile = true``; inductor's C++ backend on CPU)."""
     from pbrl.data.transitions import TransitionSampler, returns_scale
-    from pbrl.train.loop import Optimizers, TrainConfig
+    from pbrl.train.loop import Optimizers, TrainConfig, train_step
 
     torch.set_num_threads(1)
     agent = pbrl_iql(data)
     sampler = TransitionSampler(data.trajectories, scale=returns_scale(data.trajectories))
     opts = Optimizers(agent.optimizers(), TrainConfig(steps=steps + warmup, lr=3e-4, weight_decay=0.0, grad_clip=0.0))
+    loss_fn = torch.compile(agent.loss) if compile_loss else agent.loss
     update, sample = [], []
-    for i in range(warmup + steps):  # the loop's inner step (pbrl.train.loop.run_loop), without logging
+    for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch = sampler.sample(256)
         t1 = time.perf_counter()
-        out = agent.loss(batch, i)
-        total = sum(out.per_optimizer(opts.names).values())
-        opts.zero_grad()
-        total.backward()
-        opts.step(norms_wanted=False)
-        agent.after_step(i)
+        train_step(agent, loss_fn, batch, opts, i, amp=False, norms_wanted=False)
         t2 = time.perf_counter()
         if i >= warmup:
             sample.append(t1 - t0)
@@ -178,6 +176,7 @@ def main() -> None:
     p.add_argument("--speed-steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time pbrl with torch.compile of the loss")
     p.add_argument("--train-steps", type=int, default=0, help="also train both for N steps and compare scores")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--episodes", type=int, default=10)
@@ -205,20 +204,23 @@ def main() -> None:
         rounds = []
         for _ in range(args.rounds):
             ours = pbrl_speed(data, args.speed_steps, args.warmup)
+            compiled = pbrl_speed(data, args.speed_steps, args.warmup, compile_loss=True) if args.compile else None
             worker(py, "speed", str(d4rl), str(tmp), "--steps", str(args.speed_steps), "--warmup", str(args.warmup),
                    cwd=tmp)
             theirs = json.loads((tmp / "speed.json").read_text())
-            rounds.append((ours, theirs))
+            rounds.append((ours, theirs, compiled))
         print(f"## IQL update speed: batch 256, one thread, median of {args.speed_steps} updates, {args.rounds} rounds")
         print("| round | library | update ms | sampling ms | sampling share | d3rlpy / pbrl (update + sampling) |")
         print("|---|---|---|---|---|---|")
-        for i, (ours, theirs) in enumerate(rounds):
-            ratio = (theirs["update_ms"] + theirs["sample_ms"]) / (ours["update_ms"] + ours["sample_ms"])
-            for name, r in (("pbrl", ours), ("d3rlpy 2.8.1", theirs)):
+        for i, (ours, theirs, compiled) in enumerate(rounds):
+            d3rlpy_ms = theirs["update_ms"] + theirs["sample_ms"]
+            rows = [("pbrl", ours), ("pbrl, torch.compile", compiled), ("d3rlpy 2.8.1", theirs)]
+            for name, r in rows:
+                if r is None:
+                    continue
                 share = r["sample_ms"] / (r["update_ms"] + r["sample_ms"])
-                print(f"| {i} | {name} | {r['update_ms']:.2f} | {r['sample_ms']:.3f} | {100 * share:.1f} % | "
-                      f"{ratio:.2f}× |" if name == "pbrl" else
-                      f"| {i} | {name} | {r['update_ms']:.2f} | {r['sample_ms']:.3f} | {100 * share:.1f} % | |")
+                ratio = "" if r is theirs else f"{d3rlpy_ms / (r['update_ms'] + r['sample_ms']):.2f}×"
+                print(f"| {i} | {name} | {r['update_ms']:.2f} | {r['sample_ms']:.3f} | {100 * share:.1f} % | {ratio} |")
         result = {"equal_work": check, "speed": rounds}
         if args.train_steps:
             seeds = [int(s) for s in args.seeds.split(",")]
