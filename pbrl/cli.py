@@ -67,22 +67,53 @@ def cmd_data_make(args: argparse.Namespace) -> int:
 
 def teacher_from_args(args: argparse.Namespace):
     from pbrl.data.teachers import Teacher
+    from pbrl.errors import ConfigError, describe
 
-    return Teacher(utility="regret" if args.teacher == "regret" else "return", beta=args.beta, mistake=args.mistake,
+    regret = args.teacher == "regret"
+    if not regret and (args.critic or args.expert):
+        raise ConfigError(describe("--critic/--expert", "critic", args.critic or args.expert,
+                                   "nothing: only `--teacher regret` has a critic"))
+    if args.expert and args.critic not in (None, "expert"):
+        raise ConfigError(describe("--expert", "critic", repr(args.critic), "'expert' (or leave --critic out)"))
+    critic = "expert" if args.expert else args.critic
+    return Teacher(utility="regret" if regret else "return", beta=args.beta, mistake=args.mistake,
                    skip_threshold=args.skip_threshold, equal_margin=args.equal_margin, myopic=args.gamma,
-                   discount=args.discount, seed=args.seed)
+                   discount=args.discount, seed=args.seed, critic=critic if regret else None,
+                   expert=args.expert, value_steps=args.critic_steps)
+
+
+CRITIC_WORDS = {"iql": "IQL's in-sample optimal value fitted to the true reward",
+                "expert": "the advantage under an expert's critic",
+                "behaviour": "a value fitted to the behaviour's own returns (weak)"}
 
 
 def describe_labels(args: argparse.Namespace, teacher, groups) -> str:
     """One sentence for the card: how these labels were made (the description may predate them)."""
     who = (f"{len(groups)} user groups ({', '.join(g.name for g in groups)})" if groups else
-           f"the {teacher.utility} teacher" + (" (critic: a value fitted to the behaviour's own returns)"
+           f"the {teacher.utility} teacher" + (f" (critic: {CRITIC_WORDS[teacher.critic_name]}"
+                                               + (f", {teacher.expert}" if teacher.critic_name == "expert" else "") + ")"
                                                if teacher.utility == "regret" else ""))
     what = f"{args.pairs} {f'{args.rank}-way rankings' if args.rank else 'pairs'} of {args.segment}-step segments"
     noise = [f"{k} {v}" for k, v in (("beta", args.beta), ("mistake", args.mistake), ("skip below", args.skip_threshold),
                                      ("equal within", args.equal_margin), ("myopic", args.gamma)) if v not in (None, 0.0, 1.0)]
     return (f"{what}, {args.pairing} pairing ({args.mode}), labelled by {who}"
             + (f", noise: {', '.join(noise)}" if noise else ", no noise") + f"; seed {args.seed}.")
+
+
+def train_expert(trajectories, teacher, behaviour_dir: str):
+    """The teacher with ``expert`` set to the dataset's own expert, trained (or resumed) as `pbrl data make`
+    trains it, under ``behaviour_dir``."""
+    import dataclasses
+
+    from pbrl.data.make import train_behaviour
+    from pbrl.envs.registry import get_env_spec
+    from pbrl.train.critics import expert_run_directory
+
+    directory = expert_run_directory(trajectories, behaviour_dir)
+    meta = trajectories.metadata
+    train_behaviour(get_env_spec(trajectories.env_id).name, algo=meta.get("expert_algo") or meta.get("algo", "sac"),
+                    steps=int(meta["expert_steps"]), seed=int(meta.get("seed", 0)), directory=directory)
+    return dataclasses.replace(teacher, expert=str(directory))
 
 
 def cmd_data_label(args: argparse.Namespace) -> int:
@@ -104,18 +135,20 @@ def cmd_data_label(args: argparse.Namespace) -> int:
     if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
         raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/ "
                                    "(or a path to an .h5 file)"))
-    from pbrl.train.critics import behaviour_value_critic, fit_reward_ensemble
+    from pbrl.train.critics import fit_reward_ensemble, regret_advantages
 
+    if teacher.utility == "regret" and teacher.critic_name == "expert" and teacher.expert is None:
+        teacher = train_expert(data.trajectories, teacher, args.behaviour_dir)
     prefs = make_preferences(data.trajectories, pairs=args.pairs, segment=args.segment, teacher=teacher, groups=groups,
                              pairing=args.pairing, mode=args.mode, rank=args.rank, seed=args.seed,
-                             critic=behaviour_value_critic, ensemble=fit_reward_ensemble)
+                             critic=regret_advantages, ensemble=fit_reward_ensemble)
     how = {"teacher": teacher.as_dict(), "pairing": args.pairing, "mode": args.mode, "rank": args.rank}
     if groups:
         how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.params()} for g in groups]
     write_preferences(path, prefs, data.trajectories, teacher=how, seed=args.seed)
     command = "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if card is not None:
-        made = dict(data.card.get("made", {}))
+        made = {k: v for k, v in data.card.get("made", {}).items() if k != "label_note"}  # notes on the old labels
         made.update({"label_command": command, "label_seed": args.seed, "pairs": args.pairs, "segment": args.segment,
                      **{k: v for k, v in how.items() if k != "groups"}})
         if groups:
@@ -129,7 +162,7 @@ def cmd_data_label(args: argparse.Namespace) -> int:
         from pbrl.data.teachers import consistency_report
 
         report = consistency_report(data.trajectories, prefs.segments_a, prefs.segments_b, prefs.label, prefs.group,
-                                    groups, prefs.skipped, critic=behaviour_value_critic)
+                                    groups, prefs.skipped, critic=regret_advantages)
         print(format_consistency(report))
     return 0
 
@@ -271,7 +304,7 @@ def dataset_info(name: str) -> dict[str, Any]:
     import numpy as np
 
     from pbrl.data.registry import load_dataset
-    from pbrl.data.teachers import agreement, segment_returns
+    from pbrl.data.teachers import agreement, segment_returns, source_quality
 
     data = load_dataset(name)
     traj = data.trajectories
@@ -302,15 +335,22 @@ def dataset_info(name: str) -> dict[str, Any]:
                      "label_agreement": agreement(lab, ra[used], rb[used]),
                      "label_agreement_episode_return": agreement(lab, returns[p.segments_a[used, 0]],
                                                                  returns[p.segments_b[used, 0]]),
+                     "label_agreement_teacher": None if p.score_a is None else
+                     agreement(lab, p.score_a[used], p.score_b[used]),
                      "groups": {int(g): int((p.group[used] == g).sum()) for g in np.unique(p.group)},
                      "annotators": int(len(set(p.annotator[used]) - {""}))})
+        quality = source_quality(traj)
+        if quality is not None:
+            qa, qb = quality[p.segments_a[used, 0]], quality[p.segments_b[used, 0]]
+            info["label_agreement_source"] = agreement(lab, qa, qb)
+            info["cross_source_pairs"] = int(((qa != qb) & (lab != 0.5)).sum())
         groups = _groups_of(p.attrs)
         if groups:
             from pbrl.data.teachers import consistency_report
-            from pbrl.train.critics import behaviour_value_critic
+            from pbrl.train.critics import regret_advantages
 
             info["consistency"] = consistency_report(traj, p.segments_a, p.segments_b, p.label, p.group, groups, p.skipped,
-                                                     critic=behaviour_value_critic)
+                                                     critic=regret_advantages)
     return info
 
 
@@ -333,9 +373,15 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         agree = "–" if info["label_agreement"] is None else f"{info['label_agreement']:.3f}"
         print(f"  labels       a {c['a']}  b {c['b']}  equal {c['equal']}  skip {c['skip']}   tie fraction "
               f"{info['tie_fraction']:.3f}   skip fraction {info['skip_fraction']:.3f}")
-        print(f"  agreement    {agree} of decided labels follow the true segment return")
-        ep = info["label_agreement_episode_return"]
-        print(f"               {'–' if ep is None else f'{ep:.3f}'} follow the return of the episode each segment comes from")
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"  agreement    {fmt(info['label_agreement_teacher'])} of decided labels follow the teacher's own "
+              "noise-free scores")
+        print(f"               {agree} follow the true segment return")
+        print(f"               {fmt(info['label_agreement_episode_return'])} follow the return of the episode each "
+              "segment comes from")
+        if "label_agreement_source" in info:
+            print(f"               {fmt(info['label_agreement_source'])} follow the known order of the policies that "
+                  f"produced them ({info['cross_source_pairs']} pairs from different policies)")
         print(f"  groups       {info['groups']}   annotators {info['annotators']}   queries {info['queries']}")
         if "consistency" in info:
             print(format_consistency(info["consistency"]))
@@ -429,13 +475,23 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--segment", type=int, default=64, help="segment length T in steps")
     lb.add_argument("--teacher", default="scripted", choices=["scripted", "return", "regret"],
                     help="scripted/return: Bradley-Terry on the true segment return; regret: on the segment's summed "
-                    "advantage Σγ^t r_t + γ^T V(s_T) − V(s_0) under a fitted value function (CPL's assumption)")
+                    "advantage Σ_t γ^t A(s_t, a_t) under --critic (CPL's assumption)")
     noise = lb.add_argument_group("noise (B-Pref models, combinable)")
     noise.add_argument("--beta", type=float, default=None, help="stochastic: rationality β; omit: deterministic")
     noise.add_argument("--mistake", type=float, default=0.0, help="mistake: flip each label with probability ε")
     noise.add_argument("--skip-threshold", type=float, default=None, help="skip: no label when both scores are below")
     noise.add_argument("--equal-margin", type=float, default=0.0, help="equal: label 0.5 when scores differ by less")
     noise.add_argument("--gamma", type=float, default=1.0, help="myopic: weight step t of T by γ^(T−1−t)")
+    lb.add_argument("--critic", default=None, choices=["iql", "expert", "behaviour"],
+                    help="regret: where the advantage comes from. iql (default): r + γV(s′) − V(s) with IQL's in-sample "
+                    "optimal value fitted to the true reward; expert: the expert policy's critic, as the CPL paper labels (the dataset's own "
+                    "expert from `pbrl data make`, trained or resumed under --behaviour-dir, or --expert DIR); "
+                    "behaviour: a value fitted to the behaviour's own returns (weak: kept for comparison)")
+    lb.add_argument("--expert", default=None, metavar="DIR", help="critic expert: a stable-baselines3 run directory "
+                    "(runs/behaviour/ENV-ALGO-STEPS-sSEED with model.zip); implies --critic expert")
+    lb.add_argument("--critic-steps", type=int, default=None, help="gradient steps of the critic fit "
+                    "(iql 20000, behaviour 3000)")
+    lb.add_argument("--behaviour-dir", default="runs/behaviour", help="where `pbrl data make` keeps behaviour policies")
     lb.add_argument("--discount", type=float, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
     lb.add_argument("--groups", default=None, metavar="FILE", help="user groups (TOML [[group]] tables: share, "
                     "utility weights over reward terms, noise); every label carries its group id")

@@ -21,7 +21,7 @@ from pbrl.data.transitions import WindowSampler, next_observations
 from pbrl.errors import ConfigError, DatasetError
 from pbrl.nets.transformer import CausalTransformer, PreferenceTransformer
 from pbrl.train.config import build_config
-from pbrl.train.critics import behaviour_value_critic, fit_reward_ensemble
+from pbrl.train.critics import fit_reward_ensemble, regret_advantages
 from pbrl.train.loop import Checkpoints
 from pbrl.train.trainer import build_agent, learn_reward, load_run, make_sampler, train
 from tests.test_train import config, mean_action, two_behaviour_dataset
@@ -271,8 +271,9 @@ def test_library_code_does_not_reseed_the_global_rng(tmp_path):
         behaviour_policy="b", seed=0))
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    make_preferences(ds, pairs=20, segment=8, teacher=Teacher(utility="regret", value_steps=5), seed=0,
-                     critic=behaviour_value_critic)
+    for critic in ("iql", "behaviour"):
+        make_preferences(ds, pairs=20, segment=8, teacher=Teacher(utility="regret", critic=critic, value_steps=5), seed=0,
+                         critic=regret_advantages)
     make_preferences(ds, pairs=20, segment=8, pairing="disagreement", seed=0, ensemble=fit_reward_ensemble)
     assert torch.equal(before, torch.get_rng_state())
 

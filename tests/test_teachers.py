@@ -13,7 +13,7 @@ from pbrl.data.preferences import PreferenceDataset, PreferenceSampler
 from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
 from pbrl.data.teachers import Group, Teacher, consistency_report, load_groups, segment_returns, segment_scores
 from pbrl.errors import ConfigError
-from pbrl.train.critics import behaviour_value_critic, fit_reward_ensemble
+from pbrl.train.critics import fit_reward_ensemble, regret_advantages
 from tests.conftest import make_episodes, write_episodes
 
 
@@ -159,12 +159,12 @@ def test_disagreement_pairing_picks_close_calls(tmp_path):
 def test_models_are_passed_in_and_their_absence_is_one_line(tmp_path):
     ds = TrajectoryDataset(write_trajectories(tmp_path / "m.h5", make_episodes([20, 20, 20]), env_id="Hopper-v5",
                                               behaviour_policy="x", seed=0))
-    with pytest.raises(ConfigError, match=r"teacher 'regret': critic: got none, expected a value critic"):
+    with pytest.raises(ConfigError, match=r"teacher 'regret': critic: got none, expected an advantage critic"):
         make_preferences(ds, pairs=10, segment=4, teacher=Teacher(utility="regret"), seed=0)
     with pytest.raises(ConfigError, match=r"--pairing disagreement: ensemble: got none, expected a reward-ensemble fit"):
         make_preferences(ds, pairs=10, segment=4, pairing="disagreement", seed=0)
-    # a critic is any callable: V = 0 everywhere makes regret the plain discounted return
-    zero = lambda traj, u, teacher: (np.zeros(traj.num_transitions), np.zeros(traj.num_episodes))  # noqa: E731
+    # a critic is any callable: A = u (V = 0 everywhere) makes regret the plain discounted return
+    zero = lambda traj, u, teacher: u  # noqa: E731
     a = make_preferences(ds, pairs=50, segment=4, teacher=Teacher(utility="regret", discount=0.9), seed=0, critic=zero)
     b = make_preferences(ds, pairs=50, segment=4, teacher=Teacher(discount=0.9), seed=0)
     np.testing.assert_array_equal(a.label, b.label)
@@ -184,8 +184,9 @@ def test_regret_teacher_ignores_state_value(tmp_path):
     ds = TrajectoryDataset(write_trajectories(tmp_path / "r.h5", eps, env_id="Hopper-v5", behaviour_policy="x", seed=0))
     good = lambda seg: ds.actions[ds.episode_offsets[seg[:, 0]] + seg[:, 1], 0] > 0  # noqa: E731
     for utility, low, high in (("regret", 0.8, 1.01), ("return", 0.0, 0.75)):
-        prefs = make_preferences(ds, pairs=400, segment=10, seed=0, critic=behaviour_value_critic,
-                                 teacher=Teacher(utility=utility, discount=0.9, value_steps=800))
+        prefs = make_preferences(ds, pairs=400, segment=10, seed=0, critic=regret_advantages,
+                                 teacher=Teacher(utility=utility, discount=0.9, value_steps=800,
+                                                 critic="behaviour" if utility == "regret" else None))
         decided = good(prefs.segments_a) != good(prefs.segments_b)
         agree = ((prefs.label[decided] > 0.5) == good(prefs.segments_a)[decided]).mean()
         assert low < agree < high, (utility, agree)

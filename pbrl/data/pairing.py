@@ -24,7 +24,7 @@ import numpy as np
 
 from pbrl.data.preferences import PreferenceDataset
 from pbrl.data.store import TrajectoryDataset
-from pbrl.data.teachers import Group, Teacher, ValueCritic, check_terms, segment_returns, segment_scores
+from pbrl.data.teachers import AdvantageCritic, Group, Teacher, check_terms, segment_returns, segment_scores
 from pbrl.errors import ConfigError, DatasetError, describe
 
 PAIRINGS = ("uniform", "stratified", "disagreement")
@@ -97,7 +97,7 @@ def disagreement_pairs(trajectories: TrajectoryDataset, pairs: int, length: int,
 
 def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: int, teacher: Teacher | None = None,
                      groups: list[Group] | None = None, pairing: str = "uniform", mode: str = "dense",
-                     rank: int = 0, seed: int = 0, critic: ValueCritic | None = None,
+                     rank: int = 0, seed: int = 0, critic: AdvantageCritic | None = None,
                      ensemble: EnsembleFit | None = None) -> PreferenceDataset:
     """Choose ``pairs`` queries and label them: by one ``teacher``, or by ``groups`` (each labelling its share
     of the queries with its own teacher; every label carries its group id). ``rank=K`` asks K-way rankings
@@ -139,8 +139,10 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
         n = len(ij)
         flip = rng.random(len(seg_a)) < 0.5  # randomise which side the better segment is on
         seg_a, seg_b = np.where(flip[:, None], seg_b, seg_a), np.where(flip[:, None], seg_a, seg_b)
-        return PreferenceDataset(seg_a, seg_b, np.where(flip, 0.0, 1.0).astype(np.float32), np.repeat(who, n).astype(np.int32),
-                                 query=np.repeat(np.arange(queries), n))
+        group = np.repeat(who, n)
+        return PreferenceDataset(seg_a, seg_b, np.where(flip, 0.0, 1.0).astype(np.float32), group.astype(np.int32),
+                                 query=np.repeat(np.arange(queries), n),
+                                 **teacher_scores(trajectories, seg_a, seg_b, group, groups, utilities))
     if mode == "sparse":
         seg_a, seg_b = sparse_pairs(trajectories, queries, segment, rng)
     elif pairing == "stratified":
@@ -158,4 +160,17 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
         rows = np.flatnonzero(who == gi)
         if len(rows):
             label[rows], skipped[rows] = g.teacher.label(trajectories, seg_a[rows], seg_b[rows], rng, utilities[gi])
-    return PreferenceDataset(seg_a, seg_b, label, who.astype(np.int32), skipped=skipped)
+    return PreferenceDataset(seg_a, seg_b, label, who.astype(np.int32), skipped=skipped,
+                             **teacher_scores(trajectories, seg_a, seg_b, who, groups, utilities))
+
+
+def teacher_scores(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, who: np.ndarray,
+                   groups: list[Group], utilities: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each pair's noise-free scores under its group's teacher: ``score_a``, ``score_b`` ``[P]``."""
+    score_a, score_b = np.zeros(len(seg_a)), np.zeros(len(seg_a))
+    for gi, g in enumerate(groups):
+        rows = np.flatnonzero(who == gi)
+        if len(rows):
+            score_a[rows] = g.teacher.scores(trajectories, seg_a[rows], utilities[gi])
+            score_b[rows] = g.teacher.scores(trajectories, seg_b[rows], utilities[gi])
+    return {"score_a": score_a, "score_b": score_b}

@@ -14,6 +14,8 @@ skipped         [P] bool    the annotator skipped the query: no label, never tra
 query           [P] i8      query id: the pairs of one K-way ranking share it (else 0..P-1)
 annotator       [P] str     annotator id ("" for scripted teachers)
 timestamp       [P] str     ISO 8601 time of the answer ("" when unknown)
+score_a         [P] f8      optional: the scripted teacher's noise-free score of segment a (its utility)
+score_b         [P] f8      optional: the same for segment b
 ==============  ==========  ===================================================================
 
 Attributes: ``format``, ``format_version``, ``trajectories`` (file name, resolved next to this file),
@@ -62,6 +64,8 @@ class PreferenceDataset:
     query: np.ndarray | None = None       # [P] i8: pairs from one K-way ranking share a query id
     annotator: np.ndarray | None = None   # [P] str: who answered ("" for scripted teachers)
     timestamp: np.ndarray | None = None   # [P] str: when (ISO 8601, "" when unknown)
+    score_a: np.ndarray | None = None     # [P] f8: a scripted teacher's noise-free score of segment a (else None)
+    score_b: np.ndarray | None = None     # [P] f8: the same for segment b
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,8 +94,8 @@ class PreferenceDataset:
             arr = getattr(self, name)
             if arr.shape != (p, 3):
                 raise DatasetError(describe(where, f"'{name}' shape", arr.shape, f"({p}, 3) (episode, start, length)"))
-        for name in ("group", "skipped", "query", "annotator", "timestamp"):
-            if getattr(self, name).shape != (p,):
+        for name in ("group", "skipped", "query", "annotator", "timestamp", "score_a", "score_b"):
+            if getattr(self, name) is not None and getattr(self, name).shape != (p,):
                 raise DatasetError(describe(where, f"'{name}' shape", getattr(self, name).shape, f"({p},)"))
         bad = (~np.isfinite(self.label) | (self.label < 0) | (self.label > 1)) & ~self.skipped
         if bad.any():
@@ -133,6 +137,9 @@ def write_preferences(path: str | os.PathLike, prefs: PreferenceDataset, traject
         f.create_dataset("query", data=prefs.query.astype(np.int64))
         f.create_dataset("annotator", data=np.asarray(prefs.annotator, dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("timestamp", data=np.asarray(prefs.timestamp, dtype=object), dtype=h5py.string_dtype())
+        for name in ("score_a", "score_b"):
+            if getattr(prefs, name) is not None:
+                f.create_dataset(name, data=np.asarray(getattr(prefs, name), np.float64))
     return path
 
 
@@ -155,6 +162,8 @@ def read_preferences(path: str | os.PathLike, trajectories: TrajectoryDataset | 
             skipped=f["skipped"][()].astype(bool) if "skipped" in f else None,
             query=f["query"][()].astype(np.int64) if "query" in f else None,
             annotator=strings("annotator"), timestamp=strings("timestamp"),
+            score_a=f["score_a"][()].astype(np.float64) if "score_a" in f else None,
+            score_b=f["score_b"][()].astype(np.float64) if "score_b" in f else None,
             attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()},
         )
     if trajectories is None:

@@ -4,8 +4,16 @@ A teacher scores each segment with a per-step *utility* and compares two scores:
 
 - ``return``: the utility is the reward (or a user group's weighting of reward terms): Bradley-Terry on
   segment returns;
-- ``regret``: the utility is the advantage ``r_t + γ V(s_{t+1}) − V(s_t)`` under a fitted value evaluation
-  V of the dataset's behaviour, so ``Σ_t γ^t A_t = Σ_t γ^t r_t + γ^T V(s_T) − V(s_0)``: CPL's regret model.
+- ``regret``: the utility is an advantage ``A(s_t, a_t)``, so a segment scores ``Σ_t γ^t A_t``: CPL's regret
+  model (Knox et al., 2022; Hejna et al., 2024, eq. 3), whose theory asks for the advantage of the *optimal*
+  policy. The ``critic`` names where the advantage comes from (:mod:`pbrl.train.critics` computes each):
+
+  - ``expert``: ``Q(s, a) − E_{a'∼π} Q(s, a')`` of an expert SAC's critic, as the CPL paper labels
+    (``r + γV(s′) − V(s)`` for a PPO expert, which has only V);
+  - ``iql``: ``r + γV(s′) − V(s)`` under an in-sample optimal value, IQL's τ-expectile V (with its twin Q)
+    fitted to the utility (any dataset, imported ones included);
+  - ``behaviour``: ``r + γV^β(s′) − V^β(s)`` with V^β fitted to the dataset's own returns. Weak: along the
+    behaviour's own trajectories these advantages average to zero, so within a segment they mostly measure luck.
 
 Noise follows B-Pref (Lee et al., 2021), each a parameter, all combinable, applied in this order:
 skip (no label when both segments score below ``skip_threshold``), equal (label 0.5 when the scores differ by
@@ -79,9 +87,13 @@ def discounted_returns_to_go(trajectories: TrajectoryDataset, gamma: float, u: n
     return out
 
 
-ValueCritic = Callable[[TrajectoryDataset, np.ndarray, "Teacher"], tuple[np.ndarray, np.ndarray]]
-"""The regret teacher's critic: ``(trajectories, utility u [N], teacher) -> (V(s_t) [N], V(final observation) [E])``
-under the teacher's γ. ``pbrl.train.critics.behaviour_value_critic`` fits one to the behaviour's own returns."""
+AdvantageCritic = Callable[[TrajectoryDataset, np.ndarray, "Teacher"], np.ndarray]
+"""The regret teacher's critic: ``(trajectories, utility u [N], teacher) -> A(s_t, a_t) [N]`` under the teacher's γ,
+computed the way ``teacher.critic`` names. ``pbrl.train.critics.regret_advantages`` computes all three."""
+
+CRITICS = ("iql", "expert", "behaviour")
+DEFAULT_CRITIC = "iql"
+CRITIC_STEPS = {"iql": 20_000, "behaviour": 3_000, "expert": 0}  # gradient steps of the fit (expert: none)
 
 
 def advantages(trajectories: TrajectoryDataset, u: np.ndarray, values: tuple[np.ndarray, np.ndarray],
@@ -131,8 +143,10 @@ class Teacher:
     equal_margin: float = 0.0                  # label 0.5 when |Δ| < margin
     myopic: float = 1.0                        # weight of step t of T: myopic^(T−1−t)
     discount: float | None = None              # γ inside a segment (return: 1, regret: 0.99)
-    value_steps: int = 3000                    # regret: gradient steps of the value fit
-    seed: int = 0                              # regret: seed of the value fit
+    critic: str | None = None                  # regret: iql | expert | behaviour (None: DEFAULT_CRITIC)
+    expert: str | None = None                  # regret, critic expert: the expert's run directory
+    value_steps: int | None = None             # regret: gradient steps of the critic fit (None: CRITIC_STEPS)
+    seed: int = 0                              # regret: seed of the critic fit
 
     def __post_init__(self) -> None:
         if self.utility not in ("return", "regret"):
@@ -145,19 +159,36 @@ class Teacher:
             raise ConfigError(describe("--equal-margin", "margin", self.equal_margin, "a non-negative float"))
         if not 0.0 < self.myopic <= 1.0:
             raise ConfigError(describe("--gamma", "myopic discount", self.myopic, "a value in (0, 1]"))
+        if self.critic is not None and self.critic not in CRITICS:
+            raise ConfigError(describe("--critic", "critic", repr(self.critic), f"one of {list(CRITICS)}"))
+        if self.critic is not None and self.utility != "regret":
+            raise ConfigError(describe("--critic", "critic", repr(self.critic), "no critic: only the regret teacher has one"))
+        if self.critic == "expert" and self.weights:
+            raise ConfigError(describe("--critic expert", "utility weights", self.weights,
+                                       "the reward itself (an expert's critic knows only the reward it was trained on)"))
+
+    @property
+    def critic_name(self) -> str:
+        """The regret teacher's critic (``DEFAULT_CRITIC`` unless set)."""
+        return self.critic or DEFAULT_CRITIC
+
+    @property
+    def fit_steps(self) -> int:
+        """Gradient steps of the regret critic's fit."""
+        return self.value_steps if self.value_steps is not None else CRITIC_STEPS[self.critic_name]
 
     @property
     def gamma(self) -> float:
         return self.discount if self.discount is not None else (0.99 if self.utility == "regret" else 1.0)
 
-    def utilities(self, trajectories: TrajectoryDataset, critic: ValueCritic | None = None) -> np.ndarray:
+    def utilities(self, trajectories: TrajectoryDataset, critic: AdvantageCritic | None = None) -> np.ndarray:
         """Per-step utility of this teacher on ``trajectories``, ``[N]``; ``regret`` needs a ``critic``."""
         u = step_utilities(trajectories, self.weights)
         if self.utility == "regret":
             if critic is None:
-                raise ConfigError(describe("teacher 'regret'", "critic", "none", "a value critic "
-                                           "(pbrl.train.critics.behaviour_value_critic; `pbrl data label` passes one)"))
-            u = advantages(trajectories, u, critic(trajectories, u, self), self.gamma)
+                raise ConfigError(describe("teacher 'regret'", "critic", "none", "an advantage critic "
+                                           "(pbrl.train.critics.regret_advantages; `pbrl data label` passes one)"))
+            u = critic(trajectories, u, self)
         return u
 
     def scores(self, trajectories: TrajectoryDataset, segments: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
@@ -213,7 +244,11 @@ class Teacher:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.utility, **{k: v for k, v in self.params().items() if k != "utility"}}
+        """What a card records: the set fields, and for ``regret`` the critic and its fit steps as resolved."""
+        out = {"name": self.utility, **{k: v for k, v in self.params().items() if k != "utility"}}
+        if self.utility == "regret":
+            out.update(critic=self.critic_name, value_steps=self.fit_steps)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,6 +292,8 @@ def load_groups(path: str | Path, base: Teacher | None = None) -> list[Group]:
             raise ConfigError(describe(str(path), f"group {i} field(s) {sorted(extra)}", "unknown",
                                        f"name, share or one of {sorted(known)}"))
         params = {**asdict(base), **{k: v for k, v in g.items() if k in known}}
+        if params.get("utility") != "regret" and "critic" not in g:  # the CLI's critic is the regret groups' only
+            params.update(critic=None, expert=None)
         if "weights" in params and params["weights"] is not None:
             params["weights"] = {str(k): float(v) for k, v in params["weights"].items()}
         out.append(Group(str(g.get("name", f"group{i}")), float(g.get("share", 1.0)), Teacher(**params)))
@@ -264,6 +301,36 @@ def load_groups(path: str | Path, base: Teacher | None = None) -> list[Group]:
     if total <= 0:
         raise ConfigError(describe(str(path), "share", total, "positive shares"))
     return [Group(g.name, g.share / total, g.teacher) for g in out]
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def source_quality(trajectories: TrajectoryDataset) -> np.ndarray | None:
+    """Known order of the policies that produced each episode, ``[E]`` float (higher is better), or None when a
+    source is not one ``pbrl data make`` writes. ``random`` < ``medium-*`` < ``expert-*``; within a learner's
+    replay (``ALGO-replay@STEPS``) later checkpoints rank higher; scripted policies with less action noise
+    (``scripted+noiseσ``) rank higher."""
+    quality = []
+    for source in trajectories.episode_sources:
+        if source == "random":
+            quality.append(0.0)
+        elif source.startswith("expert-"):
+            quality.append(3e12)
+        elif source.startswith("medium-"):
+            quality.append(2e12)
+        elif "-replay@" in source and source.rsplit("@", 1)[1].isdigit():
+            quality.append(1e12 + float(source.rsplit("@", 1)[1]))
+        elif source.startswith("scripted+noise") and _is_float(source.removeprefix("scripted+noise")):
+            quality.append(2e12 - float(source.removeprefix("scripted+noise")))
+        else:
+            return None
+    return np.asarray(quality)
 
 
 def agreement(label: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> float | None:
@@ -276,7 +343,7 @@ def agreement(label: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> fl
 
 def consistency_report(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray,
                        group: np.ndarray, groups: list[Group], skipped: np.ndarray | None = None,
-                       critic: ValueCritic | None = None) -> dict[str, Any]:
+                       critic: AdvantageCritic | None = None) -> dict[str, Any]:
     """Per-group agreement with its own utility, and the cross-group matrix ``[i][j]``: how often group i's
     labels follow group j's (noise-free) utility."""
     if skipped is None:
@@ -284,7 +351,8 @@ def consistency_report(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b
     scores = []
     for g in groups:
         clean = Teacher(utility=g.teacher.utility, weights=g.teacher.weights, myopic=g.teacher.myopic,
-                        discount=g.teacher.discount, value_steps=g.teacher.value_steps, seed=g.teacher.seed)
+                        discount=g.teacher.discount, critic=g.teacher.critic, expert=g.teacher.expert,
+                        value_steps=g.teacher.value_steps, seed=g.teacher.seed)
         u = clean.utilities(trajectories, critic)
         scores.append((clean.scores(trajectories, seg_a, u), clean.scores(trajectories, seg_b, u)))
     matrix = []

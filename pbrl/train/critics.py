@@ -1,16 +1,33 @@
-"""The models a labelling run trains: the regret teacher's value critic and the reward ensemble that picks
-``disagreement`` pairs. ``pbrl.data`` declares what it needs (:data:`pbrl.data.teachers.ValueCritic`,
-:data:`pbrl.data.pairing.EnsembleFit`) and never imports a network; ``pbrl data label`` passes these in."""
+"""The models a labelling run trains or loads: the regret teacher's critics and the reward ensemble that picks
+``disagreement`` pairs. ``pbrl.data`` declares what it needs (:data:`pbrl.data.teachers.AdvantageCritic`,
+:data:`pbrl.data.pairing.EnsembleFit`) and never imports a network; ``pbrl data label`` passes these in.
+
+The regret teacher's three critics (``Teacher.critic``), each giving ``A(s_t, a_t)`` for every row:
+
+- ``iql`` (:func:`iql_advantages`): IQL's critic without its actor (Kostrikov et al., 2021, eqs. 5–6), fitted in
+  sample to the utility: ``r + γV(s′) − V(s)`` with V the τ-expectile of Q, an estimate of the optimal value
+  among the dataset's actions;
+- ``expert`` (:func:`expert_advantages`): an expert's critic, as the CPL paper labels (jhejna/cpl,
+  ``scripts/add_pref_labels.py``): SAC's ``Q(s, a) − mean_k Q(s, a_k)``, a_k ∼ π(·|s); PPO's
+  ``r + γV(s′) − V(s)``;
+- ``behaviour`` (:func:`behaviour_advantages`): ``r + γV^β(s′) − V^β(s)``, V^β fitted to the behaviour's returns.
+"""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import torch
+from tqdm.auto import trange
 
-from pbrl.core import logistic_link
+from pbrl.core import expectile_loss, logistic_link, td_target, twin_q_loss
 from pbrl.data.store import TrajectoryDataset
-from pbrl.data.teachers import Teacher, discounted_returns_to_go
-from pbrl.nets.mlp import mlp
+from pbrl.data.teachers import Teacher, advantages, discounted_returns_to_go
+from pbrl.data.transitions import TransitionSampler, returns_scale
+from pbrl.errors import ConfigError, DatasetError, describe
+from pbrl.nets.mlp import EnsembleQ, ValueNet, mlp
 
 
 def fit_value_function(trajectories: TrajectoryDataset, *, gamma: float = 0.99, steps: int = 3000,
@@ -43,11 +60,135 @@ def fit_value_function(trajectories: TrajectoryDataset, *, gamma: float = 0.99, 
         return value(obs), value(torch.as_tensor(trajectories.final_observations))
 
 
-def behaviour_value_critic(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """:data:`pbrl.data.teachers.ValueCritic` fitted to the behaviour's own returns of ``u``
-    (:func:`fit_value_function` with the teacher's γ, ``value_steps`` and ``seed``)."""
-    return fit_value_function(trajectories, gamma=teacher.gamma, steps=teacher.value_steps, seed=teacher.seed, u=u)
+def behaviour_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher) -> np.ndarray:
+    """``u_t + γV^β(s_{t+1}) − V^β(s_t)`` ``[N]``, V^β fitted to the behaviour's own returns of ``u``
+    (:func:`fit_value_function` with the teacher's γ, fit steps and seed)."""
+    values = fit_value_function(trajectories, gamma=teacher.gamma, steps=teacher.fit_steps, seed=teacher.seed, u=u)
+    return advantages(trajectories, u, values, teacher.gamma)
+
+
+@torch.no_grad()
+def _rows(fn, *arrays: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``fn`` over row chunks of ``arrays`` (float32 tensors), concatenated as float64 ``[N]``."""
+    n = len(arrays[0])
+    return np.concatenate([fn(*(torch.as_tensor(a[i:i + chunk]) for a in arrays)).double().numpy()
+                           for i in range(0, n, chunk)]) if n else np.zeros(0)
+
+
+def fit_iql_critic(trajectories: TrajectoryDataset, u: np.ndarray, *, gamma: float, steps: int, seed: int,
+                   expectile: float = 0.7, batch_size: int = 256, hidden: tuple[int, ...] = (256, 256),
+                   lr: float = 3e-4, target_update: float = 0.005) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQL's critic without its actor, fitted in sample to the utility ``u``: twin Q with a Polyak target
+    (Kostrikov et al., 2021, eq. 6) and V the τ-expectile of the target Q (eq. 5); ``steps`` Adam steps, seeded
+    by ``seed`` without touching the global RNG. Trained on ``u`` × IQL's locomotion scale
+    ``1000 / (max − min episode return)``. Returns, in the units of ``u``: ``(Q(s_t, a_t) [N], V(s_t) [N],
+    V(final observation) [E])`` (Q: the smaller target critic)."""
+    scale = returns_scale(trajectories, u)
+    sampler = TransitionSampler(trajectories, rewards=u, scale=scale, seed=seed)
+    obs = torch.as_tensor(trajectories.observations)
+    norm = {"obs_mean": obs.mean(0), "obs_std": obs.std(0) + 1e-3}
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        q = EnsembleQ(trajectories.obs_dim, trajectories.act_dim, hidden_layers=hidden, **norm)
+        value = ValueNet(trajectories.obs_dim, hidden_layers=hidden, **norm)
+    q_target = copy.deepcopy(q).requires_grad_(False)
+    opt_q, opt_v = torch.optim.Adam(q.parameters(), lr=lr), torch.optim.Adam(value.parameters(), lr=lr)
+    for _ in trange(steps, desc="iql critic", leave=False, disable=None):
+        b = sampler.sample(batch_size)
+        with torch.no_grad():
+            target_q = q_target(b.obs, b.act).min(0).values
+            next_v = value(b.next_obs)
+        value_loss = expectile_loss(target_q - value(b.obs), expectile).mean()
+        q1, q2 = q(b.obs, b.act)
+        critic_loss = twin_q_loss(q1, q2, td_target(b.reward, b.done, next_v, gamma)).mean()
+        opt_v.zero_grad()
+        value_loss.backward()
+        opt_v.step()
+        opt_q.zero_grad()
+        critic_loss.backward()
+        opt_q.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(q_target.parameters()), list(q.parameters()), target_update)
+    q_rows = _rows(lambda o, a: q_target(o, a).min(0).values, trajectories.observations, trajectories.actions)
+    v_rows = _rows(value, trajectories.observations)
+    v_final = _rows(value, trajectories.final_observations)
+    return q_rows / scale, v_rows / scale, v_final / scale
+
+
+def iql_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher) -> np.ndarray:
+    """``u_t + γV(s_{t+1}) − V(s_t)`` ``[N]`` with V the in-sample optimal value of :func:`fit_iql_critic` (the
+    teacher's γ, fit steps and seed). Not ``Q − V``: in sample, that compares an action only with the other
+    actions seen in that state, which on locomotion data are the same policy's own, so it ranks luck again
+    (measured on the shipped Hopper set, docs/benchmarks.md)."""
+    _, v_rows, v_final = fit_iql_critic(trajectories, u, gamma=teacher.gamma, steps=teacher.fit_steps, seed=teacher.seed)
+    return advantages(trajectories, u, (v_rows, v_final), teacher.gamma)
+
+
+def expert_run_directory(trajectories: TrajectoryDataset, behaviour_dir: str | Path = "runs/behaviour") -> Path:
+    """Where ``pbrl data make`` keeps (or would train) the expert of a dataset it made."""
+    meta = trajectories.metadata
+    if "expert_steps" not in meta:
+        raise DatasetError(describe(str(trajectories.path), "metadata 'expert_steps'", "missing",
+                                    "a dataset made by `pbrl data make` (or name an expert with --expert DIR)"))
+    from pbrl.envs.registry import get_env_spec
+
+    algo = meta.get("expert_algo") or meta.get("algo", "sac")
+    name = get_env_spec(trajectories.env_id).name
+    return Path(behaviour_dir) / f"{name}-{algo}-{int(meta['expert_steps'])}-s{int(meta.get('seed', 0))}"
+
+
+def expert_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher, *, samples: int = 16
+                      ) -> np.ndarray:
+    """The advantage ``[N]`` of the expert in ``teacher.expert`` (a stable-baselines3 run directory of
+    :func:`pbrl.data.make.train_behaviour`). SAC: ``mean_i Q_i(s, a) − mean_k mean_i Q_i(s, a_k)`` over ``samples``
+    actions a_k ∼ π(·|s) drawn from a generator seeded by ``teacher.seed``. PPO (only V): ``u + γV(s′) − V(s)``
+    with V in reward units (PPO's observation normaliser applied, its reward normalisation undone)."""
+    from stable_baselines3 import PPO, SAC
+
+    run = Path(teacher.expert or "")
+    if not (run / "model.zip").exists():
+        raise ConfigError(describe("--expert", "expert run directory", str(run),
+                                   "a directory with model.zip from `pbrl data make` (runs/behaviour/ENV-ALGO-STEPS-sSEED)"))
+    norm_path = run / "vecnormalize.pkl"
+    if not norm_path.exists():  # SAC (pbrl trains it without normalisers)
+        model = SAC.load(str(run / "model.zip"), device="cpu")
+        policy = model.policy
+        policy.set_training_mode(False)
+        gen = torch.Generator().manual_seed(teacher.seed)
+        acts = np.asarray(policy.scale_action(trajectories.actions), np.float32)
+
+        def advantage(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            q = torch.stack(policy.critic(o, a)).mean(0).squeeze(-1)
+            mean, log_std, _ = policy.actor.get_action_dist_params(o)
+            eps = torch.randn((samples, *mean.shape), generator=gen)
+            sampled = torch.tanh(mean + log_std.exp() * eps)                                    # [K, B, da]
+            o_rep = o.expand(samples, *o.shape).reshape(-1, o.shape[-1])
+            v = torch.stack(policy.critic(o_rep, sampled.reshape(-1, sampled.shape[-1]))).mean(0).view(samples, -1)
+            return q - v.mean(0)
+
+        return _rows(advantage, trajectories.observations, acts, chunk=2048)
+    import pickle
+
+    model = PPO.load(str(run / "model.zip"), device="cpu")
+    with open(norm_path, "rb") as f:
+        stats = pickle.load(f)
+    obs_rms, clip = stats.obs_rms, stats.clip_obs
+    reward_std = float(np.sqrt(stats.ret_rms.var + stats.epsilon)) if stats.norm_reward else 1.0
+
+    def values(o: np.ndarray) -> np.ndarray:
+        normed = np.clip((o - obs_rms.mean) / np.sqrt(obs_rms.var + stats.epsilon), -clip, clip).astype(np.float32)
+        return _rows(lambda x: model.policy.predict_values(x).squeeze(-1), normed) * reward_std
+
+    v_rows = values(trajectories.observations)
+    v_final = values(trajectories.final_observations)
+    return advantages(trajectories, u, (v_rows, v_final), teacher.gamma)
+
+
+def regret_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher) -> np.ndarray:
+    """:data:`pbrl.data.teachers.AdvantageCritic`: ``A(s_t, a_t)`` ``[N]`` of the utility ``u`` from the critic
+    the teacher names (``iql``, ``expert`` or ``behaviour``)."""
+    critic = {"iql": iql_advantages, "expert": expert_advantages, "behaviour": behaviour_advantages}
+    return critic[teacher.critic_name](trajectories, u, teacher)
 
 
 class RewardEnsemble:

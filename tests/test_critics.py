@@ -1,0 +1,122 @@
+"""The regret teacher's critics (pbrl.train.critics): which ones rank a known-better policy first, and the expert
+critic's advantage against its definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pbrl.data.pairing import make_preferences
+from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
+from pbrl.data.teachers import Teacher, agreement, source_quality
+from pbrl.errors import ConfigError
+from pbrl.train.critics import expert_advantages, regret_advantages
+
+
+def corridor(path, episodes: int = 20, length: int = 200, seed: int = 0) -> TrajectoryDataset:
+    """Two policies on a 1-D corridor, reward = the step's progress ``a``. The good one walks right; the bad one
+    walks left but takes the good one's step 30 % of the time, so the better action is in the data at the bad
+    policy's states, which reveal the policy (x > 0 or x < 0)."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(episodes):
+        good = i % 2 == 0
+        x, obs, act = 0.0, [], []
+        for _ in range(length):
+            right = good or rng.random() < 0.3
+            a = float(np.clip((0.7 if right else -0.7) + 0.4 * rng.standard_normal(), -1, 1))
+            obs.append([x])
+            act.append([a])
+            x += 0.1 * a
+        act = np.array(act, np.float32)
+        eps.append(Episode(np.array(obs, np.float32), act, act[:, 0].copy(), False, np.array([x], np.float32),
+                           source="expert-walker" if good else "medium-walker"))
+    return TrajectoryDataset(write_trajectories(path, eps, env_id="Hopper-v5", behaviour_policy="corridor", seed=0))
+
+
+def test_optimal_value_critic_ranks_the_better_policy_first_and_the_behaviour_critic_does_not(tmp_path):
+    ds = corridor(tmp_path / "c.h5")
+    quality = source_quality(ds)
+    agree = {}
+    for critic, steps in (("iql", 2000), ("behaviour", 800)):
+        prefs = make_preferences(ds, pairs=400, segment=10, seed=0, critic=regret_advantages,
+                                 teacher=Teacher(utility="regret", critic=critic, value_steps=steps, discount=0.9))
+        agree[critic] = agreement(prefs.label, quality[prefs.segments_a[:, 0]], quality[prefs.segments_b[:, 0]])
+    # the behaviour's own value cancels each policy's return: its advantages average to zero on both
+    assert agree["iql"] > 0.9 and agree["behaviour"] < 0.65, agree
+
+
+def test_critic_choice_is_checked_and_recorded():
+    assert Teacher(utility="regret").as_dict()["critic"] == "iql"
+    assert Teacher(utility="regret", critic="behaviour").as_dict()["value_steps"] == 3000
+    assert "critic" not in Teacher().as_dict()
+    with pytest.raises(ConfigError, match=r"--critic: critic: got 'optimal', expected one of"):
+        Teacher(utility="regret", critic="optimal")
+    with pytest.raises(ConfigError, match=r"only the regret teacher has one"):
+        Teacher(critic="iql")
+    with pytest.raises(ConfigError, match=r"--critic expert: utility weights"):
+        Teacher(utility="regret", critic="expert", weights={"reward": 1.0})
+
+
+@pytest.mark.slow
+def test_sac_expert_advantage_is_q_minus_the_policy_average_of_q(tmp_path):
+    """A(s, a) = Q(s, a) − E_{a'∼π} Q(s, a'): on actions drawn from π itself, advantages average to zero."""
+    from stable_baselines3 import SAC
+
+    from pbrl.data.make import train_behaviour
+
+    run = train_behaviour("hopper", algo="sac", steps=256, seed=0, directory=tmp_path / "sac", chunk=256)
+    policy = SAC.load(str(run.directory / "model.zip"), device="cpu").policy
+    obs = np.random.default_rng(0).standard_normal((32, 11)).astype(np.float32) * 0.1
+    with torch.no_grad():  # 32 actions from π at each of 32 states
+        mean, log_std, _ = policy.actor.get_action_dist_params(torch.as_tensor(obs))
+        acts = torch.tanh(mean + log_std.exp() * torch.randn((32, *mean.shape), generator=torch.Generator().manual_seed(1)))
+    eps = [Episode(np.repeat(obs[i:i + 1], 32, 0), acts[:, i].numpy(), np.zeros(32, np.float32), False, obs[i])
+           for i in range(32)]
+    ds = TrajectoryDataset(write_trajectories(tmp_path / "s.h5", eps, env_id="Hopper-v5", behaviour_policy="sac", seed=0))
+    teacher = Teacher(utility="regret", critic="expert", expert=str(run.directory))
+    adv = expert_advantages(ds, ds.rewards.astype(np.float64), teacher, samples=64)
+    per_state = adv.reshape(32, 32)
+    standard_error = per_state.std(1) * np.sqrt(1 / 32 + 1 / 64)  # of the 32 actions' mean, and of V's 64 samples
+    assert (np.abs(per_state.mean(1)) < 4.5 * standard_error).all()
+    with torch.no_grad():  # A − Q is −V(s): the same at one state up to V's sampling error (64 draws per row)
+        q = torch.stack(policy.critic(torch.as_tensor(ds.observations), torch.as_tensor(ds.actions))).mean(0).squeeze(-1)
+    minus_v = per_state - q.double().numpy().reshape(32, 32)
+    assert (minus_v.std(1) < 2 * per_state.std(1) / np.sqrt(64)).all()
+    np.testing.assert_array_equal(adv, expert_advantages(ds, ds.rewards.astype(np.float64), teacher, samples=64))
+
+
+@pytest.mark.slow
+def test_ppo_expert_advantage_is_the_td_error_of_its_value_in_reward_units(tmp_path):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from pbrl.data.make import train_behaviour
+    from pbrl.envs.registry import make_env
+
+    run = train_behaviour("hopper", algo="ppo", steps=1024, seed=0, directory=tmp_path / "ppo", chunk=1024)
+    eps = run.episodes()[:5]
+    ds = TrajectoryDataset(write_trajectories(tmp_path / "p.h5", eps, env_id="Hopper-v5", behaviour_policy="ppo", seed=0))
+    teacher = Teacher(utility="regret", critic="expert", expert=str(run.directory))
+    adv = expert_advantages(ds, ds.rewards.astype(np.float64), teacher)
+    stats = VecNormalize.load(str(run.directory / "vecnormalize.pkl"), DummyVecEnv([lambda: make_env("hopper")]))
+    model = PPO.load(str(run.directory / "model.zip"), device="cpu")
+    scale = np.sqrt(stats.ret_rms.var + stats.epsilon)
+    for e, ep in enumerate(eps):
+        with torch.no_grad():
+            v = model.policy.predict_values(torch.as_tensor(stats.normalize_obs(
+                np.concatenate([ep.observations, ep.final_observation[None]])))).squeeze(-1).double().numpy() * scale
+        if ep.terminated:
+            v[-1] = 0.0
+        expected = ep.rewards + 0.99 * v[1:] - v[:-1]
+        rows = slice(ds.episode_offsets[e], ds.episode_offsets[e + 1])
+        np.testing.assert_allclose(adv[rows], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_expert_critic_without_a_run_is_a_one_line_error(tmp_path):
+    ds = corridor(tmp_path / "c.h5", episodes=2, length=20)
+    teacher = Teacher(utility="regret", critic="expert", expert=str(tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match=r"--expert: expert run directory: got .*nothing, expected a directory with "
+                                          r"model.zip"):
+        regret_advantages(ds, ds.rewards.astype(np.float64), teacher)
