@@ -297,3 +297,31 @@ def test_cpl_phase_switch_can_restart_the_optimiser(tmp_path, reset, adam_steps)
     state = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 1).latest(), weights_only=False)
     adam = state["optimizers"]["main"]["opt"]["state"][0]
     assert int(adam["step"]) == adam_steps
+
+
+def test_cpl_scores_a_tanh_gaussian_head_without_its_parameter_free_jacobian():
+    """CPL's segment score sums log π; the tanh Jacobian −Σ log(1 − a²) has no parameters, and on actions at
+    the bound it would shift one side of a pair by several nats. The score is the pre-tanh Gaussian density."""
+    from pbrl.agents.base import DataSpec
+    from pbrl.agents.cpl import CPL, CPLConfig
+    from pbrl.core import cpl_loss
+    from pbrl.data.preferences import PreferenceBatch
+
+    torch.manual_seed(0)
+    agent = CPL(CPLConfig(policy="tanh_gaussian", hidden_layers=[16], dropout=0.0, alpha=0.1),
+                DataSpec(3, 2, torch.zeros(3), torch.ones(3)))
+    obs = torch.randn(4, 2, 5, 3)
+    act = torch.rand(4, 2, 5, 2) * 2 - 1
+    act[:, 1, :2] = 1.0  # segment b has actions on the bound
+    mu, log_std = agent.policy.distribution_params(obs)
+    eps = agent.policy.action_eps
+    reference = torch.distributions.Normal(mu.double(), log_std.double().exp()).log_prob(
+        torch.atanh(act.double().clamp(-1 + eps, 1 - eps))).sum(-1)                   # float64, no Jacobian
+    score = agent.policy.score_log_prob(obs, act)
+    torch.testing.assert_close(score.double(), reference, rtol=1e-5, atol=1e-4)
+    jacobian = torch.log1p(-torch.tanh(torch.atanh(act.double().clamp(-1 + eps, 1 - eps))) ** 2).sum(-1)
+    torch.testing.assert_close((agent.policy.log_prob(obs, act) - score).double(), -jacobian, rtol=1e-4, atol=1e-3)
+    batch = PreferenceBatch(obs, act, torch.ones(4), torch.ones(4, 2, 5, dtype=torch.bool), torch.zeros(4, dtype=torch.long))
+    expected = cpl_loss(reference[:, 0].float(), reference[:, 1].float(), torch.ones(4), alpha=0.1, gamma=1.0,
+                        bias=0.5).mean()
+    torch.testing.assert_close(agent.loss(batch, step=0).loss, expected, rtol=1e-4, atol=1e-4)

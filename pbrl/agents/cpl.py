@@ -33,7 +33,7 @@ class CPL(BC):
         return ["main"] if self.cfg.reset_optimizer and step == self.cfg.bc_steps > 0 else []
 
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
-        logp = self.policy.log_prob(batch.obs, batch.act)  # [B, 2, T]
+        logp = self.policy.score_log_prob(batch.obs, batch.act)  # [B, 2, T]; no parameter-free term (tanh heads)
         bc = bc_loss(logp, batch.mask)
         if step < self.cfg.bc_steps:
             return LossOutput(bc, {"bc/nll": bc.detach()})

@@ -58,14 +58,23 @@ class TanhGaussianPolicy(nn.Module):
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1.0)
         return mu, log_std
 
-    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+    def _pre_tanh(self, obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
+        """(log N(atanh(a); μ(s), σ(s)²) per dimension, atanh(a)), both [..., act_dim]."""
         mu, log_std = self.distribution_params(obs)
-        a = act.clamp(-1.0 + self.action_eps, 1.0 - self.action_eps)
-        u = torch.atanh(a)
-        normal_logp = -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        u = torch.atanh(act.clamp(-1.0 + self.action_eps, 1.0 - self.action_eps))
+        return -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi), u
+
+    def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        normal_logp, u = self._pre_tanh(obs, act)
         # log|d tanh(u)/du| = log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)), stable for large |u|
         log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
         return (normal_logp - log_det).sum(-1)
+
+    def score_log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
+        """``log π`` without the tanh Jacobian ``−Σ log(1 − a²)``, which has no parameters: the pre-tanh Gaussian
+        density ``[...]``, as a preference score sums it (cpl-human scores CPL this way). Summed over a segment, the
+        Jacobian would add a parameter-free offset of several nats per action on the bound to one side of a pair."""
+        return self._pre_tanh(obs, act)[0].sum(-1)
 
     def forward(self, obs: Tensor) -> Tensor:
         """Deterministic action ``tanh(μ(s))`` [..., act_dim]: what a robot runs and what is exported."""
@@ -99,6 +108,8 @@ class DeterministicTanhPolicy(nn.Module):
     def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         return -((self(obs) - act) ** 2).sum(-1)
 
+    score_log_prob = log_prob  # no parameter-free term to drop
+
 
 class GaussianPolicy(nn.Module):
     """π(a|s) = N(tanh(f(s)), diag(σ²)) with a state-independent learned log σ (IQL's locomotion actor, as CORL
@@ -122,6 +133,8 @@ class GaussianPolicy(nn.Module):
         log_std = self.log_std.clamp(self.log_std_min, self.log_std_max)
         z = (act - self(obs)) / log_std.exp()
         return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    score_log_prob = log_prob  # its constant −½ log 2π per dimension cancels between segments of equal length
 
     def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mu = self(obs)
