@@ -1,5 +1,5 @@
 """The regret teacher's critics (pbrl.train.critics): which ones rank a known-better policy first, and the expert
-critic's advantage against its definition."""
+critic's value and advantage against their definitions."""
 
 from __future__ import annotations
 
@@ -60,31 +60,36 @@ def test_critic_choice_is_checked_and_recorded():
 
 
 @pytest.mark.slow
-def test_sac_expert_advantage_is_q_minus_the_policy_average_of_q(tmp_path):
-    """A(s, a) = Q(s, a) − E_{a'∼π} Q(s, a'): on actions drawn from π itself, advantages average to zero."""
+def test_sac_expert_value_is_the_policy_average_of_q_and_labels_use_its_td_error(tmp_path):
+    """V(s) = E_{a∼π} Q(s, a), estimated with K sampled actions: against SB3's own sampling of π with many
+    actions, and A = u + γV(s′) − V(s) on a dataset."""
     from stable_baselines3 import SAC
 
     from pbrl.data.make import train_behaviour
+    from pbrl.train.critics import expert_values
 
     run = train_behaviour("hopper", algo="sac", steps=256, seed=0, directory=tmp_path / "sac", chunk=256)
     policy = SAC.load(str(run.directory / "model.zip"), device="cpu").policy
-    obs = np.random.default_rng(0).standard_normal((32, 11)).astype(np.float32) * 0.1
-    with torch.no_grad():  # 32 actions from π at each of 32 states
-        mean, log_std, _ = policy.actor.get_action_dist_params(torch.as_tensor(obs))
-        acts = torch.tanh(mean + log_std.exp() * torch.randn((32, *mean.shape), generator=torch.Generator().manual_seed(1)))
-    eps = [Episode(np.repeat(obs[i:i + 1], 32, 0), acts[:, i].numpy(), np.zeros(32, np.float32), False, obs[i])
-           for i in range(32)]
+    obs = np.random.default_rng(0).standard_normal((16, 11)).astype(np.float32) * 0.1
+    torch.manual_seed(0)
+    with torch.no_grad():  # SB3's own sampling, 2048 actions per state
+        o = torch.as_tensor(obs).repeat(2048, 1)
+        actions, _ = policy.actor.action_log_prob(o)
+        q = torch.stack(policy.critic(o, actions)).mean(0).view(2048, 16).double()
+    reference, standard_error = q.mean(0).numpy(), (q.std(0) * np.sqrt(1 / 2048 + 1 / 64)).numpy()
+    v = expert_values(run.directory, obs, samples=64, seed=0)
+    assert (np.abs(v - reference) < 4.5 * standard_error + 1e-6).all()
+    np.testing.assert_array_equal(v, expert_values(run.directory, obs, samples=64, seed=0))  # seeded
+    eps = run.episodes()[:3]
     ds = TrajectoryDataset(write_trajectories(tmp_path / "s.h5", eps, env_id="Hopper-v5", behaviour_policy="sac", seed=0))
-    teacher = Teacher(utility="regret", critic="expert", expert=str(run.directory))
-    adv = expert_advantages(ds, ds.rewards.astype(np.float64), teacher, samples=64)
-    per_state = adv.reshape(32, 32)
-    standard_error = per_state.std(1) * np.sqrt(1 / 32 + 1 / 64)  # of the 32 actions' mean, and of V's 64 samples
-    assert (np.abs(per_state.mean(1)) < 4.5 * standard_error).all()
-    with torch.no_grad():  # A − Q is −V(s): the same at one state up to V's sampling error (64 draws per row)
-        q = torch.stack(policy.critic(torch.as_tensor(ds.observations), torch.as_tensor(ds.actions))).mean(0).squeeze(-1)
-    minus_v = per_state - q.double().numpy().reshape(32, 32)
-    assert (minus_v.std(1) < 2 * per_state.std(1) / np.sqrt(64)).all()
-    np.testing.assert_array_equal(adv, expert_advantages(ds, ds.rewards.astype(np.float64), teacher, samples=64))
+    teacher = Teacher(utility="regret", critic="expert", expert=str(run.directory), seed=3)
+    adv = expert_advantages(ds, ds.rewards.astype(np.float64), teacher)
+    v_rows = expert_values(run.directory, ds.observations, seed=3)
+    v_final = expert_values(run.directory, ds.final_observations, seed=4)
+    for e, ep in enumerate(eps):
+        rows = slice(ds.episode_offsets[e], ds.episode_offsets[e + 1])
+        v_next = np.append(v_rows[rows][1:], 0.0 if ep.terminated else v_final[e])
+        np.testing.assert_allclose(adv[rows], ep.rewards + 0.99 * v_next - v_rows[rows], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow

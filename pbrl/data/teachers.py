@@ -8,8 +8,8 @@ A teacher scores each segment with a per-step *utility* and compares two scores:
   model (Knox et al., 2022; Hejna et al., 2024, eq. 3), whose theory asks for the advantage of the *optimal*
   policy. The ``critic`` names where the advantage comes from (:mod:`pbrl.train.critics` computes each):
 
-  - ``expert``: ``Q(s, a) − E_{a'∼π} Q(s, a')`` of an expert SAC's critic, as the CPL paper labels
-    (``r + γV(s′) − V(s)`` for a PPO expert, which has only V);
+  - ``expert``: ``r + γV(s′) − V(s)`` under an expert's value (SAC: ``E_{a∼π} Q(s, a)``; PPO: its value
+    head), as the CPL paper labels;
   - ``iql``: ``r + γV(s′) − V(s)`` under an in-sample optimal value, IQL's τ-expectile V (with its twin Q)
     fitted to the utility (any dataset, imported ones included);
   - ``behaviour``: ``r + γV^β(s′) − V^β(s)`` with V^β fitted to the dataset's own returns. Weak: along the

@@ -7,9 +7,9 @@ The regret teacher's three critics (``Teacher.critic``), each giving ``A(s_t, a_
 - ``iql`` (:func:`iql_advantages`): IQL's critic without its actor (Kostrikov et al., 2021, eqs. 5–6), fitted in
   sample to the utility: ``r + γV(s′) − V(s)`` with V the τ-expectile of Q, an estimate of the optimal value
   among the dataset's actions;
-- ``expert`` (:func:`expert_advantages`): an expert's critic, as the CPL paper labels (jhejna/cpl,
-  ``scripts/add_pref_labels.py``): SAC's ``Q(s, a) − mean_k Q(s, a_k)``, a_k ∼ π(·|s); PPO's
-  ``r + γV(s′) − V(s)``;
+- ``expert`` (:func:`expert_advantages`): ``r + γV(s′) − V(s)`` under an expert's value, as the CPL paper
+  labels (jhejna/cpl, ``scripts/add_pref_labels.py``, label ``rl_sum``): SAC's ``V(s) = mean_k Q(s, a_k)``,
+  a_k ∼ π(·|s); PPO's value head;
 - ``behaviour`` (:func:`behaviour_advantages`): ``r + γV^β(s′) − V^β(s)``, V^β fitted to the behaviour's returns.
 """
 
@@ -137,50 +137,49 @@ def expert_run_directory(trajectories: TrajectoryDataset, behaviour_dir: str | P
     return Path(behaviour_dir) / f"{name}-{algo}-{int(meta['expert_steps'])}-s{int(meta.get('seed', 0))}"
 
 
-def expert_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher, *, samples: int = 16
-                      ) -> np.ndarray:
-    """The advantage ``[N]`` of the expert in ``teacher.expert`` (a stable-baselines3 run directory of
-    :func:`pbrl.data.make.train_behaviour`). SAC: ``mean_i Q_i(s, a) − mean_k mean_i Q_i(s, a_k)`` over ``samples``
-    actions a_k ∼ π(·|s) drawn from a generator seeded by ``teacher.seed``. PPO (only V): ``u + γV(s′) − V(s)``
-    with V in reward units (PPO's observation normaliser applied, its reward normalisation undone)."""
+def expert_values(run: str | Path, observations: np.ndarray, *, samples: int = 16, seed: int = 0) -> np.ndarray:
+    """``V(s)`` ``[N]`` of the expert in ``run`` (a stable-baselines3 run directory of
+    :func:`pbrl.data.make.train_behaviour`), in reward units. SAC: ``mean_k mean_i Q_i(s, a_k)`` over ``samples``
+    actions a_k ∼ π(·|s) from a generator seeded by ``seed`` (as jhejna/cpl's ``add_pref_labels.py``). PPO: its
+    value head, with its observation normaliser applied and its reward normalisation undone."""
     from stable_baselines3 import PPO, SAC
 
-    run = Path(teacher.expert or "")
+    run = Path(run)
     if not (run / "model.zip").exists():
         raise ConfigError(describe("--expert", "expert run directory", str(run),
                                    "a directory with model.zip from `pbrl data make` (runs/behaviour/ENV-ALGO-STEPS-sSEED)"))
     norm_path = run / "vecnormalize.pkl"
     if not norm_path.exists():  # SAC (pbrl trains it without normalisers)
-        model = SAC.load(str(run / "model.zip"), device="cpu")
-        policy = model.policy
+        policy = SAC.load(str(run / "model.zip"), device="cpu").policy
         policy.set_training_mode(False)
-        gen = torch.Generator().manual_seed(teacher.seed)
-        acts = np.asarray(policy.scale_action(trajectories.actions), np.float32)
+        gen = torch.Generator().manual_seed(seed)
 
-        def advantage(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            q = torch.stack(policy.critic(o, a)).mean(0).squeeze(-1)
+        def value(o: torch.Tensor) -> torch.Tensor:
             mean, log_std, _ = policy.actor.get_action_dist_params(o)
-            eps = torch.randn((samples, *mean.shape), generator=gen)
-            sampled = torch.tanh(mean + log_std.exp() * eps)                                    # [K, B, da]
+            sampled = torch.tanh(mean + log_std.exp() * torch.randn((samples, *mean.shape), generator=gen))  # [K, B, da]
             o_rep = o.expand(samples, *o.shape).reshape(-1, o.shape[-1])
-            v = torch.stack(policy.critic(o_rep, sampled.reshape(-1, sampled.shape[-1]))).mean(0).view(samples, -1)
-            return q - v.mean(0)
+            q = torch.stack(policy.critic(o_rep, sampled.reshape(-1, sampled.shape[-1]))).mean(0)
+            return q.view(samples, -1).mean(0)
 
-        return _rows(advantage, trajectories.observations, acts, chunk=2048)
+        return _rows(value, observations, chunk=2048)
     import pickle
 
     model = PPO.load(str(run / "model.zip"), device="cpu")
     with open(norm_path, "rb") as f:
         stats = pickle.load(f)
-    obs_rms, clip = stats.obs_rms, stats.clip_obs
     reward_std = float(np.sqrt(stats.ret_rms.var + stats.epsilon)) if stats.norm_reward else 1.0
+    normed = np.clip((observations - stats.obs_rms.mean) / np.sqrt(stats.obs_rms.var + stats.epsilon),
+                     -stats.clip_obs, stats.clip_obs).astype(np.float32)
+    return _rows(lambda x: model.policy.predict_values(x).squeeze(-1), normed) * reward_std
 
-    def values(o: np.ndarray) -> np.ndarray:
-        normed = np.clip((o - obs_rms.mean) / np.sqrt(obs_rms.var + stats.epsilon), -clip, clip).astype(np.float32)
-        return _rows(lambda x: model.policy.predict_values(x).squeeze(-1), normed) * reward_std
 
-    v_rows = values(trajectories.observations)
-    v_final = values(trajectories.final_observations)
+def expert_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teacher, *, samples: int = 16
+                      ) -> np.ndarray:
+    """``u_t + γV(s_{t+1}) − V(s_t)`` ``[N]`` under the value of the expert in ``teacher.expert``
+    (:func:`expert_values`): a segment then scores ``Σγ^t r_t + γ^T V(s_T) − V(s_0)``, the label the CPL paper
+    trains on (``rl_sum`` in jhejna/cpl)."""
+    v_rows = expert_values(teacher.expert or "", trajectories.observations, samples=samples, seed=teacher.seed)
+    v_final = expert_values(teacher.expert or "", trajectories.final_observations, samples=samples, seed=teacher.seed + 1)
     return advantages(trajectories, u, (v_rows, v_final), teacher.gamma)
 
 
