@@ -299,6 +299,23 @@ def test_cpl_phase_switch_can_restart_the_optimiser(tmp_path, reset, adam_steps)
     assert int(adam["step"]) == adam_steps
 
 
+def test_cpl_learning_rate_warms_up_again_from_the_switch(tmp_path):
+    from pbrl.train.loop import Optimizers, TrainConfig
+
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    cfg = small("cpl", data, 12, extra=["agent.bc_steps=5", "agent.warmup_steps=4", "agent.reset_optimizer=true"])
+    agent = build_agent(cfg, load_dataset(data))
+    opts = Optimizers(agent.optimizers(), TrainConfig(steps=12, lr=1.0))
+    rates = []
+    for _ in range(12):
+        rates.append(opts.opt["main"].param_groups[0]["lr"])
+        opts.sched["main"].step()
+    assert rates == [1.0] * 5 + [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]  # BC at full rate, then 1/4, 2/4, ... (official)
+    train(cfg, tmp_path / "run", progress=False)  # and in a run: the logged rate at the last step is the full one
+    state = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 1).latest(), weights_only=False)
+    assert state["optimizers"]["main"]["sched"]["last_epoch"] == 12
+
+
 def test_cpl_scores_a_tanh_gaussian_head_without_its_parameter_free_jacobian():
     """CPL's segment score sums log π; the tanh Jacobian −Σ log(1 − a²) has no parameters, and on actions at
     the bound it would shift one side of a pair by several nats. The score is the pre-tanh Gaussian density."""

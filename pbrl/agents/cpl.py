@@ -1,7 +1,8 @@
 """Contrastive Preference Learning (Hejna et al., 2023): a policy learned from regret-based preferences with
 no reward model and no RL. ``A(σ) = α Σ_t γ^t log π(a_t|s_t)`` is the score of a segment; the loss is the
 conservative biased Bradley-Terry loss of :func:`pbrl.core.cpl_loss`. Following the paper's code, training
-starts with ``bc_steps`` of BC only, and a BC term weighted by ``bc_weight`` can stay on afterwards."""
+starts with ``bc_steps`` of BC only; at the switch the optimiser may restart and the learning rate warm up
+again (``reset_optimizer``, ``warmup_steps``), and a BC term weighted by ``bc_weight`` can stay on afterwards."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from pbrl.agents.base import LossOutput
 from pbrl.agents.bc import BC, BCConfig, bc_loss
 from pbrl.core import cpl_loss, preference_accuracy
+from pbrl.core.training import OptimizerSpec
 from pbrl.data.preferences import PreferenceBatch
 
 
@@ -22,12 +24,17 @@ class CPLConfig(BCConfig):
     bias: float = 0.5         # conservative bias λ on the rejected segment (1.0 = plain Bradley-Terry)
     bc_weight: float = 0.0    # weight of the BC term on all segments after the warm start
     bc_steps: int = 0         # BC-only warm start (paper: 200k of 500k steps)
-    reset_optimizer: bool = False  # restart AdamW's moments when the CPL phase begins
+    reset_optimizer: bool = False  # restart AdamW's moments when the CPL phase begins (official code: yes)
+    warmup_steps: int = 0     # linear learning-rate warm-up from the switch on (official code: 10k)
 
 
 class CPL(BC):
     Config = CPLConfig
     cfg: CPLConfig
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"main": OptimizerSpec([p for p in self.parameters() if p.requires_grad],
+                                      warmup_start=self.cfg.bc_steps, warmup_steps=self.cfg.warmup_steps)}
 
     def reset_optimizers(self, step: int) -> list[str]:
         return ["main"] if self.cfg.reset_optimizer and step == self.cfg.bc_steps > 0 else []

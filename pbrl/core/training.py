@@ -33,10 +33,14 @@ class LossOutput:
 @dataclass
 class OptimizerSpec:
     """One AdamW over ``params``. ``None`` fields take the run's ``train.lr`` / ``weight_decay`` / ``grad_clip``;
-    ``schedule``: ``constant`` or ``cosine`` (the learning rate decays to 0 over the run's steps)."""
+    ``schedule``: ``constant`` or ``cosine`` (the learning rate decays to 0 over the run's steps). With
+    ``warmup_steps``, the rate is multiplied by ``min(1, (k − warmup_start + 1) / warmup_steps)`` from step
+    ``warmup_start`` on (before it: 1), a linear warm-up that starts at a phase switch."""
 
     params: list[nn.Parameter]
     lr: float | None = None
     weight_decay: float | None = None
     grad_clip: float | None = None
     schedule: str = "constant"
+    warmup_start: int = 0
+    warmup_steps: int = 0

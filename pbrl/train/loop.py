@@ -115,10 +115,18 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def _schedule(name: str, steps: int) -> Callable[[int], float]:
-    if name == "cosine":  # CosineAnnealingLR(T_max=steps) as a multiplier, the IQL paper's actor schedule
-        return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
-    return lambda k: 1.0
+def _schedule(spec: OptimizerSpec, steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier at step k (see :class:`OptimizerSpec`)."""
+    if spec.schedule == "cosine":  # CosineAnnealingLR(T_max=steps) as a multiplier, the IQL paper's actor schedule
+        def base(k: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
+    else:
+        def base(k: int) -> float:
+            return 1.0
+    if spec.warmup_steps <= 0:
+        return base
+    start, length = spec.warmup_start, spec.warmup_steps
+    return lambda k: base(k) * (1.0 if k < start else min(1.0, (k - start + 1) / length))
 
 
 class Optimizers:
@@ -135,7 +143,7 @@ class Optimizers:
             wd = cfg.weight_decay if spec.weight_decay is None else spec.weight_decay
             fused = all(p.is_cuda for p in spec.params)  # one kernel per step on CUDA; CPU keeps the default
             self.opt[name] = torch.optim.AdamW(spec.params, lr=lr, weight_decay=wd, fused=fused or None)
-            self.sched[name] = torch.optim.lr_scheduler.LambdaLR(self.opt[name], _schedule(spec.schedule, cfg.steps))
+            self.sched[name] = torch.optim.lr_scheduler.LambdaLR(self.opt[name], _schedule(spec, cfg.steps))
         self.clip = {n: (cfg.grad_clip if s.grad_clip is None else s.grad_clip) for n, s in self.specs.items()}
 
     @property
