@@ -497,8 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "utility weights over reward terms, noise); every label carries its group id")
     lb.add_argument("--pairing", default="uniform", choices=["uniform", "stratified", "disagreement"],
                     help="how pairs are chosen (see pbrl.data.pairing)")
-    lb.add_argument("--mode", default="dense", choices=["dense", "sparse"],
-                    help="dense: many labels per episode; sparse: one label per pair of trajectories")
+    lb.add_argument("--mode", default="segments", choices=["segments", "episodes"],
+                    help="segments: any number of labels per episode; episodes: one label per pair of trajectories "
+                    "(not the CPL paper's dense/sparse: those are agent.regime)")
     lb.add_argument("--rank", type=int, default=0, metavar="K", help="ask K-way rankings (stored as pairs)")
     lb.add_argument("--seed", type=int, default=0)
     lb.add_argument("--force", action="store_true", help="replace an existing preference file")

@@ -52,10 +52,12 @@ def test_data_never_imports_networks_or_the_training_side():
         assert not {m for m in modules if m.startswith(("pbrl.agents", "pbrl.train", "pbrl.nets"))}, path.name
 
 
-@pytest.mark.parametrize("agent", sorted(AGENTS))
+@pytest.mark.parametrize("agent", [*sorted(AGENTS), "cpl-dense"])
 def test_exact_resume_for_every_agent(tmp_path, agent):
     data = two_behaviour_dataset(tmp_path, episodes=10)
-    cfg = small(agent, data, steps=24, extra=["train.checkpoint_every=10"])
+    regime = ["agent.regime=dense", "agent.bc_steps=5", "agent.warmup_steps=4", "agent.reset_optimizer=true"] \
+        if agent == "cpl-dense" else []
+    cfg = small(agent.removesuffix("-dense"), data, steps=24, extra=["train.checkpoint_every=10", *regime])
     train(cfg, tmp_path / "straight", progress=False)
     assert train(cfg, tmp_path / "split", progress=False, stop_at=13) is None
     train(cfg, tmp_path / "split", progress=False)
@@ -297,6 +299,32 @@ def test_cpl_phase_switch_can_restart_the_optimiser(tmp_path, reset, adam_steps)
     state = torch.load(Checkpoints(tmp_path / "run" / "checkpoints", 1).latest(), weights_only=False)
     adam = state["optimizers"]["main"]["opt"]["state"][0]
     assert int(adam["step"]) == adam_steps
+
+
+def test_cpl_dense_regime_learns_the_preferred_behaviour_from_scored_segments(tmp_path):
+    data = two_behaviour_dataset(tmp_path)
+    cfg = config("cpl", data, steps=400, bc_steps=100, dropout=0.0, lr=1e-3, regime="dense")
+    sampler = make_sampler(cfg, build_agent(cfg, load_dataset(data)), load_dataset(data), torch.device("cpu"))
+    batch = sampler.sample(16)
+    assert batch.obs.shape == (16, 8, 3) and batch.score.shape == (16,)
+    train(cfg, tmp_path / "cpl", progress=False)
+    _, cpl, _ = load_run(tmp_path / "cpl", "cpu")
+    assert mean_action(cpl) > 0.4
+
+
+def test_cpl_dense_regime_refuses_labels_without_scores_and_writes_nothing(tmp_path):
+    from pbrl.data.preferences import read_preferences
+
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    prefs, ds = read_preferences(data)
+    prefs.score_a = prefs.score_b = None  # as human labels: no teacher scores
+    path = write_preferences(tmp_path / "human.prefs.h5", prefs, ds, teacher={"name": "human"}, seed=0)
+    with pytest.raises(DatasetError, match=r"human.prefs.h5: 'score_a'/'score_b': got missing, expected the teacher's "
+                                           r"segment scores for agent.regime=dense"):
+        train(small("cpl", str(path), 5, extra=["agent.regime=dense"]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"agent.regime: regime: got 'rank', expected one of \['sparse', 'dense'\]"):
+        train(small("cpl", data, 5, extra=["agent.regime=rank"]), tmp_path / "run", progress=False)
 
 
 def test_cpl_learning_rate_warms_up_again_from_the_switch(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from pbrl.core import (
     cpl_loss,
+    cpl_ranked_loss,
     cpl_score,
     dpo_loss,
     hinge_link,
@@ -46,6 +47,22 @@ def test_cpl_loss_matches_float64_reference_with_masks_and_discount():
     for i in range(5):
         want = ref_cpl(lp_a[i].tolist(), lp_b[i].tolist(), y[i].item(), 0.3, 0.9, 0.5, m_a[i].tolist(), m_b[i].tolist())
         assert got[i].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_cpl_ranked_loss_matches_the_official_sorted_all_pairs_form_in_float64():
+    """jhejna/cpl's biased_bce_with_scores: sort segments by score, every pair (i < j in that order) compares
+    j (preferred) with i; here written as a plain double loop in float64 with masks and discount."""
+    g = torch.Generator().manual_seed(0)
+    lp = -torch.rand(6, 5, generator=g, dtype=torch.float64) * 3
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    scores = torch.tensor([0.3, -1.0, 2.0, 0.7, 0.3, 5.0], dtype=torch.float64)  # one tie: no comparison
+    got = cpl_ranked_loss(lp, scores, alpha=0.3, gamma=0.9, bias=0.5, mask=mask)
+    adv = [0.3 * sum(0.9**t * lp[i, t].item() for t in range(5) if mask[i, t]) for i in range(6)]
+    terms = [math.log1p(math.exp(-(adv[j] - 0.5 * adv[i]))) for i in range(6) for j in range(6)
+             if scores[j] > scores[i]]
+    assert len(terms) == 14 and got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+    assert cpl_ranked_loss(lp, torch.zeros(6, dtype=torch.float64)).item() == 0.0  # all tied: nothing to learn
 
 
 def test_cpl_loss_hand_derived_value():

@@ -122,8 +122,8 @@ def test_k_way_rankings_are_stored_as_consistent_pairs(ds):
     assert 0.3 < prefs.label.mean() < 0.7  # the better segment is on either side
 
 
-def test_sparse_mode_uses_each_episode_once(ds):
-    prefs = make_preferences(ds, pairs=2, segment=30, mode="sparse", seed=0)
+def test_episodes_mode_uses_each_episode_once(ds):
+    prefs = make_preferences(ds, pairs=2, segment=30, mode="episodes", seed=0)
     eps = np.concatenate([prefs.segments_a[:, 0], prefs.segments_b[:, 0]])
     assert len(set(eps.tolist())) == 4
 

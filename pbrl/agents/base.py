@@ -2,7 +2,8 @@
 
 An agent is an ``nn.Module`` with
 - ``Config``: its config dataclass, and ``batches``: the batch kind it trains on (``preferences``,
-  ``transitions`` or ``windows``: see :mod:`pbrl.data.preferences` and :mod:`pbrl.data.transitions`);
+  ``transitions`` or ``windows``: see :mod:`pbrl.data.preferences` and :mod:`pbrl.data.transitions`;
+  ``batch_kind()`` may pick another from the config, e.g. CPL's dense regime trains on scored ``segments``);
 - ``optimizers()``: named parameter groups with their optimiser settings and schedules (default: one
   optimiser, ``main``, over every trainable parameter);
 - ``loss(batch, step)``: a :class:`LossOutput`, one loss or one per optimiser;
@@ -76,6 +77,10 @@ class Agent(nn.Module):
         self.cfg = cfg
         self.spec = spec
         self._frozen: list[str] = []
+
+    def batch_kind(self) -> str:
+        """The sampler this agent's config needs (``batches`` unless a config option changes it)."""
+        return type(self).batches
 
     # -- what the loop asks -------------------------------------------------------------------------------
     def optimizers(self) -> dict[str, OptimizerSpec]:

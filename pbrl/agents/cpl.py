@@ -2,7 +2,11 @@
 no reward model and no RL. ``A(σ) = α Σ_t γ^t log π(a_t|s_t)`` is the score of a segment; the loss is the
 conservative biased Bradley-Terry loss of :func:`pbrl.core.cpl_loss`. Following the paper's code, training
 starts with ``bc_steps`` of BC only; at the switch the optimiser may restart and the learning rate warm up
-again (``reset_optimizer``, ``warmup_steps``), and a BC term weighted by ``bc_weight`` can stay on afterwards."""
+again (``reset_optimizer``, ``warmup_steps``), and a BC term weighted by ``bc_weight`` can stay on afterwards.
+
+The paper's two regimes: ``sparse``, a fixed table of labelled pairs (:class:`PreferenceBatch`); ``dense``, a
+pool of scored segments where every batch compares all its segments with each other (:class:`SegmentBatch`,
+:func:`pbrl.core.cpl_ranked_loss`)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ import torch
 
 from pbrl.agents.base import LossOutput
 from pbrl.agents.bc import BC, BCConfig, bc_loss
-from pbrl.core import cpl_loss, preference_accuracy
+from pbrl.core import cpl_loss, cpl_ranked_loss, cpl_score, preference_accuracy
 from pbrl.core.training import OptimizerSpec
-from pbrl.data.preferences import PreferenceBatch
+from pbrl.data.preferences import PreferenceBatch, SegmentBatch
+
+REGIMES = ("sparse", "dense")
 
 
 @dataclass
@@ -26,11 +32,15 @@ class CPLConfig(BCConfig):
     bc_steps: int = 0         # BC-only warm start (paper: 200k of 500k steps)
     reset_optimizer: bool = False  # restart AdamW's moments when the CPL phase begins (official code: yes)
     warmup_steps: int = 0     # linear learning-rate warm-up from the switch on (official code: 10k)
+    regime: str = "sparse"    # sparse: labelled pairs | dense: scored segments, all pairs of each batch
 
 
 class CPL(BC):
     Config = CPLConfig
     cfg: CPLConfig
+
+    def batch_kind(self) -> str:
+        return "segments" if self.cfg.regime == "dense" else "preferences"
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"main": OptimizerSpec([p for p in self.parameters() if p.requires_grad],
@@ -39,15 +49,23 @@ class CPL(BC):
     def reset_optimizers(self, step: int) -> list[str]:
         return ["main"] if self.cfg.reset_optimizer and step == self.cfg.bc_steps > 0 else []
 
-    def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
-        logp = self.policy.score_log_prob(batch.obs, batch.act)  # [B, 2, T]; no parameter-free term (tanh heads)
+    def loss(self, batch: PreferenceBatch | SegmentBatch, step: int) -> LossOutput:
+        c = self.cfg
+        logp = self.policy.score_log_prob(batch.obs, batch.act)  # [B, 2, T] or [B, T]; no parameter-free term
         bc = bc_loss(logp, batch.mask)
-        if step < self.cfg.bc_steps:
+        if step < c.bc_steps:
             return LossOutput(bc, {"bc/nll": bc.detach()})
-        losses = cpl_loss(logp[:, 0], logp[:, 1], batch.label, alpha=self.cfg.alpha, gamma=self.cfg.gamma,
-                          bias=self.cfg.bias, mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1])
-        with torch.no_grad():
-            gap = (logp[:, 0] * batch.mask[:, 0]).sum(-1) - (logp[:, 1] * batch.mask[:, 1]).sum(-1)
-            accuracy = preference_accuracy(gap, batch.label)
-        return LossOutput(losses.mean() + self.cfg.bc_weight * bc,
-                          {"cpl/loss": losses.mean().detach(), "cpl/accuracy": accuracy, "bc/nll": bc.detach()})
+        if isinstance(batch, SegmentBatch):
+            loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=batch.mask)
+            with torch.no_grad():
+                adv = cpl_score(logp, alpha=1.0, gamma=c.gamma, mask=batch.mask)
+                better = batch.score[None, :] > batch.score[:, None]
+                accuracy = ((adv[None, :] > adv[:, None]) & better).sum() / better.sum().clamp(min=1)
+        else:
+            loss = cpl_loss(logp[:, 0], logp[:, 1], batch.label, alpha=c.alpha, gamma=c.gamma, bias=c.bias,
+                            mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1]).mean()
+            with torch.no_grad():
+                gap = (logp[:, 0] * batch.mask[:, 0]).sum(-1) - (logp[:, 1] * batch.mask[:, 1]).sum(-1)
+                accuracy = preference_accuracy(gap, batch.label)
+        return LossOutput(loss + c.bc_weight * bc,
+                          {"cpl/loss": loss.detach(), "cpl/accuracy": accuracy, "bc/nll": bc.detach()})

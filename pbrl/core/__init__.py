@@ -9,7 +9,7 @@ from pbrl.core.links import (
     robust_logistic_link,
     squared_link,
 )
-from pbrl.core.losses import DPO_LOSS_TYPES, cpl_loss, dpo_loss
+from pbrl.core.losses import DPO_LOSS_TYPES, cpl_loss, cpl_ranked_loss, dpo_loss
 from pbrl.core.offline_rl import advantage_weights, awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.core.scores import cpl_score, discount_weights, dpo_implicit_reward, masked_discounted_sum, segment_return
 
@@ -22,6 +22,7 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "biased_logistic_link",
     "cpl_loss",
+    "cpl_ranked_loss",
     "cpl_score",
     "discount_weights",
     "dpo_implicit_reward",

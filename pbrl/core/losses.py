@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from pbrl.core.links import biased_logistic_link, hinge_link, logistic_link, robust_logistic_link, squared_link
@@ -30,6 +31,27 @@ def cpl_loss(logp_a: Tensor, logp_b: Tensor, label: Tensor, *, alpha: float = 0.
     score_a = cpl_score(logp_a, alpha=alpha, gamma=gamma, mask=mask_a)
     score_b = cpl_score(logp_b, alpha=alpha, gamma=gamma, mask=mask_b)
     return biased_logistic_link(score_a, score_b, label, bias=bias)
+
+
+def cpl_ranked_loss(logp: Tensor, scores: Tensor, *, alpha: float = 0.1, gamma: float = 1.0, bias: float = 0.5,
+                    mask: Tensor | None = None) -> Tensor:
+    """CPL's dense regime: every pair of a batch of scored segments (Hejna et al., 2023, section 5: "dense"
+    comparisons; jhejna/cpl's ``biased_bce_with_scores``). For each pair (i, j) whose teacher scores order j
+    above i, the biased Bradley-Terry loss ``softplus(−(A_j − λ A_i))`` on the regret scores
+    ``A = α Σ_t γ^t log π``; pairs of equal score carry no comparison.
+
+    Args:
+        logp: ``[B, T]`` per-step log-probabilities of the actions of B segments.
+        scores: ``[B]`` the teacher's scores of the segments (higher is preferred).
+        mask: optional ``[B, T]`` mask of valid steps.
+    Returns:
+        the mean over the ordered pairs (a scalar; 0 when all scores are equal).
+    """
+    adv = cpl_score(logp, alpha=alpha, gamma=gamma, mask=mask)                    # [B]
+    better = scores[None, :] > scores[:, None]                                    # [i, j]: j preferred to i
+    pair_loss = biased_logistic_link(adv[None, :].expand_as(better), adv[:, None].expand_as(better),
+                                     torch.ones_like(better, dtype=adv.dtype), bias=bias)
+    return (pair_loss * better).sum() / better.sum().clamp(min=1)
 
 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,

@@ -10,8 +10,10 @@ Pairing strategies (``--pairing``):
   (MLP r(s, a), Bradley-Terry on segment sums, bootstrapped) is fitted to it, and the rest are the candidate
   pairs on which the ensemble's P(a ≻ b) varies most (Christiano et al., 2017; Lee et al., 2021).
 
-Modes: ``dense`` (any number of labels per episode) and ``sparse`` (one label per pair of trajectories:
-each episode appears in at most one pair). ``rank=K`` asks for K-way rankings instead, stored as their
+Modes (``--mode``): ``segments`` (any number of labels per episode) and ``episodes`` (one label per pair of
+trajectories: each episode appears in at most one pair). These are not the CPL paper's "dense" and "sparse",
+which are regimes of training (``agent.regime``: all pairs of a pool of scored segments, or a fixed table of
+pairs). ``rank=K`` asks for K-way rankings instead, stored as their
 K(K−1)/2 pairs sharing a query id.
 """
 
@@ -28,6 +30,7 @@ from pbrl.data.teachers import AdvantageCritic, Group, Teacher, check_terms, seg
 from pbrl.errors import ConfigError, DatasetError, describe
 
 PAIRINGS = ("uniform", "stratified", "disagreement")
+MODES = ("segments", "episodes")
 
 
 def sample_segments(trajectories: TrajectoryDataset, count: int, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,13 +51,13 @@ def sample_segments(trajectories: TrajectoryDataset, count: int, length: int, rn
     return np.stack([ep, start, np.full(count, length)], axis=1).astype(np.int64)
 
 
-def sparse_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator
+def episode_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One pair per two distinct episodes (each episode used at most once), one random window in each."""
     eligible = np.flatnonzero(trajectories.episode_lengths >= length)
     if len(eligible) < 2 * pairs:
         raise DatasetError(describe(str(trajectories.path), "episodes of at least the segment length",
-                                    len(eligible), f"at least {2 * pairs} for {pairs} sparse pairs"))
+                                    len(eligible), f"at least {2 * pairs} for {pairs} pairs of episodes"))
     eps = rng.permutation(eligible)[: 2 * pairs]
     starts = rng.integers(0, trajectories.episode_lengths[eps] - length + 1)
     seg = np.stack([eps, starts, np.full(len(eps), length)], 1).astype(np.int64)
@@ -96,7 +99,7 @@ def disagreement_pairs(trajectories: TrajectoryDataset, pairs: int, length: int,
 
 
 def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: int, teacher: Teacher | None = None,
-                     groups: list[Group] | None = None, pairing: str = "uniform", mode: str = "dense",
+                     groups: list[Group] | None = None, pairing: str = "uniform", mode: str = "segments",
                      rank: int = 0, seed: int = 0, critic: AdvantageCritic | None = None,
                      ensemble: EnsembleFit | None = None) -> PreferenceDataset:
     """Choose ``pairs`` queries and label them: by one ``teacher``, or by ``groups`` (each labelling its share
@@ -105,8 +108,8 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
     pairing an ``ensemble`` (:mod:`pbrl.train.critics` has both)."""
     if pairing not in PAIRINGS:
         raise ConfigError(describe("--pairing", "pairing", repr(pairing), f"one of {list(PAIRINGS)}"))
-    if mode not in ("dense", "sparse"):
-        raise ConfigError(describe("--mode", "mode", repr(mode), "'dense' or 'sparse'"))
+    if mode not in MODES:
+        raise ConfigError(describe("--mode", "mode", repr(mode), f"one of {list(MODES)}"))
     if rank == 1 or rank < 0:
         raise ConfigError(describe("--rank", "K", rank, "0 (pairs) or K >= 2"))
     if pairing == "disagreement" and ensemble is None:
@@ -143,8 +146,8 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
         return PreferenceDataset(seg_a, seg_b, np.where(flip, 0.0, 1.0).astype(np.float32), group.astype(np.int32),
                                  query=np.repeat(np.arange(queries), n),
                                  **teacher_scores(trajectories, seg_a, seg_b, group, groups, utilities))
-    if mode == "sparse":
-        seg_a, seg_b = sparse_pairs(trajectories, queries, segment, rng)
+    if mode == "episodes":
+        seg_a, seg_b = episode_pairs(trajectories, queries, segment, rng)
     elif pairing == "stratified":
         seg_a, seg_b = stratified_pairs(trajectories, queries, segment, rng)
     elif pairing == "disagreement":

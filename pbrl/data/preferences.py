@@ -236,3 +236,56 @@ class PreferenceSampler(Sampler):
         rows = torch.where(mask, self.start[index][..., None] + self.steps, 0)  # [B, 2, T]
         timestep = torch.where(mask, self.first_timestep[index][..., None] + self.steps, 0)
         return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index], timestep)
+
+
+@dataclass
+class SegmentBatch:
+    """B scored segments of length T: ``obs`` [B, T, obs_dim], ``act`` [B, T, act_dim], ``mask`` [B, T] (True on
+    real steps), ``score`` [B] (the teacher's score: higher is preferred), ``timestep`` [B, T]."""
+
+    obs: Tensor
+    act: Tensor
+    mask: Tensor
+    score: Tensor
+    timestep: Tensor
+
+    def to(self, device: torch.device | str) -> SegmentBatch:
+        return SegmentBatch(*(getattr(self, k).to(device, non_blocking=True)
+                              for k in ("obs", "act", "mask", "score", "timestep")))
+
+
+class ScoredSegmentSampler(Sampler):
+    """CPL's dense regime (the official ``mw_state_dense`` configs): a pool of scored segments, each batch B of
+    them drawn uniformly, so every segment meets fresh partners in every batch (B(B−1)/2 comparisons). The pool is
+    the distinct segments of a preference file that stores its teacher's scores (``score_a``, ``score_b``)."""
+
+    def __init__(self, trajectories: TrajectoryDataset, prefs: PreferenceDataset, *, device: str | torch.device = "cpu",
+                 seed: int = 0, where: str = "preferences"):
+        if prefs.score_a is None or prefs.score_b is None:
+            raise DatasetError(describe(where, "'score_a'/'score_b'", "missing", "the teacher's segment scores, which "
+                                        "`pbrl data label` stores (the dense regime needs scored segments; human "
+                                        "labels have none: use agent.regime=sparse)"))
+        self.device = torch.device(device)
+        used = prefs.used
+        seg = np.concatenate([prefs.segments_a[used], prefs.segments_b[used]])
+        score = np.concatenate([prefs.score_a[used], prefs.score_b[used]])
+        seg, first = np.unique(seg, axis=0, return_index=True)                     # sorted, hence deterministic
+        self.obs = torch.as_tensor(trajectories.observations, device=self.device)
+        self.act = torch.as_tensor(trajectories.actions, device=self.device)
+        offsets = torch.as_tensor(trajectories.episode_offsets, device=self.device)
+        seg_t = torch.as_tensor(seg, device=self.device)
+        self.start = offsets[seg_t[:, 0]] + seg_t[:, 1]
+        self.first_timestep = seg_t[:, 1]
+        self.length = seg_t[:, 2]
+        self.score = torch.as_tensor(score[first], dtype=torch.float32, device=self.device)
+        self.steps = torch.arange(int(self.length.max()), device=self.device)
+        self._seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def batch(self, index: Tensor) -> SegmentBatch:
+        mask = self.steps < self.length[index][:, None]                        # [B, T]
+        rows = torch.where(mask, self.start[index][:, None] + self.steps, 0)
+        timestep = torch.where(mask, self.first_timestep[index][:, None] + self.steps, 0)
+        return SegmentBatch(self.obs[rows], self.act[rows], mask, self.score[index], timestep)

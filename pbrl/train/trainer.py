@@ -14,9 +14,10 @@ import torch
 
 from pbrl.agents import AGENTS, Agent
 from pbrl.agents.base import DataSpec
+from pbrl.agents.cpl import REGIMES
 from pbrl.agents.reward_model import RewardModel
 from pbrl.core import preference_accuracy
-from pbrl.data.preferences import PreferenceDataset, PreferenceSampler
+from pbrl.data.preferences import PreferenceDataset, PreferenceSampler, ScoredSegmentSampler
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.data.store import TrajectoryDataset
 from pbrl.data.transitions import TransitionSampler, WindowSampler, check_rewards, returns_scale
@@ -87,6 +88,13 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
                                     "(label the dataset with `pbrl data label`)"))
     if reward_source(cfg.agent) == "true":
         check_rewards(data.trajectories, data.trajectories.rewards, cfg.dataset)
+    regime = getattr(cfg.agent_config, "regime", None)
+    if regime is not None and regime not in REGIMES:
+        raise ConfigError(describe("agent.regime", "regime", repr(regime), f"one of {list(REGIMES)}"))
+    if regime == "dense" and data.preferences is not None and data.preferences.score_a is None:
+        raise DatasetError(describe(str(data.preferences_path or cfg.dataset), "'score_a'/'score_b'", "missing",
+                                    "the teacher's segment scores for agent.regime=dense (relabel with `pbrl data "
+                                    "label`; human labels have none: use agent.regime=sparse)"))
     how = getattr(cfg.agent_config, "reward_scale", None)
     if how is not None and how not in REWARD_SCALES:
         raise ConfigError(describe("agent.reward_scale", "reward scale", repr(how), f"one of {list(REWARD_SCALES)}"))
@@ -214,9 +222,12 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
 
 def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torch.device,
                  rewards: np.ndarray | None = None):
-    kind = type(agent).batches
+    kind = agent.batch_kind()
     if kind == "preferences":
         return PreferenceSampler(data.trajectories, data.preferences, device=device, seed=cfg.train.seed)
+    if kind == "segments":
+        return ScoredSegmentSampler(data.trajectories, data.preferences, device=device, seed=cfg.train.seed,
+                                    where=str(data.preferences_path or cfg.dataset))
     if kind == "transitions":
         if rewards is not None:
             r = rewards
@@ -231,7 +242,7 @@ def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torc
         return TransitionSampler(data.trajectories, rewards=r, scale=scale, device=device, seed=cfg.train.seed)
     if kind == "windows":
         return WindowSampler(data.trajectories, context=cfg.agent_config.context, device=device, seed=cfg.train.seed)
-    raise ConfigError(describe(cfg.agent, "batches", repr(kind), "preferences, transitions or windows"))
+    raise ConfigError(describe(cfg.agent, "batches", repr(kind), "preferences, segments, transitions or windows"))
 
 
 def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop_at: int | None = None
