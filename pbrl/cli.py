@@ -552,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=None, help="seed for init, batches and dropout (default 0)")
     tr.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the preset's)")
     tr.add_argument("--out", required=True, help="run directory: config.toml, TensorBoard events, checkpoints/, eval.json")
-    tr.add_argument("--scale", default="auto", help="preset scale: cpu | paper | auto (paper on CUDA)")
+    tr.add_argument("--scale", default="auto", help="preset scale: cpu | paper | auto (paper on CUDA); CPL also "
+                    "cpu-locomotion | paper-locomotion (the D4RL recipe of cpl-human)")
     tr.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -565,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--datasets", required=True, help="comma-separated dataset names or .h5 paths")
     bn.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     bn.add_argument("--steps", type=int, default=None, help="gradient steps for every agent (default: each preset's)")
-    bn.add_argument("--scale", default="cpu", help="preset scale: cpu | paper")
+    bn.add_argument("--scale", default="cpu", help="preset scale: cpu | paper (CPL also cpu-locomotion, paper-locomotion)")
     bn.add_argument("--set", action="append", metavar="[AGENT:]SECTION.KEY=VALUE",
                     help="override a config field, for every agent or one (cpl:agent.alpha=0.2)")
     bn.add_argument("--out", default="bench", help="results folder (default: bench/)")

@@ -190,6 +190,13 @@ def test_every_paper_preset_builds_and_runs_two_steps(tmp_path):
             *(["agent.reward_steps=2", "agent.reward_batch_size=4"] if agent in ("iql-mr", "iql-pt") else [])])
         result = train(cfg, tmp_path / agent, progress=False)
         assert result["steps"] == 2, agent
+    for scale in ("paper-locomotion", "cpu-locomotion"):  # CPL's D4RL recipe (cpl-human): dense, averaged scores
+        cfg = build_config("cpl", data, scale=scale, steps=2, seed=0, overrides=[
+            "train.device=cpu", "train.eval_episodes=0", "train.batch_size=4"])
+        assert (cfg.agent_config.regime, cfg.agent_config.average, cfg.agent_config.bias) == ("dense", True, 0.7)
+        assert train(cfg, tmp_path / scale, progress=False)["steps"] == 2
+    with pytest.raises(ConfigError, match=r"agents/bc.toml: scale \[cpu-locomotion\]: got missing"):
+        build_config("bc", data, scale="cpu-locomotion")
 
 
 def rewardless_dataset(tmp_path):

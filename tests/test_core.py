@@ -63,6 +63,13 @@ def test_cpl_ranked_loss_matches_the_official_sorted_all_pairs_form_in_float64()
              if scores[j] > scores[i]]
     assert len(terms) == 14 and got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
     assert cpl_ranked_loss(lp, torch.zeros(6, dtype=torch.float64)).item() == 0.0  # all tied: nothing to learn
+    # cpl-human's D4RL recipe: the mean of the valid steps' log π instead of their sum
+    steps = [int(mask[i].sum()) for i in range(6)]
+    mean_adv = [adv[i] / steps[i] for i in range(6)]
+    terms = [math.log1p(math.exp(-(mean_adv[j] - 0.5 * mean_adv[i]))) for i in range(6) for j in range(6)
+             if scores[j] > scores[i]]
+    got = cpl_ranked_loss(lp, scores, alpha=0.3, gamma=0.9, bias=0.5, mask=mask, average=True)
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
 
 
 def test_cpl_loss_hand_derived_value():

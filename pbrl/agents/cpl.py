@@ -33,6 +33,7 @@ class CPLConfig(BCConfig):
     reset_optimizer: bool = False  # restart AdamW's moments when the CPL phase begins (official code: yes)
     warmup_steps: int = 0     # linear learning-rate warm-up from the switch on (official code: 10k)
     regime: str = "sparse"    # sparse: labelled pairs | dense: scored segments, all pairs of each batch
+    average: bool = False     # score with the mean log π over steps, not the sum (cpl-human's D4RL recipe)
 
 
 class CPL(BC):
@@ -56,14 +57,15 @@ class CPL(BC):
         if step < c.bc_steps:
             return LossOutput(bc, {"bc/nll": bc.detach()})
         if isinstance(batch, SegmentBatch):
-            loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=batch.mask)
+            loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=batch.mask,
+                                   average=c.average)
             with torch.no_grad():
                 adv = cpl_score(logp, alpha=1.0, gamma=c.gamma, mask=batch.mask)
                 better = batch.score[None, :] > batch.score[:, None]
                 accuracy = ((adv[None, :] > adv[:, None]) & better).sum() / better.sum().clamp(min=1)
         else:
             loss = cpl_loss(logp[:, 0], logp[:, 1], batch.label, alpha=c.alpha, gamma=c.gamma, bias=c.bias,
-                            mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1]).mean()
+                            mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1], average=c.average).mean()
             with torch.no_grad():
                 gap = (logp[:, 0] * batch.mask[:, 0]).sum(-1) - (logp[:, 1] * batch.mask[:, 1]).sum(-1)
                 accuracy = preference_accuracy(gap, batch.label)

@@ -12,7 +12,8 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
 
 
 def cpl_loss(logp_a: Tensor, logp_b: Tensor, label: Tensor, *, alpha: float = 0.1, gamma: float = 1.0,
-             bias: float = 0.5, mask_a: Tensor | None = None, mask_b: Tensor | None = None) -> Tensor:
+             bias: float = 0.5, mask_a: Tensor | None = None, mask_b: Tensor | None = None,
+             average: bool = False) -> Tensor:
     """Contrastive Preference Learning loss (Hejna et al., 2023, "Contrastive Preference Learning", eq. 6).
 
     With the regret score ``A(σ) = α Σ_t γ^t log π(a_t|s_t)`` (masked steps add nothing),
@@ -25,16 +26,17 @@ def cpl_loss(logp_a: Tensor, logp_b: Tensor, label: Tensor, *, alpha: float = 0.
         logp_a, logp_b: ``[B, T]`` per-step log-probabilities of the actions of segments a and b.
         label: ``[B]`` in [0, 1]; 1 means segment a is preferred, 0.5 a tie.
         mask_a, mask_b: optional ``[B, T]`` masks of valid (unpadded) steps.
+        average: score with the mean instead of the sum over steps (:func:`pbrl.core.cpl_score`).
     Returns:
         ``[B]`` per-example losses.
     """
-    score_a = cpl_score(logp_a, alpha=alpha, gamma=gamma, mask=mask_a)
-    score_b = cpl_score(logp_b, alpha=alpha, gamma=gamma, mask=mask_b)
+    score_a = cpl_score(logp_a, alpha=alpha, gamma=gamma, mask=mask_a, average=average)
+    score_b = cpl_score(logp_b, alpha=alpha, gamma=gamma, mask=mask_b, average=average)
     return biased_logistic_link(score_a, score_b, label, bias=bias)
 
 
 def cpl_ranked_loss(logp: Tensor, scores: Tensor, *, alpha: float = 0.1, gamma: float = 1.0, bias: float = 0.5,
-                    mask: Tensor | None = None) -> Tensor:
+                    mask: Tensor | None = None, average: bool = False) -> Tensor:
     """CPL's dense regime: every pair of a batch of scored segments (Hejna et al., 2023, section 5: "dense"
     comparisons; jhejna/cpl's ``biased_bce_with_scores``). For each pair (i, j) whose teacher scores order j
     above i, the biased Bradley-Terry loss ``softplus(−(A_j − λ A_i))`` on the regret scores
@@ -44,10 +46,11 @@ def cpl_ranked_loss(logp: Tensor, scores: Tensor, *, alpha: float = 0.1, gamma: 
         logp: ``[B, T]`` per-step log-probabilities of the actions of B segments.
         scores: ``[B]`` the teacher's scores of the segments (higher is preferred).
         mask: optional ``[B, T]`` mask of valid steps.
+        average: score with the mean instead of the sum over steps (jhejna/cpl-human's D4RL recipe).
     Returns:
         the mean over the ordered pairs (a scalar; 0 when all scores are equal).
     """
-    adv = cpl_score(logp, alpha=alpha, gamma=gamma, mask=mask)                    # [B]
+    adv = cpl_score(logp, alpha=alpha, gamma=gamma, mask=mask, average=average)       # [B]
     better = scores[None, :] > scores[:, None]                                    # [i, j]: j preferred to i
     pair_loss = biased_logistic_link(adv[None, :].expand_as(better), adv[:, None].expand_as(better),
                                      torch.ones_like(better, dtype=adv.dtype), bias=bias)

@@ -41,12 +41,18 @@ def segment_return(rewards: Tensor, *, gamma: float = 1.0, mask: Tensor | None =
     return masked_discounted_sum(rewards, gamma=gamma, mask=mask)
 
 
-def cpl_score(logp: Tensor, *, alpha: float = 0.1, gamma: float = 1.0, mask: Tensor | None = None) -> Tensor:
-    """CPL's regret score ``A(σ) = α Σ_t γ^t log π(a_t | s_t)`` (Hejna et al., 2023, eq. 5).
+def cpl_score(logp: Tensor, *, alpha: float = 0.1, gamma: float = 1.0, mask: Tensor | None = None,
+              average: bool = False) -> Tensor:
+    """CPL's regret score ``A(σ) = α Σ_t γ^t log π(a_t | s_t)`` (Hejna et al., 2023, eq. 5); with ``average``,
+    divided by the number of valid steps (the D4RL recipe of jhejna/cpl-human, which averages per-step log-probs).
 
     ``logp`` ``[..., T]`` per-step log-probabilities of the dataset actions -> ``[...]``.
     """
-    return alpha * masked_discounted_sum(logp, gamma=gamma, mask=mask)
+    total = masked_discounted_sum(logp, gamma=gamma, mask=mask)
+    if average:
+        steps = logp.shape[-1] if mask is None else mask.to(logp.dtype).sum(-1).clamp(min=1)
+        total = total / steps
+    return alpha * total
 
 
 def dpo_implicit_reward(policy_logps: Tensor, ref_logps: Tensor, *, beta: float = 0.1) -> Tensor:

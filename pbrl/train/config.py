@@ -18,7 +18,7 @@ from pbrl.errors import ConfigError, describe
 from pbrl.paths import find_resource
 from pbrl.train.loop import TrainConfig
 
-SCALES = ("cpu", "paper")
+SCALES = ("cpu", "paper", "cpu-locomotion", "paper-locomotion")  # *-locomotion: CPL only (cpl-human)
 
 
 @dataclass
