@@ -69,6 +69,9 @@ def teacher_from_args(args: argparse.Namespace):
     from pbrl.data.teachers import Teacher
     from pbrl.errors import ConfigError, describe
 
+    if args.gamma is not None:
+        raise ConfigError(describe("--gamma", "option", args.gamma, "--myopic (the myopic weight of B-Pref; the "
+                                   "discount inside a segment is --discount)"))
     regret = args.teacher == "regret"
     if not regret and (args.critic or args.expert):
         raise ConfigError(describe("--critic/--expert", "critic", args.critic or args.expert,
@@ -77,7 +80,7 @@ def teacher_from_args(args: argparse.Namespace):
         raise ConfigError(describe("--expert", "critic", repr(args.critic), "'expert' (or leave --critic out)"))
     critic = "expert" if args.expert else args.critic
     return Teacher(utility="regret" if regret else "return", beta=args.beta, mistake=args.mistake,
-                   skip_threshold=args.skip_threshold, equal_margin=args.equal_margin, myopic=args.gamma,
+                   skip_threshold=args.skip_threshold, equal_margin=args.equal_margin, myopic=args.myopic,
                    discount=args.discount, seed=args.seed, critic=critic if regret else None,
                    expert=args.expert, value_steps=args.critic_steps)
 
@@ -95,7 +98,7 @@ def describe_labels(args: argparse.Namespace, teacher, groups) -> str:
                                                if teacher.utility == "regret" else ""))
     what = f"{args.pairs} {f'{args.rank}-way rankings' if args.rank else 'pairs'} of {args.segment}-step segments"
     noise = [f"{k} {v}" for k, v in (("beta", args.beta), ("mistake", args.mistake), ("skip below", args.skip_threshold),
-                                     ("equal within", args.equal_margin), ("myopic", args.gamma)) if v not in (None, 0.0, 1.0)]
+                                     ("equal within", args.equal_margin), ("myopic", args.myopic)) if v not in (None, 0.0, 1.0)]
     return (f"{what}, {args.pairing} pairing ({args.mode}), labelled by {who}"
             + (f", noise: {', '.join(noise)}" if noise else ", no noise") + f"; seed {args.seed}.")
 
@@ -390,12 +393,28 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_settings(cfg, requested_scale: str) -> str:
+    """One line: the settings that change the method or the numbers, as resolved (all of them are in config.toml)."""
+    from pbrl.train.trainer import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    scale = cfg.scale + (f" (--scale auto: {'CUDA' if cfg.scale == 'paper' else 'no CUDA'} here)"
+                         if requested_scale == "auto" else "")
+    amp = "on" if cfg.train.amp and device.type == "cuda" else ("off" if not cfg.train.amp else "off (CPU)")
+    return (f"pbrl train: {cfg.agent} on {cfg.dataset}, preset {scale}, device {device}, bf16 autocast {amp}, "
+            f"torch.compile {'on' if cfg.train.compile else 'off'}, {cfg.train.steps} steps, seed {cfg.train.seed}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pbrl.train.config import build_config
     from pbrl.train.trainer import train
 
     cfg = build_config(args.agent, args.dataset, scale=args.scale, overrides=args.set or [], steps=args.steps,
                        seed=args.seed, device=args.device, batch_size=args.batch_size)
+    from pbrl.data.registry import load_dataset
+
+    load_dataset(cfg.dataset, preferences=False)  # a missing dataset is its own one-line error, before the settings
+    print(run_settings(cfg, args.scale), file=sys.stderr)
     result = train(cfg, args.out, progress=not args.quiet)
     print(json.dumps({k: result[k] for k in ("agent", "dataset", "normalized_score", "return_mean", "return_std",
                                              "episodes", "seed", *(["success_rate"] if "success_rate" in result else []))}))
@@ -481,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--mistake", type=float, default=0.0, help="mistake: flip each label with probability ε")
     noise.add_argument("--skip-threshold", type=float, default=None, help="skip: no label when both scores are below")
     noise.add_argument("--equal-margin", type=float, default=0.0, help="equal: label 0.5 when scores differ by less")
-    noise.add_argument("--gamma", type=float, default=1.0, help="myopic: weight step t of T by γ^(T−1−t)")
+    noise.add_argument("--myopic", type=float, default=1.0, help="myopic: weight step t of T by myopic^(T−1−t) in "
+                       "the preference (B-Pref's teacher_gamma; skip and equal use the unweighted scores)")
+    noise.add_argument("--gamma", type=float, default=None, help=argparse.SUPPRESS)  # renamed: refused in one line
     lb.add_argument("--critic", default=None, choices=["iql", "expert", "behaviour"],
                     help="regret: where the advantage comes from. iql (default): r + γV(s′) − V(s) with IQL's in-sample "
                     "optimal value fitted to the true reward; expert: the expert policy's critic, as the CPL paper labels (the dataset's own "

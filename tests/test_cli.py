@@ -84,6 +84,8 @@ def test_data_make_label_info_for_mujoco_and_metaworld(tmp_path):
     (["data", "make", "--env", "Hopper-v99", "--out", "x.h5"], "--env: environment: got 'Hopper-v99', expected one of"),
     (["data", "info", "/nonexistent/file.h5"], "/nonexistent/file.h5: file: got missing"),
     (["data", "label", SHIPPED, "--pairs", "5", "--segment", "5000", "--out", "y.h5"], "segment length: got 5000"),
+    (["data", "label", SHIPPED, "--pairs", "5", "--gamma", "0.9", "--out", "y.h5"], "--gamma: option: got 0.9, expected --myopic"),
+    (["data", "label", SHIPPED, "--pairs", "5", "--critic", "iql", "--out", "y.h5"], "--critic/--expert: critic: got iql"),
 ])
 def test_bad_input_gets_one_line_error_and_writes_nothing(tmp_path, args, message):
     r = run_cli(*args, cwd=tmp_path)
@@ -163,6 +165,6 @@ def test_a_relabelled_card_says_how_it_was_labelled_and_keeps_the_oracle(tmp_pat
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     written = tomllib.loads(card.read_text())
-    assert written["labels"] == ("30 pairs of 8-step segments, uniform pairing (dense), labelled by the return teacher, "
+    assert written["labels"] == ("30 pairs of 8-step segments, uniform pairing (segments), labelled by the return teacher, "
                                  "noise: mistake 0.1; seed 0.")
     assert written["oracle"]["normalized_score"] == 1.5 and written["preferences"] == "tiny.prefs.h5"

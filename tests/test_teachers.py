@@ -78,6 +78,23 @@ def test_myopic_weights_recent_steps(ds):
     assert plain[0] == pytest.approx(r.sum(), rel=1e-12)
 
 
+def test_skip_and_equal_look_at_unweighted_sums_as_b_pref_does(ds):
+    """B-Pref (Lee et al., 2021, teacher_thres_skip / teacher_thres_equal) tests both on the plain segment sums; the
+    myopic weights enter only the preference itself."""
+    prefs = make_preferences(ds, pairs=3000, segment=6, seed=4, teacher=Teacher(myopic=0.3, equal_margin=1.0,
+                                                                                 skip_threshold=0.0))
+    raw_a, raw_b = segment_returns(ds, prefs.segments_a), segment_returns(ds, prefs.segments_b)
+    weighted = Teacher(myopic=0.3)
+    wa, wb = weighted.scores(ds, prefs.segments_a), weighted.scores(ds, prefs.segments_b)
+    equal = np.abs(raw_a - raw_b) < 1.0
+    skipped = (raw_a < 0.0) & (raw_b < 0.0)
+    np.testing.assert_array_equal(prefs.skipped, skipped)
+    assert np.all(prefs.label[equal & ~skipped] == 0.5)
+    decided = ~equal & ~skipped & (wa != wb)
+    np.testing.assert_array_equal(prefs.label[decided], (wa[decided] > wb[decided]).astype(np.float32))
+    assert (np.abs(wa - wb)[decided] < 1.0).any()  # the weighted margin alone would have called some of these equal
+
+
 def test_teacher_rejects_bad_parameters():
     with pytest.raises(ConfigError, match=r"--mistake: flip probability: got 0.7"):
         Teacher(mistake=0.7)

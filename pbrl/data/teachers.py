@@ -17,7 +17,8 @@ A teacher scores each segment with a per-step *utility* and compares two scores:
 
 Noise follows B-Pref (Lee et al., 2021), each a parameter, all combinable, applied in this order:
 skip (no label when both segments score below ``skip_threshold``), equal (label 0.5 when the scores differ by
-less than ``equal_margin``), myopic (step t of T weighted by ``myopic^(T−1−t)``), stochastic (label ~
+less than ``equal_margin``), myopic (step t of T weighted by ``myopic^(T−1−t)``; skip and equal look at the
+unweighted scores, as in B-Pref), stochastic (label ~
 Bernoulli(σ(β Δ)); β = None is the deterministic limit β → ∞), mistake (flip with probability ε).
 """
 
@@ -158,7 +159,7 @@ class Teacher:
         if self.equal_margin < 0:
             raise ConfigError(describe("--equal-margin", "margin", self.equal_margin, "a non-negative float"))
         if not 0.0 < self.myopic <= 1.0:
-            raise ConfigError(describe("--gamma", "myopic discount", self.myopic, "a value in (0, 1]"))
+            raise ConfigError(describe("--myopic", "myopic weight", self.myopic, "a value in (0, 1]"))
         if self.critic is not None and self.critic not in CRITICS:
             raise ConfigError(describe("--critic", "critic", repr(self.critic), f"one of {list(CRITICS)}"))
         if self.critic is not None and self.utility != "regret":
@@ -195,27 +196,33 @@ class Teacher:
         u = self.utilities(trajectories) if u is None else u
         return segment_scores(trajectories, u, segments, discount=self.gamma, myopic=self.myopic)
 
-    def probability(self, score_a: np.ndarray, score_b: np.ndarray) -> np.ndarray:
-        """P(a ≻ b) before mistakes: 0.5 inside the equal margin, else σ(β Δ) or the hard order."""
+    def probability(self, score_a: np.ndarray, score_b: np.ndarray, equal: np.ndarray | None = None) -> np.ndarray:
+        """P(a ≻ b) before mistakes: 0.5 where ``equal`` (default: |Δ| < margin), else σ(β Δ) or the hard order."""
         diff = score_a - score_b
         if self.beta is None:
             p = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
         else:
             p = 0.5 * (1.0 + np.tanh(0.5 * self.beta * diff))  # σ(β Δ) without overflow
-        return np.where(np.abs(diff) < self.equal_margin, 0.5, p)
+        return np.where(np.abs(diff) < self.equal_margin if equal is None else equal, 0.5, p)
 
     def label(self, trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, rng: np.random.Generator,
               u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Labels ``[P]`` in {0, 0.5, 1} and a skip mask ``[P]`` for pairs of segments ``[P, 3]``."""
+        """Labels ``[P]`` in {0, 0.5, 1} and a skip mask ``[P]`` for pairs of segments ``[P, 3]``. As in B-Pref,
+        skip and equal look at the segments' unweighted sums; the myopic weights enter only the preference."""
         u = self.utilities(trajectories) if u is None else u
         sa, sb = self.scores(trajectories, seg_a, u), self.scores(trajectories, seg_b, u)
-        p = self.probability(sa, sb)
+        if self.myopic == 1.0:
+            raw_a, raw_b = sa, sb
+        else:
+            raw_a = segment_scores(trajectories, u, seg_a, discount=self.gamma)
+            raw_b = segment_scores(trajectories, u, seg_b, discount=self.gamma)
+        p = self.probability(sa, sb, equal=np.abs(raw_a - raw_b) < self.equal_margin)
         label = p if self.beta is None else np.where(p == 0.5, 0.5, (rng.random(len(p)) < p).astype(np.float64))
         if self.mistake > 0:
             flip = rng.random(len(label)) < self.mistake
             label = np.where(flip, 1.0 - label, label)
         skipped = np.zeros(len(label), bool) if self.skip_threshold is None else \
-            (sa < self.skip_threshold) & (sb < self.skip_threshold)
+            (raw_a < self.skip_threshold) & (raw_b < self.skip_threshold)
         label = np.where(skipped, 0.5, label)  # a skipped query carries no answer; 0.5 is its placeholder
         return label.astype(np.float32), skipped
 
