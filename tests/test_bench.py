@@ -12,6 +12,7 @@ from pbrl.cli import main
 from pbrl.errors import ConfigError, DatasetError
 from pbrl.train import bench as bench_mod
 from pbrl.train.bench import bench
+from pbrl.train.config import build_config
 from tests.test_train import two_behaviour_dataset
 
 
@@ -152,3 +153,17 @@ def test_record_stores_the_oracle_and_the_survival_control_in_the_card(tmp_path,
     assert written["oracle"]["exceeded_by"] == ["iql-constant (80.0)"]
     assert written["control"]["agent"] == "iql-constant" and written["control"]["normalized_score"] == 80.0
     assert written["name"] == "x" and written["trajectories"] == "x.h5"
+
+
+def test_cpu_cells_hash_the_same_whatever_the_autocast_flag_which_cpus_ignore(tmp_path):
+    from pbrl.train.bench import config_hash
+
+    data = two_behaviour_dataset(tmp_path, episodes=4)
+    on_cpu = [build_config("bc", data, scale="cpu", overrides=["train.device=cpu", f"train.amp={flag}"])
+              for flag in ("true", "false")]
+    assert config_hash(on_cpu[0]) == config_hash(on_cpu[1])
+    assert config_hash(build_config("bc", data, scale="cpu", overrides=["train.device=cpu", "train.lr=0.5"])) != \
+        config_hash(on_cpu[0])
+    on_gpu = [build_config("bc", data, scale="paper", overrides=["train.device=cuda", f"train.amp={flag}"])
+              for flag in ("true", "false")]
+    assert config_hash(on_gpu[0]) != config_hash(on_gpu[1])  # on CUDA autocast is a real difference

@@ -51,7 +51,19 @@ class Cell:
     budget: str = "1x"   # 1x, or 2x for the ceiling check
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def config_hash(cfg: RunConfig) -> str:
+    """sha256 of the resolved config. On a CPU, ``train.amp`` changes nothing (autocast runs on CUDA only), so a
+    CPU cell hashes with it set to true, the default every CPU cell was recorded with until it became false:
+    flipping the default does not send finished CPU cells back to training."""
+    if cfg.train.amp is False and (cfg.train.device == "cpu" or cfg.train.device == "auto" and not cuda_available()):
+        cfg = RunConfig.from_dict(cfg.to_dict())
+        cfg.train.amp = True
     return hashlib.sha256(cfg.to_toml().encode()).hexdigest()[:16]
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0                  # fixes the initialisation, batches and dropout
     device: str = "auto"           # auto | cpu | cuda | mps
     threads: int = 1               # torch CPU threads (1 is fastest on a shared 2-core machine)
-    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = False              # bf16 autocast on CUDA (ignored on CPU); off: it was slower for the MLPs (H100/H200)
     compile: bool = False          # torch.compile the loss (GPU)
     log_every: int = 100           # TensorBoard scalars every N steps
     checkpoint_every: int = 1000   # checkpoint every N steps (and at the end)
