@@ -47,8 +47,9 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     if spec.family == "metaworld":
         noise = tuple(float(x) for x in args.noise.split(","))
         make_metaworld_dataset(spec.name, out=path, seed=args.seed, noise=noise, transitions=args.transitions,
-                               command=command)
-        how = {"behaviour": "Meta-World scripted policy + Gaussian action noise", "noise": list(noise)}
+                               command=command, reversed_fraction=args.reversed)
+        how = {"behaviour": "Meta-World scripted policy + Gaussian action noise", "noise": list(noise),
+               **({"reversed_fraction": args.reversed} if args.reversed else {})}
     else:
         make_mujoco_dataset(spec.name, args.mixture, out=path, seed=args.seed, algo=args.algo,
                             medium_steps=args.medium_steps, expert_steps=args.expert_steps,
@@ -482,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--expert-steps", type=int, default=1_000_000, help="env steps to train the 'expert' policy")
     mk.add_argument("--transitions", type=int, default=100_000, help="approximate size of the dataset in steps")
     mk.add_argument("--noise", default="0.1,0.5,1.0", help="Meta-World: comma-separated action-noise scales")
+    mk.add_argument("--reversed", type=float, default=0.0, metavar="F", help="Meta-World: fraction of the steps "
+                    "from the reversed scripted policy (a bad operator: BC on the mixture falls short)")
     mk.add_argument("--behaviour-dir", default="runs/behaviour", help="where behaviour policies are trained/cached")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--out", required=True, help="dataset name (writes datasets/NAME.h5 + card) or a .h5 path")

@@ -260,3 +260,21 @@ def test_behaviour_training_resumes_where_it_stopped_and_its_policy_acts(tmp_pat
     assert action.shape == (3,) and np.all(np.abs(action) <= 1)
     with pytest.raises(ConfigError, match=r"--algo: behaviour trainer: got 'a2c', expected one of"):
         train_behaviour("hopper", algo="a2c", steps=1, seed=0, directory=tmp_path / "x")
+
+
+def test_metaworld_mixture_with_a_reversed_operator_ranks_it_last(tmp_path):
+    from pbrl.data.make import make_metaworld_dataset
+    from pbrl.data.teachers import source_quality
+    from pbrl.errors import ConfigError
+
+    path = make_metaworld_dataset("button-press", out=tmp_path / "r.h5", seed=0, noise=(0.1,), transitions=1000,
+                                  reversed_fraction=0.5)
+    ds = TrajectoryDataset(path)
+    assert ds.episode_sources == ["scripted+noise0.1", "reversed-scripted+noise0.1"]
+    quality = source_quality(ds)
+    assert quality[0] > quality[1] and ds.metadata["reversed_fraction"] == 0.5
+    good, bad = (ds.episode_returns()[i] for i in (0, 1))
+    assert good > 2 * bad  # the reversed operator moves away from the button
+    with pytest.raises(ConfigError, match=r"--reversed: fraction: got 1.0, expected a value in \[0, 1\)"):
+        make_metaworld_dataset("button-press", out=tmp_path / "x.h5", seed=0, noise=(0.1,), transitions=10,
+                               reversed_fraction=1.0)

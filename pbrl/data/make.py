@@ -290,19 +290,31 @@ def metaworld_scripted_policy(spec: EnvSpec) -> PolicyFn:
 
 
 def make_metaworld_dataset(env_name: str, *, out: str | os.PathLike, seed: int, noise: tuple[float, ...],
-                           transitions: int, command: str = "") -> Path:
-    """Scripted policy + Gaussian action noise, an equal share of transitions at each noise scale."""
+                           transitions: int, command: str = "", reversed_fraction: float = 0.0) -> Path:
+    """Scripted policy + Gaussian action noise, an equal share of transitions at each noise scale. With
+    ``reversed_fraction`` f, that share of the transitions comes instead from the *reversed* scripted policy
+    (−π_scripted + noise, at the same noise scales): a deliberately bad operator whose actions BC averages in, so
+    BC on the mixture falls short and what the labels say about good and bad behaviour decides the score."""
     spec = get_env_spec(env_name)
     if spec.family != "metaworld":
         raise ConfigError(describe("--env", "environment family", spec.family, "'metaworld' for scripted policies"))
+    if not 0.0 <= reversed_fraction < 1.0:
+        raise ConfigError(describe("--reversed", "fraction", reversed_fraction, "a value in [0, 1)"))
     scripted = metaworld_scripted_policy(spec)
     rng = np.random.default_rng(seed)
     episodes: list[Episode] = []
-    for i, sigma in enumerate(noise):
-        def policy(obs: np.ndarray, sigma: float = sigma) -> np.ndarray:
-            return np.clip(scripted(obs) + sigma * rng.standard_normal(4), -1, 1).astype(np.float32)
+    shares = [(1.0, 1.0 - reversed_fraction)] + ([(-1.0, reversed_fraction)] if reversed_fraction > 0 else [])
+    for sign, share in shares:
+        for i, sigma in enumerate(noise):
+            def policy(obs: np.ndarray, sigma: float = sigma, sign: float = sign) -> np.ndarray:
+                return np.clip(sign * scripted(obs) + sigma * rng.standard_normal(4), -1, 1).astype(np.float32)
 
-        episodes += rollout(spec.name, policy, transitions // len(noise), seed=seed + 1000 * i,
-                            source=f"scripted+noise{sigma:g}")
-    return write_trajectories(out, episodes, env_id=spec.id, behaviour_policy=f"Meta-World scripted policy + N(0, sigma^2) noise, sigma in {list(noise)}",
-                              seed=seed, metadata={"mixture": "scripted-noise", "noise": list(noise), "command": command})
+            episodes += rollout(spec.name, policy, int(transitions * share) // len(noise),
+                                seed=seed + 1000 * i + (0 if sign > 0 else 500),
+                                source=f"{'reversed-' if sign < 0 else ''}scripted+noise{sigma:g}")
+    what = f"Meta-World scripted policy + N(0, sigma^2) noise, sigma in {list(noise)}" + (
+        f"; {reversed_fraction:g} of the steps from the reversed policy (-scripted + noise)" if reversed_fraction else "")
+    return write_trajectories(out, episodes, env_id=spec.id, behaviour_policy=what, seed=seed,
+                              metadata={"mixture": "scripted-noise" + ("-reversed" if reversed_fraction else ""),
+                                        "noise": list(noise), "command": command,
+                                        **({"reversed_fraction": reversed_fraction} if reversed_fraction else {})})

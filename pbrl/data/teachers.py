@@ -322,7 +322,7 @@ def source_quality(trajectories: TrajectoryDataset) -> np.ndarray | None:
     """Known order of the policies that produced each episode, ``[E]`` float (higher is better), or None when a
     source is not one ``pbrl data make`` writes. ``random`` < ``medium-*`` < ``expert-*``; within a learner's
     replay (``ALGO-replay@STEPS``) later checkpoints rank higher; scripted policies with less action noise
-    (``scripted+noiseσ``) rank higher."""
+    (``scripted+noiseσ``) rank higher, and all of them above the reversed one (``reversed-scripted+noiseσ``)."""
     quality = []
     for source in trajectories.episode_sources:
         if source == "random":
@@ -335,6 +335,8 @@ def source_quality(trajectories: TrajectoryDataset) -> np.ndarray | None:
             quality.append(1e12 + float(source.rsplit("@", 1)[1]))
         elif source.startswith("scripted+noise") and _is_float(source.removeprefix("scripted+noise")):
             quality.append(2e12 - float(source.removeprefix("scripted+noise")))
+        elif source.startswith("reversed-scripted+noise"):
+            quality.append(-1.0)
         else:
             return None
     return np.asarray(quality)
