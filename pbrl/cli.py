@@ -60,7 +60,9 @@ def cmd_data_make(args: argparse.Namespace) -> int:
                "medium_steps": args.medium_steps, "expert_steps": args.expert_steps}
     if card is not None:
         write_card(card, {"name": args.out, "env": spec.name, "trajectories": path.name,
-                          "description": f"{spec.id} {args.mixture if spec.family != 'metaworld' else 'scripted-noise'}",
+                          "description": f"{spec.id} " + (args.mixture if spec.family != "metaworld" else
+                                                          "scripted policy + noise" + (f", {args.reversed:g} of the "
+                                                          "steps from the reversed policy" if args.reversed else "")),
                           "made": {"command": command, "seed": args.seed, "transitions": args.transitions, **how}})
     print(f"wrote {path}" + (f" and {card}" if card else ""))
     return 0
