@@ -201,3 +201,11 @@ def test_preference_accuracy_counts_decided_pairs_and_averages_an_ensemble():
     assert preference_accuracy(margin, label).item() == pytest.approx(1 / 3)
     ensemble = torch.tensor([[1.0, 1.0], [-3.0, 1.0]])  # member means: -1 and +1
     assert preference_accuracy(ensemble, torch.tensor([0.0, 1.0])).item() == 1.0
+
+
+def test_ranked_accuracy_counts_the_teacher_ordered_pairs_the_model_orders_alike():
+    model = torch.tensor([0.1, 0.5, -0.2, 0.5])
+    teacher = torch.tensor([1.0, 3.0, 0.0, 1.0])   # pairs (0,3) tied: not counted
+    ordered = [(i, j) for i in range(4) for j in range(4) if teacher[j] > teacher[i]]
+    want = sum(float(model[j] > model[i]) for i, j in ordered) / len(ordered)
+    assert ranked_accuracy(model, teacher).item() == pytest.approx(want) and len(ordered) == 5

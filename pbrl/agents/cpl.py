@@ -16,7 +16,7 @@ import torch
 
 from pbrl.agents.base import LossOutput
 from pbrl.agents.bc import BC, BCConfig, bc_loss
-from pbrl.core import cpl_loss, cpl_ranked_loss, cpl_score, preference_accuracy
+from pbrl.core import cpl_loss, cpl_ranked_loss, cpl_score, preference_accuracy, ranked_accuracy
 from pbrl.core.training import OptimizerSpec
 from pbrl.data.preferences import PreferenceBatch, SegmentBatch
 
@@ -59,10 +59,7 @@ class CPL(BC):
         if isinstance(batch, SegmentBatch):
             loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=batch.mask,
                                    average=c.average)
-            with torch.no_grad():
-                adv = cpl_score(logp, alpha=1.0, gamma=c.gamma, mask=batch.mask)
-                better = batch.score[None, :] > batch.score[:, None]
-                accuracy = ((adv[None, :] > adv[:, None]) & better).sum() / better.sum().clamp(min=1)
+            accuracy = ranked_accuracy(cpl_score(logp.detach(), gamma=c.gamma, mask=batch.mask), batch.score)
         else:
             loss = cpl_loss(logp[:, 0], logp[:, 1], batch.label, alpha=c.alpha, gamma=c.gamma, bias=c.bias,
                             mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1], average=c.average).mean()

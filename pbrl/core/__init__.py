@@ -6,6 +6,7 @@ from pbrl.core.links import (
     logistic_link,
     plackett_luce_link,
     preference_accuracy,
+    ranked_accuracy,
     robust_logistic_link,
     squared_link,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "masked_discounted_sum",
     "plackett_luce_link",
     "preference_accuracy",
+    "ranked_accuracy",
     "robust_logistic_link",
     "segment_return",
     "squared_link",

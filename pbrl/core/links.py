@@ -86,3 +86,10 @@ def preference_accuracy(margin: Tensor, label: Tensor) -> Tensor:
     decided = label != 0.5
     correct = ((m > 0) == (label > 0.5)) & decided
     return correct.sum() / decided.sum().clamp_min(1)
+
+
+def ranked_accuracy(model_scores: Tensor, teacher_scores: Tensor) -> Tensor:
+    """Share of the pairs of a batch that the teacher orders (different scores) which the model orders the same
+    way: ``model_scores``, ``teacher_scores`` ``[B]`` -> a scalar (CPL's dense regime)."""
+    ordered = teacher_scores[None, :] > teacher_scores[:, None]
+    return ((model_scores[None, :] > model_scores[:, None]) & ordered).sum() / ordered.sum().clamp_min(1)
