@@ -15,6 +15,7 @@ from pbrl.core import (
     hinge_link,
     logistic_link,
     plackett_luce_link,
+    ranked_accuracy,
     robust_logistic_link,
     segment_return,
     squared_link,
