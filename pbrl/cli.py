@@ -112,13 +112,10 @@ def train_expert(trajectories, teacher, behaviour_dir: str):
     import dataclasses
 
     from pbrl.data.make import train_behaviour
-    from pbrl.envs.registry import get_env_spec
-    from pbrl.train.critics import expert_run_directory
+    from pbrl.train.critics import dataset_expert
 
-    directory = expert_run_directory(trajectories, behaviour_dir)
-    meta = trajectories.metadata
-    train_behaviour(get_env_spec(trajectories.env_id).name, algo=meta.get("expert_algo") or meta.get("algo", "sac"),
-                    steps=int(meta["expert_steps"]), seed=int(meta.get("seed", 0)), directory=directory)
+    env, algo, steps, seed, directory = dataset_expert(trajectories, behaviour_dir)
+    train_behaviour(env, algo=algo, steps=steps, seed=seed, directory=directory)
     return dataclasses.replace(teacher, expert=str(directory))
 
 

@@ -3,6 +3,8 @@ critic's value and advantage against their definitions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,17 @@ def test_expert_critic_without_a_run_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match=r"--expert: expert run directory: got .*nothing, expected a directory with "
                                           r"model.zip"):
         regret_advantages(ds, ds.rewards.astype(np.float64), teacher)
+
+
+def test_a_made_dataset_names_its_own_expert_and_an_imported_one_is_told_to_name_one(tmp_path):
+    from pbrl.errors import DatasetError
+    from pbrl.train.critics import dataset_expert
+
+    eps = [Episode(np.zeros((5, 11), np.float32), np.zeros((5, 3), np.float32), np.ones(5, np.float32), False,
+                   np.zeros(11, np.float32))]
+    made = TrajectoryDataset(write_trajectories(tmp_path / "m.h5", eps, env_id="Hopper-v5", behaviour_policy="x", seed=3,
+                                                metadata={"expert_steps": 300000, "algo": "ppo", "expert_algo": "sac"}))
+    assert dataset_expert(made, "runs/behaviour") == ("hopper", "sac", 300000, 3, Path("runs/behaviour/hopper-sac-300000-s3"))
+    imported = TrajectoryDataset(write_trajectories(tmp_path / "i.h5", eps, env_id="Hopper-v5", behaviour_policy="x", seed=0))
+    with pytest.raises(DatasetError, match=r"metadata 'expert_steps': got missing, expected a dataset made by"):
+        dataset_expert(imported)

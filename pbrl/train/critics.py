@@ -124,17 +124,19 @@ def iql_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: Teac
     return advantages(trajectories, u, (v_rows, v_final), teacher.gamma)
 
 
-def expert_run_directory(trajectories: TrajectoryDataset, behaviour_dir: str | Path = "runs/behaviour") -> Path:
-    """Where ``pbrl data make`` keeps (or would train) the expert of a dataset it made."""
+def dataset_expert(trajectories: TrajectoryDataset, behaviour_dir: str | Path = "runs/behaviour"
+                   ) -> tuple[str, str, int, int, Path]:
+    """The expert ``pbrl data make`` trained (or would train) for a dataset it made: ``(env preset, algo, steps,
+    seed, run directory)``."""
     meta = trajectories.metadata
     if "expert_steps" not in meta:
         raise DatasetError(describe(str(trajectories.path), "metadata 'expert_steps'", "missing",
                                     "a dataset made by `pbrl data make` (or name an expert with --expert DIR)"))
     from pbrl.envs.registry import get_env_spec
 
-    algo = meta.get("expert_algo") or meta.get("algo", "sac")
-    name = get_env_spec(trajectories.env_id).name
-    return Path(behaviour_dir) / f"{name}-{algo}-{int(meta['expert_steps'])}-s{int(meta.get('seed', 0))}"
+    env, algo = get_env_spec(trajectories.env_id).name, meta.get("expert_algo") or meta.get("algo", "sac")
+    steps, seed = int(meta["expert_steps"]), int(meta.get("seed", 0))
+    return env, algo, steps, seed, Path(behaviour_dir) / f"{env}-{algo}-{steps}-s{seed}"
 
 
 def expert_values(run: str | Path, observations: np.ndarray, *, samples: int = 16, seed: int = 0) -> np.ndarray:
