@@ -415,6 +415,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     load_dataset(cfg.dataset, preferences=False)  # a missing dataset is its own one-line error, before the settings
     print(run_settings(cfg, args.scale), file=sys.stderr)
+    if args.dry_run:
+        from pbrl.train.trainer import dry_run
+
+        print(json.dumps(dry_run(cfg)))
+        return 0
     result = train(cfg, args.out, progress=not args.quiet)
     print(json.dumps({k: result[k] for k in ("agent", "dataset", "normalized_score", "return_mean", "return_std",
                                              "episodes", "seed", *(["success_rate"] if "success_rate" in result else []))}))
@@ -442,14 +447,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg, agent, data = load_run(args.run_dir, args.device)
     device = next(agent.parameters()).device
-    result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env, episodes=args.episodes, seed=args.seed,
+    result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env,
+                      episodes=args.episodes, seed=args.seed, dims=(agent.spec.obs_dim, agent.spec.act_dim),
                       video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video)
-    from pbrl.train.loop import Checkpoints
-
-    checkpoint = Checkpoints(Path(args.run_dir) / "checkpoints", 1).latest()
-    step = int(checkpoint.stem.split("_")[-1])
+    checkpoint = agent.checkpoint  # the one load_run read (a damaged newer one is skipped)
+    step = int(Path(checkpoint).stem.split("_")[-1])
     result = {"agent": cfg.agent, "dataset": data.name, **{k: v for k, v in result.items() if k != "seed"},
-              "seed": cfg.train.seed, "eval_seed": args.seed, "checkpoint": checkpoint.name}
+              "seed": cfg.train.seed, "eval_seed": args.seed, "checkpoint": checkpoint}
     # the run's own eval.json stays as training wrote it; each evaluation setting gets its own file
     env_tag = f"-{args.env}" if args.env else ""
     out = Path(args.run_dir) / f"eval-step{step}{env_tag}-{args.episodes}ep-seed{args.seed}.json"
@@ -580,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--dry-run", action="store_true", help="validate the config, build the agent, run two steps in "
+                    "a temporary directory, write nothing (--out is not touched)")
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", help="train an agent x dataset x seed grid (resumable); every score beside oracle IQL",

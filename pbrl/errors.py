@@ -26,3 +26,7 @@ class NonFiniteError(PbrlError):
 
 class CheckpointError(PbrlError):
     """A checkpoint does not fit the model it is loaded into (another version of the agent or config)."""
+
+
+class RunLockedError(PbrlError):
+    """Another process holds the run directory's lock (two writers would interleave its files)."""

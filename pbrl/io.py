@@ -1,9 +1,14 @@
-"""Atomic file writes: readers see the old file or the whole new one, never a part. Imports nothing of pbrl."""
+"""Atomic file writes (readers see the old file or the whole new one, never a part) and an exclusive directory
+lock. Imports nothing of pbrl."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -37,3 +42,30 @@ def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class LockHeld(Exception):
+    """Raised by :func:`exclusive_lock` when another process holds the lock; ``holder`` is what it wrote."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path}: held by {holder}")
+        self.path, self.holder = path, holder
+
+
+@contextmanager
+def exclusive_lock(directory: Path, name: str = ".lock") -> Iterator[Path]:
+    """Hold ``directory/name`` with ``fcntl.flock`` (released by the kernel if the process dies, so a killed
+    run never leaves a stale lock); the holder's pid and host are written into it for the refusal message."""
+    path = Path(directory) / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise LockHeld(path, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

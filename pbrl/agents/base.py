@@ -14,7 +14,7 @@ An agent is an ``nn.Module`` with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from pbrl.agents.actors import Actor, PolicyActor
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, describe
+from pbrl.fields import param
 from pbrl.nets.mlp import POLICY_HEADS
 
 BATCH_KINDS = ("preferences", "transitions", "windows")
@@ -37,11 +38,17 @@ class AgentConfig:
 class PolicyConfig(AgentConfig):
     """An MLP policy head (BC, SFT, CPL, IQL's actor)."""
 
-    policy: str = "tanh_gaussian"  # tanh_gaussian | deterministic (log π = −‖μ(s) − a‖², CPL's official actor) | gaussian
-    hidden_layers: list[int] = field(default_factory=lambda: [256, 256])  # width of each hidden layer
-    dropout: float = 0.0           # dropout after each hidden layer (CPL's paper: 0.25)
-    log_std_min: float = -5.0
-    log_std_max: float = 2.0
+    # tanh_gaussian | deterministic (log π = −‖μ(s) − a‖², CPL's official actor) | gaussian
+    policy: str = param("tanh_gaussian", choices=tuple(POLICY_HEADS))
+    hidden_layers: list[int] = param([256, 256], ge=1, le=65536)  # width of each hidden layer
+    dropout: float = param(0.0, ge=0, lt=1)  # dropout after each hidden layer (CPL's paper: 0.25)
+    log_std_min: float = param(-5.0, ge=-100, le=100)
+    log_std_max: float = param(2.0, ge=-100, le=100)
+
+    def check(self) -> tuple[str, str, str] | None:
+        if self.log_std_min >= self.log_std_max:
+            return "log_std_min", repr(self.log_std_min), f"less than log_std_max ({self.log_std_max!r})"
+        return None
 
 
 @dataclass(frozen=True)

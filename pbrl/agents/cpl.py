@@ -19,20 +19,21 @@ from pbrl.agents.bc import BC, BCConfig, bc_loss
 from pbrl.core import cpl_loss, cpl_ranked_loss, cpl_score, preference_accuracy, ranked_accuracy
 from pbrl.core.training import OptimizerSpec
 from pbrl.data.preferences import PreferenceBatch, SegmentBatch
+from pbrl.fields import param
 
 REGIMES = ("sparse", "dense")
 
 
 @dataclass
 class CPLConfig(BCConfig):
-    alpha: float = 0.1        # temperature: A(σ) = α Σ γ^t log π(a_t|s_t)
-    gamma: float = 1.0        # discount inside a segment
-    bias: float = 0.5         # conservative bias λ on the rejected segment (1.0 = plain Bradley-Terry)
-    bc_weight: float = 0.0    # weight of the BC term on all segments after the warm start
-    bc_steps: int = 0         # BC-only warm start (paper: 200k of 500k steps)
+    alpha: float = param(0.1, gt=0)          # temperature: A(σ) = α Σ γ^t log π(a_t|s_t)
+    gamma: float = param(1.0, gt=0, le=1)    # discount inside a segment
+    bias: float = param(0.5, gt=0, le=1)     # conservative bias λ on the rejected segment (1.0 = plain Bradley-Terry)
+    bc_weight: float = param(0.0, ge=0)      # weight of the BC term on all segments after the warm start
+    bc_steps: int = param(0, ge=0)           # BC-only warm start (paper: 200k of 500k steps)
     reset_optimizer: bool = False  # restart AdamW's moments when the CPL phase begins (official code: yes)
-    warmup_steps: int = 0     # linear learning-rate warm-up from the switch on (official code: 10k)
-    regime: str = "sparse"    # sparse: labelled pairs | dense: scored segments, all pairs of each batch
+    warmup_steps: int = param(0, ge=0)       # linear learning-rate warm-up from the switch on (official code: 10k)
+    regime: str = param("sparse", choices=REGIMES)  # sparse: labelled pairs | dense: scored segments, all pairs
     average: bool = False     # score with the mean log π over steps, not the sum (cpl-human's D4RL recipe)
 
 

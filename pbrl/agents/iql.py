@@ -12,7 +12,7 @@ score means something only above this control."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -21,22 +21,26 @@ from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_po
 from pbrl.core import awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.core.training import OptimizerSpec
 from pbrl.data.transitions import TransitionBatch
-from pbrl.nets.mlp import EnsembleQ, ValueNet
+from pbrl.fields import param
+from pbrl.nets.mlp import POLICY_HEADS, EnsembleQ, ValueNet
+
+REWARD_SCALES = ("returns", "minmax-returns", "none")
 
 
 @dataclass
 class IQLConfig(PolicyConfig):
-    policy: str = "gaussian"        # N(tanh(f(s)), σ²) with a state-independent σ, as in CORL's IQL
-    log_std_min: float = -20.0
-    critic_layers: list[int] = field(default_factory=lambda: [256, 256])  # Q and V hidden layers
-    discount: float = 0.99          # γ
-    expectile: float = 0.7          # τ of the value expectile (locomotion 0.7, AntMaze 0.9)
-    temperature: float = 3.0        # β of the actor's exp(β A) weights (locomotion 3, Kitchen/Adroit 0.5)
-    max_weight: float = 100.0       # clip of exp(β A)
-    target_update: float = 0.005    # Polyak rate of the target critics
-    reward_scale: str = "returns"   # returns: r · 1000 / (max − min episode return) (paper, locomotion) | none |
-                                    # minmax-returns: r min-max normalised to [0, 1] first (Uni-RLHF)
-    actor_schedule: str = "cosine"  # cosine | constant
+    policy: str = param("gaussian", choices=tuple(POLICY_HEADS))  # N(tanh(f(s)), σ²), state-independent σ (CORL)
+    log_std_min: float = param(-20.0, ge=-100, le=100)
+    critic_layers: list[int] = param([256, 256], ge=1, le=65536)  # Q and V hidden layers
+    discount: float = param(0.99, ge=0, le=1)          # γ
+    expectile: float = param(0.7, gt=0, lt=1)          # τ of the value expectile (locomotion 0.7, AntMaze 0.9)
+    temperature: float = param(3.0, ge=0, le=1000)     # β of the actor's exp(β A) weights (locomotion 3, Adroit 0.5)
+    max_weight: float = param(100.0, gt=0)             # clip of exp(β A)
+    target_update: float = param(0.005, gt=0, le=1)    # Polyak rate of the target critics
+    # returns: r · 1000 / (max − min episode return) (paper, locomotion) | none |
+    # minmax-returns: r min-max normalised to [0, 1] first (Uni-RLHF)
+    reward_scale: str = param("returns", choices=REWARD_SCALES)
+    actor_schedule: str = param("cosine", choices=("cosine", "constant"))
 
 
 class IQL(Agent):

@@ -10,7 +10,7 @@ ends there), min-max normalises the learned rewards to [0, 1] (Uni-RLHF), then r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from pbrl.agents.iql import IQL, IQLConfig
 from pbrl.core import logistic_link, preference_accuracy
 from pbrl.data.preferences import PreferenceBatch
 from pbrl.errors import ConfigError, describe
+from pbrl.fields import param
 from pbrl.nets.reward import RewardEnsemble
 from pbrl.nets.transformer import PreferenceTransformer
 
@@ -28,14 +29,19 @@ REWARD_MODELS = ("mlp", "transformer")
 
 @dataclass
 class RewardModelConfig(AgentConfig):
-    model: str = "mlp"              # mlp | transformer
-    members: int = 3                # mlp: ensemble size
-    hidden_layers: list[int] = field(default_factory=lambda: [256, 256, 256])  # mlp: hidden layers
-    dim: int = 256                  # transformer: width (PT: 256)
-    layers: int = 1                 # transformer: blocks (PT: 1)
-    heads: int = 4                  # transformer: attention heads (PT: 4)
-    dropout: float = 0.1            # transformer: dropout (PT: 0.1)
-    context: int = 64               # transformer: relabelling window (the segment length it was trained on)
+    model: str = param("mlp", choices=REWARD_MODELS)    # mlp | transformer
+    members: int = param(3, ge=1, le=1024)              # mlp: ensemble size
+    hidden_layers: list[int] = param([256, 256, 256], ge=1, le=65536)  # mlp: hidden layers
+    dim: int = param(256, ge=1, le=65536)               # transformer: width (PT: 256)
+    layers: int = param(1, ge=1, le=1024)               # transformer: blocks (PT: 1)
+    heads: int = param(4, ge=1, le=1024)                # transformer: attention heads (PT: 4)
+    dropout: float = param(0.1, ge=0, lt=1)             # transformer: dropout (PT: 0.1)
+    context: int = param(64, ge=1)                      # transformer: relabelling window (the segment length)
+
+    def check(self) -> tuple[str, str, str] | None:
+        if self.dim % self.heads:
+            return "heads", repr(self.heads), f"a divisor of dim ({self.dim})"
+        return None
 
 
 class RewardModel(Agent):
@@ -85,17 +91,22 @@ class RewardModel(Agent):
 
 @dataclass
 class IQLMRConfig(IQLConfig):
-    reward_model: str = "mlp"            # mlp | transformer
-    reward_steps: int = 3000             # gradient steps of the reward model
-    reward_batch_size: int = 64          # pairs per reward-model step
-    reward_lr: float = 3e-4
-    reward_holdout: float = 0.1          # share of labelled pairs held out for the accuracy check
-    reward_members: int = 3
-    reward_hidden_layers: list[int] = field(default_factory=lambda: [256, 256, 256])
-    reward_dim: int = 256
-    reward_layers: int = 1
-    reward_heads: int = 4
-    reward_dropout: float = 0.1
+    reward_model: str = param("mlp", choices=REWARD_MODELS)  # mlp | transformer
+    reward_steps: int = param(3000, ge=1)            # gradient steps of the reward model
+    reward_batch_size: int = param(64, ge=1)         # pairs per reward-model step
+    reward_lr: float = param(3e-4, gt=0)
+    reward_holdout: float = param(0.1, gt=0, lt=1)   # share of labelled pairs held out for the accuracy check
+    reward_members: int = param(3, ge=1, le=1024)
+    reward_hidden_layers: list[int] = param([256, 256, 256], ge=1, le=65536)
+    reward_dim: int = param(256, ge=1, le=65536)
+    reward_layers: int = param(1, ge=1, le=1024)
+    reward_heads: int = param(4, ge=1, le=1024)
+    reward_dropout: float = param(0.1, ge=0, lt=1)
+
+    def check(self) -> tuple[str, str, str] | None:
+        if self.reward_dim % self.reward_heads:
+            return "reward_heads", repr(self.reward_heads), f"a divisor of reward_dim ({self.reward_dim})"
+        return super().check()
 
     def reward_config(self, segment: int) -> RewardModelConfig:
         return RewardModelConfig(model=self.reward_model, members=self.reward_members,
@@ -106,7 +117,7 @@ class IQLMRConfig(IQLConfig):
 
 @dataclass
 class IQLPTConfig(IQLMRConfig):
-    reward_model: str = "transformer"
+    reward_model: str = param("transformer", choices=REWARD_MODELS)
 
 
 class IQLMR(IQL):

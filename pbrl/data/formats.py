@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 from pbrl.data.preferences import PreferenceDataset
 from pbrl.data.store import Episode, TrajectoryDataset, atomic_h5, atomic_write_text, open_h5, write_trajectories
 from pbrl.errors import DatasetError, describe
+from pbrl.fields import short_repr
 
 LABEL_FIELDS = ("query_id", "a_episode", "a_start", "a_length", "b_episode", "b_start", "b_length", "choice",
                 "annotator", "group", "timestamp")
@@ -152,8 +154,23 @@ def export_minari(trajectories: TrajectoryDataset, dataset_id: str, *, root: str
     import gymnasium as gym
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
+    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.storage import get_dataset_path
 
     _minari_root(root)
+    try:
+        parse_dataset_id(dataset_id)
+    except ValueError:
+        raise DatasetError(describe("--dataset-id", "Minari dataset id", repr(dataset_id)[:120],
+                                    "(namespace/)name-vN, e.g. pbrl/hopper-mr-v0")) from None
+    existing = Path(get_dataset_path(dataset_id))
+    if existing.exists():
+        raise DatasetError(describe("--dataset-id", "Minari dataset id", f"{dataset_id!r}, which exists at {existing}",
+                                    "a new id or version (Minari datasets are never overwritten)"))
+    try:  # the env spec lets `ds.recover_environment()` rebuild the simulator (gymnasium envs only)
+        env_spec = gym.spec(trajectories.env_id)
+    except gym.error.Error:
+        env_spec = None
     buffers = []
     for e, ep in enumerate(trajectories):
         obs = np.concatenate([ep.observations, ep.final_observation[None]]).astype(np.float32)
@@ -168,7 +185,7 @@ def export_minari(trajectories: TrajectoryDataset, dataset_id: str, *, root: str
     act_low = float(min(-1.0, trajectories.actions.min()))
     act_high = float(max(1.0, trajectories.actions.max()))
     ds = minari.create_dataset_from_buffers(
-        dataset_id, buffers, observation_space=box(trajectories.obs_dim),
+        dataset_id, buffers, env=env_spec, observation_space=box(trajectories.obs_dim),
         action_space=gym.spaces.Box(act_low, act_high, (trajectories.act_dim,), np.float32),
         algorithm_name=str(trajectories.metadata.get("behaviour_policy", "")),
         description=description or f"exported by pbrl from {trajectories.path.name} (env {trajectories.env_id})",
@@ -231,56 +248,140 @@ def import_minari(dataset_id: str, out: str | os.PathLike, *, root: str | os.Pat
 # human labels
 # ---------------------------------------------------------------------------------------------------------
 
+MAX_LINE_BYTES = 64 * 1024      # one label row; a longer one is refused, not parsed
+MAX_TEXT_CHARS = 256            # query_id, annotator, timestamp
+MAX_JSON_DEPTH = 8              # a label row is a flat object; nesting is refused before parsing
+
+
+def _text(path: Path) -> str:
+    """The file decoded as UTF-8 (a byte-order mark is dropped), or one line naming the first undecodable byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(describe(f"{path}:{line}", "encoding", f"byte 0x{raw[exc.start]:02x} at offset {exc.start}",
+                                    "UTF-8 text")) from None
+
+
+def _json_depth_exceeds(line: str, limit: int) -> bool:
+    """True where brackets nest deeper than ``limit`` (checked before ``json.loads``, which recurses)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            escaped = not escaped and ch == "\\"
+            if ch == '"' and not escaped:
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    text = path.read_text()
+    text = _text(path)
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise DatasetError(describe(f"{path}:{n}", "row", f"{len(line):,} characters",
+                                        f"at most {MAX_LINE_BYTES:,} per label row"))
     if path.suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
+            if _json_depth_exceeds(line, MAX_JSON_DEPTH):
+                raise DatasetError(describe(f"{path}:{n}", "row", f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                                            "one flat JSON object per line"))
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(describe(f"{path}:{n}", "row", f"invalid JSON ({exc.msg})", "one JSON object per line")) from None
+            except ValueError as exc:  # JSONDecodeError, and integers over Python's digit limit
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0][:100]
+                raise DatasetError(describe(f"{path}:{n}", "row", f"invalid JSON ({msg})", "one JSON object per line")) from None
             if not isinstance(obj, dict):
                 raise DatasetError(describe(f"{path}:{n}", "row", type(obj).__name__, "a JSON object"))
             rows.append((n, obj))
         return rows
     if path.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
-        missing = [k for k in LABEL_FIELDS[:8] if k not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(describe(f"{path}:1", "header", reader.fieldnames, f"columns including {list(LABEL_FIELDS[:8])}"))
-        return [(n, row) for n, row in enumerate(reader, 2)]
+        try:
+            fieldnames = reader.fieldnames
+            missing = [k for k in LABEL_FIELDS[:8] if k not in (fieldnames or [])]
+            if missing:
+                raise DatasetError(describe(f"{path}:1", "header", short_repr(fieldnames),
+                                            f"columns including {list(LABEL_FIELDS[:8])}"))
+            return [(reader.line_num, row) for row in reader]
+        except csv.Error as exc:
+            raise DatasetError(describe(f"{path}:{reader.line_num}", "row", f"unreadable CSV ({exc})",
+                                        "comma-separated fields with a header row")) from None
     raise DatasetError(describe(str(path), "file type", repr(path.suffix), "'.jsonl' or '.csv'"))
 
 
-def _int(value: Any, where: str, name: str) -> int:
+def _int(value: Any, where: str, name: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
+    """An integer field in [low, high] (int64 storage), else one line naming the field."""
     try:
         if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise DatasetError(describe(where, f"field '{name}'", repr(value), "an integer")) from None
+        if isinstance(value, str) and len(value.strip()) > 20:  # more digits than any int64 (and no slow parse)
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DatasetError(describe(where, f"field '{name}'", short_repr(value), f"an integer from {low} to {high}")) from None
+    if not low <= number <= high:
+        raise DatasetError(describe(where, f"field '{name}'", short_repr(number), f"an integer from {low} to {high}"))
+    return number
+
+
+def _short_text(row: dict[str, Any], name: str, where: str) -> str:
+    value = row.get(name)
+    text = "" if value is None else str(value) if not isinstance(value, dict | list) else None
+    if text is None or len(text) > MAX_TEXT_CHARS:
+        got = f"{len(text):,} characters" if text is not None else type(value).__name__
+        raise DatasetError(describe(where, f"field '{name}'", got, f"text of at most {MAX_TEXT_CHARS} characters"))
+    return text
+
+
+def _is_undo(row: dict[str, Any]) -> bool:
+    undo = row.get("undo")
+    return undo is True or (isinstance(undo, str) and undo.strip().lower() in ("true", "1", "yes"))
 
 
 def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> PreferenceDataset:
     """Read human labels (JSON Lines or CSV, see the module docstring) against ``trajectories``.
 
     Checks every row (fields, choice, segment inside its episode) before returning; the first bad row is
-    named as ``file:line``.
+    named as ``file:line``. One annotator answering the same pair of one query twice: the later answer wins,
+    with a warning on stderr (two annotators' answers are both kept). An undo row
+    (``{"query_id", "annotator", "undo": true}``, written by the annotation page) withdraws that annotator's
+    last answer to that query.
     """
     path = Path(path)
     if not path.exists():
         raise DatasetError(describe(str(path), "file", "missing", "a .jsonl or .csv file of labels"))
     lengths = trajectories.episode_lengths
-    seg_a, seg_b, label, skipped, group, query, annotator, stamp = [], [], [], [], [], [], [], []
-    query_ids: dict[str, int] = {}
+    records: list[dict[str, Any] | None] = []         # in file order; None once withdrawn or replaced
+    by_pair: dict[tuple, int] = {}                     # (query, annotator, pair) -> index into records
+    by_query: dict[tuple[str, str], list[int]] = {}    # (query, annotator) -> indices, in answer order
     rows = _rows(path)
     if not rows:
         raise DatasetError(describe(str(path), "rows", 0, "at least one label"))
     for n, row in rows:
         where = f"{path}:{n}"
+        if _is_undo(row):
+            qid, who = _short_text(row, "query_id", where), _short_text(row, "annotator", where)
+            answered = [i for i in by_query.get((qid, who), []) if records[i] is not None]
+            if not answered:
+                raise DatasetError(describe(where, "undo", f"query {qid!r} by annotator {who!r}",
+                                            "an earlier answer of this annotator to this query to withdraw"))
+            records[answered[-1]] = None
+            continue
         missing = [k for k in LABEL_FIELDS[:8] if row.get(k) in (None, "")]
         if missing:
             raise DatasetError(describe(where, f"field '{missing[0]}'", "missing", f"the fields {list(LABEL_FIELDS[:8])}"))
@@ -301,25 +402,35 @@ def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> P
         else:
             try:
                 value, skip = float(choice), False
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 value = float("nan")
             if isinstance(choice, bool) or not 0.0 <= value <= 1.0:
-                raise DatasetError(describe(where, "field 'choice'", repr(choice),
+                raise DatasetError(describe(where, "field 'choice'", short_repr(choice),
                                             "'a', 'b', 'equal', 'skip' or a probability in [0, 1]"))
-        g = _int(row.get("group") if row.get("group") not in (None, "") else 0, where, "group")
-        if g < 0:
-            raise DatasetError(describe(where, "field 'group'", g, "an integer >= 0"))
-        seg_a.append(segs[0])
-        seg_b.append(segs[1])
-        label.append(value)
-        skipped.append(skip)
-        group.append(g)
-        query.append(query_ids.setdefault(str(row["query_id"]), len(query_ids)))
-        annotator.append(str(row.get("annotator") or ""))
-        stamp.append(str(row.get("timestamp") or ""))
-    return PreferenceDataset(np.array(seg_a, np.int64), np.array(seg_b, np.int64), np.array(label, np.float32),
-                             np.array(group, np.int32), skipped=np.array(skipped), query=np.array(query, np.int64),
-                             annotator=np.array(annotator, dtype=object), timestamp=np.array(stamp, dtype=object),
+        g = _int(row.get("group") if row.get("group") not in (None, "") else 0, where, "group", high=2**31 - 1)
+        qid, who, stamp = (_short_text(row, k, where) for k in ("query_id", "annotator", "timestamp"))
+        key = (qid, who, tuple(sorted(segs)))  # one key for a pair shown either way round
+        if key in by_pair and records[by_pair[key]] is not None:
+            earlier = records[by_pair[key]]
+            print(f"pbrl: warning: {where}: annotator {who!r} answered this pair of query {qid!r} before (line "
+                  f"{earlier['line']}); the later answer wins", file=sys.stderr)
+            records[by_pair[key]] = None
+        by_pair[key] = len(records)
+        by_query.setdefault((qid, who), []).append(len(records))
+        records.append({"line": n, "segs": segs, "label": value, "skip": skip, "group": g, "query": qid,
+                        "annotator": who, "timestamp": stamp})
+    kept = [r for r in records if r is not None]
+    if not kept:
+        raise DatasetError(describe(str(path), "labels", "none left after undo rows", "at least one label"))
+    query_ids: dict[str, int] = {}
+    return PreferenceDataset(np.array([r["segs"][0] for r in kept], np.int64),
+                             np.array([r["segs"][1] for r in kept], np.int64),
+                             np.array([r["label"] for r in kept], np.float32),
+                             np.array([r["group"] for r in kept], np.int32),
+                             skipped=np.array([r["skip"] for r in kept]),
+                             query=np.array([query_ids.setdefault(r["query"], len(query_ids)) for r in kept], np.int64),
+                             annotator=np.array([r["annotator"] for r in kept], dtype=object),
+                             timestamp=np.array([r["timestamp"] for r in kept], dtype=object),
                              attrs={"source": str(path)})
 
 

@@ -19,6 +19,7 @@ K(K−1)/2 pairs sharing a query id.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from itertools import combinations
 
@@ -129,6 +130,11 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
 
     if rank >= 2:
         segs = sample_segments(trajectories, queries * rank, segment, rng).reshape(queries, rank, 3)
+        for _ in range(REDRAWS):  # a ranking must not hold one segment twice: redraw those rankings
+            repeated = np.flatnonzero([len(np.unique(q, axis=0)) < rank for q in segs])
+            if not len(repeated):
+                break
+            segs[repeated] = sample_segments(trajectories, len(repeated) * rank, segment, rng).reshape(-1, rank, 3)
         who = assign()
         order = np.zeros((queries, rank), np.int64)
         for gi, g in enumerate(groups):
@@ -143,9 +149,10 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
         flip = rng.random(len(seg_a)) < 0.5  # randomise which side the better segment is on
         seg_a, seg_b = np.where(flip[:, None], seg_b, seg_a), np.where(flip[:, None], seg_a, seg_b)
         group = np.repeat(who, n)
-        return PreferenceDataset(seg_a, seg_b, np.where(flip, 0.0, 1.0).astype(np.float32), group.astype(np.int32),
-                                 query=np.repeat(np.arange(queries), n),
-                                 **teacher_scores(trajectories, seg_a, seg_b, group, groups, utilities))
+        return without_self_pairs(PreferenceDataset(
+            seg_a, seg_b, np.where(flip, 0.0, 1.0).astype(np.float32), group.astype(np.int32),
+            query=np.repeat(np.arange(queries), n), **teacher_scores(trajectories, seg_a, seg_b, group, groups, utilities)),
+            trajectories, segment)
     if mode == "episodes":
         seg_a, seg_b = episode_pairs(trajectories, queries, segment, rng)
     elif pairing == "stratified":
@@ -156,6 +163,11 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
     else:
         seg_a = sample_segments(trajectories, queries, segment, rng)
         seg_b = sample_segments(trajectories, queries, segment, rng)
+        for _ in range(REDRAWS):  # a pair of a segment with itself teaches nothing: draw its partner again
+            same = np.flatnonzero((seg_a == seg_b).all(1))
+            if not len(same):
+                break
+            seg_b[same] = sample_segments(trajectories, len(same), segment, rng)
     who = assign()
     label = np.zeros(queries, np.float32)
     skipped = np.zeros(queries, bool)
@@ -163,8 +175,27 @@ def make_preferences(trajectories: TrajectoryDataset, *, pairs: int, segment: in
         rows = np.flatnonzero(who == gi)
         if len(rows):
             label[rows], skipped[rows] = g.teacher.label(trajectories, seg_a[rows], seg_b[rows], rng, utilities[gi])
-    return PreferenceDataset(seg_a, seg_b, label, who.astype(np.int32), skipped=skipped,
-                             **teacher_scores(trajectories, seg_a, seg_b, who, groups, utilities))
+    return without_self_pairs(PreferenceDataset(seg_a, seg_b, label, who.astype(np.int32), skipped=skipped,
+                                                **teacher_scores(trajectories, seg_a, seg_b, who, groups, utilities)),
+                              trajectories, segment)
+
+
+REDRAWS = 20  # tries before pairs of a segment with itself are left out (few distinct windows exist)
+
+
+def without_self_pairs(prefs: PreferenceDataset, trajectories: TrajectoryDataset, segment: int) -> PreferenceDataset:
+    """Drop pairs of a segment with itself (a tie that teaches nothing: few distinct windows exist when the
+    segment is nearly as long as the episodes), saying how many on stderr; refuse when none would be left."""
+    same = (prefs.segments_a == prefs.segments_b).all(1)
+    if not same.any():
+        return prefs
+    if same.all():
+        raise DatasetError(describe(str(trajectories.path), "distinct segments", "none: every pair compares a segment "
+                                    "with itself", f"a --segment shorter than {segment} (episodes of "
+                                    f"{int(trajectories.episode_lengths.max())} steps or fewer)"))
+    print(f"pbrl: warning: {trajectories.path}: left out {int(same.sum())} of {len(same)} pairs of a segment with "
+          f"itself (segment {segment} steps: few distinct windows; a shorter --segment avoids them)", file=sys.stderr)
+    return prefs.subset(np.flatnonzero(~same))
 
 
 def teacher_scores(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, who: np.ndarray,

@@ -82,6 +82,14 @@ class PreferenceDataset:
     def __len__(self) -> int:
         return len(self.label)
 
+    def subset(self, index: np.ndarray) -> PreferenceDataset:
+        """The pairs at ``index`` (integer indices or a boolean mask), every per-pair field kept."""
+        pick = lambda x: None if x is None else x[index]  # noqa: E731
+        return PreferenceDataset(self.segments_a[index], self.segments_b[index], self.label[index], self.group[index],
+                                 skipped=pick(self.skipped), query=pick(self.query), annotator=pick(self.annotator),
+                                 timestamp=pick(self.timestamp), score_a=pick(self.score_a), score_b=pick(self.score_b),
+                                 attrs=dict(self.attrs))
+
     @property
     def used(self) -> np.ndarray:
         """Indices of the pairs that carry a label (not skipped)."""

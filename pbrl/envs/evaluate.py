@@ -11,19 +11,29 @@ import gymnasium as gym
 import numpy as np
 
 from pbrl.envs.registry import get_env_spec, make_env
+from pbrl.errors import ConfigError, describe
 
 BatchPolicy = Callable[[np.ndarray], np.ndarray]  # obs [N, obs_dim] -> actions [N, act_dim]; optional .reset(mask [N])
 
 
 def evaluate(policy: BatchPolicy, env_name: str, *, episodes: int = 10, seed: int = 0,
-             video_dir: str | os.PathLike | None = None, video_episodes: int = 0) -> dict[str, Any]:
+             video_dir: str | os.PathLike | None = None, video_episodes: int = 0,
+             dims: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run ``episodes`` episodes at once in a SyncVectorEnv (one env per episode, env i seeded ``seed + i``).
 
     Returns ``return_mean``, ``return_std``, ``returns``, ``normalized_score`` (of the mean return),
     ``normalized_score_std``, ``length_mean``, ``episodes``, and ``success_rate`` for Meta-World tasks.
+    ``dims`` (observation, action sizes the policy was trained on) are checked against the environment's.
     """
     spec = get_env_spec(env_name)
     envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(spec.name, seed=seed + i) for i in range(episodes)])
+    if dims is not None:
+        env_dims = (envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
+        if tuple(dims) != env_dims:
+            envs.close()
+            raise ConfigError(describe(f"env {spec.id}", "observation and action sizes", f"{env_dims}",
+                                       f"{tuple(dims)}, the sizes the policy was trained on (evaluate it on its own "
+                                       "environment, or --env another one with these sizes)"))
     obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
     reset = getattr(policy, "reset", None)  # a stateful actor (history, action chunks) starts its episodes
     if reset is not None:

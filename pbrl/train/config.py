@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import tomllib
 
 from pbrl.agents import AGENTS, AgentConfig
 from pbrl.errors import ConfigError, describe
+from pbrl.fields import check_fields, short_repr
 from pbrl.paths import find_resource
 from pbrl.train.loop import TrainConfig
 
@@ -37,6 +39,13 @@ class RunConfig:
         d = self.to_dict()  # TOML has no null: an unset optional field is left out and reads back as None
         return tomli_w.dumps({s: {k: v for k, v in t.items() if v is not None} for s, t in d.items()})
 
+    def validate(self, where: str | Callable[[str], str]) -> RunConfig:
+        """Every field within its declared bounds (:mod:`pbrl.fields`), else one :class:`ConfigError` line naming
+        ``where`` (or ``where("section.field")``: the flag or file that set it)."""
+        check_fields(self.train, "train", where)
+        check_fields(self.agent_config, "agent", where)
+        return self
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> RunConfig:
         run = d.get("run", {})
@@ -48,7 +57,7 @@ class RunConfig:
         for section in ("train", "agent"):
             for key, value in d.get(section, {}).items():
                 _set_field(cfg, section, key, value, where)
-        return cfg
+        return cfg.validate(where)
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
@@ -71,7 +80,8 @@ def _set_field(cfg: RunConfig, section: str, key: str, value: Any, where: str) -
     hint = typing.get_type_hints(type(target))[key]
     coerced = _coerce(value, hint)
     if coerced is _INVALID:
-        raise ConfigError(describe(where, f"{section}.{key}", f"{value!r} ({type(value).__name__})", _type_name(hint)))
+        raise ConfigError(describe(where, f"{section}.{key}", f"{short_repr(value)} ({type(value).__name__})",
+                                   _type_name(hint)))
     setattr(target, key, coerced)
 
 
@@ -121,7 +131,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, name = key.strip().split(".", 1)
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer past Python's digit limit: kept as text, refused by type
         value = raw.strip()
     return section, name, value
 
@@ -157,20 +167,32 @@ def resolve_scale(scale: str, device: str) -> str:
     return scale
 
 
+def resolved_dataset(dataset: str) -> str:
+    """A dataset given as a file path is stored absolute (``pbrl eval`` may run from another directory); a card
+    name stays a name, found again through the search roots (:mod:`pbrl.paths`)."""
+    path = Path(dataset)
+    looks_like_path = "/" in dataset or path.suffix in (".h5", ".hdf5", ".toml")
+    return str(path.resolve()) if looks_like_path and path.exists() else dataset
+
+
 def build_config(agent: str, dataset: str, *, scale: str = "auto", overrides: list[str] = (),
                  **train_fields: Any) -> RunConfig:
     """Preset for (agent, scale), then ``train_fields`` (CLI flags such as steps, seed), then ``--set`` overrides."""
     if agent not in AGENTS:
         raise ConfigError(describe("--agent", "agent", repr(agent), f"one of {sorted(AGENTS)}"))
+    dataset = resolved_dataset(dataset)
     parsed = [parse_override(o) for o in overrides]
     device = next((v for s, k, v in parsed if s == "train" and k == "device"), train_fields.get("device", "auto"))
     scale = resolve_scale(scale, str(device))
     preset = load_preset(agent, scale)
     cfg = RunConfig.from_dict({"run": {"agent": agent, "dataset": dataset, "scale": scale}, **preset},
                               f"agents/{agent}.toml [{scale}]")
+    origin = {}
     for key, value in train_fields.items():
         if value is not None:
-            _set_field(cfg, "train", key, value, f"--{key.replace('_', '-')}")
+            origin[f"train.{key}"] = f"--{key.replace('_', '-')}"
+            _set_field(cfg, "train", key, value, origin[f"train.{key}"])
     for section, key, value in parsed:
+        origin[f"{section}.{key}"] = "--set"
         _set_field(cfg, section, key, value, "--set")
-    return cfg
+    return cfg.validate(lambda key: origin.get(key, f"agents/{agent}.toml [{scale}]"))

@@ -17,6 +17,7 @@ are passed as ``stateful``. Control agents (``pbrl.train.trainer``) and sequence
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
-from pbrl.errors import CheckpointError, NonFiniteError
+from pbrl.errors import CheckpointError, NonFiniteError, describe
+from pbrl.fields import param
 from pbrl.io import atomic_path, commit_atomic
 
 __all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "run_loop", "train_step"]
@@ -48,22 +50,22 @@ class Stateful(Protocol):
 class TrainConfig:
     """The shared loop's settings (any learner). Evaluation fields are read by the control wiring."""
 
-    steps: int = 10_000            # gradient steps
-    batch_size: int = 32           # items per step (pairs, transitions or windows: what the agent declares)
-    lr: float = 1e-4               # AdamW learning rate (optimisers that do not set their own)
-    weight_decay: float = 1e-4     # AdamW weight decay (0: Adam)
-    grad_clip: float = 1.0         # max global gradient norm per optimiser (0 disables)
-    seed: int = 0                  # fixes the initialisation, batches and dropout
-    device: str = "auto"           # auto | cpu | cuda | mps
-    threads: int = 1               # torch CPU threads (1 is fastest on a shared 2-core machine)
+    steps: int = param(10_000, ge=1)            # gradient steps
+    batch_size: int = param(32, ge=1)           # items per step (pairs, transitions or windows: what the agent declares)
+    lr: float = param(1e-4, gt=0)               # AdamW learning rate (optimisers that do not set their own)
+    weight_decay: float = param(1e-4, ge=0)     # AdamW weight decay (0: Adam)
+    grad_clip: float = param(1.0, ge=0)         # max global gradient norm per optimiser (0 disables)
+    seed: int = param(0, ge=0, lt=2**63)        # fixes the initialisation, batches and dropout
+    device: str = param("auto", pattern=r"auto|cpu|cuda(:\d+)?|mps")  # auto | cpu | cuda[:N] | mps
+    threads: int = param(1, ge=1, le=1024)      # torch CPU threads (1 is fastest on a shared 2-core machine)
     amp: bool = False              # bf16 autocast on CUDA (ignored on CPU); off: it was slower for the MLPs (H100/H200)
     compile: bool = False          # torch.compile the loss (GPU)
-    log_every: int = 100           # TensorBoard scalars every N steps
-    checkpoint_every: int = 1000   # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 2      # how many recent checkpoints to keep
-    eval_every: int = 0            # evaluate every N steps (0: only at the end)
-    eval_episodes: int = 10        # episodes per evaluation
-    eval_seed: int = 100_000       # env seeds eval_seed + i, apart from training seeds
+    log_every: int = param(100, ge=1)           # TensorBoard scalars every N steps
+    checkpoint_every: int = param(1000, ge=1)   # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = param(2, ge=1)      # how many recent checkpoints to keep
+    eval_every: int = param(0, ge=0)            # evaluate every N steps (0: only at the end)
+    eval_episodes: int = param(10, ge=0, le=100_000)  # episodes per evaluation
+    eval_seed: int = param(100_000, ge=0, lt=2**31)  # env seeds eval_seed + i, apart from training seeds
 
 
 class Checkpoints:
@@ -72,6 +74,32 @@ class Checkpoints:
     def __init__(self, directory: Path, keep: int):
         self.directory = Path(directory)
         self.keep = keep
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete ``.step_*.pt.*.tmp`` files a killed write left behind (only the owner of the run calls this)."""
+        stale = sorted(self.directory.glob(".step_*.tmp")) if self.directory.is_dir() else []
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return stale
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads, with its state; a damaged newer one is skipped with a warning on
+        stderr. None where there is none; :class:`CheckpointError` where none of them loads."""
+        found = self.all()
+        for path in reversed(found):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states stay CPU tensors
+            except Exception as exc:  # a truncated zip, a pickle error, an empty file: all mean "damaged"
+                reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+                print(f"pbrl: warning: {path}: unreadable ({reason}); trying the one before it", file=sys.stderr)
+                continue
+            if path != found[-1]:
+                print(f"pbrl: warning: resuming from {path.name}, the newest checkpoint that loads", file=sys.stderr)
+            return path, state
+        if found:
+            raise CheckpointError(describe(str(self.directory), "checkpoints", f"{len(found)} file(s), none readable",
+                                           "a checkpoint written by pbrl (train into a new --out)"))
+        return None
 
     def all(self) -> list[Path]:
         return sorted(self.directory.glob("step_*.pt"))
@@ -231,9 +259,10 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
     optimizers = Optimizers(learner.optimizers(), cfg)
     ckpts = Checkpoints(out / "checkpoints", cfg.keep_checkpoints)
     step = 0
-    latest = ckpts.latest()
-    if latest is not None:
-        state = torch.load(latest, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    ckpts.remove_stale_temporaries()
+    loaded = ckpts.load_latest()
+    if loaded is not None:
+        latest, state = loaded
         load_weights(learner, state, latest)
         optimizers.load_state_dict(state["optimizers"])
         for name, obj in stateful.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import torch
 
 from pbrl.agents import AGENTS, Agent
 from pbrl.agents.base import DataSpec
-from pbrl.agents.cpl import REGIMES
 from pbrl.agents.reward_model import RewardModel
 from pbrl.core import preference_accuracy
 from pbrl.data.preferences import PreferenceDataset, PreferenceSampler, ScoredSegmentSampler
@@ -22,8 +22,9 @@ from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.data.store import TrajectoryDataset
 from pbrl.data.transitions import TransitionSampler, WindowSampler, check_rewards, returns_scale
 from pbrl.envs.evaluate import evaluate
-from pbrl.errors import ConfigError, DatasetError, describe
-from pbrl.io import atomic_write_text
+from pbrl.envs.registry import make_env
+from pbrl.errors import CheckpointError, ConfigError, DatasetError, RunLockedError, describe
+from pbrl.io import LockHeld, atomic_write_text, exclusive_lock
 from pbrl.train.config import RunConfig
 from pbrl.train.loop import Checkpoints, TrainConfig, load_weights, run_loop
 
@@ -42,8 +43,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN; a reader must not meet one)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (``allow_nan=False``: a non-finite figure is written as null), atomically."""
+    atomic_write_text(path, json.dumps(finite_or_none(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def data_spec(trajectories: TrajectoryDataset) -> DataSpec:
@@ -77,7 +90,6 @@ def needs_preferences(agent: str) -> bool:
     return AGENTS[agent].batches == "preferences" or reward_source(agent) == "learned"
 
 
-REWARD_SCALES = ("returns", "minmax-returns", "none")
 
 
 def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
@@ -88,16 +100,19 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
                                     "(label the dataset with `pbrl data label`)"))
     if reward_source(cfg.agent) == "true":
         check_rewards(data.trajectories, data.trajectories.rewards, cfg.dataset)
-    regime = getattr(cfg.agent_config, "regime", None)
-    if regime is not None and regime not in REGIMES:
-        raise ConfigError(describe("agent.regime", "regime", repr(regime), f"one of {list(REGIMES)}"))
-    if regime == "dense" and data.preferences is not None and data.preferences.score_a is None:
+    if getattr(cfg.agent_config, "regime", None) == "dense" and data.preferences is not None and data.preferences.score_a is None:
         raise DatasetError(describe(str(data.preferences_path or cfg.dataset), "'score_a'/'score_b'", "missing",
                                     "the teacher's segment scores for agent.regime=dense (relabel with `pbrl data "
                                     "label`; human labels have none: use agent.regime=sparse)"))
-    how = getattr(cfg.agent_config, "reward_scale", None)
-    if how is not None and how not in REWARD_SCALES:
-        raise ConfigError(describe("agent.reward_scale", "reward scale", repr(how), f"one of {list(REWARD_SCALES)}"))
+    if cfg.train.eval_episodes > 0:  # a policy the simulator cannot run is refused now, not after training
+        env = make_env(data.env)
+        env_dims = (env.observation_space.shape[0], env.action_space.shape[0])
+        env.close()
+        traj = data.trajectories
+        if env_dims != (traj.obs_dim, traj.act_dim):
+            raise DatasetError(describe(str(traj.path), "observation and action sizes", (traj.obs_dim, traj.act_dim),
+                                        f"{env_dims}, those of its environment {data.env} (or train.eval_episodes=0 "
+                                        "to train without evaluating)"))
 
 
 def unit_range(r: np.ndarray) -> np.ndarray:
@@ -126,9 +141,26 @@ def record_data(out: Path, files: dict[str, tuple[Path, str]]) -> None:
         write_json(path, {role: {"file": str(file), "sha256": sha} for role, (file, sha) in files.items()})
 
 
+def make_run_dir(out: Path) -> None:
+    """``out`` as a directory, or one line saying why it cannot be (a file is there, a parent is a file, no
+    permission, a read-only disk)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(describe(str(out), "--out", "an existing file", "a run directory (new or a run's own)"))
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(describe(str(out), "--out", f"a path under the file {blocking}", "a directory path"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(describe(str(out), "--out", exc.strerror or type(exc).__name__,
+                                   "a directory this user can write to")) from None
+
+
 def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
     """Write ``out/config.toml`` for a new run; for an existing one, insist the config is the same."""
-    out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.toml"
     if cfg_path.exists():
         stored = RunConfig.load(cfg_path)
@@ -151,9 +183,7 @@ def split_pairs(prefs: PreferenceDataset, holdout: float, seed: int) -> tuple[Pr
     if holdout > 0 and (n_hold < 1 or n_hold >= len(order)):
         raise DatasetError(describe("reward_holdout", "held-out pairs", n_hold, f"between 1 and {len(order) - 1} "
                                     f"of {len(order)} labelled pairs"))
-    pick = lambda idx: PreferenceDataset(prefs.segments_a[idx], prefs.segments_b[idx], prefs.label[idx],  # noqa: E731
-                                         prefs.group[idx], query=prefs.query[idx])
-    return pick(np.sort(order[n_hold:])), pick(np.sort(order[:n_hold]))
+    return prefs.subset(np.sort(order[n_hold:])), prefs.subset(np.sort(order[:n_hold]))
 
 
 @torch.no_grad()
@@ -262,7 +292,57 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     check_inputs(cfg, data)
     files = data.files()  # hashed once: a path-named dataset has no recorded sums
-    check_same_data(out, files)
+    before = set(out.iterdir()) if out.is_dir() else None
+    make_run_dir(out)
+    try:
+        with exclusive_lock(out):
+            try:
+                check_same_data(out, files)
+                return _train_in(cfg, data, files, out, device, progress, stop_at)
+            except BaseException:
+                remove_unstarted(out, before)
+                raise
+    except LockHeld as held:
+        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
+                                      "no other process training into it (wait for that one, or use another --out)")) from None
+
+
+def dry_run(cfg: RunConfig) -> dict[str, Any]:
+    """Check a config end to end without leaving a file: load the data, build the agent (and its reward model),
+    and run two training steps (the first a warm-start step where the agent has one, so a phase switch is
+    crossed) in a temporary directory that is removed afterwards. Returns what the steps reported."""
+    import copy
+    import tempfile
+
+    trial = copy.deepcopy(cfg)
+    trial.train.steps, trial.train.eval_episodes, trial.train.log_every = 2, 0, 1
+    agent_cfg = trial.agent_config
+    for name, value in (("bc_steps", 1), ("warmup_steps", 1), ("reward_steps", 1)):
+        if getattr(agent_cfg, name, 0):
+            setattr(agent_cfg, name, value)
+    with tempfile.TemporaryDirectory(prefix="pbrl-dry-run-") as tmp:
+        summary = train(trial, Path(tmp) / "run", progress=False)
+        _, agent, _ = load_run(Path(tmp) / "run", trial.train.device)
+        parameters = sum(p.numel() for p in agent.parameters())
+    return {"agent": cfg.agent, "dataset": summary["dataset"], "steps_run": 2, "parameters": parameters,
+            "written": "nothing"}
+
+
+def remove_unstarted(out: Path, before: set[Path] | None) -> None:
+    """After a failure, take back what this call wrote unless something resumable exists (a checkpoint of the
+    agent or its reward model): a run that never got going leaves no directory to block the corrected command."""
+    if not out.is_dir() or any(out.rglob("step_*.pt")) or (out / "eval.json").exists():
+        return
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in set(out.iterdir()) - before:
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _train_in(cfg: RunConfig, data: LoadedDataset, files: dict[str, tuple[Path, str]], out: Path,
+              device: torch.device, progress: bool, stop_at: int | None) -> dict[str, Any] | None:
+    tc = cfg.train
     cfg = prepare_run_dir(cfg, out)
     record_data(out, files)
     rewards, reward_summary = None, None
@@ -279,6 +359,7 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     def run_eval(step: int, writer) -> dict[str, Any]:
         agent.eval()
         result = evaluate(actor_policy(agent, episodes, device, tc.eval_seed), data.env, episodes=episodes,
+                          dims=(agent.spec.obs_dim, agent.spec.act_dim),
                           seed=tc.eval_seed)
         agent.train()
         for key in ("normalized_score", "return_mean", "success_rate"):
@@ -311,18 +392,25 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[RunConfig, Agent, LoadedDataset]:
-    """The config, the agent at its latest checkpoint (eval mode), and the dataset of a run directory."""
+    """The config, the agent at its newest readable checkpoint (eval mode; ``agent.checkpoint`` names the file),
+    and the dataset of a run directory. A checkpoint with non-finite weights is refused."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.toml"
     if not cfg_path.exists():
         raise ConfigError(describe(str(run_dir), "config.toml", "missing", "a run directory written by `pbrl train`"))
     cfg = RunConfig.load(cfg_path)
-    latest = Checkpoints(run_dir / "checkpoints", 1).latest()
-    if latest is None:
+    loaded = Checkpoints(run_dir / "checkpoints", 1).load_latest()
+    if loaded is None:
         raise ConfigError(describe(str(run_dir / "checkpoints"), "checkpoint", "none", "at least one step_*.pt"))
+    latest, state = loaded
+    bad = [k for k, v in state["agent"].items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(describe(str(latest), f"parameter {bad[0]!r}", "non-finite values",
+                                       "finite weights (this checkpoint cannot be evaluated)"))
     dev = resolve_device(device)
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     agent = build_agent(cfg, data).to(dev)
-    load_weights(agent, torch.load(latest, map_location="cpu", weights_only=False), latest)
+    load_weights(agent, state, latest)
     agent.eval()
+    agent.checkpoint = latest.name
     return cfg, agent, data
