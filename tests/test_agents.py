@@ -52,12 +52,18 @@ def test_data_never_imports_networks_or_the_training_side():
         assert not {m for m in modules if m.startswith(("pbrl.agents", "pbrl.train", "pbrl.nets"))}, path.name
 
 
-@pytest.mark.parametrize("agent", [*sorted(AGENTS), "cpl-dense"])
+VARIANTS = {"cpl-dense": ["agent.regime=dense", "agent.bc_steps=5", "agent.warmup_steps=4", "agent.reset_optimizer=true"],
+            "cpl-transformer": ["agent.backbone=transformer", "agent.seq_dim=16", "agent.seq_layers=1", "agent.seq_heads=2"],
+            "bc-diffusion": ["agent.backbone=diffusion", "agent.horizon=4", "agent.diffusion_steps=20"],
+            "cpl-diffusion": ["agent.backbone=diffusion", "agent.horizon=4", "agent.diffusion_steps=20", "agent.bc_steps=5",
+                              "agent.bc_weight=0.5"]}
+
+
+@pytest.mark.parametrize("agent", [*sorted(AGENTS), *VARIANTS])
 def test_exact_resume_for_every_agent(tmp_path, agent):
     data = two_behaviour_dataset(tmp_path, episodes=10)
-    regime = ["agent.regime=dense", "agent.bc_steps=5", "agent.warmup_steps=4", "agent.reset_optimizer=true"] \
-        if agent == "cpl-dense" else []
-    cfg = small(agent.removesuffix("-dense"), data, steps=24, extra=["train.checkpoint_every=10", *regime])
+    cfg = small(agent.split("-")[0] if agent in VARIANTS else agent, data, steps=24,
+                extra=["train.checkpoint_every=10", *VARIANTS.get(agent, [])])
     train(cfg, tmp_path / "straight", progress=False)
     assert train(cfg, tmp_path / "split", progress=False, stop_at=13) is None
     train(cfg, tmp_path / "split", progress=False)

@@ -77,3 +77,44 @@ class HistoryActor(Actor):
         self.act[:, -1] = action
         self.t += 1
         return action
+
+
+ChunkSampler = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class ChunkActor(Actor):
+    """Receding-horizon execution of an action-chunk policy (Diffusion Policy): keeps each environment's last
+    ``n_obs`` observations, samples a chunk ``sample(obs [M, n_obs, do], generator) -> [M, H, da]`` for the
+    environments whose queue is spent, and executes its first ``n_action`` actions before sampling again. A new
+    episode's history is its first observation repeated. ``reset`` clears only the masked environments."""
+
+    def __init__(self, sample: ChunkSampler, num_envs: int, obs_dim: int, act_dim: int, *, n_obs: int, horizon: int,
+                 n_action: int, seed: int = 0, device: torch.device | str = "cpu"):
+        super().__init__(num_envs, seed=seed, device=device)
+        if not 1 <= n_action <= horizon:
+            raise ValueError(f"n_action: got {n_action}, expected 1 to the horizon ({horizon})")
+        self.sample, self.n_obs, self.n_action = sample, n_obs, n_action
+        self.obs = torch.zeros(num_envs, n_obs, obs_dim, device=self.device)
+        self.queue = torch.zeros(num_envs, horizon, act_dim, device=self.device)
+        self.pos = torch.full((num_envs,), n_action, dtype=torch.long, device=self.device)  # spent: sample first
+        self.fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+
+    def reset(self, env_mask: Tensor | None = None) -> None:
+        m = self._mask(env_mask)
+        self.obs[m] = 0
+        self.pos[m] = self.n_action
+        self.fresh |= m
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor) -> Tensor:
+        obs = obs.to(self.obs.dtype)
+        self.obs = torch.where(self.fresh[:, None, None], obs[:, None].expand_as(self.obs),
+                               torch.cat([self.obs[:, 1:], obs[:, None]], 1))
+        self.fresh[:] = False
+        need = torch.nonzero(self.pos >= self.n_action).flatten()
+        if len(need):
+            self.queue[need] = self.sample(self.obs[need], self.generator).to(self.queue.dtype)
+            self.pos[need] = 0
+        action = self.queue[torch.arange(self.num_envs, device=self.device), self.pos]
+        self.pos += 1
+        return action

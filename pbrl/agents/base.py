@@ -20,11 +20,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from pbrl.agents.actors import Actor, PolicyActor
+from pbrl.agents.actors import Actor, ChunkActor, HistoryActor, PolicyActor
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, describe
 from pbrl.fields import param
+from pbrl.nets.diffusion import DiffusionPolicy
 from pbrl.nets.mlp import POLICY_HEADS
+from pbrl.nets.transformer import TransformerPolicy
 
 BATCH_KINDS = ("preferences", "transitions", "windows")
 
@@ -64,9 +66,29 @@ class DataSpec:
 def build_policy(cfg: PolicyConfig, spec: DataSpec) -> nn.Module:
     if cfg.policy not in POLICY_HEADS:
         raise ConfigError(describe("agent.policy", "policy head", repr(cfg.policy), f"one of {sorted(POLICY_HEADS)}"))
+    if getattr(cfg, "backbone", None) == "diffusion":
+        return DiffusionPolicy(spec.obs_dim, spec.act_dim, horizon=cfg.horizon or 16, n_obs=cfg.n_obs or 2,
+                               denoiser=cfg.denoiser or "mlp", prediction=cfg.prediction or "epsilon",
+                               train_steps=cfg.diffusion_steps or 100, sample_steps=cfg.sample_steps or 10,
+                               hidden_layers=cfg.hidden_layers, obs_mean=spec.obs_mean, obs_std=spec.obs_std)
+    if getattr(cfg, "backbone", None) == "transformer":
+        return TransformerPolicy(spec.obs_dim, spec.act_dim, head=cfg.policy, dim=cfg.seq_dim or 128,
+                                 layers=cfg.seq_layers or 2, heads=cfg.seq_heads or 4, context=cfg.context or 64,
+                                 dropout=cfg.dropout, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+                                 obs_mean=spec.obs_mean, obs_std=spec.obs_std)
     return POLICY_HEADS[cfg.policy](spec.obs_dim, spec.act_dim, hidden_layers=cfg.hidden_layers, dropout=cfg.dropout,
                                     log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
                                     obs_mean=spec.obs_mean, obs_std=spec.obs_std)
+
+
+def steps_log_prob(policy: nn.Module, obs: Tensor, act: Tensor, timestep: Tensor | None, mask: Tensor, *,
+                   score: bool = False) -> Tensor:
+    """``log π`` per step of segments ``[..., T]`` for any backbone: an MLP reads each step alone, a sequence
+    policy (``is_sequence``) the window up to it. ``score`` drops parameter-free terms (``score_log_prob``)."""
+    fn = policy.score_log_prob if score else policy.log_prob
+    if getattr(policy, "is_sequence", False):
+        return fn(obs, act, timestep, mask)
+    return fn(obs, act)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -121,9 +143,21 @@ class Agent(nn.Module):
     # -- acting -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
-        """Deterministic action for a batch of observations ``[N, obs_dim] -> [N, act_dim]``."""
+        """Deterministic action for a batch of observations ``[N, obs_dim] -> [N, act_dim]`` (an MLP policy)."""
         return self.policy(obs)
 
     def actor(self, num_envs: int, seed: int = 0) -> Actor:
-        """The evaluation actor for ``num_envs`` environments (its own generator, seeded with ``seed``)."""
-        return PolicyActor(self.act, num_envs, seed=seed)
+        """The evaluation actor for ``num_envs`` environments (its own generator, seeded with ``seed``): a sequence
+        policy gets a :class:`HistoryActor` holding each environment's last ``context`` steps."""
+        device = next(self.parameters()).device
+        policy = getattr(self, "policy", None)
+        if getattr(policy, "is_sequence", False):
+            return HistoryActor(policy, num_envs, self.spec.obs_dim, self.spec.act_dim, policy.context, seed=seed,
+                                device=device)
+        if getattr(policy, "is_chunked", False):
+            acting = getattr(self, "ema", policy)
+            n_action = getattr(self.cfg, "n_action", None) or min(8, policy.horizon)
+            return ChunkActor(lambda obs, gen: acting.sample(obs, generator=gen), num_envs, self.spec.obs_dim,
+                              self.spec.act_dim, n_obs=policy.n_obs, horizon=policy.horizon, n_action=n_action,
+                              seed=seed, device=device)
+        return PolicyActor(self.act, num_envs, seed=seed, device=device)

@@ -13,13 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from pbrl.agents.base import LossOutput
+from pbrl.agents.base import LossOutput, steps_log_prob
 from pbrl.agents.bc import BC, BCConfig, bc_loss
 from pbrl.core import cpl_loss, cpl_ranked_loss, cpl_score, preference_accuracy, ranked_accuracy
 from pbrl.core.training import OptimizerSpec
 from pbrl.data.preferences import PreferenceBatch, SegmentBatch
 from pbrl.fields import param
+from pbrl.nets.diffusion import chain_log_prob
 
 REGIMES = ("sparse", "dense")
 
@@ -51,21 +53,40 @@ class CPL(BC):
     def reset_optimizers(self, step: int) -> list[str]:
         return ["main"] if self.cfg.reset_optimizer and step == self.cfg.bc_steps > 0 else []
 
+    def segment_log_prob(self, batch: PreferenceBatch | SegmentBatch) -> tuple[Tensor, Tensor]:
+        """Per-step scores and their mask, ``[B, 2, T]`` (pairs) or ``[B, T]`` (dense): ``log π`` without
+        parameter-free terms, or a diffusion policy's chain score (:func:`pbrl.nets.diffusion.chain_log_prob`:
+        one ELBO term per chunk, a pair's segments on the same noise)."""
+        if getattr(self.policy, "is_chunked", False):
+            shared = (0,) if isinstance(batch, SegmentBatch) else (1,)
+            return chain_log_prob(self.policy, batch.obs, batch.act, batch.mask, shared=shared)
+        return steps_log_prob(self.policy, batch.obs, batch.act, batch.timestep, batch.mask, score=True), batch.mask
+
     def loss(self, batch: PreferenceBatch | SegmentBatch, step: int) -> LossOutput:
         c = self.cfg
-        logp = self.policy.score_log_prob(batch.obs, batch.act)  # [B, 2, T] or [B, T]; no parameter-free term
-        bc = bc_loss(logp, batch.mask)
+        chunked = getattr(self.policy, "is_chunked", False)
+        if chunked and (step < c.bc_steps or c.bc_weight > 0):
+            bc_out = BC.loss(self, batch, step)  # the DDPM objective on every chunk
+            bc, bc_name = bc_out.loss, "bc/denoising_error"
+        if step < c.bc_steps and chunked:
+            return LossOutput(bc, {bc_name: bc.detach()})
+        logp, mask = self.segment_log_prob(batch)
+        if not chunked:
+            bc, bc_name = bc_loss(logp, mask), "bc/nll"
         if step < c.bc_steps:
-            return LossOutput(bc, {"bc/nll": bc.detach()})
+            return LossOutput(bc, {bc_name: bc.detach()})
         if isinstance(batch, SegmentBatch):
-            loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=batch.mask,
+            loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=mask,
                                    average=c.average)
-            accuracy = ranked_accuracy(cpl_score(logp.detach(), gamma=c.gamma, mask=batch.mask), batch.score)
+            accuracy = ranked_accuracy(cpl_score(logp.detach(), gamma=c.gamma, mask=mask), batch.score)
         else:
             loss = cpl_loss(logp[:, 0], logp[:, 1], batch.label, alpha=c.alpha, gamma=c.gamma, bias=c.bias,
-                            mask_a=batch.mask[:, 0], mask_b=batch.mask[:, 1], average=c.average).mean()
+                            mask_a=mask[:, 0], mask_b=mask[:, 1], average=c.average).mean()
             with torch.no_grad():
-                gap = (logp[:, 0] * batch.mask[:, 0]).sum(-1) - (logp[:, 1] * batch.mask[:, 1]).sum(-1)
+                gap = (logp[:, 0] * mask[:, 0]).sum(-1) - (logp[:, 1] * mask[:, 1]).sum(-1)
                 accuracy = preference_accuracy(gap, batch.label)
-        return LossOutput(loss + c.bc_weight * bc,
-                          {"cpl/loss": loss.detach(), "cpl/accuracy": accuracy, "bc/nll": bc.detach()})
+        metrics = {"cpl/loss": loss.detach(), "cpl/accuracy": accuracy}
+        if c.bc_weight > 0 or not chunked:
+            metrics[bc_name] = bc.detach()
+            return LossOutput(loss + c.bc_weight * bc, metrics)
+        return LossOutput(loss, metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pbrl.agents.base import LossOutput
+from pbrl.agents.base import LossOutput, steps_log_prob
 from pbrl.agents.bc import BC, BCConfig, bc_loss
 from pbrl.data.preferences import PreferenceBatch
 
@@ -16,10 +16,11 @@ class SFTConfig(BCConfig):
 
 
 class SFT(BC):
+    backbones = ("mlp", "transformer")
     Config = SFTConfig
 
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
-        logp = self.policy.log_prob(batch.obs, batch.act)                        # [B, 2, T]
+        logp = steps_log_prob(self.policy, batch.obs, batch.act, batch.timestep, batch.mask)  # [B, 2, T]
         chosen = (batch.label < 0.5).long()                                      # 0: segment a, 1: segment b
         pick = lambda x: x.gather(1, chosen.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)  # noqa: E731
         mask = pick(batch.mask) & (batch.label != 0.5)[:, None]                 # [B, T]

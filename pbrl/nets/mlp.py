@@ -36,6 +36,23 @@ class ObsNormalizer(nn.Module):
         return (obs - self.mean) / self.std
 
 
+def squash_log_std(raw: Tensor, log_std_min: float, log_std_max: float) -> Tensor:
+    """Map an unbounded output smoothly into [log_std_min, log_std_max]."""
+    return log_std_min + 0.5 * (log_std_max - log_std_min) * (torch.tanh(raw) + 1.0)
+
+
+def pre_tanh_log_prob(mu: Tensor, log_std: Tensor, act: Tensor, action_eps: float) -> tuple[Tensor, Tensor]:
+    """(log N(atanh(a); μ, σ²) per dimension, atanh(a)), both ``[..., act_dim]``; actions clipped to ±(1 − eps)
+    first, since actions on the bound have no finite pre-image."""
+    u = torch.atanh(act.clamp(-1.0 + action_eps, 1.0 - action_eps))
+    return -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi), u
+
+
+def tanh_log_det(u: Tensor) -> Tensor:
+    """log|d tanh(u)/du| = log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)), stable for large |u|."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+
 class TanhGaussianPolicy(nn.Module):
     """π(a|s) = tanh(N(μ(s), σ(s)²)): an MLP trunk, a state-dependent log-std clamped to [log_std_min, log_std_max].
 
@@ -55,20 +72,16 @@ class TanhGaussianPolicy(nn.Module):
 
     def distribution_params(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_std = self.net(self.normalizer(obs)).chunk(2, dim=-1)
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1.0)
-        return mu, log_std
+        return mu, squash_log_std(log_std, self.log_std_min, self.log_std_max)
 
     def _pre_tanh(self, obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
         """(log N(atanh(a); μ(s), σ(s)²) per dimension, atanh(a)), both [..., act_dim]."""
         mu, log_std = self.distribution_params(obs)
-        u = torch.atanh(act.clamp(-1.0 + self.action_eps, 1.0 - self.action_eps))
-        return -0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi), u
+        return pre_tanh_log_prob(mu, log_std, act, self.action_eps)
 
     def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         normal_logp, u = self._pre_tanh(obs, act)
-        # log|d tanh(u)/du| = log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)), stable for large |u|
-        log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
-        return (normal_logp - log_det).sum(-1)
+        return (normal_logp - tanh_log_det(u)).sum(-1)
 
     def score_log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         """``log π`` without the tanh Jacobian ``−Σ log(1 − a²)``, which has no parameters: the pre-tanh Gaussian
@@ -192,6 +205,65 @@ class EnsembleQ(nn.Module):
         for layer in self.layers:
             x = torch.relu(layer(x))
         return self.out(x).squeeze(-1)
+
+
+class PolicyHead(nn.Module):
+    """The three policy families of :data:`POLICY_HEADS` on top of any trunk: features ``[..., dim]`` -> an action
+    distribution over ``[..., act_dim]``, with the same log-likelihoods as the MLP policies (``kind`` is fixed at
+    construction, so the forward has no data-dependent control flow and traces)."""
+
+    def __init__(self, dim: int, act_dim: int, kind: str, *, log_std_min: float = -5.0, log_std_max: float = 2.0,
+                 action_eps: float = 1e-3):
+        super().__init__()
+        if kind not in POLICY_HEADS:
+            raise ValueError(f"policy head: got {kind!r}, expected one of {sorted(POLICY_HEADS)}")
+        self.kind, self.act_dim = kind, act_dim
+        self.linear = nn.Linear(dim, 2 * act_dim if kind == "tanh_gaussian" else act_dim)
+        if kind == "gaussian":
+            self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
+
+    def params(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(location, log σ) of the action distribution: tanh-mean for the deterministic and Gaussian heads (σ 1
+        and the learned state-independent σ), pre-tanh μ for the tanh-Gaussian."""
+        out = self.linear(h)
+        if self.kind == "tanh_gaussian":
+            mu, raw = out.chunk(2, dim=-1)
+            return mu, squash_log_std(raw, self.log_std_min, self.log_std_max)
+        log_std = self.log_std.clamp(self.log_std_min, self.log_std_max) if self.kind == "gaussian" \
+            else torch.zeros_like(out)
+        return torch.tanh(out), log_std.expand_as(out)
+
+    def mean(self, h: Tensor) -> Tensor:
+        """The deterministic action ``[..., act_dim]``."""
+        loc, _ = self.params(h)
+        return torch.tanh(loc) if self.kind == "tanh_gaussian" else loc
+
+    def log_prob(self, h: Tensor, act: Tensor) -> Tensor:
+        loc, log_std = self.params(h)
+        if self.kind == "deterministic":
+            return -((loc - act) ** 2).sum(-1)
+        if self.kind == "gaussian":
+            z = (act - loc) / log_std.exp()
+            return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        normal_logp, u = pre_tanh_log_prob(loc, log_std, act, self.action_eps)
+        return (normal_logp - tanh_log_det(u)).sum(-1)
+
+    def score_log_prob(self, h: Tensor, act: Tensor) -> Tensor:
+        """``log_prob`` without the tanh-Gaussian's parameter-free Jacobian (see TanhGaussianPolicy)."""
+        if self.kind != "tanh_gaussian":
+            return self.log_prob(h, act)
+        loc, log_std = self.params(h)
+        return pre_tanh_log_prob(loc, log_std, act, self.action_eps)[0].sum(-1)
+
+    def sample(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        loc, log_std = self.params(h)
+        noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        if self.kind == "tanh_gaussian":
+            return torch.tanh(loc + log_std.exp() * noise)
+        if self.kind == "gaussian":
+            return (loc + log_std.exp() * noise).clamp(-1.0, 1.0)
+        return loc
 
 
 POLICY_HEADS: dict[str, type[nn.Module]] = {"tanh_gaussian": TanhGaussianPolicy, "deterministic": DeterministicTanhPolicy,

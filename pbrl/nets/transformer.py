@@ -1,6 +1,7 @@
 """The project's causal transformer (GPT-style, pre-norm, ``scaled_dot_product_attention`` so fused / flash kernels
-run on GPU) over state-action sequences with timestep embeddings, and the Preference Transformer reward model
-built on it (Kim et al., 2023). The forward has no data-dependent Python control flow (traceable)."""
+run on GPU) over state-action sequences with timestep embeddings, the Preference Transformer reward model built on
+it (Kim et al., 2023), and the transformer policy built on it. The forwards have no data-dependent Python control
+flow (traceable)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pbrl.nets.mlp import ObsNormalizer
+from pbrl.nets.mlp import ObsNormalizer, PolicyHead
 
 
 class CausalSelfAttention(nn.Module):
@@ -96,3 +97,47 @@ class PreferenceTransformer(nn.Module):
         z = (logits.softmax(-1) * r[:, None, :]).sum(-1)                           # [B, T]
         m = mask.to(z.dtype)
         return (z * m).sum(-1) / m.sum(-1).clamp_min(1.0), r
+
+
+class TransformerPolicy(nn.Module):
+    """π(a_t | s_≤t, a_<t): the causal trunk reads one token per step made of (s_t, a_{t−1}) and the episode
+    timestep (the first step of a window sees a zero previous action), so the distribution of a_t never depends on
+    a_t or on later steps. A :class:`~pbrl.nets.mlp.PolicyHead` turns each step's feature into one of the policy
+    families of the MLP policies, with the same log-likelihoods.
+
+    Windows: ``obs [..., T, do]``, ``act [..., T, da]``, ``timestep [..., T]``, ``mask [..., T]`` (True on real
+    steps); any leading dims (a pair's ``[B, 2]``) are flattened for the trunk. ``forward`` returns the action of
+    the *last* step of each window ``[N, da]``: what :class:`~pbrl.agents.actors.HistoryActor` asks at evaluation,
+    on each environment's last ``context`` steps."""
+
+    is_sequence = True
+
+    def __init__(self, obs_dim: int, act_dim: int, *, head: str = "deterministic", dim: int = 128, layers: int = 2,
+                 heads: int = 4, context: int = 64, dropout: float = 0.0, max_timestep: int = 1000,
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, obs_mean: Tensor | None = None,
+                 obs_std: Tensor | None = None):
+        super().__init__()
+        self.trunk = CausalTransformer(obs_dim, act_dim, dim=dim, layers=layers, heads=heads, max_timestep=max_timestep,
+                                       dropout=dropout, obs_mean=obs_mean, obs_std=obs_std)
+        self.head = PolicyHead(dim, act_dim, head, log_std_min=log_std_min, log_std_max=log_std_max)
+        self.obs_dim, self.act_dim, self.context = obs_dim, act_dim, context
+
+    def features(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
+        """One feature per step ``[..., T, dim]``, each a function of that step's state and earlier steps only."""
+        lead, t = obs.shape[:-2], obs.shape[-2]
+        flat = lambda x, *tail: x.reshape(-1, t, *tail)  # noqa: E731
+        a = flat(act, self.act_dim)
+        previous = torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], 1)
+        h = self.trunk(flat(obs, self.obs_dim), previous, flat(timestep), flat(mask))
+        return h.reshape(*lead, t, h.shape[-1])
+
+    def log_prob(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
+        """``log π(a_t | s_≤t, a_<t)`` per step ``[..., T]`` (padded steps give finite values to be masked out)."""
+        return self.head.log_prob(self.features(obs, act, timestep, mask), act)
+
+    def score_log_prob(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
+        return self.head.score_log_prob(self.features(obs, act, timestep, mask), act)
+
+    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
+        """The deterministic action of the last step of each window: ``[N, K, ...] -> [N, da]``."""
+        return self.head.mean(self.features(obs, act, timestep, mask)[..., -1, :])

@@ -1,0 +1,260 @@
+"""Diffusion policy (in the spirit of Chi et al., 2023, "Diffusion Policy"): an action *chunk* of ``horizon`` steps
+denoised from Gaussian noise, conditioned on the last ``n_obs`` observations.
+
+- Training: DDPM (Ho et al., 2020) with a cosine noise schedule (Nichol & Dhariwal, 2021, eq. 17), predicting the
+  noise ε (``prediction="epsilon"``) or the velocity v = √ᾱ ε − √(1−ᾱ) x₀ (``"v"``, Salimans & Ho, 2022).
+- Sampling: DDIM (Song et al., 2021, eq. 12 with η = 0) over a user-set number of steps of the training schedule.
+  Its only randomness is the initial noise, which the caller may pass in (``noise``), else the caller's generator
+  fills it: sampling never touches the global RNG, and an exported sampler can take the noise as an input.
+- Denoisers: an MLP, or a 1-D convolutional U-Net over the chunk's time axis with FiLM conditioning (the Diffusion
+  Policy paper's CNN backbone, smaller).
+- What preference objectives need: :meth:`DiffusionPolicy.denoising_error`, the per-sample error of a given action
+  chunk at a given noise and diffusion step, so a policy and a frozen reference can be scored on the *same* noise
+  (the Diffusion-DPO score, Wallace et al., 2024, eq. 14), and :meth:`DiffusionPolicy.elbo_log_prob`, the negative
+  mean error over draws: the surrogate for log π that CPL's chain score uses.
+
+Shapes: ``obs [B, n_obs, obs_dim]``, chunks ``[B, horizon, act_dim]``. Forwards hold no data-dependent Python
+control flow (the step loop of DDIM has a fixed length).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pbrl.nets.mlp import ObsNormalizer, mlp
+
+PREDICTIONS = ("epsilon", "v")
+DENOISERS = ("mlp", "unet1d")
+
+
+def cosine_alpha_bar(steps: int, s: float = 0.008) -> Tensor:
+    """ᾱ_k for k = 1..steps of the cosine schedule (Nichol & Dhariwal, 2021, eq. 17), with β_k clipped to 0.999,
+    float64 ``[steps]``."""
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    f = torch.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+def timestep_embedding(k: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of diffusion steps ``[B] -> [B, dim]`` (Vaswani et al., 2017)."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10_000) * torch.arange(half, device=k.device, dtype=torch.float32) / max(half - 1, 1))
+    angle = k.float()[:, None] * freq[None]
+    return torch.cat([angle.sin(), angle.cos()], -1)
+
+
+class MLPDenoiser(nn.Module):
+    """ε̂ or v̂ of a chunk from (noisy chunk, condition): ``([B, H, da], [B, C]) -> [B, H, da]``."""
+
+    def __init__(self, horizon: int, act_dim: int, cond_dim: int, *, hidden_layers: list[int] | tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.horizon, self.act_dim = horizon, act_dim
+        self.net = mlp(horizon * act_dim + cond_dim, horizon * act_dim, hidden_layers, activation=nn.Mish)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return self.net(torch.cat([x.flatten(1), cond], -1)).view(-1, self.horizon, self.act_dim)
+
+
+class ResidualConv1d(nn.Module):
+    """Two conv → GroupNorm → Mish layers with FiLM (scale, shift) from the condition between them."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel: int = 5, groups: int = 8):
+        super().__init__()
+        pad = kernel // 2
+        self.conv1 = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=pad), nn.GroupNorm(groups, c_out), nn.Mish())
+        self.conv2 = nn.Sequential(nn.Conv1d(c_out, c_out, kernel, padding=pad), nn.GroupNorm(groups, c_out), nn.Mish())
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        h = self.conv1(x)
+        scale, shift = self.film(cond)[..., None].chunk(2, 1)
+        return self.conv2(h * (1 + scale) + shift) + self.skip(x)
+
+
+class UNet1dDenoiser(nn.Module):
+    """A 1-D U-Net over the chunk's time axis (Diffusion Policy's CNN backbone): one residual FiLM block per level
+    down (stride-2 conv), a middle block, and the mirror up (transposed conv) with skip connections.
+    ``([B, H, da], [B, C]) -> [B, H, da]``; ``horizon`` must be divisible by 2^(levels − 1)."""
+
+    def __init__(self, horizon: int, act_dim: int, cond_dim: int, *, channels: tuple[int, ...] = (64, 128),
+                 kernel: int = 5, groups: int = 8):
+        super().__init__()
+        if horizon % 2 ** (len(channels) - 1):
+            raise ValueError(f"unet1d: horizon {horizon} must be divisible by {2 ** (len(channels) - 1)}")
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        c_prev = act_dim
+        for i, c in enumerate(channels):
+            self.down.append(ResidualConv1d(c_prev, c, cond_dim, kernel, groups))
+            last = i == len(channels) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv1d(c, c, 3, stride=2, padding=1))
+            c_prev = c
+        self.mid = ResidualConv1d(c_prev, c_prev, cond_dim, kernel, groups)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for c_skip, c_out in zip(reversed(channels[:-1]), reversed(channels[:-1])):
+            self.upsample.append(nn.ConvTranspose1d(c_prev, c_prev, 4, stride=2, padding=1))
+            self.up.append(ResidualConv1d(c_prev + c_skip, c_out, cond_dim, kernel, groups))
+            c_prev = c_out
+        self.out = nn.Conv1d(c_prev, act_dim, 1)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        h = x.transpose(1, 2)                                    # [B, da, H]
+        skips = []
+        for block, down in zip(self.down, self.downsample):
+            h = block(h, cond)
+            skips.append(h)
+            h = down(h)
+        h = self.mid(h, cond)
+        for block, up, skip in zip(self.up, self.upsample, reversed(skips[:-1])):
+            h = block(torch.cat([up(h), skip], 1), cond)
+        return self.out(h).transpose(1, 2)
+
+
+class DiffusionPolicy(nn.Module):
+    """π(chunk | last ``n_obs`` observations) by denoising; see the module docstring.
+
+    ``loss(obs, chunk) -> [B]`` (the training objective per sample), ``denoising_error(obs, chunk, noise, k)``,
+    ``elbo_log_prob(obs, chunk, draws, generator)``, ``sample(obs, steps, generator | noise) -> [B, H, da]``."""
+
+    is_chunked = True
+
+    def __init__(self, obs_dim: int, act_dim: int, *, horizon: int = 16, n_obs: int = 2, denoiser: str = "mlp",
+                 prediction: str = "epsilon", train_steps: int = 100, sample_steps: int = 10,
+                 hidden_layers: list[int] | tuple[int, ...] = (256, 256), channels: tuple[int, ...] = (64, 128),
+                 time_dim: int = 32, obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction: got {prediction!r}, expected one of {PREDICTIONS}")
+        if denoiser not in DENOISERS:
+            raise ValueError(f"denoiser: got {denoiser!r}, expected one of {DENOISERS}")
+        self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
+                                        obs_std if obs_std is not None else torch.ones(obs_dim))
+        cond_dim = n_obs * obs_dim + time_dim
+        self.denoiser = (MLPDenoiser(horizon, act_dim, cond_dim, hidden_layers=hidden_layers) if denoiser == "mlp"
+                         else UNet1dDenoiser(horizon, act_dim, cond_dim, channels=tuple(channels)))
+        self.register_buffer("alpha_bar", cosine_alpha_bar(train_steps).float())
+        self.obs_dim, self.act_dim, self.horizon, self.n_obs = obs_dim, act_dim, horizon, n_obs
+        self.prediction, self.train_steps, self.sample_steps, self.time_dim = prediction, train_steps, sample_steps, time_dim
+
+    # -- the network ------------------------------------------------------------------------------------
+    def predict(self, x: Tensor, k: Tensor, obs: Tensor) -> Tensor:
+        """The denoiser's output (ε̂ or v̂) for noisy chunks ``x`` [B, H, da] at steps ``k`` [B] (0-based)."""
+        cond = torch.cat([self.normalizer(obs).flatten(1), timestep_embedding(k, self.time_dim)], -1)
+        return self.denoiser(x, cond)
+
+    def _coefficients(self, k: Tensor) -> tuple[Tensor, Tensor]:
+        ab = self.alpha_bar[k][:, None, None]
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    def to_x0_eps(self, out: Tensor, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂₀, ε̂) from the network output at noisy ``x``."""
+        a, s = self._coefficients(k)
+        if self.prediction == "epsilon":
+            return (x - s * out) / a, out
+        return a * x - s * out, s * x + a * out  # v-prediction: x₀ = √ᾱ x − √(1−ᾱ) v, ε = √(1−ᾱ) x + √ᾱ v
+
+    # -- training and scoring -----------------------------------------------------------------------------
+    def denoising_error(self, obs: Tensor, chunk: Tensor, noise: Tensor, k: Tensor) -> Tensor:
+        """‖target − network(x_k)‖² per sample ``[B]`` (mean over the chunk) at the given ``noise`` [B, H, da] and
+        steps ``k`` [B]: call it on a policy and a frozen reference with the same noise and steps to compare them."""
+        a, s = self._coefficients(k)
+        x = a * chunk + s * noise
+        target = noise if self.prediction == "epsilon" else a * noise - s * chunk
+        return ((self.predict(x, k, obs) - target) ** 2).mean((-2, -1))
+
+    def loss(self, obs: Tensor, chunk: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The DDPM objective per sample ``[B]``: a uniform step and fresh noise for each sample."""
+        b = chunk.shape[0]
+        k = torch.randint(0, self.train_steps, (b,), device=chunk.device, generator=generator)
+        noise = torch.randn(chunk.shape, device=chunk.device, dtype=chunk.dtype, generator=generator)
+        return self.denoising_error(obs, chunk, noise, k)
+
+    def elbo_log_prob(self, obs: Tensor, chunk: Tensor, draws: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        """A surrogate for log π(chunk | obs) ``[B]``: minus the denoising error averaged over ``draws`` (step,
+        noise) draws, i.e. the ELBO up to constants and step weights (Ho et al., 2020, eq. 14)."""
+        return -torch.stack([self.loss(obs, chunk, generator) for _ in range(draws)]).mean(0)
+
+    # -- sampling ------------------------------------------------------------------------------------------
+    def ddim_steps(self, steps: int | None = None) -> Tensor:
+        """The training-schedule steps DDIM visits, descending (``steps`` of them, evenly spaced)."""
+        n = steps or self.sample_steps
+        return torch.linspace(self.train_steps - 1, 0, n, device=self.alpha_bar.device).round().long()
+
+    @torch.no_grad()
+    def sample(self, obs: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
+               noise: Tensor | None = None) -> Tensor:
+        """DDIM (η = 0) from ``noise`` [B, H, da] (drawn from ``generator`` when not given) -> chunks in [−1, 1]."""
+        b = obs.shape[0]
+        x = noise if noise is not None else torch.randn(b, self.horizon, self.act_dim, device=obs.device,
+                                                        generator=generator)
+        ks = self.ddim_steps(steps)
+        for i in range(len(ks)):
+            k = ks[i].expand(b)
+            x0, eps = self.to_x0_eps(self.predict(x, k, obs), x, k)
+            x0 = x0.clamp(-1.0, 1.0)
+            if i + 1 < len(ks):
+                a_next, s_next = self._coefficients(ks[i + 1].expand(b))
+                x = a_next * x0 + s_next * eps
+            else:
+                x = x0
+        return x
+
+    def forward(self, obs: Tensor, noise: Tensor) -> Tensor:
+        """Export form: ``(obs [B, n_obs, do], noise [B, H, da]) -> chunk``; the noise is an explicit input."""
+        return self.sample(obs, noise=noise)
+
+
+def diffusion_windows(obs: Tensor, act: Tensor, mask: Tensor, n_obs: int, horizon: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Training samples from segments: for every step t of each segment, the observations t−n_obs+1..t (the first
+    repeated before the segment starts) and the actions t..t+horizon−1. ``obs [..., T, do]``, ``act [..., T, da]``,
+    ``mask [..., T]`` -> ``(obs [N, n_obs, do], chunk [N, horizon, da], valid [N])``, valid where the whole chunk
+    lies on real steps."""
+    do, da, t = obs.shape[-1], act.shape[-1], obs.shape[-2]
+    obs, act, mask = obs.reshape(-1, t, do), act.reshape(-1, t, da), mask.reshape(-1, t)
+    padded_obs = torch.cat([obs[:, :1].expand(-1, n_obs - 1, -1), obs], 1)                   # [B, T+n_obs−1, do]
+    hist = padded_obs.unfold(1, n_obs, 1).permute(0, 1, 3, 2)                                 # [B, T, n_obs, do]
+    tail = torch.zeros(act.shape[0], horizon - 1, da, device=act.device, dtype=act.dtype)
+    chunks = torch.cat([act, tail], 1).unfold(1, horizon, 1).permute(0, 1, 3, 2)             # [B, T, H, da]
+    tail_mask = torch.zeros(mask.shape[0], horizon - 1, dtype=torch.bool, device=mask.device)
+    valid = torch.cat([mask, tail_mask], 1).unfold(1, horizon, 1).all(-1)                     # [B, T]
+    return hist.reshape(-1, n_obs, do), chunks.reshape(-1, horizon, da), valid.reshape(-1)
+
+
+def chain_log_prob(policy: DiffusionPolicy, obs: Tensor, act: Tensor, mask: Tensor, *, shared: tuple[int, ...] = (),
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The chain score of segments under a diffusion policy: the segment is cut into consecutive chunks of
+    ``policy.horizon`` steps (starting at step 0), and each chunk scores ``−(H · act_dim) × denoising error`` at one
+    (step, noise) draw: the ELBO surrogate of its log-likelihood, summed over the chunk's elements so that it is
+    on the scale of ``Σ_t log π(a_t|s_t)`` over its steps. The score sits at each chunk's first step.
+
+    ``obs [..., T, do]``, ``act [..., T, da]``, ``mask [..., T]`` -> ``(score [..., T], chunk_mask [..., T])``: feed
+    them to the CPL losses as per-step log-probabilities and mask. Leading dims named in ``shared`` draw the same
+    noise and diffusion step (a pair's two segments, ``shared=(1,)``: their margin then compares the segments, not
+    the draws, as Diffusion-DPO scores policy and reference on one draw)."""
+    lead, t = obs.shape[:-2], obs.shape[-2]
+    hist, chunk, valid = diffusion_windows(obs, act, mask, policy.n_obs, policy.horizon)
+    starts = torch.zeros(t, dtype=torch.bool, device=obs.device)
+    starts[:: policy.horizon] = True
+    chunk_mask = valid.view(*lead, t) & starts
+    n = int(starts.sum())
+    draw_shape = tuple(1 if i in shared else d for i, d in enumerate(lead))
+    k = torch.randint(0, policy.train_steps, (*draw_shape, n), device=obs.device, generator=generator)
+    noise = torch.randn(*draw_shape, n, policy.horizon, policy.act_dim, device=obs.device, dtype=obs.dtype,
+                        generator=generator)
+    take = lambda x: x.view(-1, t, *x.shape[1:])[:, starts].reshape(*lead, n, *x.shape[1:])  # noqa: E731
+    h, c = take(hist), take(chunk)                                                    # [..., n, n_obs, do], [..., n, H, da]
+    k = k.expand(*lead, n)
+    noise = noise.expand(*lead, n, policy.horizon, policy.act_dim)
+    flat = lambda x: x.reshape(-1, *x.shape[len(lead) + 1:])  # noqa: E731
+    err = policy.denoising_error(flat(h), flat(c), flat(noise), k.reshape(-1)).view(*lead, n)
+    score = torch.zeros(*lead, t, dtype=err.dtype, device=obs.device)
+    score[..., starts] = -(policy.horizon * policy.act_dim) * err
+    return score * chunk_mask, chunk_mask
+
+
+__all__ = ["DENOISERS", "PREDICTIONS", "DiffusionPolicy", "MLPDenoiser", "UNet1dDenoiser", "cosine_alpha_bar",
+           "chain_log_prob", "diffusion_windows", "timestep_embedding"]

@@ -1,0 +1,107 @@
+"""Backbone speed: gradient steps per second of BC and CPL with each backbone (MLP, transformer, diffusion), and the
+evaluation actor's latency per action (p50, p99: a diffusion actor samples a new chunk every ``n_action`` calls).
+
+    OMP_NUM_THREADS=1 python scripts/bench_backbones.py [--batch 256] [--segment 64] [--steps 10] [--device cpu]
+    python scripts/bench_backbones.py --device cuda [--amp] [--compile]        # on a GPU
+
+Each cell times the shared loop's own ``train_step`` (sampling included, as in training) on the shipped Hopper
+trajectories with freshly drawn pairs of ``--segment`` steps; medians over ``--steps`` timed steps after warm-up.
+Sizes are the presets' defaults (MLP 256×256; transformer width 128, 2 blocks, 4 heads; diffusion: MLP denoiser
+256×256, horizon 16, 100 training steps, 10 DDIM steps). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from pbrl.data.pairing import make_preferences
+from pbrl.data.registry import LoadedDataset, load_dataset
+from pbrl.train.config import build_config
+from pbrl.train.loop import Optimizers, train_step
+from pbrl.train.trainer import build_agent, make_sampler
+
+BACKBONES = {"mlp": [], "transformer": ["agent.backbone=transformer"], "diffusion": ["agent.backbone=diffusion"]}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device: torch.device) -> dict:
+    cfg = build_config(agent_name, data.name, scale="cpu", overrides=[
+        f"train.device={device.type}", f"train.batch_size={args.batch}",
+        *(["agent.bc_steps=0"] if agent_name == "cpl" else []), *BACKBONES[backbone]],
+        steps=args.warmup + args.steps)
+    cfg.dataset = data.name
+    torch.manual_seed(0)
+    agent = build_agent(cfg, data).to(device)
+    sampler = make_sampler(cfg, agent, data, device, None)
+    optimizers = Optimizers(agent.optimizers(), cfg.train)
+    loss_fn = torch.compile(agent.loss) if args.compile else agent.loss
+    times = []
+    for i in range(args.warmup + args.steps):
+        sync(device)
+        t0 = time.perf_counter()
+        batch = sampler.sample(args.batch)
+        train_step(agent, loss_fn, batch, optimizers, 10**9, amp=args.amp and device.type == "cuda", norms_wanted=False)
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    agent.eval()
+    actor = agent.actor(1, seed=0)
+    actor.reset()
+    obs = torch.as_tensor(data.trajectories.observations[:1], device=device)
+    latencies = []
+    with torch.no_grad():
+        for _ in range(args.actions):
+            sync(device)
+            t0 = time.perf_counter()
+            actor(obs)
+            sync(device)
+            latencies.append(time.perf_counter() - t0)
+    params = sum(p.numel() for p in agent.parameters() if p.requires_grad)
+    return {"agent": agent_name, "backbone": backbone, "params": params,
+            "steps_per_s": 1.0 / statistics.median(times), "step_ms": 1000 * statistics.median(times),
+            "act_p50_ms": 1000 * float(np.percentile(latencies, 50)),
+            "act_p99_ms": 1000 * float(np.percentile(latencies, 99))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=256, help="pairs per step")
+    p.add_argument("--segment", type=int, default=64)
+    p.add_argument("--pairs", type=int, default=2000, help="pairs drawn for the benchmark's preference table")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--actions", type=int, default=200, help="actor calls timed per cell")
+    p.add_argument("--agents", default="bc,cpl")
+    p.add_argument("--backbones", default="mlp,transformer,diffusion")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    shipped = load_dataset("hopper-medium-replay-small", preferences=False)
+    prefs = make_preferences(shipped.trajectories, pairs=args.pairs, segment=args.segment, seed=0)
+    data = LoadedDataset(name="hopper-medium-replay-small", env=shipped.env, trajectories=shipped.trajectories,
+                         preferences=prefs)
+    rows = [bench_cell(a, b, data, args, device) for a in args.agents.split(",") for b in args.backbones.split(",")]
+    print(f"device {device}, batch {args.batch} pairs of {args.segment} steps, amp {args.amp}, compile {args.compile}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print("| agent | backbone | parameters | steps/s | ms/step | act p50 ms | act p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['agent']} | {r['backbone']} | {r['params']:,} | {r['steps_per_s']:.2f} | {r['step_ms']:.1f} | "
+              f"{r['act_p50_ms']:.2f} | {r['act_p99_ms']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
