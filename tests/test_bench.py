@@ -122,6 +122,8 @@ def test_report_only_trains_nothing_and_names_the_missing_cells(tmp_path):
     assert not (out / "runs" / "two.prefs" / "sft").exists()
     assert "not yet run (`--report-only`): two.prefs bc seed 1; two.prefs sft seed 0; two.prefs sft seed 1" in \
         (out / "results.md").read_text()
+    with pytest.raises(ConfigError, match="finished cells: got none of the grid's 2"):
+        bench(["sft"], [data], [0, 1], tmp_path / "empty", steps=4, overrides=sets, progress=False, report_only=True)
 
 
 def test_an_oracle_cell_does_not_depend_on_the_other_agents_of_the_grid(tmp_path, monkeypatch):

@@ -378,6 +378,9 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
         else:
             rows.append(row)
     bar.close()
+    if not rows:
+        raise ConfigError(describe(str(out), "finished cells", "none of the grid's " + str(len(cells)),
+                                   "at least one cell trained with this config (run without --report-only first)"))
     add_ratios(rows)
     ceiling = {}
     for d, row2 in ceiling_rows.items():
