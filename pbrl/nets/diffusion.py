@@ -6,8 +6,8 @@ denoised from Gaussian noise, conditioned on the last ``n_obs`` observations.
 - Sampling: DDIM (Song et al., 2021, eq. 12 with η = 0) over a user-set number of steps of the training schedule.
   Its only randomness is the initial noise, which the caller may pass in (``noise``), else the caller's generator
   fills it: sampling never touches the global RNG, and an exported sampler can take the noise as an input.
-- Denoisers: an MLP, or a 1-D convolutional U-Net over the chunk's time axis with FiLM conditioning (the Diffusion
-  Policy paper's CNN backbone, smaller).
+- Denoisers: an MLP, or a 1-D convolutional U-Net over the chunk's time axis with FiLM conditioning (the layout of
+  the Diffusion Policy paper's CNN backbone; its widths are ``channels``).
 - What preference objectives need: :meth:`DiffusionPolicy.denoising_error`, the per-sample error of a given action
   chunk at a given noise and diffusion step, so a policy and a frozen reference can be scored on the *same* noise
   (the Diffusion-DPO score, Wallace et al., 2024, eq. 14), and :meth:`DiffusionPolicy.elbo_log_prob`, the negative
@@ -48,69 +48,89 @@ def timestep_embedding(k: Tensor, dim: int) -> Tensor:
 
 
 class MLPDenoiser(nn.Module):
-    """ε̂ or v̂ of a chunk from (noisy chunk, condition): ``([B, H, da], [B, C]) -> [B, H, da]``."""
+    """ε̂ or v̂ of a chunk: ``(x [B, H, da], k [B], obs_cond [B, C]) -> [B, H, da]``, an MLP on the flattened noisy
+    chunk, the observation condition and a sinusoidal embedding of the diffusion step."""
 
-    def __init__(self, horizon: int, act_dim: int, cond_dim: int, *, hidden_layers: list[int] | tuple[int, ...] = (256, 256)):
+    def __init__(self, horizon: int, act_dim: int, obs_cond_dim: int, *,
+                 hidden_layers: list[int] | tuple[int, ...] = (256, 256), time_dim: int = 32):
         super().__init__()
-        self.horizon, self.act_dim = horizon, act_dim
-        self.net = mlp(horizon * act_dim + cond_dim, horizon * act_dim, hidden_layers, activation=nn.Mish)
+        self.horizon, self.act_dim, self.time_dim = horizon, act_dim, time_dim
+        self.net = mlp(horizon * act_dim + obs_cond_dim + time_dim, horizon * act_dim, hidden_layers, activation=nn.Mish)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        return self.net(torch.cat([x.flatten(1), cond], -1)).view(-1, self.horizon, self.act_dim)
+    def forward(self, x: Tensor, k: Tensor, obs_cond: Tensor) -> Tensor:
+        h = torch.cat([x.flatten(1), obs_cond, timestep_embedding(k, self.time_dim)], -1)
+        return self.net(h).view(-1, self.horizon, self.act_dim)
+
+
+class Conv1dBlock(nn.Sequential):
+    """Conv1d → GroupNorm → Mish, length-preserving."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, groups: int):
+        super().__init__(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(groups, c_out), nn.Mish())
 
 
 class ResidualConv1d(nn.Module):
-    """Two conv → GroupNorm → Mish layers with FiLM (scale, shift) from the condition between them."""
+    """Two :class:`Conv1dBlock` with FiLM (scale, shift) from the condition between them, plus a residual path
+    (a 1×1 conv where the width changes)."""
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel: int = 5, groups: int = 8):
         super().__init__()
-        pad = kernel // 2
-        self.conv1 = nn.Sequential(nn.Conv1d(c_in, c_out, kernel, padding=pad), nn.GroupNorm(groups, c_out), nn.Mish())
-        self.conv2 = nn.Sequential(nn.Conv1d(c_out, c_out, kernel, padding=pad), nn.GroupNorm(groups, c_out), nn.Mish())
+        self.conv1, self.conv2 = Conv1dBlock(c_in, c_out, kernel, groups), Conv1dBlock(c_out, c_out, kernel, groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        h = self.conv1(x)
         scale, shift = self.film(cond)[..., None].chunk(2, 1)
-        return self.conv2(h * (1 + scale) + shift) + self.skip(x)
+        return self.conv2(self.conv1(x) * (1 + scale) + shift) + self.skip(x)
 
 
 class UNet1dDenoiser(nn.Module):
-    """A 1-D U-Net over the chunk's time axis (Diffusion Policy's CNN backbone): one residual FiLM block per level
-    down (stride-2 conv), a middle block, and the mirror up (transposed conv) with skip connections.
-    ``([B, H, da], [B, C]) -> [B, H, da]``; ``horizon`` must be divisible by 2^(levels − 1)."""
+    """A 1-D U-Net over the chunk's time axis, the layout of Diffusion Policy's CNN backbone (Chi et al., 2023):
+    the diffusion step is embedded (sinusoidal, then Linear → Mish → Linear) and joined to the observation
+    condition; every level down holds ``blocks`` residual FiLM blocks and a stride-2 conv (not after the last),
+    the middle ``blocks`` more, and each level up the mirror with a transposed conv and the skip connection; a
+    final conv block and a 1×1 conv. ``(x [B, H, da], k [B], obs_cond [B, C]) -> [B, H, da]``; ``horizon`` must be
+    divisible by 2^(levels − 1)."""
 
-    def __init__(self, horizon: int, act_dim: int, cond_dim: int, *, channels: tuple[int, ...] = (64, 128),
-                 kernel: int = 5, groups: int = 8):
+    def __init__(self, horizon: int, act_dim: int, obs_cond_dim: int, *, channels: tuple[int, ...] = (64, 128),
+                 kernel: int = 5, groups: int = 8, time_dim: int = 64, blocks: int = 2):
         super().__init__()
         if horizon % 2 ** (len(channels) - 1):
             raise ValueError(f"unet1d: horizon {horizon} must be divisible by {2 ** (len(channels) - 1)}")
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, 4 * time_dim), nn.Mish(), nn.Linear(4 * time_dim, time_dim))
+        cond = time_dim + obs_cond_dim
+        res = lambda a, b: ResidualConv1d(a, b, cond, kernel, groups)  # noqa: E731
+        self.down = nn.ModuleList()
         c_prev = act_dim
         for i, c in enumerate(channels):
-            self.down.append(ResidualConv1d(c_prev, c, cond_dim, kernel, groups))
             last = i == len(channels) - 1
-            self.downsample.append(nn.Identity() if last else nn.Conv1d(c, c, 3, stride=2, padding=1))
+            self.down.append(nn.ModuleList([res(c_prev, c), *(res(c, c) for _ in range(blocks - 1)),
+                                            nn.Identity() if last else nn.Conv1d(c, c, 3, stride=2, padding=1)]))
             c_prev = c
-        self.mid = ResidualConv1d(c_prev, c_prev, cond_dim, kernel, groups)
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-        for c_skip, c_out in zip(reversed(channels[:-1]), reversed(channels[:-1])):
-            self.upsample.append(nn.ConvTranspose1d(c_prev, c_prev, 4, stride=2, padding=1))
-            self.up.append(ResidualConv1d(c_prev + c_skip, c_out, cond_dim, kernel, groups))
-            c_prev = c_out
-        self.out = nn.Conv1d(c_prev, act_dim, 1)
+        self.mid = nn.ModuleList(res(c_prev, c_prev) for _ in range(blocks))
+        self.up = nn.ModuleList()
+        for c in reversed(channels[:-1]):
+            self.up.append(nn.ModuleList([nn.ConvTranspose1d(c_prev, c_prev, 4, stride=2, padding=1),
+                                          res(c_prev + c, c), *(res(c, c) for _ in range(blocks - 1))]))
+            c_prev = c
+        self.out = nn.Sequential(Conv1dBlock(c_prev, c_prev, kernel, groups), nn.Conv1d(c_prev, act_dim, 1))
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, obs_cond: Tensor) -> Tensor:
+        cond = torch.cat([self.time_mlp(timestep_embedding(k, self.time_dim)), obs_cond], -1)
         h = x.transpose(1, 2)                                    # [B, da, H]
         skips = []
-        for block, down in zip(self.down, self.downsample):
-            h = block(h, cond)
+        for *blocks, down in self.down:
+            for block in blocks:
+                h = block(h, cond)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, cond)
-        for block, up, skip in zip(self.up, self.upsample, reversed(skips[:-1])):
-            h = block(torch.cat([up(h), skip], 1), cond)
+        for block in self.mid:
+            h = block(h, cond)
+        for (up, *blocks), skip in zip(self.up, reversed(skips[:-1])):
+            h = torch.cat([up(h), skip], 1)
+            for block in blocks:
+                h = block(h, cond)
         return self.out(h).transpose(1, 2)
 
 
@@ -125,7 +145,7 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, *, horizon: int = 16, n_obs: int = 2, denoiser: str = "mlp",
                  prediction: str = "epsilon", train_steps: int = 100, sample_steps: int = 10,
                  hidden_layers: list[int] | tuple[int, ...] = (256, 256), channels: tuple[int, ...] = (64, 128),
-                 time_dim: int = 32, obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+                 time_dim: int = 64, obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction: got {prediction!r}, expected one of {PREDICTIONS}")
@@ -133,9 +153,10 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"denoiser: got {denoiser!r}, expected one of {DENOISERS}")
         self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
                                         obs_std if obs_std is not None else torch.ones(obs_dim))
-        cond_dim = n_obs * obs_dim + time_dim
-        self.denoiser = (MLPDenoiser(horizon, act_dim, cond_dim, hidden_layers=hidden_layers) if denoiser == "mlp"
-                         else UNet1dDenoiser(horizon, act_dim, cond_dim, channels=tuple(channels)))
+        obs_cond = n_obs * obs_dim
+        self.denoiser = (MLPDenoiser(horizon, act_dim, obs_cond, hidden_layers=hidden_layers, time_dim=time_dim)
+                         if denoiser == "mlp" else UNet1dDenoiser(horizon, act_dim, obs_cond, channels=tuple(channels),
+                                                                  time_dim=time_dim))
         self.register_buffer("alpha_bar", cosine_alpha_bar(train_steps).float())
         self.obs_dim, self.act_dim, self.horizon, self.n_obs = obs_dim, act_dim, horizon, n_obs
         self.prediction, self.train_steps, self.sample_steps, self.time_dim = prediction, train_steps, sample_steps, time_dim
@@ -143,8 +164,7 @@ class DiffusionPolicy(nn.Module):
     # -- the network ------------------------------------------------------------------------------------
     def predict(self, x: Tensor, k: Tensor, obs: Tensor) -> Tensor:
         """The denoiser's output (ε̂ or v̂) for noisy chunks ``x`` [B, H, da] at steps ``k`` [B] (0-based)."""
-        cond = torch.cat([self.normalizer(obs).flatten(1), timestep_embedding(k, self.time_dim)], -1)
-        return self.denoiser(x, cond)
+        return self.denoiser(x, k, self.normalizer(obs).flatten(1))
 
     def _coefficients(self, k: Tensor) -> tuple[Tensor, Tensor]:
         ab = self.alpha_bar[k][:, None, None]
