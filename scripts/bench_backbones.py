@@ -3,6 +3,13 @@ evaluation actor's latency per action (p50, p99: a diffusion actor samples a new
 
     OMP_NUM_THREADS=1 python scripts/bench_backbones.py [--batch 256] [--segment 64] [--steps 10] [--device cpu]
     python scripts/bench_backbones.py --device cuda [--amp] [--compile]        # on a GPU
+    OMP_NUM_THREADS=1 python scripts/bench_backbones.py --peer lerobot          # + LeRobot's diffusion policy
+
+``--peer lerobot`` makes LeRobot's own virtual environment on first use (``.bench-venvs/lerobot``: lerobot 0.4.4,
+the newest release that installs here, with the torch it pins; h5py and tomli-w so pbrl's source imports) and
+runs ``scripts/peers/lerobot_diffusion_worker.py`` there: both diffusion policies on the same torch in one process,
+equal work (identical U-Net layout and parameter count, horizon, history, batch, DDIM steps), training-step and
+per-action latency ratios measured in one run.
 
 Each cell times the shared loop's own ``train_step`` (sampling included, as in training) on the shipped Hopper
 trajectories with freshly drawn pairs of ``--segment`` steps; medians over ``--steps`` timed steps after warm-up.
@@ -13,8 +20,13 @@ Sizes are the presets' defaults (MLP 256×256; transformer width 128, 2 blocks, 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +37,9 @@ from pbrl.train.config import build_config
 from pbrl.train.loop import Optimizers, train_step
 from pbrl.train.trainer import build_agent, make_sampler
 
+ROOT = Path(__file__).resolve().parents[1]
+PEER_VENV = ROOT / ".bench-venvs" / "lerobot"
+PEER_WORKER = ROOT / "scripts" / "peers" / "lerobot_diffusion_worker.py"
 BACKBONES = {"mlp": [], "transformer": ["agent.backbone=transformer"], "diffusion": ["agent.backbone=diffusion"]}
 
 
@@ -72,6 +87,19 @@ def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device
             "act_p99_ms": 1000 * float(np.percentile(latencies, 99))}
 
 
+def lerobot_peer(batch: int, steps: int) -> dict:
+    py = PEER_VENV / "bin" / "python"
+    if not py.exists() or subprocess.call([str(py), "-c", "import lerobot, h5py"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL) != 0:
+        print(f"making {PEER_VENV} (lerobot 0.4.4 in its own venv) ...", flush=True)
+        subprocess.check_call([sys.executable, "-m", "venv", str(PEER_VENV)])
+        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "lerobot==0.4.4", "h5py", "tomli-w"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(py), str(PEER_WORKER), "--batch", str(batch), "--steps", str(steps)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=256, help="pairs per step")
@@ -85,6 +113,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--peer", choices=["lerobot"], default=None, help="also compare with LeRobot's diffusion policy")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -101,6 +130,15 @@ def main() -> None:
     for r in rows:
         print(f"| {r['agent']} | {r['backbone']} | {r['params']:,} | {r['steps_per_s']:.2f} | {r['step_ms']:.1f} | "
               f"{r['act_p50_ms']:.2f} | {r['act_p99_ms']:.2f} |")
+    if args.peer == "lerobot":
+        r = lerobot_peer(args.batch, args.steps)
+        print(f"\nLeRobot's diffusion policy against pbrl's (unet1d), torch {r['torch']}, batch {r['batch']}, one thread:\n")
+        print("| | parameters | train step ms | act p50 ms | act p99 ms |\n|---|---|---|---|---|")
+        for lib in ("pbrl", "lerobot"):
+            print(f"| {lib} | {r['params'][lib]:,} | {r['train_step_ms'][lib]:.1f} | {r['act_p50_ms'][lib]:.3f} | "
+                  f"{r['act_p99_ms'][lib]:.1f} |")
+        print(f"\nratios (LeRobot / pbrl, > 1: pbrl faster): train step {r['train_speed_ratio']:.2f}, "
+              f"act p50 {r['act_p50_ratio']:.2f}; parameters pbrl / LeRobot {r['param_ratio']:.3f}")
 
 
 if __name__ == "__main__":

@@ -88,8 +88,9 @@ class UNet1dDenoiser(nn.Module):
     """A 1-D U-Net over the chunk's time axis, the layout of Diffusion Policy's CNN backbone (Chi et al., 2023):
     the diffusion step is embedded (sinusoidal, then Linear → Mish → Linear) and joined to the observation
     condition; every level down holds ``blocks`` residual FiLM blocks and a stride-2 conv (not after the last),
-    the middle ``blocks`` more, and each level up the mirror with a transposed conv and the skip connection; a
-    final conv block and a 1×1 conv. ``(x [B, H, da], k [B], obs_cond [B, C]) -> [B, H, da]``; ``horizon`` must be
+    the middle ``blocks`` more at the coarsest resolution, and each level up joins the skip of its own resolution,
+    refines with ``blocks`` more and upsamples with a transposed conv (the finest level's skip is not used, as in
+    the reference layout); a final conv block and a 1×1 conv. ``(x [B, H, da], k [B], obs_cond [B, C]) -> [B, H, da]``; ``horizon`` must be
     divisible by 2^(levels − 1)."""
 
     def __init__(self, horizon: int, act_dim: int, obs_cond_dim: int, *, channels: tuple[int, ...] = (64, 128),
@@ -110,9 +111,10 @@ class UNet1dDenoiser(nn.Module):
             c_prev = c
         self.mid = nn.ModuleList(res(c_prev, c_prev) for _ in range(blocks))
         self.up = nn.ModuleList()
-        for c in reversed(channels[:-1]):
-            self.up.append(nn.ModuleList([nn.ConvTranspose1d(c_prev, c_prev, 4, stride=2, padding=1),
-                                          res(c_prev + c, c), *(res(c, c) for _ in range(blocks - 1))]))
+        for c_skip, c in zip(reversed(channels[1:]), reversed(channels[:-1])):
+            # at the current (coarse) resolution: join the same-resolution skip, refine, then upsample
+            self.up.append(nn.ModuleList([res(c_prev + c_skip, c), *(res(c, c) for _ in range(blocks - 1)),
+                                          nn.ConvTranspose1d(c, c, 4, stride=2, padding=1)]))
             c_prev = c
         self.out = nn.Sequential(Conv1dBlock(c_prev, c_prev, kernel, groups), nn.Conv1d(c_prev, act_dim, 1))
 
@@ -127,10 +129,11 @@ class UNet1dDenoiser(nn.Module):
             h = down(h)
         for block in self.mid:
             h = block(h, cond)
-        for (up, *blocks), skip in zip(self.up, reversed(skips[:-1])):
-            h = torch.cat([up(h), skip], 1)
+        for (*blocks, up), skip in zip(self.up, reversed(skips[1:])):
+            h = torch.cat([h, skip], 1)
             for block in blocks:
                 h = block(h, cond)
+            h = up(h)
         return self.out(h).transpose(1, 2)
 
 
