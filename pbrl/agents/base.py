@@ -55,12 +55,15 @@ class PolicyConfig(AgentConfig):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What an agent may know of its data: dimensions and observation statistics ``[obs_dim]``."""
+    """What an agent may know of its data: dimensions, observation statistics ``[obs_dim]`` and the range of the
+    actions ``[act_dim]`` (None where unknown)."""
 
     obs_dim: int
     act_dim: int
     obs_mean: Tensor
     obs_std: Tensor
+    act_low: Tensor | None = None
+    act_high: Tensor | None = None
 
 
 def build_policy(cfg: PolicyConfig, spec: DataSpec) -> nn.Module:
@@ -70,7 +73,8 @@ def build_policy(cfg: PolicyConfig, spec: DataSpec) -> nn.Module:
         return DiffusionPolicy(spec.obs_dim, spec.act_dim, horizon=cfg.horizon or 16, n_obs=cfg.n_obs or 2,
                                denoiser=cfg.denoiser or "mlp", prediction=cfg.prediction or "epsilon",
                                train_steps=cfg.diffusion_steps or 100, sample_steps=cfg.sample_steps or 10,
-                               hidden_layers=cfg.hidden_layers, obs_mean=spec.obs_mean, obs_std=spec.obs_std)
+                               hidden_layers=cfg.hidden_layers, obs_mean=spec.obs_mean, obs_std=spec.obs_std,
+                               act_low=spec.act_low, act_high=spec.act_high)
     if getattr(cfg, "backbone", None) == "transformer":
         return TransformerPolicy(spec.obs_dim, spec.act_dim, head=cfg.policy, dim=cfg.seq_dim or 128,
                                  layers=cfg.seq_layers or 2, heads=cfg.seq_heads or 4, context=cfg.context or 64,

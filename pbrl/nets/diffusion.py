@@ -148,7 +148,8 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, *, horizon: int = 16, n_obs: int = 2, denoiser: str = "mlp",
                  prediction: str = "epsilon", train_steps: int = 100, sample_steps: int = 10,
                  hidden_layers: list[int] | tuple[int, ...] = (256, 256), channels: tuple[int, ...] = (64, 128),
-                 time_dim: int = 64, obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+                 time_dim: int = 64, obs_mean: Tensor | None = None, obs_std: Tensor | None = None,
+                 act_low: Tensor | None = None, act_high: Tensor | None = None):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction: got {prediction!r}, expected one of {PREDICTIONS}")
@@ -161,6 +162,12 @@ class DiffusionPolicy(nn.Module):
                          if denoiser == "mlp" else UNet1dDenoiser(horizon, act_dim, obs_cond, channels=tuple(channels),
                                                                   time_dim=time_dim))
         self.register_buffer("alpha_bar", cosine_alpha_bar(train_steps).float())
+        # chunks are diffused in [−1, 1] per action dimension (Diffusion Policy's min-max normalisation): data
+        # actions of small range would otherwise drown in unit noise
+        low = act_low if act_low is not None else -torch.ones(act_dim)
+        high = act_high if act_high is not None else torch.ones(act_dim)
+        self.register_buffer("act_center", ((high + low) / 2).float())
+        self.register_buffer("act_half_range", ((high - low) / 2).float().clamp_min(1e-3))
         self.obs_dim, self.act_dim, self.horizon, self.n_obs = obs_dim, act_dim, horizon, n_obs
         self.prediction, self.train_steps, self.sample_steps, self.time_dim = prediction, train_steps, sample_steps, time_dim
 
@@ -168,6 +175,13 @@ class DiffusionPolicy(nn.Module):
     def predict(self, x: Tensor, k: Tensor, obs: Tensor) -> Tensor:
         """The denoiser's output (ε̂ or v̂) for noisy chunks ``x`` [B, H, da] at steps ``k`` [B] (0-based)."""
         return self.denoiser(x, k, self.normalizer(obs).flatten(1))
+
+    def to_unit(self, chunk: Tensor) -> Tensor:
+        """Actions -> the [−1, 1] range the diffusion runs in (per dimension, from the data's min and max)."""
+        return (chunk - self.act_center) / self.act_half_range
+
+    def from_unit(self, x: Tensor) -> Tensor:
+        return x * self.act_half_range + self.act_center
 
     def _coefficients(self, k: Tensor) -> tuple[Tensor, Tensor]:
         ab = self.alpha_bar[k][:, None, None]
@@ -185,6 +199,7 @@ class DiffusionPolicy(nn.Module):
         """‖target − network(x_k)‖² per sample ``[B]`` (mean over the chunk) at the given ``noise`` [B, H, da] and
         steps ``k`` [B]: call it on a policy and a frozen reference with the same noise and steps to compare them."""
         a, s = self._coefficients(k)
+        chunk = self.to_unit(chunk)
         x = a * chunk + s * noise
         target = noise if self.prediction == "epsilon" else a * noise - s * chunk
         return ((self.predict(x, k, obs) - target) ** 2).mean((-2, -1))
@@ -210,7 +225,8 @@ class DiffusionPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None) -> Tensor:
-        """DDIM (η = 0) from ``noise`` [B, H, da] (drawn from ``generator`` when not given) -> chunks in [−1, 1]."""
+        """DDIM (η = 0) from ``noise`` [B, H, da] (drawn from ``generator`` when not given) -> action chunks within
+        the data's range."""
         b = obs.shape[0]
         x = noise if noise is not None else torch.randn(b, self.horizon, self.act_dim, device=obs.device,
                                                         generator=generator)
@@ -224,7 +240,7 @@ class DiffusionPolicy(nn.Module):
                 x = a_next * x0 + s_next * eps
             else:
                 x = x0
-        return x
+        return self.from_unit(x)
 
     def forward(self, obs: Tensor, noise: Tensor) -> Tensor:
         """Export form: ``(obs [B, n_obs, do], noise [B, H, da]) -> chunk``; the noise is an explicit input."""

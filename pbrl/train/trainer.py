@@ -61,8 +61,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def data_spec(trajectories: TrajectoryDataset) -> DataSpec:
     obs = trajectories.observations.astype(np.float64)
+    act = trajectories.actions
     return DataSpec(trajectories.obs_dim, trajectories.act_dim, torch.as_tensor(obs.mean(0)),
-                    torch.as_tensor(obs.std(0) + 1e-3))
+                    torch.as_tensor(obs.std(0) + 1e-3), torch.as_tensor(act.min(0)), torch.as_tensor(act.max(0)))
 
 
 def build_agent(cfg: RunConfig, data: LoadedDataset) -> Agent:
