@@ -3,7 +3,7 @@
 
 Oracle IQL needs far more steps than a demo can spend on a CPU, so the demo does not train it: the table shows
 the oracle score that `pbrl bench --record` stored in the dataset card, marked as recorded, with its command,
-budget and whether the ceiling had converged (DESIGN §7.1). Writes runs/demo/<agent>/ (config.toml, TensorBoard
+budget and whether the ceiling had converged (DESIGN §7.1). Writes runs/demo/<agent>-<config hash>/ (config.toml, TensorBoard
 events, checkpoints/, eval.json).
 
     python scripts/demo.py [--dataset NAME] [--steps N] [--seed S] [--episodes K] [--jobs J]
@@ -18,6 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pbrl.train.bench import config_hash
+from pbrl.train.config import build_config
 
 DEFAULT_DATASET = "hopper-medium-replay-small"
 AGENTS = ("cpl", "sft", "bc")
@@ -43,11 +46,16 @@ def main() -> int:
     p.add_argument("--out", default="runs/demo")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # one directory per resolved config: a finished demo is reused, and a pbrl whose presets changed trains anew
+    # beside the old runs instead of refusing to resume them
+    sets = [f"train.eval_episodes={args.episodes}"]
+    outs = {a: Path(args.out) / f"{a}-{config_hash(build_config(a, args.dataset, scale='cpu', seed=args.seed, steps=args.steps, overrides=sets))[:8]}"
+            for a in AGENTS}
     pending, running, started = list(AGENTS), [], time.perf_counter()
     while pending or running:
         while pending and len(running) < args.jobs:
             agent = pending.pop(0)
-            out = Path(args.out) / agent
+            out = outs[agent]
             cmd = [sys.executable, "-m", "pbrl.cli", "train", "--agent", agent, "--dataset", args.dataset, "--seed",
                    str(args.seed), "--out", str(out), "--scale", "cpu", "--quiet",
                    "--set", f"train.eval_episodes={args.episodes}"]
@@ -64,7 +72,7 @@ def main() -> int:
                         other.kill()
                     print(f"demo: `pbrl train --agent {agent}` failed (exit {proc.returncode})", file=sys.stderr)
                     return 1
-    rows = [json.loads((Path(args.out) / a / "eval.json").read_text()) for a in AGENTS]
+    rows = [json.loads((outs[a] / "eval.json").read_text()) for a in AGENTS]
     oracle = recorded_oracle(args.dataset)
     ceiling = oracle["normalized_score"] if oracle else None
     print(f"\n{args.dataset} (Hopper-v5), {rows[0]['episodes']} evaluation episodes each, seed {args.seed}; "
@@ -90,7 +98,7 @@ def main() -> int:
         print(f"\noracle recorded by: {oracle['command']}")
     else:
         print(f"{'iql-oracle':<12} {'–':>7} {'':>6} {'not recorded':>17}  run `pbrl bench ... --record` for this dataset")
-    print(f"\nresults: {args.out}/<agent>/eval.json   curves: tensorboard --logdir {args.out}")
+    print(f"\nresults: {', '.join(str(outs[a] / 'eval.json') for a in AGENTS)}   curves: tensorboard --logdir {args.out}")
     return 0
 
 
