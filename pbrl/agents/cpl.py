@@ -64,17 +64,18 @@ class CPL(BC):
 
     def loss(self, batch: PreferenceBatch | SegmentBatch, step: int) -> LossOutput:
         c = self.cfg
-        chunked = getattr(self.policy, "is_chunked", False)
-        if chunked and (step < c.bc_steps or c.bc_weight > 0):
-            bc_out = BC.loss(self, batch, step)  # the DDPM objective on every chunk
-            bc, bc_name = bc_out.loss, "bc/denoising_error"
-        if step < c.bc_steps and chunked:
-            return LossOutput(bc, {bc_name: bc.detach()})
-        logp, mask = self.segment_log_prob(batch)
-        if not chunked:
-            bc, bc_name = bc_loss(logp, mask), "bc/nll"
-        if step < c.bc_steps:
-            return LossOutput(bc, {bc_name: bc.detach()})
+        if getattr(self.policy, "is_chunked", False):  # the BC term is the DDPM objective on every chunk
+            bc_name = "bc/denoising_error"
+            bc = BC.loss(self, batch, step).loss if step < c.bc_steps or c.bc_weight > 0 else None
+            if step < c.bc_steps:
+                return LossOutput(bc, {bc_name: bc.detach()})
+            logp, mask = self.segment_log_prob(batch)
+        else:  # the BC term is the negative log-likelihood of the same forward pass
+            bc_name = "bc/nll"
+            logp, mask = self.segment_log_prob(batch)
+            bc = bc_loss(logp, mask)
+            if step < c.bc_steps:
+                return LossOutput(bc, {bc_name: bc.detach()})
         if isinstance(batch, SegmentBatch):
             loss = cpl_ranked_loss(logp, batch.score, alpha=c.alpha, gamma=c.gamma, bias=c.bias, mask=mask,
                                    average=c.average)
@@ -86,7 +87,6 @@ class CPL(BC):
                 gap = (logp[:, 0] * mask[:, 0]).sum(-1) - (logp[:, 1] * mask[:, 1]).sum(-1)
                 accuracy = preference_accuracy(gap, batch.label)
         metrics = {"cpl/loss": loss.detach(), "cpl/accuracy": accuracy}
-        if c.bc_weight > 0 or not chunked:
-            metrics[bc_name] = bc.detach()
-            return LossOutput(loss + c.bc_weight * bc, metrics)
-        return LossOutput(loss, metrics)
+        if bc is None:
+            return LossOutput(loss, metrics)
+        return LossOutput(loss + c.bc_weight * bc, {**metrics, bc_name: bc.detach()})
