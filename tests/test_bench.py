@@ -43,7 +43,7 @@ def test_bench_resumes_after_a_kill_and_reruns_a_changed_cell(tmp_path, monkeypa
     monkeypatch.setattr(trainer, "train", killed_on_third)
     with pytest.raises(Killed):
         bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=SETS, progress=False)
-    first = out / "runs" / "two.prefs" / "bc" / "seed0"
+    first = out / "runs" / "two" / "bc" / "seed0"
     mtime = (first / "eval.json").stat().st_mtime_ns
     calls.clear()
     rows = bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=SETS, progress=False)
@@ -58,13 +58,13 @@ def test_bench_resumes_after_a_kill_and_reruns_a_changed_cell(tmp_path, monkeypa
     # a changed config reruns that agent's cells only, moving the stale ones aside
     bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=[*SETS, "bc:train.lr=0.001"], progress=False)
     assert calls == [("bc", 0), ("bc", 1)]
-    assert list((out / "runs" / "two.prefs" / "bc").glob("seed0.stale-*"))
+    assert list((out / "runs" / "two" / "bc").glob("seed0.stale-*"))
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and {"ratio_to_oracle", "gap_closed", "config_hash", "pbrl_version", "wall_time_s"} <= set(table[0])
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert "ceiling" in (out / "results.md").read_text()
-    assert json.loads((out / "ceiling.json").read_text())["two.prefs"]["steps_2x"] == 20
+    assert json.loads((out / "ceiling.json").read_text())["two"]["steps_2x"] == 20
 
 
 def test_ratios_and_gap_closed():
@@ -119,8 +119,8 @@ def test_report_only_trains_nothing_and_names_the_missing_cells(tmp_path):
     bench(["bc"], [data], [0], out, steps=4, overrides=sets, progress=False)
     rows = bench(["bc", "sft"], [data], [0, 1], out, steps=4, overrides=sets, progress=False, report_only=True)
     assert [(r["agent"], r["seed"]) for r in rows] == [("bc", 0)]
-    assert not (out / "runs" / "two.prefs" / "sft").exists()
-    assert "not yet run (`--report-only`): two.prefs bc seed 1; two.prefs sft seed 0; two.prefs sft seed 1" in \
+    assert not (out / "runs" / "two" / "sft").exists()
+    assert "not yet run (`--report-only`): two bc seed 1; two sft seed 0; two sft seed 1" in \
         (out / "results.md").read_text()
     with pytest.raises(ConfigError, match="finished cells: got none of the grid's 2"):
         bench(["sft"], [data], [0, 1], tmp_path / "empty", steps=4, overrides=sets, progress=False, report_only=True)
@@ -136,6 +136,33 @@ def test_an_oracle_cell_does_not_depend_on_the_other_agents_of_the_grid(tmp_path
     monkeypatch.setattr(trainer, "train", lambda cfg, d, **kw: calls.append(cfg.agent) or original(cfg, d, **kw))
     bench(["bc", "iql-oracle"], [data], [0], out, steps=4, overrides=SETS[:-1], ceiling_check=False, progress=False)
     assert calls == ["bc"]
+
+
+def test_label_sets_of_the_same_trajectories_share_the_cells_of_agents_that_read_no_pairs(tmp_path, monkeypatch):
+    """Relabelling a dataset reruns only the agents that read its pairs (BC trains on the labelled segments): oracle
+    IQL and the survival control read the trajectories alone, so every label set of them shares their cells, and
+    its table has the oracle row."""
+    from pbrl.data.pairing import make_preferences
+    from pbrl.data.preferences import write_preferences
+    from pbrl.data.store import TrajectoryDataset
+    from pbrl.train import trainer
+
+    data = two_behaviour_dataset(tmp_path, episodes=8)
+    ds = TrajectoryDataset(tmp_path / "two.h5")
+    other = str(write_preferences(tmp_path / "relabelled.prefs.h5", make_preferences(ds, pairs=100, segment=8, seed=1),
+                                  ds, teacher={"name": "scripted"}, seed=1))
+    out = tmp_path / "bench"
+    calls, original = [], trainer.train
+    monkeypatch.setattr(trainer, "train", lambda cfg, d, **kw: calls.append((cfg.agent, d.parent.parent.name))
+                        or original(cfg, d, **kw))
+    bench(["bc", "sft", "iql-oracle"], [data], [0], out, steps=4, overrides=SETS, ceiling_check=False, progress=False)
+    assert sorted(calls) == [("bc", "two"), ("iql-oracle", "two"), ("sft", "two")]
+    calls.clear()
+    rows = bench(["bc", "sft", "iql-oracle"], [other], [0], out, steps=4, overrides=SETS, ceiling_check=False,
+                 progress=False)
+    assert calls == [("bc", "relabelled"), ("sft", "relabelled")]
+    assert [(r["dataset"], r["agent"]) for r in rows] == [("relabelled", "bc"), ("relabelled", "sft"),
+                                                          ("relabelled", "iql-oracle")]
 
 
 def test_record_stores_the_oracle_and_the_survival_control_in_the_card(tmp_path, monkeypatch):

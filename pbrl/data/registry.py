@@ -95,7 +95,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True) -
             raise DatasetError(describe(s, "attribute 'format'", repr(fmt), "'pbrl.trajectories' or 'pbrl.preferences'"))
         from pbrl.envs.registry import get_env_spec
 
-        return LoadedDataset(path.stem, traj, prefs, get_env_spec(traj.env_id).name,
+        name = path.name.removesuffix(path.suffix).removesuffix(".prefs")  # x.prefs.h5 -> x
+        return LoadedDataset(name, traj, prefs, get_env_spec(traj.env_id).name,
                              preferences_path=path if prefs is not None else None)
     card_path = path if path.suffix == ".toml" else find_resource("datasets", f"{s}.toml")
     if card_path is None or not card_path.exists():

@@ -75,6 +75,27 @@ def dataset_checksum(data: LoadedDataset, with_preferences: bool) -> str:
     return hashlib.sha256("".join(sums).encode()).hexdigest()[:16]
 
 
+def trajectories_source(data: LoadedDataset) -> tuple[str, str]:
+    """``(cell folder name, --dataset value)`` of ``data``'s trajectories alone: the card that names exactly this
+    trajectory file where there is one (so a label set's BC and oracle cells are the base dataset's own), else the
+    file itself."""
+    import tomllib
+
+    from pbrl.paths import find_resource
+
+    path = Path(data.trajectories.path).resolve()
+    name = path.name.removesuffix(path.suffix)
+    card = find_resource("datasets", f"{name}.toml")
+    if card is not None:
+        try:
+            named = tomllib.loads(card.read_text()).get("trajectories")
+        except (OSError, tomllib.TOMLDecodeError):
+            named = None
+        if named and (card.parent / named).resolve() == path:
+            return name, name
+    return name, str(path)
+
+
 def parse_overrides(items: list[str]) -> dict[str, list[str]]:
     """``["cpl:agent.alpha=0.2", "train.lr=1e-3"]`` -> per-agent lists (``"*"``: every agent)."""
     out: dict[str, list[str]] = {}
@@ -106,16 +127,18 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
         for a in agents:
             sets = per_agent.get("*", []) + per_agent.get(a, [])
             for s in seeds:
-                cfg = build_config(a, d, scale=scale, overrides=["train.device=cpu", *sets] if scale == "cpu" else sets,
-                                   steps=steps, seed=s)
+                # an agent that reads no pairs (oracle IQL, the control) trains on the trajectories: one cell for all label sets
+                cell_name, source = (loaded[d].name, d) if needs_preferences(a) else trajectories_source(loaded[d])
+                cfg = build_config(a, source, scale=scale, steps=steps, seed=s,
+                                   overrides=["train.device=cpu", *sets] if scale == "cpu" else sets)
                 check_inputs(cfg, loaded[d])
                 checksum = dataset_checksum(loaded[d], needs_preferences(a))
-                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / loaded[d].name / a / f"seed{s}", checksum))
+                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / cell_name / a / f"seed{s}", checksum))
             if a == ORACLE and ceiling_check:
                 base = next(c for c in cells if c.dataset == loaded[d].name and c.agent == a and c.seed == seeds[0])
                 cfg2 = RunConfig.from_dict(base.cfg.to_dict())
                 cfg2.train.steps *= 2
-                cells.append(Cell(loaded[d].name, a, seeds[0], cfg2, out / "runs" / loaded[d].name / f"{a}@2x" /
+                cells.append(Cell(loaded[d].name, a, seeds[0], cfg2, base.run_dir.parent.with_name(f"{a}@2x") /
                                   f"seed{seeds[0]}", base.checksum, "2x"))
     names = [data.name for data in loaded.values()]
     if len(set(names)) != len(names):
