@@ -1,8 +1,8 @@
 """Backbone speed: gradient steps per second of BC and CPL with each backbone (MLP, transformer, diffusion), and the
 evaluation actor's latency per action (p50, p99: a diffusion actor samples a new chunk every ``n_action`` calls).
 
-    OMP_NUM_THREADS=1 python scripts/bench_backbones.py [--batch 256] [--segment 64] [--steps 10] [--device cpu]
-    python scripts/bench_backbones.py --device cuda [--amp] [--compile]        # on a GPU
+    OMP_NUM_THREADS=1 python scripts/bench_backbones.py [--batch 256] [--segment 64] [--steps 10] [--profile]
+    python scripts/bench_backbones.py --device cuda --profile     # the GPU check: fp32, bf16, bf16 + torch.compile
     OMP_NUM_THREADS=1 python scripts/bench_backbones.py --peer lerobot          # + LeRobot's diffusion policy
 
 ``--peer lerobot`` makes LeRobot's own virtual environment on first use (``.bench-venvs/lerobot``: lerobot 0.4.4,
@@ -48,7 +48,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device: torch.device) -> dict:
+MATRIX_KERNELS = ("gemm", "mm", "conv", "xmma", "cutlass", "flash", "fmha", "dot_product", "attention", "matmul")
+
+
+def matrix_share(step, device: torch.device, steps: int = 3) -> float:
+    """Fraction of the profiled step time spent in matrix kernels (matmuls, convolutions, fused attention): self
+    device time of the CUDA kernels on a GPU, self CPU time of the ATen ops on a CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    timed = [(e.key.lower(), getattr(e, "self_device_time_total", 0) if device.type == "cuda" else e.self_cpu_time_total)
+             for e in prof.key_averages()]
+    total = sum(t for _, t in timed)
+    return sum(t for k, t in timed if any(m in k for m in MATRIX_KERNELS)) / total if total else float("nan")
+
+
+def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device: torch.device, setting: str) -> dict:
+    amp, compiled = "bf16" in setting, "compile" in setting
     cfg = build_config(agent_name, data.name, scale="cpu", overrides=[
         f"train.device={device.type}", f"train.batch_size={args.batch}",
         *(["agent.bc_steps=0"] if agent_name == "cpl" else []), *BACKBONES[backbone]],
@@ -58,22 +78,30 @@ def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device
     agent = build_agent(cfg, data).to(device)
     sampler = make_sampler(cfg, agent, data, device, None)
     optimizers = Optimizers(agent.optimizers(), cfg.train)
-    loss_fn = torch.compile(agent.loss) if args.compile else agent.loss
+    loss_fn = torch.compile(agent.loss) if compiled else agent.loss
+
+    def step() -> None:
+        train_step(agent, loss_fn, sampler.sample(args.batch), optimizers, 10**9, amp=amp and device.type == "cuda",
+                   norms_wanted=False)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(args.warmup + args.steps):
         sync(device)
         t0 = time.perf_counter()
-        batch = sampler.sample(args.batch)
-        train_step(agent, loss_fn, batch, optimizers, 10**9, amp=args.amp and device.type == "cuda", norms_wanted=False)
+        step()
         sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    share = matrix_share(step, device) if args.profile else None
     agent.eval()
     actor = agent.actor(1, seed=0)
     actor.reset()
     obs = torch.as_tensor(data.trajectories.observations[:1], device=device)
     latencies = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
         for _ in range(args.actions):
             sync(device)
             t0 = time.perf_counter()
@@ -81,10 +109,10 @@ def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device
             sync(device)
             latencies.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in agent.parameters() if p.requires_grad)
-    return {"agent": agent_name, "backbone": backbone, "params": params,
+    return {"agent": agent_name, "backbone": backbone, "setting": setting, "params": params,
             "steps_per_s": 1.0 / statistics.median(times), "step_ms": 1000 * statistics.median(times),
             "act_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "act_p99_ms": 1000 * float(np.percentile(latencies, 99))}
+            "act_p99_ms": 1000 * float(np.percentile(latencies, 99)), "peak_mib": peak, "matrix_share": share}
 
 
 def lerobot_peer(batch: int, steps: int) -> dict:
@@ -111,8 +139,9 @@ def main() -> None:
     p.add_argument("--agents", default="bc,cpl")
     p.add_argument("--backbones", default="mlp,transformer,diffusion")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--settings", default=None, help="comma-separated from fp32, bf16, bf16+compile (bf16: autocast, CUDA "
+                   "only); default: fp32 on a CPU, all three on a GPU (the GPU check, about 5 minutes)")
+    p.add_argument("--profile", action="store_true", help="also the share of step time in matrix kernels (profiler)")
     p.add_argument("--peer", choices=["lerobot"], default=None, help="also compare with LeRobot's diffusion policy")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -122,14 +151,23 @@ def main() -> None:
     prefs = make_preferences(shipped.trajectories, pairs=args.pairs, segment=args.segment, seed=0)
     data = LoadedDataset(name="hopper-medium-replay-small", env=shipped.env, trajectories=shipped.trajectories,
                          preferences=prefs)
-    rows = [bench_cell(a, b, data, args, device) for a in args.agents.split(",") for b in args.backbones.split(",")]
-    print(f"device {device}, batch {args.batch} pairs of {args.segment} steps, amp {args.amp}, compile {args.compile}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}\n")
-    print("| agent | backbone | parameters | steps/s | ms/step | act p50 ms | act p99 ms |")
-    print("|---|---|---|---|---|---|---|")
+    settings = (args.settings or ("fp32,bf16,bf16+compile" if device.type == "cuda" else "fp32")).split(",")
+    unknown = [x for x in settings if x not in ("fp32", "bf16", "bf16+compile")]
+    if unknown:
+        p.error(f"--settings: got {unknown[0]!r}, expected fp32, bf16 or bf16+compile")
+    rows = [bench_cell(a, b, data, args, device, st) for st in settings for a in args.agents.split(",")
+            for b in args.backbones.split(",")]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {device} ({name}), batch {args.batch} pairs of {args.segment} steps, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, medians of {args.steps} steps after {args.warmup} warm-up\n")
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+    print("| agent | backbone | setting | parameters | steps/s | ms/step | act p50 ms | act p99 ms | peak MiB | "
+          "matrix kernels |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['agent']} | {r['backbone']} | {r['params']:,} | {r['steps_per_s']:.2f} | {r['step_ms']:.1f} | "
-              f"{r['act_p50_ms']:.2f} | {r['act_p99_ms']:.2f} |")
+        print(f"| {r['agent']} | {r['backbone']} | {r['setting']} | {r['params']:,} | {r['steps_per_s']:.2f} | "
+              f"{r['step_ms']:.1f} | {r['act_p50_ms']:.2f} | {r['act_p99_ms']:.2f} | {fmt(r['peak_mib'], '.0f')} | "
+              f"{fmt(None if r['matrix_share'] is None else 100 * r['matrix_share'], '.0f')}{'' if r['matrix_share'] is None else ' %'} |")
     if args.peer == "lerobot":
         r = lerobot_peer(args.batch, args.steps)
         print(f"\nLeRobot's diffusion policy against pbrl's (unet1d), torch {r['torch']}, batch {r['batch']}, one thread:\n")
