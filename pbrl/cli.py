@@ -149,14 +149,15 @@ def cmd_data_label(args: argparse.Namespace) -> int:
     if groups:
         how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.params()} for g in groups]
     write_preferences(path, prefs, data.trajectories, teacher=how, seed=args.seed)
-    command = "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # the command that makes these labels anew (--force only let this run replace the old ones)
+    command = "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--force")
     if card is not None:
         made = {k: v for k, v in data.card.get("made", {}).items() if k != "label_note"}  # notes on the old labels
         made.update({"label_command": command, "label_seed": args.seed, "pairs": args.pairs, "segment": args.segment,
                      **{k: v for k, v in how.items() if k != "groups"}})
         if groups:
             made["groups"] = how["groups"]
-        kept = {k: data.card[k] for k in ("oracle",) if k in data.card}  # facts of the trajectories, not the labels
+        kept = {k: data.card[k] for k in ("oracle", "control") if k in data.card}  # of the trajectories, not the labels
         write_card(card, {"name": args.out, "env": data.env, "trajectories": data.trajectories.path.name,
                           "preferences": path.name, "description": data.card.get("description", ""),
                           "labels": describe_labels(args, teacher, groups), "made": made, **kept})

@@ -154,7 +154,7 @@ def test_a_run_refuses_to_resume_on_changed_labels_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == files
 
 
-def test_a_relabelled_card_says_how_it_was_labelled_and_keeps_the_oracle(tmp_path):
+def test_a_relabelled_card_says_how_it_was_labelled_and_keeps_the_oracle_and_the_control(tmp_path):
     import tomllib
 
     assert run_cli("data", "make", "--env", "Hopper-v5", "--mixture", "random", "--transitions", "300", "--seed", "1",
@@ -168,3 +168,10 @@ def test_a_relabelled_card_says_how_it_was_labelled_and_keeps_the_oracle(tmp_pat
     assert written["labels"] == ("30 pairs of 8-step segments, uniform pairing (segments), labelled by the return teacher, "
                                  "noise: mistake 0.1; seed 0.")
     assert written["oracle"]["normalized_score"] == 1.5 and written["preferences"] == "tiny.prefs.h5"
+    card.write_text(card.read_text() + '\n[control]\nagent = "iql-constant"\nnormalized_score = 2.5\n')
+    r = run_cli("data", "label", "tiny", "--pairs", "30", "--segment", "8", "--seed", "2", "--force", "--out", "tiny",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = tomllib.loads(card.read_text())
+    assert written["made"]["label_command"] == "pbrl data label tiny --pairs 30 --segment 8 --seed 2 --out tiny"
+    assert written["oracle"]["normalized_score"] == 1.5 and written["control"]["normalized_score"] == 2.5
