@@ -49,6 +49,39 @@ def test_optimal_value_critic_ranks_the_better_policy_first_and_the_behaviour_cr
     assert agree["iql"] > 0.9 and agree["behaviour"] < 0.65, agree
 
 
+@pytest.mark.slow
+def test_an_expert_critic_ranks_the_better_policy_first(tmp_path):
+    """The expert path end to end with a real stable-baselines3 SAC trained on the corridor (reward = the step ``a``):
+    its critic's advantages rank the good walker's segments first, where the behaviour critic ranks luck (above)."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    class Corridor(gym.Env):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.x, self.t = 0.0, 0
+            return np.array([self.x], np.float32), {}
+
+        def step(self, action):
+            a = float(np.clip(action[0], -1, 1))
+            self.x, self.t = self.x + 0.1 * a, self.t + 1
+            return np.array([self.x], np.float32), a, False, self.t >= 50, {}
+
+    model = SAC("MlpPolicy", Corridor(), seed=0, device="cpu", learning_starts=100, batch_size=64,
+                policy_kwargs={"net_arch": [32, 32]})
+    model.learn(600)  # enough for Q to prefer a > 0; the test is the path: r + γV(s′) − V(s) under its critic
+    model.save(tmp_path / "expert" / "model.zip")
+    ds = corridor(tmp_path / "c.h5", length=50)
+    quality = source_quality(ds)
+    prefs = make_preferences(ds, pairs=400, segment=10, seed=0, critic=regret_advantages,
+                             teacher=Teacher(utility="regret", critic="expert", expert=str(tmp_path / "expert"),
+                                             discount=0.9))
+    assert agreement(prefs.label, quality[prefs.segments_a[:, 0]], quality[prefs.segments_b[:, 0]]) > 0.9
+
+
 def test_critic_choice_is_checked_and_recorded():
     assert Teacher(utility="regret").as_dict()["critic"] == "iql"
     assert Teacher(utility="regret", critic="behaviour").as_dict()["value_steps"] == 3000
