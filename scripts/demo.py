@@ -3,7 +3,7 @@
 
 Oracle IQL needs far more steps than a demo can spend on a CPU, so the demo does not train it: the table shows
 the oracle score that `pbrl bench --record` stored in the dataset card, marked as recorded, with its command,
-budget and whether the ceiling had converged (DESIGN §7.1). Writes runs/demo/<agent>-<config hash>/ (config.toml, TensorBoard
+budget and whether the ceiling had converged (DESIGN §7.1). Writes runs/demo/<agent>-<hash of config and data>/ (config.toml, TensorBoard
 events, checkpoints/, eval.json).
 
     python scripts/demo.py [--dataset NAME] [--steps N] [--seed S] [--episodes K] [--jobs J]
@@ -12,6 +12,7 @@ events, checkpoints/, eval.json).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from pbrl.data.registry import load_dataset
 from pbrl.train.bench import config_hash
 from pbrl.train.config import build_config
 
@@ -46,11 +48,16 @@ def main() -> int:
     p.add_argument("--out", default="runs/demo")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # one directory per resolved config: a finished demo is reused, and a pbrl whose presets changed trains anew
-    # beside the old runs instead of refusing to resume them
+    # one directory per resolved config and data: a finished demo is reused, and a pbrl whose presets or shipped
+    # labels changed trains anew beside the old runs instead of refusing to resume them
     sets = [f"train.eval_episodes={args.episodes}"]
-    outs = {a: Path(args.out) / f"{a}-{config_hash(build_config(a, args.dataset, scale='cpu', seed=args.seed, steps=args.steps, overrides=sets))[:8]}"
-            for a in AGENTS}
+    data_sums = "".join(sha for _, sha in load_dataset(args.dataset).files().values())
+
+    def run_name(agent: str) -> str:
+        cfg = build_config(agent, args.dataset, scale="cpu", seed=args.seed, steps=args.steps, overrides=sets)
+        return f"{agent}-{hashlib.sha256((config_hash(cfg) + data_sums).encode()).hexdigest()[:8]}"
+
+    outs = {a: Path(args.out) / run_name(a) for a in AGENTS}
     pending, running, started = list(AGENTS), [], time.perf_counter()
     while pending or running:
         while pending and len(running) < args.jobs:
