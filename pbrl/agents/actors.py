@@ -4,6 +4,7 @@ own ``torch.Generator`` (sampling never touches the training RNG, so resume stay
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -86,7 +87,11 @@ class ChunkActor(Actor):
     """Receding-horizon execution of an action-chunk policy (Diffusion Policy): keeps each environment's last
     ``n_obs`` observations, samples a chunk ``sample(obs [M, n_obs, do], generator) -> [M, H, da]`` for the
     environments whose queue is spent, and executes its first ``n_action`` actions before sampling again. A new
-    episode's history is its first observation repeated. ``reset`` clears only the masked environments."""
+    episode's history is its first observation repeated. ``reset`` clears only the masked environments.
+
+    Between chunks a call costs one copy of the observation and a Python index into the chunk: positions and
+    pending resets live on the host (no device synchronisation), and the queue is replaced, never written in place,
+    so the actions handed out are views that stay valid."""
 
     def __init__(self, sample: ChunkSampler, num_envs: int, obs_dim: int, act_dim: int, *, n_obs: int, horizon: int,
                  n_action: int, seed: int = 0, device: torch.device | str = "cpu"):
@@ -94,27 +99,55 @@ class ChunkActor(Actor):
         if not 1 <= n_action <= horizon:
             raise ValueError(f"n_action: got {n_action}, expected 1 to the horizon ({horizon})")
         self.sample, self.n_obs, self.n_action = sample, n_obs, n_action
-        self.obs = torch.zeros(num_envs, n_obs, obs_dim, device=self.device)
+        self.history: deque[Tensor] = deque(maxlen=n_obs)  # the last n_obs observations [N, obs_dim], oldest first
         self.queue = torch.zeros(num_envs, horizon, act_dim, device=self.device)
-        self.pos = torch.full((num_envs,), n_action, dtype=torch.long, device=self.device)  # spent: sample first
-        self.fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        self.actions = self.queue.unbind(1)
+        self.pos = [n_action] * num_envs  # next action's index in each queue; n_action: spent, sample first
+        self.fresh = set(range(num_envs))  # environments whose history restarts at the next observation
+
+    @property
+    def obs(self) -> Tensor:
+        """Each environment's last ``n_obs`` observations, oldest first: ``[N, n_obs, obs_dim]``."""
+        return torch.stack(tuple(self.history), 1)
 
     def reset(self, env_mask: Tensor | None = None) -> None:
-        m = self._mask(env_mask)
-        self.obs[m] = 0
-        self.pos[m] = self.n_action
-        self.fresh |= m
+        for i in torch.nonzero(self._mask(env_mask)).flatten().tolist():
+            self.pos[i] = self.n_action
+            self.fresh.add(i)
 
-    @torch.no_grad()
+    def _restart_history(self, obs: Tensor) -> None:
+        while len(self.history) < self.n_obs:
+            self.history.appendleft(obs.clone())
+        rows = torch.tensor(sorted(self.fresh), device=self.device)
+        for past in tuple(self.history)[:-1]:
+            past[rows] = obs[rows]
+        self.fresh.clear()
+
+    def _sample(self, need: list[int]) -> None:
+        with torch.no_grad():
+            rows = torch.tensor(need, device=self.device)
+            chunk = self.sample(self.obs[rows], self.generator).to(self.queue.dtype)
+        if len(need) == self.num_envs:
+            self.queue = chunk
+        else:
+            self.queue = self.queue.clone()
+            self.queue[rows] = chunk
+        self.actions = self.queue.unbind(1)
+        for i in need:
+            self.pos[i] = 0
+
     def __call__(self, obs: Tensor) -> Tensor:
-        obs = obs.to(self.obs.dtype)
-        self.obs = torch.where(self.fresh[:, None, None], obs[:, None].expand_as(self.obs),
-                               torch.cat([self.obs[:, 1:], obs[:, None]], 1))
-        self.fresh[:] = False
-        need = torch.nonzero(self.pos >= self.n_action).flatten()
-        if len(need):
-            self.queue[need] = self.sample(self.obs[need], self.generator).to(self.queue.dtype)
-            self.pos[need] = 0
-        action = self.queue[torch.arange(self.num_envs, device=self.device), self.pos]
-        self.pos += 1
+        obs = obs.clone() if obs.dtype == self.queue.dtype else obs.to(self.queue.dtype)
+        self.history.append(obs)
+        if self.fresh:
+            self._restart_history(obs)
+        need = [i for i, p in enumerate(self.pos) if p >= self.n_action]
+        if need:
+            self._sample(need)
+        first = self.pos[0]
+        if all(p == first for p in self.pos):
+            action = self.actions[first]
+        else:
+            action = self.queue[torch.arange(self.num_envs, device=self.device), torch.tensor(self.pos, device=self.device)]
+        self.pos = [p + 1 for p in self.pos]
         return action
