@@ -83,6 +83,29 @@ def test_transformer_policy_is_causal_and_ignores_padded_steps():
     torch.testing.assert_close(policy(obs4, act, ts, left), out)
 
 
+def test_causal_trunk_encodes_a_whole_trajectory_at_its_last_real_step():
+    """OPPO's I(τ) from the same trunk: one vector per sequence, blind to padding, moved by its first step."""
+    from pbrl.nets.transformer import CausalTransformer
+
+    torch.manual_seed(0)
+    trunk = CausalTransformer(OBS, ACT, dim=32, layers=2, heads=4).eval()
+    obs, act, ts, mask = window(b=3, t=12)
+    mask = mask.clone()
+    mask[1, 9:] = False                    # trailing padding
+    mask[2, :3] = False                    # leading padding
+    code = trunk.encode(obs, act, ts, mask)
+    assert code.shape == (3, 32)
+    torch.testing.assert_close(code[0], trunk(obs, act, ts, mask)[0, -1])
+    torch.testing.assert_close(code[1], trunk(obs, act, ts, mask)[1, 8])
+    padded = obs.clone()
+    padded[1, 9:] += 5.0
+    padded[2, :3] += 5.0
+    torch.testing.assert_close(trunk.encode(padded, act, ts, mask), code)
+    first = obs.clone()
+    first[:, 3] += 1.0
+    assert not torch.allclose(trunk.encode(first, act, ts, mask), code, atol=1e-4)
+
+
 def test_transformer_policy_save_load_round_trip_is_identical():
     torch.manual_seed(0)
     policy = TransformerPolicy(OBS, ACT, head="tanh_gaussian", dim=16, layers=1, heads=4).eval()

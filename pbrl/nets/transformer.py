@@ -71,6 +71,13 @@ class CausalTransformer(nn.Module):
             x = block(x, mask)
         return self.ln(x)
 
+    def encode(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
+        """A whole trajectory as one vector (OPPO's hindsight encoding I(τ)): the feature of each sequence's last real
+        step, which by causality has attended to every step before it. ``[B, T, ·]`` with ``mask`` [B, T] (padding on
+        either side, at least one real step per row) -> ``[B, dim]``."""
+        last = mask.long().cumsum(-1).argmax(-1)  # the last real step: where the count of real steps first peaks
+        return self.forward(obs, act, timestep, mask)[torch.arange(obs.shape[0], device=obs.device), last]
+
 
 class PreferenceTransformer(nn.Module):
     """Preference Transformer (Kim et al., 2023): a causal transformer, then a *preference attention* layer:
