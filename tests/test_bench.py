@@ -196,3 +196,23 @@ def test_cpu_cells_hash_the_same_whatever_the_autocast_flag_which_cpus_ignore(tm
     on_gpu = [build_config("bc", data, scale="paper", overrides=["train.device=cuda", f"train.amp={flag}"])
               for flag in ("true", "false")]
     assert config_hash(on_gpu[0]) != config_hash(on_gpu[1])  # on CUDA autocast is a real difference
+
+
+def test_a_label_set_finds_its_base_card_by_path_or_by_the_recorded_checksum(tmp_path, monkeypatch):
+    import shutil
+
+    from pbrl.data.preferences import sha256_file
+    from pbrl.data.registry import load_dataset
+    from pbrl.train.bench import trajectories_source
+
+    data = load_dataset(two_behaviour_dataset(tmp_path, episodes=4))
+    assert trajectories_source(data) == ("two", str((tmp_path / "two.h5").resolve()))  # no card: the file
+    home = tmp_path / "home"
+    (home / "datasets").mkdir(parents=True)
+    shutil.copy(tmp_path / "two.h5", home / "datasets" / "two.h5")   # the same trajectories in another checkout
+    card = home / "datasets" / "two.toml"
+    card.write_text(f'env = "hopper"\ntrajectories = "two.h5"\n[checksums]\n"two.h5" = "{sha256_file(tmp_path / "two.h5")}"\n')
+    monkeypatch.setenv("PBRL_HOME", str(home))
+    assert trajectories_source(data) == ("two", "two")
+    card.write_text('env = "hopper"\ntrajectories = "two.h5"\n[checksums]\n"two.h5" = "0000"\n')  # other trajectories
+    assert trajectories_source(data)[1] != "two"

@@ -28,6 +28,7 @@ from typing import Any
 
 import pbrl
 from pbrl.agents import AGENTS
+from pbrl.data.preferences import sha256_file
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.errors import ConfigError, describe
 from pbrl.io import atomic_write_text
@@ -76,9 +77,9 @@ def dataset_checksum(data: LoadedDataset, with_preferences: bool) -> str:
 
 
 def trajectories_source(data: LoadedDataset) -> tuple[str, str]:
-    """``(cell folder name, --dataset value)`` of ``data``'s trajectories alone: the card that names exactly this
-    trajectory file where there is one (so a label set's BC and oracle cells are the base dataset's own), else the
-    file itself."""
+    """``(cell folder name, --dataset value)`` of ``data``'s trajectories alone: the card whose trajectory file is
+    this one, by path or by the sha256 the card records (a copy in another checkout), so that a label set's oracle
+    cells are the base dataset's own; else the file itself."""
     import tomllib
 
     from pbrl.paths import find_resource
@@ -88,10 +89,12 @@ def trajectories_source(data: LoadedDataset) -> tuple[str, str]:
     card = find_resource("datasets", f"{name}.toml")
     if card is not None:
         try:
-            named = tomllib.loads(card.read_text()).get("trajectories")
+            fields = tomllib.loads(card.read_text())
         except (OSError, tomllib.TOMLDecodeError):
-            named = None
-        if named and (card.parent / named).resolve() == path:
+            fields = {}
+        named = fields.get("trajectories")
+        recorded = fields.get("checksums", {}).get(named or "")
+        if named and ((card.parent / named).resolve() == path or recorded == sha256_file(path)):
             return name, name
     return name, str(path)
 
