@@ -1,4 +1,4 @@
-# pbrl: `make demo` trains CPL and BC on the shipped dataset and evaluates both; `make test` runs the tests.
+# pbrl: `make demo` trains CPL, SFT and BC on the shipped demo dataset and evaluates them; `make test` runs the tests.
 # Both install into $(VENV) (default .venv) once and reuse it.
 
 VENV ?= .venv
