@@ -127,11 +127,12 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
     loaded = {d: load_dataset(d, preferences=any(needs_preferences(a) for a in agents)) for d in datasets}
     cells = []
     for d in datasets:
+        # an agent that reads no pairs (oracle IQL, the control) trains on the trajectories: one cell for all label sets
+        label_free = trajectories_source(loaded[d]) if not all(needs_preferences(a) for a in agents) else None
         for a in agents:
             sets = per_agent.get("*", []) + per_agent.get(a, [])
+            cell_name, source = (loaded[d].name, d) if needs_preferences(a) else label_free
             for s in seeds:
-                # an agent that reads no pairs (oracle IQL, the control) trains on the trajectories: one cell for all label sets
-                cell_name, source = (loaded[d].name, d) if needs_preferences(a) else trajectories_source(loaded[d])
                 cfg = build_config(a, source, scale=scale, steps=steps, seed=s,
                                    overrides=["train.device=cpu", *sets] if scale == "cpu" else sets)
                 check_inputs(cfg, loaded[d])
