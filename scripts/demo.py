@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from pbrl.data.registry import load_dataset
-from pbrl.train.bench import config_hash
+from pbrl.train.bench import config_hash, dataset_checksum
 from pbrl.train.config import build_config
 
 # HalfCheetah: its oracle IQL converges (a real ceiling) and no episode ends early (no survival instinct to mistake
@@ -53,11 +53,11 @@ def main() -> int:
     # one directory per resolved config and data: a finished demo is reused, and a pbrl whose presets or shipped
     # labels changed trains anew beside the old runs instead of refusing to resume them
     sets = [f"train.eval_episodes={args.episodes}"]
-    data_sums = "".join(sha for _, sha in load_dataset(args.dataset).files().values())
+    data_sum = dataset_checksum(load_dataset(args.dataset), with_preferences=True)
 
     def run_name(agent: str) -> str:
         cfg = build_config(agent, args.dataset, scale="cpu", seed=args.seed, steps=args.steps, overrides=sets)
-        return f"{agent}-{hashlib.sha256((config_hash(cfg) + data_sums).encode()).hexdigest()[:8]}"
+        return f"{agent}-{hashlib.sha256((config_hash(cfg) + data_sum).encode()).hexdigest()[:8]}"
 
     outs = {a: Path(args.out) / run_name(a) for a in AGENTS}
     pending, running, started = list(AGENTS), [], time.perf_counter()
