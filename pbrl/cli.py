@@ -209,6 +209,50 @@ def cmd_import_d4rl(args: argparse.Namespace) -> int:
     return _write_imported(args, lambda p: import_d4rl(args.file, p, env_id=env_id), f"imported from {args.file}")
 
 
+def cmd_import_overcooked(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pbrl.data.store import Episode, write_trajectories
+    from pbrl.envs.overcooked import ACTION_NAMES, EVENTS, FEATURES, N_ACTIONS
+    from pbrl.envs.overcooked_human import convert_games, read_trials, trials_path
+    from pbrl.envs.registry import all_env_specs
+
+    spec = next((s for s in all_env_specs().values() if s.family == "overcooked" and s.layout == args.layout), None)
+    if spec is None:
+        from pbrl.errors import ConfigError, describe
+
+        known = sorted(s.layout for s in all_env_specs().values() if s.family == "overcooked")
+        raise ConfigError(describe("--layout", "layout", repr(args.layout), f"one of the trials' layouts {known}"))
+    source = Path(args.pickle) if args.pickle else trials_path(args.split)
+    games = convert_games(read_trials(source), args.layout, where=str(source))
+    eye = np.eye(N_ACTIONS, dtype=np.float32)
+    episodes = []
+    for g in games:
+        for player in (0, 1):
+            infos = {e: g.events[:, player, k].astype(np.float32) for k, e in enumerate(EVENTS)}
+            infos.update({f"partner_{e}": g.events[:, 1 - player, k].astype(np.float32) for k, e in enumerate(EVENTS)})
+            infos["x"], infos["partner_x"] = g.x[:, player], g.x[:, 1 - player]
+            episodes.append(Episode(g.observations[player], eye[g.actions[:, player]], g.rewards, False,
+                                    g.final_observations[player], f"{g.source}:player{player}", infos))
+    games_meta = [{"worker": g.worker, "round": g.round, "steps": len(g.rewards), "soups": float(g.rewards.sum() / 20)}
+                  for g in games]
+    consistent = float(np.mean(np.concatenate([g.consistent for g in games])))
+    meta = {"layout": args.layout, "split": args.split, "source": str(source), "games": games_meta,
+            "action_space": {"type": "discrete", "n": N_ACTIONS, "names": list(ACTION_NAMES), "encoding": "one-hot"},
+            "observation_features": [list(f) for f in FEATURES], "dynamics_agreement": consistent,
+            "reward": "the package's sparse reward, 20 per soup (the trials paid 5 points per soup)"}
+
+    def write(path: Path) -> Path:
+        return write_trajectories(path, episodes, env_id=spec.id, seed=0, metadata=meta,
+                                  behaviour_policy=f"human-human trials of Carroll et al. 2019 ({args.split} split)")
+
+    print(f"{args.layout} ({args.split}): {len(games)} games, {sum(m['steps'] for m in games_meta)} steps, "
+          f"{sum(m['soups'] for m in games_meta):.0f} soups; the package's dynamics reproduce {consistent:.1%} of the "
+          "logged steps")
+    return _write_imported(args, write, f"Overcooked-AI human-human trials ({args.split} split), {args.layout}, "
+                           "one trajectory per game and player")
+
+
 def cmd_import_minari(args: argparse.Namespace) -> int:
     from pbrl.data.formats import import_minari
 
@@ -550,6 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--env", default=None, help="env preset; checked against the dataset's spaces")
     mi.add_argument("--out", required=True, help="dataset name or .h5 path")
     mi.set_defaults(func=cmd_import_minari)
+    oc = dsub.add_parser("import-overcooked", help="the Overcooked-AI human-human trials (Carroll et al. 2019) of one "
+                         "layout and split: one trajectory per game and player, worker and round kept")
+    oc.add_argument("--layout", required=True, help="cramped_room | asymmetric_advantages | coordination_ring | "
+                    "random0 (forced coordination) | random3 (counter circuit)")
+    oc.add_argument("--split", default="train", choices=["train", "test"])
+    oc.add_argument("--pickle", default=None, help="a trials pickle (default: the one overcooked-ai 1.1.0 installed)")
+    oc.add_argument("--out", required=True, help="dataset name (datasets/NAME.h5 + card) or .h5 path")
+    oc.set_defaults(func=cmd_import_overcooked)
     me = dsub.add_parser("export-minari", help="write a dataset's trajectories as a local Minari dataset")
     me.add_argument("dataset", help="dataset name or .h5 path")
     me.add_argument("--dataset-id", required=True, help="Minari id, e.g. pbrl/hopper-mr-v0")

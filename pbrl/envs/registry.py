@@ -14,7 +14,8 @@ from pbrl.paths import list_resources, search_roots
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """One environment preset: gymnasium id, family (``mujoco`` or ``metaworld``), score references."""
+    """One environment preset: id, family (``mujoco``, ``metaworld`` or ``overcooked``), score references, and
+    for Overcooked the package's layout name."""
 
     name: str
     id: str
@@ -23,6 +24,7 @@ class EnvSpec:
     score_random: float
     score_expert: float
     score_source: str = ""
+    layout: str = ""
 
     def normalized_score(self, ret: float) -> float:
         """D4RL-style normalized score: ``100 * (R - R_random) / (R_expert - R_random)``."""
@@ -36,7 +38,7 @@ def _load(path: Path) -> EnvSpec:
     return EnvSpec(name=path.stem, id=d["id"], family=d.get("family", "mujoco"),
                    max_episode_steps=int(d.get("max_episode_steps", 1000)),
                    score_random=float(score.get("random", 0.0)), score_expert=float(score.get("expert", 1.0)),
-                   score_source=str(score.get("source", "")))
+                   score_source=str(score.get("source", "")), layout=str(d.get("layout", "")))
 
 
 def all_env_specs() -> dict[str, EnvSpec]:
@@ -72,6 +74,9 @@ def make_env(name_or_id: str, *, seed: int | None = None, render_mode: str | Non
         env = gym.make("Meta-World/MT1", env_name=spec.id, seed=seed, render_mode=render_mode, disable_env_checker=True)
     elif spec.family == "mujoco":
         env = gym.make(spec.id, render_mode=render_mode)
+    elif spec.family == "overcooked":
+        raise ConfigError(describe(f"envs/{spec.name}.toml", "family", "'overcooked' (a two-player game)",
+                                   "a single-agent env: play Overcooked with pbrl.envs.overcooked (play, OvercookedVecEnv)"))
     else:
-        raise ConfigError(describe(f"envs/{spec.name}.toml", "family", repr(spec.family), "'mujoco' or 'metaworld'"))
+        raise ConfigError(describe(f"envs/{spec.name}.toml", "family", repr(spec.family), "'mujoco', 'metaworld' or 'overcooked'"))
     return env
