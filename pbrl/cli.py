@@ -508,6 +508,75 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partner(spec: str, seed: int):
+    from pbrl.envs.overcooked import RandomPolicy
+    from pbrl.train.overcooked import PolicyPartner
+
+    return RandomPolicy(seed) if spec == "random" else PolicyPartner.load(spec, seed=seed)
+
+
+def _style(name: str | None):
+    from pbrl.envs.overcooked import STYLES, TASK
+    from pbrl.errors import ConfigError, describe
+
+    if name is None:
+        return TASK
+    if name not in STYLES:
+        raise ConfigError(describe("--style", "style", repr(name), f"one of {sorted(STYLES)}"))
+    return STYLES[name]
+
+
+def cmd_overcooked(args: argparse.Namespace) -> int:
+    import json as _json
+
+    import numpy as np
+
+    from pbrl.train import overcooked as oc
+
+    if args.oc_command == "ppo":
+        partners = [_partner(d, args.seed + 10 * i) for i, d in enumerate(args.partners)] if args.partners else None
+        path = oc.train_ppo(args.out, args.layout, args.steps, seed=args.seed, partners=partners,
+                            partner_names=args.partners or (), utility=_style(args.style), init=args.init,
+                            progress=not args.quiet)
+    elif args.oc_command == "bc":
+        path = oc.train_bc(args.out, args.dataset, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    elif args.oc_command == "hybrid":
+        from pbrl.agents.hybrid import HybridConfig
+        from pbrl.train.config import set_fields
+
+        cfg = HybridConfig()
+        set_fields(cfg, args.set or [], section="hybrid")
+        path = oc.train_hybrid(args.out, args.layout, args.pool, args.preferences, cfg=cfg, seed=args.seed,
+                               pretrained=args.pretrained, progress=not args.quiet)
+    elif args.oc_command == "rollouts":
+        from pbrl.data.store import write_trajectories
+        from pbrl.envs.overcooked import N_ACTIONS, play
+
+        partner = _partner(args.partner, args.seed + 1)
+        episodes = []
+        for i, ego in enumerate(args.ego):
+            result = play(args.layout, _partner(ego, args.seed + 100 * (i + 1)), partner, episodes=args.episodes,
+                          record=True)
+            episodes += oc.rollout_episodes(result, source=ego)
+        path = write_trajectories(args.out, episodes, env_id=f"Overcooked-{args.layout}", seed=args.seed,
+                                  behaviour_policy=f"{', '.join(args.ego)} with {args.partner}",
+                                  metadata={"layout": args.layout, "partner": args.partner,
+                                            "action_space": {"type": "discrete", "n": N_ACTIONS, "encoding": "one-hot"}})
+    else:  # eval
+        style = _style(args.style) if args.style else None
+        score = oc.score_pair(args.layout, _partner(args.ego, args.seed), _partner(args.partner, args.seed + 1),
+                              episodes=args.episodes, style=style)
+        out = {"layout": args.layout, "ego": args.ego, "partner": args.partner, "episodes": args.episodes,
+               "return_mean": float(score.returns.mean()), "return_std": float(score.returns.std()),
+               "soups_mean": float(score.returns.mean() / 20)}
+        if style is not None:
+            out["preference_mean"] = float(np.nanmean(score.preference)) if np.isfinite(score.preference).any() else None
+        print(_json.dumps(out, indent=1))
+        return 0
+    print(f"wrote {path}" if path is not None else "stopped early at a checkpoint; run again to resume")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="pbrl", description="Offline preference-based RL: make datasets, train agents "
@@ -659,6 +728,42 @@ def build_parser() -> argparse.ArgumentParser:
                     "missing ones")
     bn.add_argument("--quiet", action="store_true", help="no progress bar")
     bn.set_defaults(func=cmd_bench)
+
+    oc = sub.add_parser("overcooked", help="Overcooked-AI: PPO (self-play, pools, styles), the BC human model, the "
+                        "hybrid agent, rollouts, evaluation of pairs", formatter_class=fmt,
+                        epilog="example: pbrl overcooked ppo --layout cramped_room --steps 500000 --out runs/sp-s0; "
+                        "partners and egos are run folders (model.zip or policy.pt) or 'random'")
+    ocs = oc.add_subparsers(dest="oc_command", required=True)
+    o1 = ocs.add_parser("ppo", help="stable-baselines3 PPO: self-play, or against --partners (resumable)")
+    o1.add_argument("--partners", nargs="+", default=None, metavar="DIR", help="partner pool (omit: self-play)")
+    o1.add_argument("--style", default=None, help="train a human proxy with this style's utility (cook, deliverer, left)")
+    o1.add_argument("--init", default=None, metavar="DIR", help="start from another run's weights")
+    o1.add_argument("--steps", type=int, default=500_000, help="game steps (default 500000)")
+    o2 = ocs.add_parser("bc", help="behaviour-clone an Overcooked dataset (the human model of Carroll et al.)")
+    o2.add_argument("--dataset", required=True, help="dataset name or .h5 (e.g. from `pbrl data import-overcooked`)")
+    o2.add_argument("--steps", type=int, default=20_000)
+    o3 = ocs.add_parser("hybrid", help="the hybrid offline-online agent (pbrl.agents.hybrid)")
+    o3.add_argument("--pool", nargs="+", required=True, metavar="DIR", help="partner pool for the online phases")
+    o3.add_argument("--preferences", required=True, help="labelled pairs of the ego's trajectories (.prefs.h5 or name)")
+    o3.add_argument("--pretrained", default=None, metavar="DIR", help="a PPO run pre-trained against the pool")
+    o3.add_argument("--set", action="append", metavar="KEY=VALUE", help="HybridConfig field, e.g. rounds=2")
+    o4 = ocs.add_parser("rollouts", help="record --ego policies playing with --partner as a trajectory dataset")
+    o4.add_argument("--ego", nargs="+", required=True, metavar="DIR")
+    o4.add_argument("--partner", required=True, metavar="DIR")
+    o4.add_argument("--episodes", type=int, default=10, help="episodes per ego")
+    o5 = ocs.add_parser("eval", help="team return (and a style's preference score) of --ego with --partner")
+    o5.add_argument("--ego", required=True, metavar="DIR")
+    o5.add_argument("--partner", required=True, metavar="DIR")
+    o5.add_argument("--style", default=None, help="the partner's style, for the preference score")
+    o5.add_argument("--episodes", type=int, default=20)
+    for o in (o1, o2, o3, o4, o5):
+        if o not in (o2,):
+            o.add_argument("--layout", default="cramped_room", help="the package's layout name")
+        o.add_argument("--seed", type=int, default=0)
+        if o is not o5:
+            o.add_argument("--out", required=True, help="run folder (rollouts: a new .h5 file)")
+            o.add_argument("--quiet", action="store_true", help="no progress bar")
+    oc.set_defaults(func=cmd_overcooked)
 
     ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval-stepK-…-seedS.json")
     ev.add_argument("run_dir", help="a directory written by `pbrl train`")

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pbrl.agents.hybrid import HybridConfig
 from pbrl.envs.overcooked import EVENTS, STYLES, OvercookedGame, play
+from pbrl.train.config import set_fields
 from pbrl.train.overcooked import (
     PolicyPartner,
     PPOConfig,
@@ -44,7 +46,7 @@ from pbrl.train.overcooked import (
 )
 
 GATE = 100.0
-EARLY = (96_000, 192_000)  # the pool's early checkpoints, for rollouts of weaker policies
+POOL_CHECKPOINTS = (192_000, 288_000)  # besides each self-play seed's final policy: a pool of skill levels
 
 
 def ms(values) -> str:
@@ -135,7 +137,19 @@ def stage_human(root: Path, layout: str, seeds, results: dict) -> None:
 
 
 def pool_dirs(root: Path, seeds) -> list[Path]:
-    return [root / f"sp-s{s}" for s in seeds]
+    """The training pool: every self-play seed's final policy and its checkpoints at ``POOL_CHECKPOINTS``."""
+    out = []
+    for s in seeds:
+        out += [root / f"sp-s{s}" / "checkpoints" / f"ppo_{k:09d}.zip" for k in POOL_CHECKPOINTS]
+        out.append(root / f"sp-s{s}" / "model.zip")
+    return out
+
+
+def pool_name(path: Path) -> str:
+    """``sp-s0`` for a final policy, ``sp-s0@192k`` for a checkpoint."""
+    if path.name == "model.zip":
+        return path.parent.name
+    return f"{path.parent.parent.name}@{int(path.stem.split('_')[1]) // 1000}k"
 
 
 def stage_proxies(root: Path, layout: str, seeds, steps: int, styles, episodes: int, results: dict) -> None:
@@ -165,10 +179,7 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
 
     data_dir = root / "data"
     data_dir.mkdir(exist_ok=True)
-    ai = []
-    for s in seeds:
-        ai.append((f"sp-s{s}", root / f"sp-s{s}" / "model.zip"))
-        ai += [(f"sp-s{s}@{k // 1000}k", root / f"sp-s{s}" / "checkpoints" / f"ppo_{k:09d}.zip") for k in EARLY]
+    ai = [(pool_name(p), p) for p in pool_dirs(root, seeds)]
     for name in styles:
         traj = data_dir / f"with-{name}.h5"
         if not traj.exists():
@@ -198,11 +209,11 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
         pbrl(["data", "label", str(root / "human-train.h5"), "--pairs", str(pairs), "--segment", str(segment),
               "--groups", str(human_groups), "--seed", "0", "--out", str(human_prefs)])
     results["data"] = {"pairs": pairs, "segment": segment, "ai_policies": [a for a, _ in ai]}
+    print(f"\nrollouts: {len(ai)} pool policies x 12 episodes with each proxy; {pairs} pairs of {segment}-step segments "
+          "per style, and on the human trials")
 
 
 def stage_agents(root: Path, layout: str, seeds, steps: int, styles, hybrid_overrides: dict, results: dict) -> None:
-    from pbrl.agents.hybrid import HybridConfig
-
     pool = pool_dirs(root, seeds)
     for s in seeds:
         bc = PolicyPartner.load(root / f"bc-train-s{s}", seed=300 + s)
@@ -263,8 +274,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     res_path = root / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    overrides = {k: type(getattr(__import__("pbrl.agents.hybrid", fromlist=["HybridConfig"]).HybridConfig(), k))(v)
-                 for k, v in (o.split("=", 1) for o in args.hybrid)}
+    probe = HybridConfig()
+    set_fields(probe, args.hybrid, section="hybrid", where="--hybrid")  # checked here, applied per run
+    overrides = {k: getattr(probe, k) for k in (o.split("=", 1)[0].strip() for o in args.hybrid)}
     print(f"# bench_overcooked: {args.layout}, seeds {args.seeds}, {args.steps:,} game steps per PPO run "
           f"({PPOConfig().n_games} games), {' '.join(sys.argv[1:])}")
     for stage in args.stages:

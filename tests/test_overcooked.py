@@ -13,9 +13,19 @@ import torch
 pytest.importorskip("overcooked")
 
 from pbrl.cli import main as pbrl  # noqa: E402
-from pbrl.envs.overcooked import (EVENT_INDEX, EVENTS, FEATURE_DIM, STYLES, OvercookedGame,  # noqa: E402
-                                  OvercookedVecEnv, RandomPolicy, Utility, make_mdp, play)
-from pbrl.errors import ConfigError, DatasetError  # noqa: E402
+from pbrl.envs.overcooked import (  # noqa: E402
+    EVENT_INDEX,
+    EVENTS,
+    FEATURE_DIM,
+    STYLES,
+    OvercookedGame,
+    OvercookedVecEnv,
+    RandomPolicy,
+    Utility,
+    make_mdp,
+    play,
+)
+from pbrl.errors import ConfigError  # noqa: E402
 
 N, S, E, W, STAY, INTERACT = range(6)
 # player 0 on cramped_room: three onions into the pot, a dish, wait for the soup, serve it (player 1 stays)
@@ -119,7 +129,7 @@ def test_vec_env_self_play_and_pool():
     assert sp.num_envs == 4
     obs = sp.reset()
     assert obs.shape == (4, FEATURE_DIM)
-    for t in range(20):
+    for _ in range(20):
         sp.step_async(np.full(4, STAY))
         obs, rew, done, infos = sp.step_wait()
     assert done.all() and infos[0]["episode"]["l"] == 20 and "terminal_observation" in infos[3]
@@ -294,3 +304,13 @@ def test_hybrid_offline_phase_learns_the_preference_and_the_loop_runs(tmp_path):
         assert len(log["rounds"]) == 1 and len(log["rounds"][0]["after_recovery"]) == 1
         assert (out / "model.zip").exists()
     assert columns[False] < base - 0.05 < base + 0.05 < columns[True], (columns, base)
+
+
+def test_overcooked_cli_eval_and_bad_override(capsys):
+    assert pbrl(["overcooked", "eval", "--ego", "random", "--partner", "random", "--episodes", "2", "--style", "cook"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["return_mean"] >= 0 and out["episodes"] == 2 and "preference_mean" in out
+    assert pbrl(["overcooked", "hybrid", "--pool", "x", "--preferences", "y", "--out", "z", "--set", "rounds=0"]) == 2
+    assert "hybrid.rounds" in capsys.readouterr().err
+    assert pbrl(["overcooked", "eval", "--ego", "random", "--partner", "random", "--style", "gourmet"]) == 2
+    assert "gourmet" in capsys.readouterr().err

@@ -123,6 +123,26 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value if isinstance(value, hint) else _INVALID
 
 
+def set_fields(obj: Any, overrides: list[str], *, section: str, where: str = "--set") -> None:
+    """Apply ``key=value`` overrides (values read as TOML) to a config dataclass, typed and bounds-checked."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for text in overrides:
+        key, _, raw = (t.strip() for t in text.partition("="))
+        if not _ or key not in fields:
+            raise ConfigError(describe(where, "override", repr(text), f"key=value with key in {sorted(fields)}"))
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except ValueError:
+            value = raw
+        coerced = _coerce(value, hints[key])
+        if coerced is _INVALID:
+            raise ConfigError(describe(where, f"{section}.{key}", f"{short_repr(value)} ({type(value).__name__})",
+                                       _type_name(hints[key])))
+        setattr(obj, key, coerced)
+    check_fields(obj, section, where)
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``"agent.alpha=0.2"`` -> ``("agent", "alpha", 0.2)``; the value is read as TOML, else as a string."""
     if "=" not in text or "." not in text.split("=", 1)[0]:

@@ -148,7 +148,7 @@ class _PPORun:
         model.logger.record("overcooked/shaping_scale", self.env.shaping_scale)
         if self.bar is not None:
             self.bar.n = steps
-            self.bar.set_postfix(sparse=f"{mean:.1f}")
+            self.bar.set_postfix(sparse=f"{mean:.1f}", refresh=False)
             self.bar.refresh()
 
     def maybe_checkpoint(self, model) -> None:
