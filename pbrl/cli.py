@@ -736,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     ocs = oc.add_subparsers(dest="oc_command", required=True)
     o1 = ocs.add_parser("ppo", help="stable-baselines3 PPO: self-play, or against --partners (resumable)")
     o1.add_argument("--partners", nargs="+", default=None, metavar="DIR", help="partner pool (omit: self-play)")
-    o1.add_argument("--style", default=None, help="train a human proxy with this style's utility (cook, deliverer, left)")
+    o1.add_argument("--style", default=None, help="train a human proxy with this style's utility (cook, deliverer)")
     o1.add_argument("--init", default=None, metavar="DIR", help="start from another run's weights")
     o1.add_argument("--steps", type=int, default=500_000, help="game steps (default 500000)")
     o2 = ocs.add_parser("bc", help="behaviour-clone an Overcooked dataset (the human model of Carroll et al.)")

@@ -14,7 +14,8 @@ Stages:
            their event counts side by side
   data     rollouts of the pool's policies (and their early checkpoints) with each proxy, labelled by the proxy's
            style through pbrl's teachers; the real human trajectories labelled by every style (groups = styles)
-  agents   per seed: PPO_BC, the hybrid agent per style (pre-trained against the pool once per seed)
+  agents   per seed: PPO_BC, the hybrid agent per style (pre-trained against the pool once per seed), and its
+           control: the pre-trained agent given the hybrid's online steps without the offline epochs
   eval     every agent with every proxy and the held-out human model: team return and preference score
 
 Writes ``OUT/LAYOUT/`` (runs, datasets, ``results.json``, ``sp-curve.png``) and prints markdown tables.
@@ -213,9 +214,10 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
           "per style, and on the human trials")
 
 
-def stage_agents(root: Path, layout: str, seeds, steps: int, styles, hybrid_overrides: dict, results: dict) -> None:
+def stage_agents(root: Path, layout: str, seeds, agent_seeds, steps: int, styles, hybrid_overrides: dict,
+                 results: dict) -> None:
     pool = pool_dirs(root, seeds)
-    for s in seeds:
+    for s in agent_seeds:
         bc = PolicyPartner.load(root / f"bc-train-s{s}", seed=300 + s)
         train_ppo(root / f"ppo-bc-s{s}", layout, steps, seed=s, partners=[bc], partner_names=[f"bc-train-s{s}"])
         pre = root / f"hybrid-pretrain-s{s}"
@@ -223,8 +225,13 @@ def stage_agents(root: Path, layout: str, seeds, steps: int, styles, hybrid_over
         train_ppo(pre, layout, steps, seed=s, partners=partners, partner_names=[str(d) for d in pool])
         for name in styles:
             cfg = HybridConfig(pretrain_steps=steps, **hybrid_overrides)
-            train_hybrid(root / f"hybrid-{name}-s{s}", layout, pool, root / "data" / f"with-{name}.prefs.h5", cfg=cfg,
-                         seed=s, pretrained=pre)
+            hybrid = root / f"hybrid-{name}-s{s}"
+            train_hybrid(hybrid, layout, pool, root / "data" / f"with-{name}.prefs.h5", cfg=cfg, seed=s, pretrained=pre)
+            # the control: the same pre-trained agent given the same online steps, without the offline epochs
+            chunks = sum(len(r["after_recovery"]) for r in json.loads((hybrid / "rounds.json").read_text())["rounds"])
+            partners = [PolicyPartner.load(d, seed=700 + s + 10 * i) for i, d in enumerate(pool)]
+            train_ppo(root / f"pool-ppo-{name}-s{s}", layout, chunks * cfg.recovery_steps, seed=s, init=pre,
+                      cfg=PPOConfig(shaping_horizon=0.0), partners=partners, partner_names=[str(d) for d in pool])
 
 
 def stage_eval(root: Path, layout: str, seeds, styles, episodes: int, results: dict) -> None:
@@ -234,6 +241,7 @@ def stage_eval(root: Path, layout: str, seeds, styles, episodes: int, results: d
               "BC": lambda s: root / f"bc-train-s{s}", "hybrid pre-trained": lambda s: root / f"hybrid-pretrain-s{s}"}
     for n in styles:
         agents[f"hybrid ({n})"] = lambda s, n=n: root / f"hybrid-{n}-s{s}"
+        agents[f"pool PPO, hybrid's online steps ({n})"] = lambda s, n=n: root / f"pool-ppo-{n}-s{s}"
     table = {}
     for agent, where in agents.items():
         for partner, style in partners.items():
@@ -260,10 +268,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layout", default="cramped_room")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--agent-seeds", nargs="+", type=int, default=None,
+                   help="train agents only for these seeds (default: --seeds; the pool always uses --seeds), e.g. to "
+                   "split the agents stage over two processes")
     p.add_argument("--steps", type=int, default=500_000, help="game steps per PPO run")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per pair and seed")
     p.add_argument("--styles", nargs="+", default=["cook", "deliverer"], choices=sorted(STYLES))
-    p.add_argument("--pairs", type=int, default=2000, help="labelled pairs per style")
+    p.add_argument("--pairs", type=int, default=10_000, help="labelled pairs per style (one offline epoch = all)")
     p.add_argument("--segment", type=int, default=100, help="segment length of the labelled pairs")
     p.add_argument("--hybrid", action="append", default=[], metavar="KEY=VALUE", help="HybridConfig override")
     p.add_argument("--stages", nargs="+", default=["speed", "gate", "human", "proxies", "data", "agents", "eval"])
@@ -295,7 +306,8 @@ def main() -> None:
         elif stage == "data":
             stage_data(root, args.layout, args.seeds, args.styles, args.pairs, args.segment, results)
         elif stage == "agents":
-            stage_agents(root, args.layout, args.seeds, args.steps, args.styles, overrides, results)
+            stage_agents(root, args.layout, args.seeds, args.agent_seeds or args.seeds, args.steps, args.styles, overrides,
+                         results)
         elif stage == "eval":
             stage_eval(root, args.layout, args.seeds, args.styles, args.episodes, results)
         else:

@@ -314,3 +314,14 @@ def test_overcooked_cli_eval_and_bad_override(capsys):
     assert "hybrid.rounds" in capsys.readouterr().err
     assert pbrl(["overcooked", "eval", "--ego", "random", "--partner", "random", "--style", "gourmet"]) == 2
     assert "gourmet" in capsys.readouterr().err
+
+
+def test_a_ppo_run_folder_has_one_writer(tmp_path):
+    from pbrl.errors import RunLockedError
+    from pbrl.io import exclusive_lock
+    from pbrl.train.overcooked import PPOConfig, train_ppo
+
+    with exclusive_lock(tmp_path):
+        with pytest.raises(RunLockedError, match="locked by"):
+            train_ppo(tmp_path, "cramped_room", 800, cfg=PPOConfig(n_games=2), progress=False)
+    assert not (tmp_path / "checkpoints").exists()

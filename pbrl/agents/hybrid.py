@@ -38,9 +38,9 @@ class HybridConfig:
     rounds: int = param(4, ge=1)                   # offline epoch + online recovery, repeated
     offline_epochs: float = param(1.0, gt=0)       # passes over the labelled pairs per round
     batch_size: int = param(32, ge=1)              # pairs per offline step
-    lr: float = param(1e-4, gt=0)                  # the offline step's Adam learning rate
+    lr: float = param(1e-3, gt=0)                  # the offline step's Adam learning rate (1e-4 left roles unchanged)
     link: str = param("cpl", choices=LINKS)        # cpl: the core's preference link | sft: clone the preferred
-    alpha: float = param(0.1, gt=0)                # temperature of A(σ) = α Σ log π
+    alpha: float = param(1.0, gt=0)                # temperature of A(σ) = α Σ log π (categorical: log π ≥ −log 6)
     bias: float = param(0.5, gt=0, le=1)           # conservative bias λ on the rejected segment
     bc_weight: float = param(0.0, ge=0)            # a BC term on both segments (keeps the policy near the data)
     recovery_steps: int = param(50_000, ge=1)      # game steps of PPO per recovery chunk

@@ -271,8 +271,9 @@ TASK = Utility()
 #: the hidden-utility human proxies (styles): what each person likes to do in the kitchen
 STYLES = {
     "cook": Utility("cook", events={"potting_onion": 3.0, "useful_onion_pickup": 1.0}),
-    "deliverer": Utility("deliverer", events={"soup_pickup": 5.0, "soup_delivery": 10.0}),
-    "left": Utility("left", x_weight=-0.3),
+    # no shaping: the package's shaping pays 3 per potting, which pulled a first deliverer proxy into cooking
+    "deliverer": Utility("deliverer", shaping=0.0,
+                         events={"useful_dish_pickup": 5.0, "soup_pickup": 10.0, "soup_delivery": 10.0}),
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from pbrl.envs.overcooked import HORIZON, N_ACTIONS, TASK, OvercookedVecEnv, Policy, Utility, play
-from pbrl.errors import CheckpointError, ConfigError, DatasetError, describe
-from pbrl.io import atomic_path, atomic_write_text, commit_atomic
+from pbrl.errors import CheckpointError, ConfigError, DatasetError, RunLockedError, describe
+from pbrl.io import LockHeld, atomic_path, atomic_write_text, commit_atomic, exclusive_lock
 
 
 @dataclass
@@ -194,8 +194,6 @@ def train_ppo(out: str | Path, layout: str, game_steps: int, *, seed: int = 0, c
 
     ``partners=None`` is self-play; otherwise one learner seat per game against the pool. ``init`` starts from
     another run's ``model.zip`` (the policy and value weights; a fresh optimiser)."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.logger import configure
 
     cfg = cfg or PPOConfig()
     cfg.check()
@@ -204,6 +202,23 @@ def train_ppo(out: str | Path, layout: str, game_steps: int, *, seed: int = 0, c
     if final.exists():
         return final
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out):
+            return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, partner_names, utility, init, progress,
+                                 stop_after)
+    except LockHeld as held:
+        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
+                                      "no other process training into it (wait for that one, or use another --out)")) from None
+
+
+def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOConfig, partners, partner_names,
+                  utility: Utility, init, progress: bool, stop_after: int | None) -> Path | None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+
+    final = out / "model.zip"
+    if final.exists():  # finished while this call waited for nothing: the lock is exclusive, not a queue
+        return final
     config = {"layout": layout, "game_steps": game_steps, "seed": seed, "ppo": asdict(cfg), "utility": asdict(utility),
               "partners": list(partner_names) if partners is not None else "self-play", "init": str(init or "")}
     cfg_path = out / "config.json"
