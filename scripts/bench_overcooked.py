@@ -14,8 +14,9 @@ Stages:
            their event counts side by side
   data     rollouts of the pool's policies (and their early checkpoints) with each proxy, labelled by the proxy's
            style through pbrl's teachers; the real human trajectories labelled by every style (groups = styles)
-  agents   per seed: PPO_BC, the hybrid agent per style (pre-trained against the pool once per seed), and its
-           control: the pre-trained agent given the hybrid's online steps without the offline epochs
+  agents   per seed: PPO_BC, the hybrid agent per style (pre-trained against the pool once per seed), and two
+           controls: the same loop on coin-flip labels, and the pre-trained agent given the hybrid's online steps
+           without the offline epochs
   eval     every agent with every proxy and the held-out human model: team return and preference score
 
 Writes ``OUT/LAYOUT/`` (runs, datasets, ``results.json``, ``sp-curve.png``) and prints markdown tables.
@@ -200,6 +201,11 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
         if not prefs.exists():
             pbrl(["data", "label", str(traj), "--pairs", str(pairs), "--segment", str(segment), "--groups", str(groups),
                   "--seed", "0", "--out", str(prefs)])
+        # the label control: the same pairs' worth of labels, each flipped with probability 0.5 (coin flips)
+        coin = data_dir / f"with-{name}-coin.prefs.h5"
+        if not coin.exists():
+            pbrl(["data", "label", str(traj), "--pairs", str(pairs), "--segment", str(segment), "--groups", str(groups),
+                  "--mistake", "0.5", "--seed", "0", "--out", str(coin)])
     # the real human trajectories, labelled by every style at once (one group per style)
     human_groups = data_dir / "styles-human.toml"
     human_groups.write_text("".join(
@@ -227,6 +233,9 @@ def stage_agents(root: Path, layout: str, seeds, agent_seeds, steps: int, styles
             cfg = HybridConfig(pretrain_steps=steps, **hybrid_overrides)
             hybrid = root / f"hybrid-{name}-s{s}"
             train_hybrid(hybrid, layout, pool, root / "data" / f"with-{name}.prefs.h5", cfg=cfg, seed=s, pretrained=pre)
+            # label control: the same loop on coin-flip labels of the same rollouts
+            train_hybrid(root / f"hybrid-{name}-coin-s{s}", layout, pool, root / "data" / f"with-{name}-coin.prefs.h5",
+                         cfg=cfg, seed=s, pretrained=pre)
             # the control: the same pre-trained agent given the same online steps, without the offline epochs
             chunks = sum(len(r["after_recovery"]) for r in json.loads((hybrid / "rounds.json").read_text())["rounds"])
             partners = [PolicyPartner.load(d, seed=700 + s + 10 * i) for i, d in enumerate(pool)]
@@ -241,6 +250,7 @@ def stage_eval(root: Path, layout: str, seeds, styles, episodes: int, results: d
               "BC": lambda s: root / f"bc-train-s{s}", "hybrid pre-trained": lambda s: root / f"hybrid-pretrain-s{s}"}
     for n in styles:
         agents[f"hybrid ({n})"] = lambda s, n=n: root / f"hybrid-{n}-s{s}"
+        agents[f"hybrid ({n}), coin-flip labels"] = lambda s, n=n: root / f"hybrid-{n}-coin-s{s}"
         agents[f"pool PPO, hybrid's online steps ({n})"] = lambda s, n=n: root / f"pool-ppo-{n}-s{s}"
     table = {}
     for agent, where in agents.items():
