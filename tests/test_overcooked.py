@@ -325,3 +325,16 @@ def test_a_ppo_run_folder_has_one_writer(tmp_path):
         with pytest.raises(RunLockedError, match="locked by"):
             train_ppo(tmp_path, "cramped_room", 800, cfg=PPOConfig(n_games=2), progress=False)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_control_agents_refuse_discrete_actions(tmp_path, capsys):
+    from pbrl.data.store import write_trajectories
+    from pbrl.train.overcooked import rollout_episodes
+
+    result = play("cramped_room", RandomPolicy(0), RandomPolicy(1), episodes=2, horizon=20, record=True)
+    path = tmp_path / "oc.h5"
+    write_trajectories(path, rollout_episodes(result, source="random"), env_id="Overcooked-cramped_room",
+                       behaviour_policy="random", seed=0, metadata={"action_space": {"type": "discrete", "n": 6}})
+    assert pbrl(["train", "--agent", "bc", "--dataset", str(path), "--steps", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "action_space" in err and "pbrl overcooked bc" in err and not (tmp_path / "run").exists()

@@ -95,6 +95,11 @@ def needs_preferences(agent: str) -> bool:
 
 def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
     """Everything that can be refused before a file is written."""
+    space = data.trajectories.metadata.get("action_space")
+    if isinstance(space, dict) and space.get("type") == "discrete":
+        raise DatasetError(describe(cfg.dataset, "action_space", f"discrete ({space.get('n')} one-hot actions)",
+                                    "continuous actions for the control agents (Overcooked: `pbrl overcooked bc` or "
+                                    "`pbrl overcooked hybrid`)"))
     if needs_preferences(cfg.agent) and (data.preferences is None or len(data.preferences.used) == 0):
         what = "a reward model" if reward_source(cfg.agent) == "learned" else f"agent {cfg.agent!r}"
         raise DatasetError(describe(cfg.dataset, "preferences", "none", f"preference labels for {what} "
