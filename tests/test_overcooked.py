@@ -85,12 +85,20 @@ def test_unknown_layout_is_one_clear_line():
     assert "cramped_kitchen" in str(err.value) and "cramped_room" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_nothing_is_written_into_the_package():
+def test_nothing_is_written_into_the_package(tmp_path, monkeypatch):
+    """pbrl's play builds no planner; the package's own env step does, and its cache lands in pbrl's cache."""
     import overcooked.static as static
+    from overcooked.mdp import Action, OvercookedEnv
 
-    before = sorted(Path(static.DATA_DIR).rglob("*"))
+    monkeypatch.setenv("PBRL_CACHE", str(tmp_path))
+    package = Path(static.DATA_DIR)
+    before = sorted(package.rglob("*"))
     play("cramped_room", RandomPolicy(0), RandomPolicy(1), episodes=2, horizon=50)
-    assert sorted(Path(static.DATA_DIR).rglob("*")) == before
+    env = OvercookedEnv.from_mdp(make_mdp("coordination_ring"), horizon=10, info_level=0)
+    env.reset()
+    env.step([Action.STAY, Action.STAY])  # builds a MotionPlanner and pickles it
+    assert sorted(package.rglob("*")) == before
+    assert list((tmp_path / "overcooked" / "planners").glob("coordination_ring*"))
 
 
 def test_play_records_both_seats_and_swaps_sides():

@@ -14,7 +14,9 @@ adds what the package lacks or gets wrong:
   event-weighted utility (:class:`Utility`, the hidden-utility human proxies);
 - **vectorised evaluation** with any partner (:func:`play`).
 
-No motion planner is ever built, so nothing is written into the package's folder. Layouts are the package's
+pbrl's own code builds no motion planner. The package's code that does (``OvercookedEnv.step``, its planners)
+caches them in its install folder; :func:`make_mdp` points that cache at ``planner_cache_dir()`` (under
+``$PBRL_CACHE``, default ``~/.cache/pbrl``) first, so nothing is written into the package. Layouts are the package's
 files (``cramped_room``, ``coordination_ring``, ``asymmetric_advantages``, ``random0`` = forced coordination,
 ``random3`` = counter circuit, ...). The human trials of 2019 were played with the old dynamics (a pot
 starts cooking by itself at three onions, 20 ticks), so ``old_dynamics=True`` is the default.
@@ -67,10 +69,29 @@ def layout_names() -> list[str]:
     return sorted(p.stem for p in Path(static.LAYOUTS_DIR).glob("*.layout"))
 
 
+def planner_cache_dir() -> Path:
+    """Where the package's motion-planner caches go: ``$PBRL_CACHE/overcooked/planners`` (default ``~/.cache/pbrl``)."""
+    return Path(os.environ.get("PBRL_CACHE", Path.home() / ".cache" / "pbrl")) / "overcooked" / "planners"
+
+
+def redirect_planner_cache() -> Path:
+    """Point the package's planner cache (``PLANNERS_DIR``, imported by name in two modules) at pbrl's cache."""
+    import overcooked.data.planners as saved
+    import overcooked.planning.planners as planners
+    import overcooked.static as static
+
+    target = planner_cache_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for module in (static, planners, saved):
+        module.PLANNERS_DIR = str(target)
+    return target
+
+
 def make_mdp(layout: str, *, old_dynamics: bool = True):
     """The package's ``OvercookedGridworld`` for ``layout``, or ConfigError naming the known layouts."""
     from overcooked.mdp import OvercookedGridworld
 
+    redirect_planner_cache()
     known = layout_names()
     if layout not in known:
         raise ConfigError(describe("--layout", "Overcooked layout", repr(layout), f"one of {known}"))
