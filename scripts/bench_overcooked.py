@@ -221,7 +221,7 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
 
 
 def stage_agents(root: Path, layout: str, seeds, agent_seeds, steps: int, styles, hybrid_overrides: dict,
-                 results: dict) -> None:
+                 results: dict, coin: bool = True) -> None:
     pool = pool_dirs(root, seeds)
     for s in agent_seeds:
         bc = PolicyPartner.load(root / f"bc-train-s{s}", seed=300 + s)
@@ -233,9 +233,9 @@ def stage_agents(root: Path, layout: str, seeds, agent_seeds, steps: int, styles
             cfg = HybridConfig(pretrain_steps=steps, **hybrid_overrides)
             hybrid = root / f"hybrid-{name}-s{s}"
             train_hybrid(hybrid, layout, pool, root / "data" / f"with-{name}.prefs.h5", cfg=cfg, seed=s, pretrained=pre)
-            # label control: the same loop on coin-flip labels of the same rollouts
-            train_hybrid(root / f"hybrid-{name}-coin-s{s}", layout, pool, root / "data" / f"with-{name}-coin.prefs.h5",
-                         cfg=cfg, seed=s, pretrained=pre)
+            if coin:  # label control: the same loop on coin-flip labels of the same rollouts
+                train_hybrid(root / f"hybrid-{name}-coin-s{s}", layout, pool, root / "data" / f"with-{name}-coin.prefs.h5",
+                             cfg=cfg, seed=s, pretrained=pre)
             # the control: the same pre-trained agent given the same online steps, without the offline epochs
             chunks = sum(len(r["after_recovery"]) for r in json.loads((hybrid / "rounds.json").read_text())["rounds"])
             partners = [PolicyPartner.load(d, seed=700 + s + 10 * i) for i, d in enumerate(pool)]
@@ -287,6 +287,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=10_000, help="labelled pairs per style (one offline epoch = all)")
     p.add_argument("--segment", type=int, default=100, help="segment length of the labelled pairs")
     p.add_argument("--hybrid", action="append", default=[], metavar="KEY=VALUE", help="HybridConfig override")
+    p.add_argument("--no-coin-control", action="store_true", help="skip the hybrid on coin-flip labels (the label control)")
     p.add_argument("--stages", nargs="+", default=["speed", "gate", "human", "proxies", "data", "agents", "eval"])
     p.add_argument("--out", default="runs/overcooked")
     args = p.parse_args()
@@ -317,7 +318,7 @@ def main() -> None:
             stage_data(root, args.layout, args.seeds, args.styles, args.pairs, args.segment, results)
         elif stage == "agents":
             stage_agents(root, args.layout, args.seeds, args.agent_seeds or args.seeds, args.steps, args.styles, overrides,
-                         results)
+                         results, coin=not args.no_coin_control)
         elif stage == "eval":
             stage_eval(root, args.layout, args.seeds, args.styles, args.episodes, results)
         else:
