@@ -239,6 +239,8 @@ def test_ppo_resume_is_exact(tmp_path):
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     curve = json.loads((tmp_path / "b" / "curve.json").read_text())
     assert curve["game_steps"] == [800, 1600, 2400]
+    with pytest.raises(ConfigError, match=r"\['seed'\]"):  # a finished run is not handed out for other settings
+        train_ppo(tmp_path / "b", "cramped_room", 2400, cfg=cfg, partners=pool(), seed=1, progress=False)
     assert list((tmp_path / "b").glob("events.out.tfevents*"))
 
 

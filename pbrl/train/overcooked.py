@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pbrl.agents.hybrid import HybridConfig
 from pbrl.envs.overcooked import HORIZON, N_ACTIONS, TASK, OvercookedVecEnv, Policy, Utility, play
 from pbrl.errors import CheckpointError, ConfigError, DatasetError, RunLockedError, describe
 from pbrl.io import LockHeld, atomic_path, atomic_write_text, commit_atomic, exclusive_lock
@@ -175,6 +176,21 @@ class _PPORun:
         self.last_checkpoint = steps
 
 
+def _claim_config(out: Path, config: dict[str, Any]) -> None:
+    """Write ``out/config.json``, or refuse in one line when the folder holds a run of other settings."""
+    path = out / "config.json"
+    wanted = json.loads(json.dumps(config))
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise ConfigError(describe(str(path), f"settings {differ}", "those of another run",
+                                       "the same settings to resume or reuse this run (or a new --out)"))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(wanted, indent=2))
+
+
 def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
     d = out / "checkpoints"
     for state_path in sorted(d.glob("ppo_*.state.pt"), reverse=True) if d.is_dir() else ():
@@ -198,33 +214,28 @@ def train_ppo(out: str | Path, layout: str, game_steps: int, *, seed: int = 0, c
     cfg = cfg or PPOConfig()
     cfg.check()
     out = Path(out)
+    config = {"layout": layout, "game_steps": game_steps, "seed": seed, "ppo": asdict(cfg), "utility": asdict(utility),
+              "partners": list(partner_names) if partners is not None else "self-play", "init": str(init or "")}
+    _claim_config(out, config)
     final = out / "model.zip"
     if final.exists():
         return final
-    out.mkdir(parents=True, exist_ok=True)
     try:
         with exclusive_lock(out):
-            return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, partner_names, utility, init, progress,
-                                 stop_after)
+            return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, utility, init, progress, stop_after)
     except LockHeld as held:
         raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
                                       "no other process training into it (wait for that one, or use another --out)")) from None
 
 
-def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOConfig, partners, partner_names,
-                  utility: Utility, init, progress: bool, stop_after: int | None) -> Path | None:
+def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOConfig, partners, utility: Utility,
+                  init, progress: bool, stop_after: int | None) -> Path | None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import configure
 
     final = out / "model.zip"
     if final.exists():  # finished while this call waited for nothing: the lock is exclusive, not a queue
         return final
-    config = {"layout": layout, "game_steps": game_steps, "seed": seed, "ppo": asdict(cfg), "utility": asdict(utility),
-              "partners": list(partner_names) if partners is not None else "self-play", "init": str(init or "")}
-    cfg_path = out / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()) != json.loads(json.dumps(config)):
-        raise ConfigError(describe(str(cfg_path), "config", "a different run's", "the same settings to resume (or a new --out)"))
-    atomic_write_text(cfg_path, json.dumps(config, indent=2))
     torch.set_num_threads(1)
     env = OvercookedVecEnv(layout, cfg.n_games, partners=partners, utility=utility, seed=seed)
     samples_per_game_step = env.num_envs // cfg.n_games
@@ -379,7 +390,7 @@ def _pool_policies(pool_dirs: Sequence[str | Path], seed: int) -> list[PolicyPar
 
 
 def train_hybrid(out: str | Path, layout: str, pool_dirs: Sequence[str | Path], preferences: str | Path, *,
-                 cfg: Any = None, ppo: PPOConfig | None = None, seed: int = 0, eval_episodes: int = 8,
+                 cfg: HybridConfig | None = None, ppo: PPOConfig | None = None, seed: int = 0, eval_episodes: int = 8,
                  pretrained: str | Path | None = None, progress: bool = True) -> Path:
     """The hybrid offline-online agent (:mod:`pbrl.agents.hybrid`) in ``out``; returns ``out/model.zip``.
 
@@ -391,20 +402,35 @@ def train_hybrid(out: str | Path, layout: str, pool_dirs: Sequence[str | Path], 
 
     Every phase is a resumable run folder of its own; ``rounds.json`` records the return after each phase.
     """
+    cfg = cfg or HybridConfig()
+    ppo = ppo or PPOConfig()
+    out = Path(out)
+    _claim_config(out, {"layout": layout, "pool": [str(d) for d in pool_dirs], "preferences": str(preferences),
+                        "hybrid": asdict(cfg), "ppo": asdict(ppo), "seed": seed, "eval_episodes": eval_episodes,
+                        "pretrained": str(pretrained or "")})
+    final = out / "model.zip"
+    if final.exists():
+        return final
+    try:
+        with exclusive_lock(out):
+            return _train_hybrid_in(out, layout, pool_dirs, preferences, cfg, ppo, seed, eval_episodes, pretrained,
+                                    progress)
+    except LockHeld as held:
+        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
+                                      "no other process training into it (wait for that one, or use another --out)")) from None
+
+
+def _train_hybrid_in(out: Path, layout: str, pool_dirs: Sequence[str | Path], preferences: str | Path,
+                     cfg: HybridConfig, ppo: PPOConfig, seed: int, eval_episodes: int, pretrained: str | Path | None,
+                     progress: bool) -> Path:
     from stable_baselines3 import PPO
 
-    from pbrl.agents.hybrid import HybridConfig, HybridOffline
+    from pbrl.agents.hybrid import HybridOffline
     from pbrl.data.preferences import PreferenceSampler
     from pbrl.data.registry import load_dataset
     from pbrl.train.loop import TrainConfig, run_loop
 
-    cfg = cfg or HybridConfig()
-    ppo = ppo or PPOConfig()
-    out = Path(out)
     final = out / "model.zip"
-    if final.exists():
-        return final
-    out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(str(preferences))
     if data.preferences is None:
         raise DatasetError(describe(str(preferences), "preferences", "none", "a labelled dataset (pbrl data label)"))
