@@ -292,9 +292,10 @@ TASK = Utility()
 #: the hidden-utility human proxies (styles): what each person likes to do in the kitchen
 STYLES = {
     "cook": Utility("cook", events={"potting_onion": 3.0, "useful_onion_pickup": 1.0}),
-    # no shaping: the package's shaping pays 3 per potting, which pulled a first deliverer proxy into cooking
-    "deliverer": Utility("deliverer", shaping=0.0,
-                         events={"useful_dish_pickup": 5.0, "soup_pickup": 10.0, "soup_delivery": 10.0}),
+    # no shaping: the package's shaping pays 3 per potting, which pulled a first deliverer proxy into cooking;
+    # soup_drop -10: without it a coordination_ring proxy farmed 27 soup pickups per game by dropping and re-picking
+    "deliverer": Utility("deliverer", shaping=0.0, events={"useful_dish_pickup": 5.0, "soup_pickup": 10.0,
+                                                           "soup_delivery": 10.0, "soup_drop": -10.0}),
 }
 
 # ---------------------------------------------------------------------------------------------------------
