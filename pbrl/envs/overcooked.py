@@ -51,7 +51,6 @@ EVENTS = ("onion_pickup", "useful_onion_pickup", "onion_drop", "useful_onion_dro
 EVENT_INDEX = {e: i for i, e in enumerate(EVENTS)}
 _HELD = ("onion", "dish", "soup", "tomato")
 _ORIENT = ((0, -1), (0, 1), (1, 0), (-1, 0))
-_ORIENT_INDEX = {o: i for i, o in enumerate(_ORIENT)}
 _MAX_POTS = 2
 _COOK_TIME = 20.0
 #: feature layout of :func:`featurize` (name, width); the names document the vector
