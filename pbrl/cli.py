@@ -562,6 +562,11 @@ def cmd_overcooked(args: argparse.Namespace) -> int:
                                   behaviour_policy=f"{', '.join(args.ego)} with {args.partner}",
                                   metadata={"layout": args.layout, "partner": args.partner,
                                             "action_space": {"type": "discrete", "n": N_ACTIONS, "encoding": "one-hot"}})
+    elif args.oc_command == "groups":
+        from pbrl.envs.overcooked import groups_toml
+        from pbrl.io import atomic_write_text
+
+        path = atomic_write_text(args.out, groups_toml([_style(n) for n in args.styles], seat=args.seat))
     else:  # eval
         style = _style(args.style) if args.style else None
         score = oc.score_pair(args.layout, _partner(args.ego, args.seed), _partner(args.partner, args.seed + 1),
@@ -756,6 +761,12 @@ def build_parser() -> argparse.ArgumentParser:
     o5.add_argument("--partner", required=True, metavar="DIR")
     o5.add_argument("--style", default=None, help="the partner's style, for the preference score")
     o5.add_argument("--episodes", type=int, default=20)
+    o6 = ocs.add_parser("groups", help="a `pbrl data label --groups` file: one group per style")
+    o6.add_argument("--styles", nargs="+", default=["cook", "deliverer"])
+    o6.add_argument("--seat", default="partner", choices=["partner", "own"], help="partner: label the trajectories of "
+                    "the player who played WITH the style's person (an AI's rollouts); own: the person's own")
+    o6.add_argument("--out", required=True, help="a .toml path")
+    o6.set_defaults(func=cmd_overcooked)
     for o in (o1, o2, o3, o4, o5):
         if o not in (o2,):
             o.add_argument("--layout", default="cramped_room", help="the package's layout name")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from pbrl.agents.hybrid import HybridConfig
-from pbrl.envs.overcooked import EVENTS, STYLES, OvercookedGame, play
+from pbrl.envs.overcooked import EVENTS, STYLES, OvercookedGame, groups_toml, play
 from pbrl.train.config import set_fields
 from pbrl.train.overcooked import (
     PolicyPartner,
@@ -194,9 +194,7 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
                                seed=0, metadata={"layout": layout, "partner": f"proxy-{name}",
                                                  "action_space": {"type": "discrete", "n": 6, "encoding": "one-hot"}})
         groups = data_dir / f"style-{name}.toml"
-        weights = STYLES[name].label_weights(seat="partner")
-        groups.write_text(f'[[group]]\nname = "{name}"\nshare = 1.0\nutility = "return"\nweights = {{ '
-                          + ", ".join(f"{k} = {v}" for k, v in weights.items()) + " }\n")
+        groups.write_text(groups_toml([STYLES[name]], seat="partner"))
         prefs = data_dir / f"with-{name}.prefs.h5"
         if not prefs.exists():
             pbrl(["data", "label", str(traj), "--pairs", str(pairs), "--segment", str(segment), "--groups", str(groups),
@@ -208,9 +206,7 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
                   "--mistake", "0.5", "--seed", "0", "--out", str(coin)])
     # the real human trajectories, labelled by every style at once (one group per style)
     human_groups = data_dir / "styles-human.toml"
-    human_groups.write_text("".join(
-        f'[[group]]\nname = "{n}"\nshare = 1.0\nutility = "return"\nweights = {{ '
-        + ", ".join(f"{k} = {v}" for k, v in STYLES[n].label_weights(seat="partner").items()) + " }\n\n" for n in styles))
+    human_groups.write_text(groups_toml([STYLES[n] for n in styles], seat="partner"))
     human_prefs = data_dir / "human-train-styles.prefs.h5"
     if not human_prefs.exists():
         pbrl(["data", "label", str(root / "human-train.h5"), "--pairs", str(pairs), "--segment", str(segment),

@@ -22,6 +22,7 @@ from pbrl.envs.overcooked import (  # noqa: E402
     OvercookedVecEnv,
     RandomPolicy,
     Utility,
+    groups_toml,
     make_mdp,
     play,
 )
@@ -112,7 +113,7 @@ def test_play_records_both_seats_and_swaps_sides():
     np.testing.assert_array_equal(result.steps["obs"][1, 0, 0], start[1])
 
 
-def test_utility_reward_weights_and_preference_score():
+def test_utility_reward_weights_and_preference_score(tmp_path):
     u = Utility("t", sparse_weight=1.0, shaping=0.5, events={"potting_onion": 2.0}, partner_events={"soup_delivery": 4.0},
                 x_weight=-1.0)
     info = {"shaped": np.array([3.0, 5.0]), "events": np.zeros((2, len(EVENTS)), bool)}
@@ -123,6 +124,13 @@ def test_utility_reward_weights_and_preference_score():
     assert u.label_weights(seat="own") == {"reward": 1.0, "potting_onion": 2.0, "partner_soup_delivery": 4.0, "x": -1.0}
     assert u.label_weights(seat="partner") == {"reward": 1.0, "partner_potting_onion": 2.0, "soup_delivery": 4.0,
                                                "partner_x": -1.0}
+    from pbrl.data.teachers import load_groups
+
+    path = tmp_path / "groups.toml"
+    path.write_text(groups_toml([u, STYLES["cook"]], seat="partner"))
+    groups = load_groups(path)
+    assert [g.name for g in groups] == ["t", "cook"] and groups[0].share == 0.5
+    assert groups[0].teacher.weights == u.label_weights(seat="partner")
     cook = STYLES["cook"]
     own, other = np.zeros(len(EVENTS)), np.zeros(len(EVENTS))
     own[EVENT_INDEX["potting_onion"]], other[EVENT_INDEX["potting_onion"]] = 3, 9

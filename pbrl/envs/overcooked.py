@@ -287,6 +287,16 @@ class Utility:
         return float(own @ own_counts + partner @ partner_counts) / denominator
 
 
+def groups_toml(styles: Sequence[Utility], *, seat: str = "partner") -> str:
+    """A ``pbrl data label --groups`` file with one group per style (equal shares), each labelling by the
+    style's :meth:`Utility.label_weights` from ``seat``."""
+    out = []
+    for u in styles:
+        weights = ", ".join(f"{k} = {v!r}" for k, v in u.label_weights(seat=seat).items())
+        out.append(f'[[group]]\nname = "{u.name}"\nshare = 1.0\nutility = "return"\nweights = {{ {weights} }}\n')
+    return "\n".join(out)
+
+
 TASK = Utility()
 #: the hidden-utility human proxies (styles): what each person likes to do in the kitchen
 STYLES = {
