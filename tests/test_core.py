@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pbrl.core import (
+    DPO_LOSS_TYPES,
     cpl_loss,
     cpl_ranked_loss,
     cpl_score,
@@ -114,8 +115,28 @@ def test_cpl_extreme_margins_are_finite_with_finite_gradients(scale):
     assert loss[1].item() == pytest.approx(ref_cpl([m / 8] * 8, [0.0] * 8, 0.0, 1.0, 1.0, 0.5), rel=1e-6, abs=1e-3)
 
 
-def ref_dpo(pc, pr, rc, rr, beta, eps, loss_type) -> float:
+def ref_dpo(pc, pr, rc, rr, beta, eps, loss_type, delta=0.0, tau=0.05) -> float:
     h = (pc - rc) - (pr - rr)
+    rw, rl = pc - rc, pr - rr
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    if loss_type == "exo_pair":
+        e = eps or 1e-3
+        z = beta * h
+        return sig(z) * (log_sigmoid(z) - math.log(1 - e)) + sig(-z) * (log_sigmoid(-z) - math.log(e))
+    if loss_type == "nca_pair":
+        return -log_sigmoid(beta * rw) - 0.5 * log_sigmoid(-beta * rw) - 0.5 * log_sigmoid(-beta * rl)
+    if loss_type == "bco_pair":
+        return -log_sigmoid(beta * rw - delta) - log_sigmoid(delta - beta * rl)
+    if loss_type == "sppo_hard":
+        return (rw - 1 / (2 * beta)) ** 2 + (rl + 1 / (2 * beta)) ** 2
+    if loss_type == "apo_zero":
+        return (1 - sig(beta * rw)) + sig(beta * rl)
+    if loss_type == "apo_down":
+        return sig(beta * rw) + (1 - sig(beta * (rw - rl)))
+    if loss_type == "discopop":
+        z = beta * h
+        m = sig(z / tau)
+        return (1 - m) * -log_sigmoid(z) + m * math.exp(-z)
     if loss_type == "sigmoid":
         return -(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h)
     if loss_type == "hinge":
@@ -127,14 +148,17 @@ def ref_dpo(pc, pr, rc, rr, beta, eps, loss_type) -> float:
     raise AssertionError
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "robust"])
+@pytest.mark.parametrize("loss_type", list(DPO_LOSS_TYPES))
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_dpo_loss_types_match_float64_reference(loss_type, eps):
+    """Every TRL loss type against scalar float64 math written from the papers' equations (TRL's definitions)."""
     g = torch.Generator().manual_seed(1)
     pc, pr, rc, rr = (-torch.rand(6, generator=g, dtype=torch.float64) * 50 for _ in range(4))
-    losses, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=eps, loss_type=loss_type)
+    losses, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=eps, loss_type=loss_type, discopop_tau=0.07)
+    rewards = [0.2 * (pc[i] - rc[i]).item() for i in range(6)] + [0.2 * (pr[i] - rr[i]).item() for i in range(6)]
+    delta = sum(rewards) / len(rewards)  # bco_pair: the batch's mean reward (TRL's running mean after one batch)
     for i in range(6):
-        want = ref_dpo(pc[i].item(), pr[i].item(), rc[i].item(), rr[i].item(), 0.2, eps, loss_type)
+        want = ref_dpo(pc[i].item(), pr[i].item(), rc[i].item(), rr[i].item(), 0.2, eps, loss_type, delta, 0.07)
         assert losses[i].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
         assert cr[i].item() == pytest.approx(0.2 * (pc[i] - rc[i]).item(), rel=1e-12)
         assert rj[i].item() == pytest.approx(0.2 * (pr[i] - rr[i]).item(), rel=1e-12)
@@ -210,3 +234,15 @@ def test_ranked_accuracy_counts_the_teacher_ordered_pairs_the_model_orders_alike
     ordered = [(i, j) for i in range(4) for j in range(4) if teacher[j] > teacher[i]]
     want = sum(float(model[j] > model[i]) for i, j in ordered) / len(ordered)
     assert ranked_accuracy(model, teacher).item() == pytest.approx(want) and len(ordered) == 5
+
+
+def test_dpo_bco_pair_takes_a_running_mean_and_exo_reads_zero_smoothing_as_1e3():
+    g = torch.Generator().manual_seed(2)
+    pc, pr, rc, rr = (-torch.rand(4, generator=g, dtype=torch.float64) * 20 for _ in range(4))
+    losses, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="bco_pair", bco_delta=0.3)
+    for i in range(4):
+        want = ref_dpo(pc[i].item(), pr[i].item(), rc[i].item(), rr[i].item(), 0.5, 0.0, "bco_pair", 0.3)
+        assert losses[i].item() == pytest.approx(want, rel=1e-12)
+    a, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="exo_pair", label_smoothing=0.0)
+    b, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="exo_pair", label_smoothing=1e-3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from pbrl.core.links import biased_logistic_link, hinge_link, logistic_link, robust_logistic_link, squared_link
 from pbrl.core.scores import cpl_score
 
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero",
+                  "apo_down", "discopop")
 
 
 def cpl_loss(logp_a: Tensor, logp_b: Tensor, label: Tensor, *, alpha: float = 0.1, gamma: float = 1.0,
@@ -59,7 +62,8 @@ def cpl_ranked_loss(logp: Tensor, scores: Tensor, *, alpha: float = 0.1, gamma: 
 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
-             loss_type: str = "sigmoid") -> tuple[Tensor, Tensor, Tensor]:
+             loss_type: str = "sigmoid", discopop_tau: float = 0.05,
+             bco_delta: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Direct Preference Optimization losses (the TRL ``DPOTrainer`` loss types).
 
     With ``h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))`` and ε = ``label_smoothing``:
@@ -71,6 +75,21 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
       length-averaged log-probabilities to follow the IPO paper's token averaging)
     - ``robust`` (robust DPO, Chowdhury et al., 2024, eq. 9): ``((1 − ε)(−log σ(β h)) + ε log σ(−β h)) / (1 − 2ε)``,
       an unbiased estimate of the clean loss when labels flip with rate ε < 1/2.
+
+    The pairwise types below are defined as TRL's ``DPOTrainer`` defines them, with ``r_w = log π(y_w|x) −
+    log π_ref(y_w|x)`` and ``r_l`` likewise (so ``h = r_w − r_l``):
+
+    - ``exo_pair`` (EXO, Ji et al., 2024, eq. 16): ``σ(βh)(log σ(βh) − log(1 − ε)) + σ(−βh)(log σ(−βh) − log ε)``,
+      the reverse KL to the smoothed label; ε = 0 is read as 1e-3, as TRL does;
+    - ``nca_pair`` (NCA, Chen et al., 2024): ``−log σ(β r_w) − ½ log σ(−β r_w) − ½ log σ(−β r_l)``;
+    - ``bco_pair`` (BCO, Jung et al., 2024): ``−log σ(β r_w − δ) − log σ(−(β r_l − δ))`` with δ = ``bco_delta``,
+      TRL's running mean of the rewards; ``None`` uses this batch's mean reward ``mean(β r_w, β r_l)`` (what
+      TRL's running mean holds after its first batch), detached;
+    - ``sppo_hard`` (SPPO, Wu et al., 2024, eq. 4.7 with hard probabilities): ``(r_w − 1/(2β))² + (r_l + 1/(2β))²``;
+    - ``apo_zero`` (APO, D'Oosterlinck et al., 2024, eq. 7): ``1 − σ(β r_w) + σ(β r_l)``;
+    - ``apo_down`` (APO, eq. 8): ``σ(β r_w) + 1 − σ(β h)``;
+    - ``discopop`` (DiscoPOP, Lu et al., 2024, eq. 5): with ``z = β h`` and ``m = σ(z / τ)`` (τ = ``discopop_tau``),
+      ``(1 − m)(−log σ(z)) + m·exp(−z)``.
 
     Args:
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: ``[B]`` summed
@@ -89,8 +108,35 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
         losses = squared_link(logits, ones, target=1.0 / (2.0 * beta))
     elif loss_type == "robust":
         losses = robust_logistic_link(beta * logits, ones, flip_rate=label_smoothing)
+    elif loss_type in ("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop"):
+        losses = _pairwise_dpo_variant(loss_type, policy_chosen_logps - ref_chosen_logps,
+                                       policy_rejected_logps - ref_rejected_logps, beta=beta,
+                                       label_smoothing=label_smoothing, discopop_tau=discopop_tau, bco_delta=bco_delta)
     else:
         raise ValueError(f"dpo_loss: loss_type: got {loss_type!r}, expected one of {list(DPO_LOSS_TYPES)}")
     chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).detach()
     rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def _pairwise_dpo_variant(loss_type: str, r_w: Tensor, r_l: Tensor, *, beta: float, label_smoothing: float,
+                          discopop_tau: float, bco_delta: float | Tensor | None) -> Tensor:
+    """The pairwise TRL loss types of :func:`dpo_loss` on the log-ratios ``r_w``, ``r_l`` ``[B]``."""
+    logsig = torch.nn.functional.logsigmoid
+    z = beta * (r_w - r_l)
+    if loss_type == "exo_pair":
+        eps = label_smoothing if label_smoothing > 0 else 1e-3
+        return torch.sigmoid(z) * (logsig(z) - math.log(1 - eps)) + torch.sigmoid(-z) * (logsig(-z) - math.log(eps))
+    if loss_type == "nca_pair":
+        return -logsig(beta * r_w) - 0.5 * logsig(-beta * r_w) - 0.5 * logsig(-beta * r_l)
+    if loss_type == "bco_pair":
+        delta = torch.cat([beta * r_w, beta * r_l]).mean().detach() if bco_delta is None else bco_delta
+        return -logsig(beta * r_w - delta) - logsig(-(beta * r_l - delta))
+    if loss_type == "sppo_hard":
+        return (r_w - 0.5 / beta) ** 2 + (r_l + 0.5 / beta) ** 2
+    if loss_type == "apo_zero":
+        return 1 - torch.sigmoid(beta * r_w) + torch.sigmoid(beta * r_l)
+    if loss_type == "apo_down":
+        return torch.sigmoid(beta * r_w) + 1 - torch.sigmoid(z)
+    mix = torch.sigmoid(z / discopop_tau)  # discopop
+    return (1 - mix) * -logsig(z) + mix * torch.exp(-z)
