@@ -115,9 +115,13 @@ def test_cpl_extreme_margins_are_finite_with_finite_gradients(scale):
     assert loss[1].item() == pytest.approx(ref_cpl([m / 8] * 8, [0.0] * 8, 0.0, 1.0, 1.0, 0.5), rel=1e-6, abs=1e-3)
 
 
-def ref_dpo(pc, pr, rc, rr, beta, eps, loss_type, delta=0.0, tau=0.05) -> float:
+def ref_dpo(pc, pr, rc, rr, beta, eps, loss_type, delta=0.0, tau=0.05, len_w=None, len_l=None) -> float:
     h = (pc - rc) - (pr - rr)
     rw, rl = pc - rc, pr - rr
+    if len_w is not None:  # token-averaged log-ratios (sigmoid_norm, length-normalised ipo)
+        h = rw / max(len_w, 1) - rl / max(len_l, 1)
+    if loss_type == "sigmoid_norm":
+        return -log_sigmoid(beta * h)
     sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
     if loss_type == "exo_pair":
         e = eps or 1e-3
@@ -154,11 +158,17 @@ def test_dpo_loss_types_match_float64_reference(loss_type, eps):
     """Every TRL loss type against scalar float64 math written from the papers' equations (TRL's definitions)."""
     g = torch.Generator().manual_seed(1)
     pc, pr, rc, rr = (-torch.rand(6, generator=g, dtype=torch.float64) * 50 for _ in range(4))
-    losses, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=eps, loss_type=loss_type, discopop_tau=0.07)
+    lengths = {}
+    if loss_type == "sigmoid_norm":
+        lengths = {"chosen_lengths": torch.tensor([3.0, 7, 1, 12, 0, 5], dtype=torch.float64),
+                   "rejected_lengths": torch.tensor([9.0, 2, 4, 1, 6, 0], dtype=torch.float64)}
+    losses, cr, rj = dpo_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=eps, loss_type=loss_type, discopop_tau=0.07,
+                              **lengths)
     rewards = [0.2 * (pc[i] - rc[i]).item() for i in range(6)] + [0.2 * (pr[i] - rr[i]).item() for i in range(6)]
     delta = sum(rewards) / len(rewards)  # bco_pair: the batch's mean reward (TRL's running mean after one batch)
     for i in range(6):
-        want = ref_dpo(pc[i].item(), pr[i].item(), rc[i].item(), rr[i].item(), 0.2, eps, loss_type, delta, 0.07)
+        lw, ll = (lengths["chosen_lengths"][i].item(), lengths["rejected_lengths"][i].item()) if lengths else (None, None)
+        want = ref_dpo(pc[i].item(), pr[i].item(), rc[i].item(), rr[i].item(), 0.2, eps, loss_type, delta, 0.07, lw, ll)
         assert losses[i].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
         assert cr[i].item() == pytest.approx(0.2 * (pc[i] - rc[i]).item(), rel=1e-12)
         assert rj[i].item() == pytest.approx(0.2 * (pr[i] - rr[i]).item(), rel=1e-12)
@@ -246,3 +256,19 @@ def test_dpo_bco_pair_takes_a_running_mean_and_exo_reads_zero_smoothing_as_1e3()
     a, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="exo_pair", label_smoothing=0.0)
     b, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="exo_pair", label_smoothing=1e-3)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dpo_length_normalised_ipo_and_length_errors():
+    g = torch.Generator().manual_seed(3)
+    pc, pr, rc, rr = (-torch.rand(5, generator=g, dtype=torch.float64) * 30 for _ in range(4))
+    lw, ll = torch.tensor([4.0, 1, 9, 2, 0], dtype=torch.float64), torch.tensor([2.0, 8, 1, 3, 5], dtype=torch.float64)
+    losses, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.3, loss_type="ipo", chosen_lengths=lw, rejected_lengths=ll)
+    for i in range(5):
+        h = (pc[i] - rc[i]).item() / max(lw[i].item(), 1) - (pr[i] - rr[i]).item() / max(ll[i].item(), 1)
+        assert losses[i].item() == pytest.approx((h - 1 / 0.6) ** 2, rel=1e-12)
+    with pytest.raises(ValueError, match="lengths"):
+        dpo_loss(pc, pr, rc, rr, loss_type="sigmoid_norm")
+    with pytest.raises(ValueError, match="one side"):
+        dpo_loss(pc, pr, rc, rr, loss_type="ipo", chosen_lengths=lw)
+    with pytest.raises(ValueError, match="'ipo' or 'sigmoid_norm'"):
+        dpo_loss(pc, pr, rc, rr, loss_type="hinge", chosen_lengths=lw, rejected_lengths=ll)

@@ -10,7 +10,7 @@ from torch import Tensor
 from pbrl.core.links import biased_logistic_link, hinge_link, logistic_link, robust_logistic_link, squared_link
 from pbrl.core.scores import cpl_score
 
-DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero",
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero",
                   "apo_down", "discopop")
 
 
@@ -63,7 +63,8 @@ def cpl_ranked_loss(logp: Tensor, scores: Tensor, *, alpha: float = 0.1, gamma: 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
              loss_type: str = "sigmoid", discopop_tau: float = 0.05,
-             bco_delta: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+             bco_delta: float | Tensor | None = None, chosen_lengths: Tensor | None = None,
+             rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Direct Preference Optimization losses (the TRL ``DPOTrainer`` loss types).
 
     With ``h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))`` and ε = ``label_smoothing``:
@@ -71,8 +72,11 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
     - ``sigmoid`` (DPO, Rafailov et al., 2023, eq. 7; ε > 0: conservative DPO, Mitchell 2023):
       ``−(1 − ε) log σ(β h) − ε log σ(−β h)``
     - ``hinge`` (SLiC, Zhao et al., 2023): ``max(0, 1 − β h)``
-    - ``ipo`` (IPO, Azar et al., 2023, eq. 17): ``(h − 1/(2β))²`` on the log-probabilities as given (pass
-      length-averaged log-probabilities to follow the IPO paper's token averaging)
+    - ``ipo`` (IPO, Azar et al., 2023, eq. 17): ``(h − 1/(2β))²``; with ``chosen_lengths`` / ``rejected_lengths``
+      (completion tokens, ``[B]``) each log-ratio is first divided by its length, the IPO paper's token averaging
+      as TRL applies it; without them, on the log-probabilities as given
+    - ``sigmoid_norm`` (length-normalised DPO, TRL; SimPO's averaging, Meng et al., 2024, eq. 4, with the
+      reference kept): ``−log σ(β (r_w / |y_w| − r_l / |y_l|))``; needs the lengths (clamped to >= 1)
     - ``robust`` (robust DPO, Chowdhury et al., 2024, eq. 9): ``((1 − ε)(−log σ(β h)) + ε log σ(−β h)) / (1 − 2ε)``,
       an unbiased estimate of the clean loss when labels flip with rate ε < 1/2.
 
@@ -99,9 +103,18 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
         detached (diagnostics, as in TRL).
     """
     logits = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    if chosen_lengths is not None or rejected_lengths is not None or loss_type == "sigmoid_norm":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError(f"dpo_loss: loss_type {loss_type!r}: got lengths for "
+                             f"{'neither' if chosen_lengths is None and rejected_lengths is None else 'one side'}, "
+                             "expected chosen_lengths and rejected_lengths ([B] completion tokens)")
+        if loss_type not in ("ipo", "sigmoid_norm"):
+            raise ValueError(f"dpo_loss: lengths: got them for loss_type {loss_type!r}, expected 'ipo' or 'sigmoid_norm'")
+        logits = ((policy_chosen_logps - ref_chosen_logps) / chosen_lengths.clamp(min=1)
+                  - (policy_rejected_logps - ref_rejected_logps) / rejected_lengths.clamp(min=1))
     ones = logits.new_ones(())
-    if loss_type == "sigmoid":
-        losses = logistic_link(beta * logits, ones, label_smoothing=label_smoothing)
+    if loss_type in ("sigmoid", "sigmoid_norm"):
+        losses = logistic_link(beta * logits, ones, label_smoothing=label_smoothing if loss_type == "sigmoid" else 0.0)
     elif loss_type == "hinge":
         losses = hinge_link(beta * logits, ones, delta=1.0)
     elif loss_type == "ipo":
