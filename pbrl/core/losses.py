@@ -63,7 +63,7 @@ def cpl_ranked_loss(logp: Tensor, scores: Tensor, *, alpha: float = 0.1, gamma: 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, *, beta: float = 0.1, label_smoothing: float = 0.0,
              loss_type: str = "sigmoid", discopop_tau: float = 0.05,
-             bco_delta: float | Tensor | None = None, chosen_lengths: Tensor | None = None,
+             bco_delta: float | Tensor = 0.0, chosen_lengths: Tensor | None = None,
              rejected_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Direct Preference Optimization losses (the TRL ``DPOTrainer`` loss types).
 
@@ -80,15 +80,14 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
     - ``robust`` (robust DPO, Chowdhury et al., 2024, eq. 9): ``((1 − ε)(−log σ(β h)) + ε log σ(−β h)) / (1 − 2ε)``,
       an unbiased estimate of the clean loss when labels flip with rate ε < 1/2.
 
-    The pairwise types below are defined as TRL's ``DPOTrainer`` defines them, with ``r_w = log π(y_w|x) −
+    The pairwise types below are defined as TRL 1.16's ``DPOTrainer`` defines them, with ``r_w = log π(y_w|x) −
     log π_ref(y_w|x)`` and ``r_l`` likewise (so ``h = r_w − r_l``):
 
     - ``exo_pair`` (EXO, Ji et al., 2024, eq. 16): ``σ(βh)(log σ(βh) − log(1 − ε)) + σ(−βh)(log σ(−βh) − log ε)``,
-      the reverse KL to the smoothed label; ε = 0 is read as 1e-3, as TRL does;
+      the reverse KL to the smoothed label; needs ε > 0 (the paper suggests 1e-3), as TRL does;
     - ``nca_pair`` (NCA, Chen et al., 2024): ``−log σ(β r_w) − ½ log σ(−β r_w) − ½ log σ(−β r_l)``;
-    - ``bco_pair`` (BCO, Jung et al., 2024): ``−log σ(β r_w − δ) − log σ(−(β r_l − δ))`` with δ = ``bco_delta``,
-      TRL's running mean of the rewards; ``None`` uses this batch's mean reward ``mean(β r_w, β r_l)`` (what
-      TRL's running mean holds after its first batch), detached;
+    - ``bco_pair`` (BCO, Jung et al., 2024): ``−log σ(β r_w − δ) − log σ(−(β r_l − δ))``; TRL 1.16 uses δ = 0 (the
+      default of ``bco_delta``); the BCO paper's δ is a running mean of the rewards, which a caller passes;
     - ``sppo_hard`` (SPPO, Wu et al., 2024, eq. 4.7 with hard probabilities): ``(r_w − 1/(2β))² + (r_l + 1/(2β))²``;
     - ``apo_zero`` (APO, D'Oosterlinck et al., 2024, eq. 7): ``1 − σ(β r_w) + σ(β r_l)``;
     - ``apo_down`` (APO, eq. 8): ``σ(β r_w) + 1 − σ(β h)``;
@@ -133,18 +132,20 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
 
 
 def _pairwise_dpo_variant(loss_type: str, r_w: Tensor, r_l: Tensor, *, beta: float, label_smoothing: float,
-                          discopop_tau: float, bco_delta: float | Tensor | None) -> Tensor:
+                          discopop_tau: float, bco_delta: float | Tensor) -> Tensor:
     """The pairwise TRL loss types of :func:`dpo_loss` on the log-ratios ``r_w``, ``r_l`` ``[B]``."""
     logsig = torch.nn.functional.logsigmoid
     z = beta * (r_w - r_l)
     if loss_type == "exo_pair":
-        eps = label_smoothing if label_smoothing > 0 else 1e-3
+        if not 0 < label_smoothing < 1:
+            raise ValueError(f"dpo_loss: exo_pair: label_smoothing: got {label_smoothing!r}, expected a value in (0, 1) "
+                             "(the EXO paper suggests 1e-3)")
+        eps = label_smoothing
         return torch.sigmoid(z) * (logsig(z) - math.log(1 - eps)) + torch.sigmoid(-z) * (logsig(-z) - math.log(eps))
     if loss_type == "nca_pair":
         return -logsig(beta * r_w) - 0.5 * logsig(-beta * r_w) - 0.5 * logsig(-beta * r_l)
     if loss_type == "bco_pair":
-        delta = torch.cat([beta * r_w, beta * r_l]).mean().detach() if bco_delta is None else bco_delta
-        return -logsig(beta * r_w - delta) - logsig(-(beta * r_l - delta))
+        return -logsig(beta * r_w - bco_delta) - logsig(-(beta * r_l - bco_delta))
     if loss_type == "sppo_hard":
         return (r_w - 0.5 / beta) ** 2 + (r_l + 0.5 / beta) ** 2
     if loss_type == "apo_zero":
