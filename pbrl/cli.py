@@ -213,7 +213,7 @@ def cmd_import_overcooked(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pbrl.data.store import Episode, write_trajectories
-    from pbrl.envs.overcooked import ACTION_NAMES, EVENTS, FEATURES, N_ACTIONS
+    from pbrl.envs.overcooked import ACTION_NAMES, FEATURES, N_ACTIONS, step_infos
     from pbrl.envs.overcooked_human import convert_games, read_trials, trials_path
     from pbrl.envs.registry import all_env_specs
 
@@ -229,9 +229,7 @@ def cmd_import_overcooked(args: argparse.Namespace) -> int:
     episodes = []
     for g in games:
         for player in (0, 1):
-            infos = {e: g.events[:, player, k].astype(np.float32) for k, e in enumerate(EVENTS)}
-            infos.update({f"partner_{e}": g.events[:, 1 - player, k].astype(np.float32) for k, e in enumerate(EVENTS)})
-            infos["x"], infos["partner_x"] = g.x[:, player], g.x[:, 1 - player]
+            infos = step_infos(g.events, g.x, player)
             episodes.append(Episode(g.observations[player], eye[g.actions[:, player]], g.rewards, False,
                                     g.final_observations[player], f"{g.source}:player{player}", infos))
     games_meta = [{"worker": g.worker, "round": g.round, "steps": len(g.rewards), "soups": float(g.rewards.sum() / 20)}

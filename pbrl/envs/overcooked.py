@@ -287,6 +287,15 @@ class Utility:
         return float(own @ own_counts + partner @ partner_counts) / denominator
 
 
+def step_infos(events: np.ndarray, x: np.ndarray, seat: int) -> dict[str, np.ndarray]:
+    """Per-step ``infos`` of one player's trajectory: its own events (``EVENTS``), its partner's
+    (``partner_<event>``) and both columns (``x``, ``partner_x``). ``events`` [T, 2, len(EVENTS)], ``x`` [T, 2]."""
+    infos = {e: events[:, seat, k].astype(np.float32) for k, e in enumerate(EVENTS)}
+    infos.update({f"partner_{e}": events[:, 1 - seat, k].astype(np.float32) for k, e in enumerate(EVENTS)})
+    infos["x"], infos["partner_x"] = x[:, seat].astype(np.float32), x[:, 1 - seat].astype(np.float32)
+    return infos
+
+
 def groups_toml(styles: Sequence[Utility], *, seat: str = "partner") -> str:
     """A ``pbrl data label --groups`` file with one group per style (equal shares), each labelling by the
     style's :meth:`Utility.label_weights` from ``seat``."""
@@ -491,8 +500,11 @@ class OvercookedVecEnv(_vec_env_base()):
         dones = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for k, g in enumerate(self.games):
-            span = max(1, g.terrain.width - 1)
-            xs = [p.position[0] / span for p in g.state.players]
+            if self.utility.x_weight:
+                span = max(1, g.terrain.width - 1)
+                xs = [p.position[0] / span for p in g.state.players]
+            else:
+                xs = (0.0, 0.0)
             obs, r, done, info = g.step(joint[k])
             self._obs[k] = obs
             self._ret[k] += r

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,9 +30,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
-from pbrl.errors import CheckpointError, NonFiniteError, describe
+from pbrl.errors import CheckpointError, NonFiniteError, RunLockedError, describe
 from pbrl.fields import param
-from pbrl.io import atomic_path, commit_atomic
+from pbrl.io import LockHeld, atomic_path, commit_atomic, exclusive_lock
 
 __all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "run_loop", "train_step"]
 
@@ -66,6 +67,17 @@ class TrainConfig:
     eval_every: int = param(0, ge=0)            # evaluate every N steps (0: only at the end)
     eval_episodes: int = param(10, ge=0, le=100_000)  # episodes per evaluation
     eval_seed: int = param(100_000, ge=0, lt=2**31)  # env seeds eval_seed + i, apart from training seeds
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for a training run, or refuse in one line naming the process that holds it."""
+    try:
+        with exclusive_lock(out):
+            yield
+    except LockHeld as held:
+        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
+                                      "no other process training into it (wait for that one, or use another --out)")) from None
 
 
 class Checkpoints:

@@ -27,8 +27,9 @@ import torch
 
 from pbrl.agents.hybrid import HybridConfig
 from pbrl.envs.overcooked import HORIZON, N_ACTIONS, TASK, OvercookedVecEnv, Policy, Utility, play
-from pbrl.errors import CheckpointError, ConfigError, DatasetError, RunLockedError, describe
-from pbrl.io import LockHeld, atomic_path, atomic_write_text, commit_atomic, exclusive_lock
+from pbrl.errors import CheckpointError, ConfigError, DatasetError, describe
+from pbrl.io import atomic_path, atomic_write_text, commit_atomic
+from pbrl.train.loop import run_lock
 
 
 @dataclass
@@ -164,14 +165,12 @@ class _PPORun:
         d = self.out / "checkpoints"
         d.mkdir(parents=True, exist_ok=True)
         zip_path = d / f"ppo_{steps:09d}.zip"
-        tmp_zip = atomic_path(zip_path)
-        model.save(tmp_zip)
         state = {"game_steps": steps, "samples": int(model.num_timesteps), "torch": torch.get_rng_state(),
                  "numpy": np.random.get_state(), "env": self.env.state_dict(), "curve": self.curve}
         state_path = d / f"ppo_{steps:09d}.state.pt"
+        save_atomic(model, zip_path)
         tmp_state = atomic_path(state_path)
         torch.save(state, tmp_state)
-        commit_atomic(tmp_zip, zip_path)
         commit_atomic(tmp_state, state_path)  # the state last: a checkpoint counts once both files exist
         self.last_checkpoint = steps
 
@@ -220,12 +219,8 @@ def train_ppo(out: str | Path, layout: str, game_steps: int, *, seed: int = 0, c
     final = out / "model.zip"
     if final.exists():
         return final
-    try:
-        with exclusive_lock(out):
-            return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, utility, init, progress, stop_after)
-    except LockHeld as held:
-        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
-                                      "no other process training into it (wait for that one, or use another --out)")) from None
+    with run_lock(out):
+        return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, utility, init, progress, stop_after)
 
 
 def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOConfig, partners, utility: Utility,
@@ -275,10 +270,7 @@ def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOCo
     if stop_after is not None and model.num_timesteps < total:
         run.save_checkpoint(model)
         return None
-    tmp = atomic_path(final)
-    model.save(tmp)
-    commit_atomic(tmp, final)
-    return final
+    return save_atomic(model, final)
 
 
 @dataclass
@@ -316,10 +308,10 @@ def new_policy(hidden: Sequence[int] = (64, 64), lr: float = 1e-3):
     return ActorCriticPolicy(obs_space, gym.spaces.Discrete(N_ACTIONS), lambda _: lr, net_arch=list(hidden))
 
 
-def save_policy(policy, path: Path) -> Path:
-    """Save an SB3 policy atomically (``PolicyPartner.load`` reads it)."""
+def save_atomic(saveable, path: Path) -> Path:
+    """``saveable.save(path)`` (an SB3 model or policy) through a temporary sibling and a rename."""
     tmp = atomic_path(path)
-    policy.save(tmp)
+    saveable.save(tmp)
     commit_atomic(tmp, path)
     return path
 
@@ -328,15 +320,24 @@ def train_bc(out: str | Path, dataset: str | Path, *, steps: int = 20_000, seed:
              lr: float = 1e-3, hidden: Sequence[int] = (64, 64), progress: bool = True) -> Path:
     """Behaviour-clone a trajectory dataset (e.g. the human trials) into ``out/policy.pt`` on pbrl's loop
     (checkpoints, exact resume, TensorBoard). Carroll et al.'s human model: a 64x64 MLP on features."""
+    out = Path(out)
+    _claim_config(out, {"dataset": str(dataset), "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr,
+                        "hidden": list(hidden)})
+    final = out / "policy.pt"
+    if final.exists():
+        return final
+    with run_lock(out):
+        return _train_bc_in(out, dataset, steps, seed, batch_size, lr, hidden, progress)
+
+
+def _train_bc_in(out: Path, dataset: str | Path, steps: int, seed: int, batch_size: int, lr: float,
+                 hidden: Sequence[int], progress: bool) -> Path:
     from pbrl.agents.hybrid import PolicyCloning
     from pbrl.data.registry import load_dataset
     from pbrl.data.transitions import TransitionSampler
     from pbrl.train.loop import TrainConfig, run_loop
 
-    out = Path(out)
     final = out / "policy.pt"
-    if final.exists():
-        return final
     data = load_dataset(str(dataset), preferences=False)
     _check_discrete(data.trajectories, str(dataset))
     torch.manual_seed(seed)
@@ -348,9 +349,7 @@ def train_bc(out: str | Path, dataset: str | Path, *, steps: int = 20_000, seed:
                       checkpoint_every=max(1, steps // 4), log_every=max(1, min(100, steps)))
     run_loop(learner, lambda: sampler.sample(batch_size), cfg, out, device=torch.device("cpu"),
              stateful={"sampler": sampler}, progress=progress, desc=f"bc {out.name}")
-    atomic_write_text(out / "config.json", json.dumps({"dataset": str(dataset), "steps": steps, "seed": seed,
-                                                       "batch_size": batch_size, "lr": lr, "hidden": list(hidden)}))
-    return save_policy(policy, final)
+    return save_atomic(policy, final)
 
 
 def _check_discrete(trajectories, where: str) -> None:
@@ -365,18 +364,15 @@ def rollout_episodes(result, *, source: str) -> list:
     one-hot actions, the team's sparse reward, and ``infos`` with its own events, its partner's
     (``partner_<event>``), and both columns (``x``, ``partner_x``), as the human-trials import writes them."""
     from pbrl.data.store import Episode
-    from pbrl.envs.overcooked import EVENTS
+    from pbrl.envs.overcooked import step_infos
 
     if result.steps is None:
         raise ValueError("rollout_episodes needs play(..., record=True)")
     st, eye = result.steps, np.eye(N_ACTIONS, dtype=np.float32)
     out = []
     for k in range(len(result.returns)):
-        infos = {e: st["events"][k, :, 0, j].astype(np.float32) for j, e in enumerate(EVENTS)}
-        infos.update({f"partner_{e}": st["events"][k, :, 1, j].astype(np.float32) for j, e in enumerate(EVENTS)})
-        infos["x"], infos["partner_x"] = st["x"][k, :, 0].copy(), st["x"][k, :, 1].copy()
         out.append(Episode(st["obs"][k, :, 0].copy(), eye[st["actions"][k, :, 0]], st["rewards"][k].copy(), False,
-                           st["final_obs"][k, 0].copy(), source, infos))
+                           st["final_obs"][k, 0].copy(), source, step_infos(st["events"][k], st["x"][k], 0)))
     return out
 
 
@@ -411,13 +407,9 @@ def train_hybrid(out: str | Path, layout: str, pool_dirs: Sequence[str | Path], 
     final = out / "model.zip"
     if final.exists():
         return final
-    try:
-        with exclusive_lock(out):
-            return _train_hybrid_in(out, layout, pool_dirs, preferences, cfg, ppo, seed, eval_episodes, pretrained,
-                                    progress)
-    except LockHeld as held:
-        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
-                                      "no other process training into it (wait for that one, or use another --out)")) from None
+    with run_lock(out):
+        return _train_hybrid_in(out, layout, pool_dirs, preferences, cfg, ppo, seed, eval_episodes, pretrained,
+                                progress)
 
 
 def _train_hybrid_in(out: Path, layout: str, pool_dirs: Sequence[str | Path], preferences: str | Path,
@@ -468,9 +460,7 @@ def _train_hybrid_in(out: Path, layout: str, pool_dirs: Sequence[str | Path], pr
                              checkpoint_every=offline_steps, log_every=max(1, min(50, offline_steps)))
             run_loop(learner, lambda s=sampler: s.sample(cfg.batch_size), tc, offline_dir, device=torch.device("cpu"),
                      stateful={"sampler": sampler}, progress=progress, desc=f"offline {out.name} r{r + 1}")
-            tmp = atomic_path(offline_dir / "model.zip")
-            model.save(tmp)
-            commit_atomic(tmp, offline_dir / "model.zip")
+            save_atomic(model, offline_dir / "model.zip")
         after_offline = pool_return(layout, PolicyPartner.load(offline_dir, seed=seed), _pool_policies(pool_dirs, seed + 7),
                                     episodes=eval_episodes)
         # online: generalisation recovery against the pool

@@ -23,10 +23,10 @@ from pbrl.data.store import TrajectoryDataset
 from pbrl.data.transitions import TransitionSampler, WindowSampler, check_rewards, returns_scale
 from pbrl.envs.evaluate import evaluate
 from pbrl.envs.registry import make_env
-from pbrl.errors import CheckpointError, ConfigError, DatasetError, RunLockedError, describe
-from pbrl.io import LockHeld, atomic_write_text, exclusive_lock
+from pbrl.errors import CheckpointError, ConfigError, DatasetError, describe
+from pbrl.io import atomic_write_text
 from pbrl.train.config import RunConfig
-from pbrl.train.loop import Checkpoints, TrainConfig, load_weights, run_loop
+from pbrl.train.loop import Checkpoints, TrainConfig, load_weights, run_lock, run_loop
 
 __all__ = ["Checkpoints", "actor_policy", "build_agent", "load_run", "train"]
 
@@ -300,17 +300,13 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     files = data.files()  # hashed once: a path-named dataset has no recorded sums
     before = set(out.iterdir()) if out.is_dir() else None
     make_run_dir(out)
-    try:
-        with exclusive_lock(out):
-            try:
-                check_same_data(out, files)
-                return _train_in(cfg, data, files, out, device, progress, stop_at)
-            except BaseException:
-                remove_unstarted(out, before)
-                raise
-    except LockHeld as held:
-        raise RunLockedError(describe(str(out), "run directory", f"locked by {held.holder}",
-                                      "no other process training into it (wait for that one, or use another --out)")) from None
+    with run_lock(out):
+        try:
+            check_same_data(out, files)
+            return _train_in(cfg, data, files, out, device, progress, stop_at)
+        except BaseException:
+            remove_unstarted(out, before)
+            raise
 
 
 def dry_run(cfg: RunConfig) -> dict[str, Any]:
