@@ -469,6 +469,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seq_train(args: argparse.Namespace) -> int:
+    from pbrl.sequence.train import SeqRunConfig, train_sequence
+
+    cfg = SeqRunConfig(model=args.model, data=args.data)
+    overrides = {"method": [f"name={args.method!r}"], "run": [], "train": []}
+    for option, section, key in (("beta", "method", "beta"), ("loss_type", "method", "loss_type"),
+                                 ("reference", "run", "reference"), ("max_length", "run", "max_length"),
+                                 ("steps", "train", "steps"), ("batch_size", "train", "batch_size"),
+                                 ("grad_accum", "train", "grad_accum"), ("lr", "train", "lr"),
+                                 ("seed", "train", "seed"), ("device", "train", "device")):
+        value = getattr(args, option)
+        if value is not None:
+            overrides[section].append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+    if args.lora:
+        overrides["run"].append("lora=true")
+    if args.amp:
+        overrides["train"].append("amp=true")
+    for text in args.set or []:
+        from pbrl.train.config import parse_override
+
+        section, key, _ = parse_override(text)
+        if section not in overrides:
+            from pbrl.errors import ConfigError, describe
+
+            raise ConfigError(describe("--set", "section", repr(section), "run, method or train"))
+        overrides[section].append(text.split(".", 1)[1])
+    from pbrl.fields import set_fields
+
+    for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
+        set_fields(target, overrides[section], section=section)
+    cfg.validate("command line")
+    result = train_sequence(cfg, args.out, progress=not args.quiet)
+    print(json.dumps({"method": cfg.method.name, "step": result.step, "finished": result.finished,
+                      "steps_per_s": result.steps_per_s, "model": str(Path(args.out) / "model")}))
+    return 0
+
+
+def cmd_seq_grammar(args: argparse.Namespace) -> int:
+    from pbrl.sequence.lm import word_tokenizer
+    from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config
+
+    task = make_task(seed=args.seed, train_prompts=args.prompts, flip=args.flip)
+    out = Path(args.out)
+    paths = task.write(out)
+    tokenizer = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
+    tokenizer.save_pretrained(out / "tokenizer")
+    config = tiny_gpt2_config(len(tokenizer), layers=args.layers, width=args.width)
+    (out / "gpt2-tiny.json").write_text(json.dumps(config, indent=2))
+    print(json.dumps({k: str(v) for k, v in {**paths, "tokenizer": out / "tokenizer",
+                                             "model_config": out / "gpt2-tiny.json"}.items()}))
+    return 0
+
+
 def _headless_gl() -> None:
     """Pick a headless MuJoCo GL backend before mujoco is imported: OSMesa where its library is installed
     (Debian: libosmesa6), else EGL. An explicit MUJOCO_GL wins."""
@@ -712,6 +765,46 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dry-run", action="store_true", help="validate the config, build the agent, run two steps in "
                     "a temporary directory, write nothing (--out is not touched)")
     tr.set_defaults(func=cmd_train)
+
+    sq = sub.add_parser("seq", help="sequence-level objectives for language models (DPO family, RSO, IS-DAA, "
+                        "TGDPO, TVKD, iREPO, inverse soft-Q)", formatter_class=fmt)
+    sqs = sq.add_subparsers(dest="seq_command", required=True)
+    from pbrl.sequence.objectives import METHODS
+
+    st = sqs.add_parser("train", help="train a causal LM on preference pairs (resumes when --out holds an unfinished "
+                        "run)", formatter_class=fmt,
+                        epilog="example: pbrl seq grammar --out runs/grammar && pbrl seq train --method sft --model "
+                        "runs/grammar/gpt2-tiny.json --set run.tokenizer=runs/grammar/tokenizer --data "
+                        "runs/grammar/sft.jsonl --out runs/sft")
+    st.add_argument("--method", required=True, choices=METHODS, help="the objective")
+    st.add_argument("--model", required=True, help="a local Hugging Face model folder, or a config .json (new weights)")
+    st.add_argument("--data", required=True, help="pairs: JSON Lines or Parquet with prompt, chosen, rejected")
+    st.add_argument("--out", required=True, help="run directory: config.toml, TensorBoard events, checkpoints/, model/")
+    st.add_argument("--beta", type=float, default=None, help="β of the implicit reward (default 0.1)")
+    st.add_argument("--loss-type", default=None, help="DPO loss type for dpo / is_daa / rso (default sigmoid)")
+    st.add_argument("--reference", default=None, help="copy | cache | adapter | none (default copy)")
+    st.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
+    st.add_argument("--max-length", type=int, default=None, help="prompt + completion tokens (default 128)")
+    st.add_argument("--steps", type=int, default=None, help="gradient steps (default 200)")
+    st.add_argument("--batch-size", type=int, default=None, help="pairs per micro-batch (default 8)")
+    st.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
+    st.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4)")
+    st.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    st.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    st.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    st.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override any field: run.*, method.* (e.g. method.tg_alpha=0.5), train.*")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.set_defaults(func=cmd_seq_train)
+    sg = sqs.add_parser("grammar", help="write the synthetic grammar task: SFT data, noisy preference pairs, held-out "
+                        "prompts, a word tokenizer and a tiny GPT-2 config", formatter_class=fmt)
+    sg.add_argument("--out", required=True)
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--prompts", type=int, default=300, help="training prompts")
+    sg.add_argument("--flip", type=float, default=0.2, help="share of preference labels reversed")
+    sg.add_argument("--layers", type=int, default=2)
+    sg.add_argument("--width", type=int, default=64)
+    sg.set_defaults(func=cmd_seq_grammar)
 
     bn = sub.add_parser("bench", help="train an agent x dataset x seed grid (resumable); every score beside oracle IQL",
                         epilog="example: pbrl bench --agents cpl,sft,bc,iql-mr,iql-pt,iql-oracle --datasets "

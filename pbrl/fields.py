@@ -15,9 +15,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import tomllib
 
 from pbrl.errors import ConfigError, describe
 
@@ -110,3 +114,61 @@ def short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters (a 5,000-digit integer stays one line)."""
     text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else f"an integer of {len(str(abs(value)))} digits"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+INVALID = object()
+
+
+def type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """``value`` checked against a field's type hint (int, float, bool, str, ``list[X]``, ``X | None``); ints are
+    accepted for floats; anything else is ``INVALID``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None):
+                if value is None or (isinstance(value, str) and value.lower() == "none"):
+                    return None
+                continue
+            got = coerce(value, option)
+            if got is not INVALID:
+                return got
+        return INVALID
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list):
+            return INVALID
+        items = [coerce(v, item) for v in value]
+        return INVALID if any(i is INVALID for i in items) else items
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        return INVALID
+    return value if isinstance(value, hint) else INVALID
+
+
+def set_fields(obj: Any, overrides: list[str], *, section: str, where: str = "--set") -> None:
+    """Apply ``key=value`` overrides (values read as TOML) to a config dataclass, typed and bounds-checked."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for text in overrides:
+        key, _, raw = (t.strip() for t in text.partition("="))
+        if not _ or key not in fields:
+            raise ConfigError(describe(where, "override", repr(text), f"key=value with key in {sorted(fields)}"))
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except ValueError:
+            value = raw
+        coerced = coerce(value, hints[key])
+        if coerced is INVALID:
+            raise ConfigError(describe(where, f"{section}.{key}", f"{short_repr(value)} ({type(value).__name__})",
+                                       type_name(hints[key])))
+        setattr(obj, key, coerced)
+    check_fields(obj, section, where)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import tomllib
 
 from pbrl.agents import AGENTS, AgentConfig
 from pbrl.errors import ConfigError, describe
-from pbrl.fields import check_fields, short_repr
+from pbrl.fields import INVALID, check_fields, coerce, set_fields, short_repr, type_name  # noqa: F401 (set_fields: re-exported for callers)
 from pbrl.paths import find_resource
 from pbrl.train.loop import TrainConfig
 
@@ -78,69 +77,11 @@ def _set_field(cfg: RunConfig, section: str, key: str, value: Any, where: str) -
     if key not in fields:
         raise ConfigError(describe(where, f"{section}.{key}", "unknown field", f"one of {sorted(fields)}"))
     hint = typing.get_type_hints(type(target))[key]
-    coerced = _coerce(value, hint)
-    if coerced is _INVALID:
+    coerced = coerce(value, hint)
+    if coerced is INVALID:
         raise ConfigError(describe(where, f"{section}.{key}", f"{short_repr(value)} ({type(value).__name__})",
-                                   _type_name(hint)))
+                                   type_name(hint)))
     setattr(target, key, coerced)
-
-
-_INVALID = object()
-
-
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` checked against a field's type hint (int, float, bool, str, ``list[X]``, ``X | None``); ints are
-    accepted for floats; anything else is ``_INVALID``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None):
-                if value is None or (isinstance(value, str) and value.lower() == "none"):
-                    return None
-                continue
-            got = _coerce(value, option)
-            if got is not _INVALID:
-                return got
-        return _INVALID
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if not isinstance(value, list):
-            return _INVALID
-        items = [_coerce(v, item) for v in value]
-        return _INVALID if any(i is _INVALID for i in items) else items
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        return _INVALID
-    return value if isinstance(value, hint) else _INVALID
-
-
-def set_fields(obj: Any, overrides: list[str], *, section: str, where: str = "--set") -> None:
-    """Apply ``key=value`` overrides (values read as TOML) to a config dataclass, typed and bounds-checked."""
-    fields = {f.name for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
-    for text in overrides:
-        key, _, raw = (t.strip() for t in text.partition("="))
-        if not _ or key not in fields:
-            raise ConfigError(describe(where, "override", repr(text), f"key=value with key in {sorted(fields)}"))
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except ValueError:
-            value = raw
-        coerced = _coerce(value, hints[key])
-        if coerced is _INVALID:
-            raise ConfigError(describe(where, f"{section}.{key}", f"{short_repr(value)} ({type(value).__name__})",
-                                       _type_name(hints[key])))
-        setattr(obj, key, coerced)
-    check_fields(obj, section, where)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

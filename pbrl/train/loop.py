@@ -53,6 +53,7 @@ class TrainConfig:
 
     steps: int = param(10_000, ge=1)            # gradient steps
     batch_size: int = param(32, ge=1)           # items per step (pairs, transitions or windows: what the agent declares)
+    grad_accum: int = param(1, ge=1)            # micro-batches per step, gradients summed (each of batch_size items)
     lr: float = param(1e-4, gt=0)               # AdamW learning rate (optimisers that do not set their own)
     weight_decay: float = param(1e-4, ge=0)     # AdamW weight decay (0: Adam)
     grad_clip: float = param(1.0, ge=0)         # max global gradient norm per optimiser (0 disables)
@@ -237,22 +238,35 @@ class LoopResult:
 
 
 def train_step(learner: nn.Module, loss_fn: Callable[[Any, int], LossOutput], batch: Any, optimizers: Optimizers,
-               step: int, *, amp: bool, norms_wanted: bool) -> tuple[LossOutput, dict[str, Tensor], Tensor, dict[str, Tensor]]:
+               step: int, *, amp: bool, norms_wanted: bool,
+               more_batches: list[Any] = ()) -> tuple[LossOutput, dict[str, Tensor], Tensor, dict[str, Tensor]]:
     """One update: the loss under bf16 autocast (``amp``, CUDA), backward through the sum of the per-optimiser
     losses, clipped optimiser steps, then the learner's ``after_step`` hook (target networks, EMA).
+
+    With ``more_batches`` (gradient accumulation), each of the ``1 + len(more_batches)`` micro-batches is
+    back-propagated in turn with weight ``1 / count``, so the step follows the mean loss over all of them; the
+    returned losses are those means and the output's metrics are the first micro-batch's.
     Returns (output, losses per optimiser, their sum, gradient norms); nothing here synchronises the device."""
     device_type = "cuda" if amp else "cpu"
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-        output = loss_fn(batch, step)
-    losses = output.per_optimizer(optimizers.names)
-    total = sum(losses.values())
+    micro = [batch, *more_batches]
+    scale = 1.0 / len(micro)
     optimizers.zero_grad()
-    total.backward()
+    first: LossOutput | None = None
+    summed: dict[str, Tensor] = {}
+    for mb in micro:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            output = loss_fn(mb, step)
+        losses = output.per_optimizer(optimizers.names)
+        total = sum(losses.values())
+        (total * scale if len(micro) > 1 else total).backward()
+        first = first or output
+        for name, value in losses.items():
+            summed[name] = summed.get(name, 0.0) + value.detach() * scale
     norms = optimizers.step(norms_wanted=norms_wanted)
     after_step = getattr(learner, "after_step", None)
     if after_step is not None:
         after_step(step)
-    return output, losses, total, norms
+    return first, summed, sum(summed.values()), norms
 
 
 def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, out: Path, *, device: torch.device,
@@ -312,10 +326,11 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
             for name in reset_optimizers(step):
                 optimizers.reset(name)
         batch = sample()
+        more = [sample() for _ in range(cfg.grad_accum - 1)]
         t1 = time.perf_counter()
         logging = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
         output, losses, total, norms = train_step(learner, loss_fn, batch, optimizers, step, amp=use_amp,
-                                                  norms_wanted=logging)
+                                                  norms_wanted=logging, more_batches=more)
         nonfinite |= ~torch.isfinite(total.detach())
         step += 1
         if logging and device.type == "cuda":

@@ -1,0 +1,240 @@
+"""Sequence-level objectives built on DPO's implicit reward: weights, token-level guidance, shaping, regression,
+mixtures, Pareto weights, rejection sampling and the PPO pieces of RTO. Pure tensor functions.
+
+Notation: ``u_t = log π(y_t|x, y_<t) − log π_ref(y_t|x, y_<t)`` is a token's log-ratio, ``r = Σ_t u_t`` a sequence's,
+``h = r_w − r_l`` the pair's margin; per-token tensors are ``[B, T]`` with a ``[B, T]`` mask (1 on completion tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["gae_advantages", "inverse_soft_q_loss", "irepo_loss", "is_daa_weights", "micro_mixture_loss",
+           "pama_advantage", "potential_shaping", "ppo_clip_loss", "rso_accept", "rto_token_rewards", "soft_value",
+           "tgdpo_loss", "tvkd_loss"]
+
+
+def is_daa_weights(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                   ref_rejected_logps: Tensor, *, epsilon: float = 0.25) -> Tensor:
+    """IS-DAA's clipped importance weights (Nguyen et al., 2025, "Mitigating Reward Over-Optimization in Direct
+    Alignment Algorithms with Importance Sampling", arXiv 2506.08681; official code ``mail-research/AIS-Sampling4DAAs``).
+
+    ``w = min(π(y_w|x)/π_ref(y_w|x) · π(y_l|x)/π_ref(y_l|x), e^{2ε}) = exp(min(r_w + r_l, 2ε))``, without gradient:
+    pairs the policy has already made likelier than the reference did count more, up to the clip; pairs it has
+    moved away from count less, which damps the drift of DAAs. The weight multiplies any DAA's per-pair loss
+    (the official code: IPO and DPO); no normalisation over the batch. Default ε = 0.25 (the official config).
+    All inputs ``[B]`` summed log-probabilities; returns ``[B]``.
+    """
+    with torch.no_grad():
+        log_ratio = (policy_chosen_logps - ref_chosen_logps) + (policy_rejected_logps - ref_rejected_logps)
+        return torch.exp(torch.clamp(log_ratio, max=2.0 * epsilon))
+
+
+def tgdpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+               guide_chosen: Tensor, guide_rejected: Tensor, mask_chosen: Tensor, mask_rejected: Tensor, *,
+               beta: float = 0.1, alpha: float = 0.5) -> Tensor:
+    """TGDPO (Zhu et al., ICML 2025, "Harnessing Token-Level Reward Guidance for Enhancing DPO", arXiv 2506.14574;
+    official code ``dvlab-research/TGDPO``).
+
+    A guide policy π_g (DPO-trained) gives token rewards ``r̂_t = β (log π_g(y_t) − log π_ref(y_t))`` (no gradient),
+    which scale each token's β: chosen tokens by ``1 + α r̂_t``, rejected ones by ``1 − α r̂_t``:
+
+    ``ℓ = −log σ(Σ_t β (1 + α r̂^w_t) u^w_t − Σ_t β (1 − α r̂^l_t) u^l_t)``.
+
+    With α = 0 this is DPO. Inputs: per-token log-probabilities ``[B, T]`` of the policy, reference and guide on the
+    chosen and rejected completions, and their masks. Returns ``[B]``.
+    """
+    def weighted(policy: Tensor, ref: Tensor, guide: Tensor, mask: Tensor, sign: float) -> Tensor:
+        token_reward = (beta * (guide - ref)).detach()
+        return (beta * (1.0 + sign * alpha * token_reward) * (policy - ref) * mask).sum(-1)
+
+    margin = (weighted(policy_chosen, ref_chosen, guide_chosen, mask_chosen, 1.0)
+              - weighted(policy_rejected, ref_rejected, guide_rejected, mask_rejected, -1.0))
+    return F.softplus(-margin)
+
+
+def soft_value(logits: Tensor, *, tau: float = 1.0) -> Tensor:
+    """The soft value of a state whose action values are ``logits`` ``[..., V]``: ``τ log Σ_a exp(Q(s, a)/τ)``
+    (the logits of an LM read as soft Q-values, as in inverse soft-Q learning). Returns ``[...]``."""
+    return tau * torch.logsumexp(logits / tau, dim=-1)
+
+
+def potential_shaping(potential: Tensor, mask: Tensor, *, gamma: float = 1.0) -> Tensor:
+    """Potential-based shaping (Ng et al., 1999), summed over a completion: ``Σ_t (γ Φ(s_{t+1}) − Φ(s_t))``, with
+    ``Φ(s_t)`` the potential of the state before token t (``potential`` ``[B, T]``, read where ``mask`` is 1) and
+    Φ = 0 after the last token (terminal). Returns ``[B]``."""
+    phi = potential * mask
+    following = torch.cat([phi[:, 1:], torch.zeros_like(phi[:, :1])], dim=1) * mask
+    return ((gamma * following - phi) * mask).sum(-1)
+
+
+def tvkd_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+              teacher_value_chosen: Tensor, teacher_value_rejected: Tensor, mask_chosen: Tensor, mask_rejected: Tensor,
+              *, beta: float = 0.1, alpha: float = 1.0, gamma: float = 0.7) -> Tensor:
+    """TVKD (Kwon et al., NeurIPS 2025, "Preference Distillation via Value-based Reward Shaping", arXiv 2509.16965).
+
+    DPO whose implicit sequence reward gains a potential-based shaping term from a teacher's soft value
+    ``V_T(s_t)`` (see :func:`soft_value`; the teacher is a larger DPO-trained model):
+
+    ``R(y) = β Σ_t u_t + α Σ_t (γ V_T(s_{t+1}) − V_T(s_t))``,  ``ℓ = −log σ(R(y_w) − R(y_l))``.
+
+    Shaping keeps the optimal policy of the shaped problem (Ng et al., 1999) while giving each token the teacher's
+    judgement of where it leads. With γ = 1 the sum telescopes to ``−V_T(s_0)``, equal for both completions of a
+    pair, so the term needs γ < 1 to act; default γ = 0.7 (the official code's ``tpkd`` branch). The paper's own
+    equation could not be read here: this is pbrl's reading of its abstract and code.
+
+    Inputs ``[B, T]`` (values of the state before each completion token, no gradient). Returns ``[B]``.
+    """
+    def shaped(policy: Tensor, ref: Tensor, value: Tensor, mask: Tensor) -> Tensor:
+        return beta * ((policy - ref) * mask).sum(-1) + alpha * potential_shaping(value.detach(), mask, gamma=gamma)
+
+    return F.softplus(-(shaped(policy_chosen, ref_chosen, teacher_value_chosen, mask_chosen)
+                        - shaped(policy_rejected, ref_rejected, teacher_value_rejected, mask_rejected)))
+
+
+def irepo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+               ref_rejected_logps: Tensor, preference: Tensor, *, beta: float = 0.1) -> Tensor:
+    """iREPO (Le et al., 2024, "implicit Reward pairwise difference regression for Empirical Preference
+    Optimization", arXiv 2405.15230): regress the implicit reward gap on the logit of the empirical preference
+    ``p̂`` (the share of annotators who prefer ``y_w``; in (0, 1), e.g. smoothed as (k + ½)/(n + 1)):
+
+    ``ℓ = (β h − log(p̂ / (1 − p̂)))²``.
+
+    Under Bradley-Terry, logit p̂ estimates the true reward gap, so the implicit reward matches it in scale, not only
+    in sign. Inputs ``[B]``; returns ``[B]``.
+    """
+    margin = beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
+    target = torch.logit(preference.to(margin.dtype))
+    return (margin - target) ** 2
+
+
+def micro_mixture_loss(rewards_chosen: Tensor, rewards_rejected: Tensor, router_logits: Tensor, *,
+                       balance: float = 0.5) -> tuple[Tensor, Tensor]:
+    """MiCRo (Shen et al., 2025, "Mixture Modeling and Context-aware Routing for Personalized Preference Learning",
+    arXiv 2505.24846; official code ``MaxwellJryao/MiCRo``): a mixture of K Bradley-Terry reward heads whose
+    weights a router computes from the context (the prompt):
+
+    ``ℓ = −log Σ_k w_k(x) σ(r_k(x, y_w) − r_k(x, y_l))``, ``w(x) = softmax(router_logits)``,
+
+    plus a load-balancing regulariser ``λ Σ_k w̄_k log w̄_k`` on the batch's mean routing ``w̄`` (it keeps every head
+    in use; its minimum is the uniform use of the heads). Inputs ``[B, K]``; returns (``[B]`` mixture losses, the
+    scalar regulariser, to be added once per batch).
+    """
+    log_w = torch.log_softmax(router_logits, dim=-1)
+    mixture = -torch.logsumexp(log_w + F.logsigmoid(rewards_chosen - rewards_rejected), dim=-1)
+    mean_w = log_w.exp().mean(0)
+    regulariser = balance * (mean_w * torch.log(mean_w.clamp(min=1e-12))).sum()
+    return mixture, regulariser
+
+
+def pama_advantage(advantages: Tensor) -> Tensor:
+    """PAMA's closed-form multi-objective advantage (He & Maghsudi, ECML-PKDD 2025, "Pareto Multi-Objective
+    Alignment for Language Models", arXiv 2508.07768, Theorem 1).
+
+    MGDA's min-norm problem over the simplex, ``min_c ‖Σ_i c_i A_i‖²`` on the objectives' advantages, has the
+    O(n) solution ``s* = Σ_i c_i A_i`` = 0 projected on ``[min_i A_i, max_i A_i]``: 0 when the objectives disagree
+    in sign (no common ascent direction: Pareto-stationary), otherwise the advantage of the objective nearest zero.
+    ``advantages`` ``[n, ...]``; returns ``[...]``.
+    """
+    low = advantages.min(dim=0).values
+    high = advantages.max(dim=0).values
+    return torch.clamp(torch.zeros_like(low), min=low, max=high)
+
+
+def rso_accept(rewards: Tensor, *, beta: float, accept: int, generator: torch.Generator | None = None,
+               reward_bound: float | None = None) -> Tensor:
+    """RSO's statistical rejection sampling (Liu et al., ICLR 2024, arXiv 2309.06657, Algorithm 1).
+
+    Candidates drawn from π_SFT with rewards ``rewards`` ``[N]`` are accepted so that accepted ones follow the
+    optimal policy ``π_r(y) ∝ π_SFT(y) exp(r(y)/β)``: in passes over the remaining candidates, each is accepted
+    with probability ``exp((r − r_max)/β)``; accepted ones leave the pool, until ``accept`` are taken (or none
+    remain). Returns the accepted indices in acceptance order.
+
+    ``r_max`` is the paper's: the highest reward among the remaining candidates, which makes the result exact only
+    as N grows (with few candidates the best outcome may be missing and the next best is over-accepted; measured
+    in ``tests/test_sequence.py``). Where an upper bound of the reward is known, ``reward_bound`` uses it instead
+    and the first pass is textbook rejection sampling, exact for any N.
+    """
+    remaining = torch.arange(rewards.numel())
+    taken: list[Tensor] = []
+    count = 0
+    while count < accept and remaining.numel():
+        r = rewards[remaining].double()
+        top = r.max() if reward_bound is None else torch.as_tensor(reward_bound, dtype=torch.float64)
+        u = torch.rand(remaining.numel(), generator=generator, dtype=torch.float64)
+        ok = u < torch.exp((r - top) / beta)
+        picked = remaining[ok][: accept - count]
+        taken.append(picked)
+        count += picked.numel()
+        keep = torch.ones_like(remaining, dtype=torch.bool)
+        keep[torch.nonzero(ok).flatten()[: picked.numel()]] = False
+        remaining = remaining[keep]
+        if reward_bound is not None:
+            break
+    return torch.cat(taken) if taken else torch.zeros(0, dtype=torch.long)
+
+
+def inverse_soft_q_loss(logits: Tensor, tokens: Tensor, mask: Tensor, *, td_weight: float = 0.1,
+                        gamma: float = 1.0) -> Tensor:
+    """Inverse soft-Q imitation for LMs (Wulfmeier et al., NeurIPS 2024, "Imitating Language via Scalable Inverse
+    Reinforcement Learning", eq. 14: offline IQ-Learn with the logits as Q).
+
+    With ``Q(s_t, ·)`` = the logits before token t, ``V(s) = logsumexp_a Q(s, a)``, ``log π = Q − V`` and V = 0
+    after the last token (terminal):
+
+    ``J = mean_t [λ (Q(s_t, y_t) − γ V(s_{t+1}))² − log π(y_t|s_t)]``;
+
+    the squared term is the implicit reward ``V(s_t) + log π(y_t|s_t) − γ V(s_{t+1})``, kept near 0 (the χ²
+    regulariser of IQ-Learn). λ = 0 is MLE. ``logits`` ``[B, T, V]``, ``tokens``, ``mask`` ``[B, T]``; returns the
+    scalar mean over completion tokens.
+    """
+    mask = mask.to(logits.dtype)
+    q = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    v = torch.logsumexp(logits, dim=-1)
+    v_next = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1) * torch.cat(
+        [mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    per_token = td_weight * (q - gamma * v_next) ** 2 - (q - v)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def rto_token_rewards(dpo_log_ratio: Tensor, policy_log_ratio: Tensor, sequence_reward: Tensor, mask: Tensor, *,
+                      beta_dpo: float = 0.05, beta_kl: float = 0.01, clip: float = 0.0) -> Tensor:
+    """RTO's token rewards (Zhong et al., ICML 2025, "DPO Meets PPO: Reinforced Token Optimization for RLHF",
+    arXiv 2404.18922; official code ``zkshan2002/RTO``):
+
+    ``r_t = clip(β₁ (log π_dpo(y_t) − log π_ref(y_t)), ±c) − β₂ (log π(y_t) − log π_ref(y_t)) + [t = last] r(x, y)``
+
+    (c = 0: no clip). Inputs ``[B, T]`` log-ratios and mask, ``[B]`` sequence rewards; returns ``[B, T]`` (0 off mask).
+    """
+    dpo = beta_dpo * dpo_log_ratio
+    if clip > 0:
+        dpo = dpo.clamp(-clip, clip)
+    last = F.one_hot((mask.cumsum(-1) * mask).argmax(-1), mask.shape[-1]).to(dpo.dtype)
+    return (dpo - beta_kl * policy_log_ratio + last * sequence_reward.unsqueeze(-1)) * mask
+
+
+def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016) over token positions, right-padded: after the last
+    masked-in token the value is 0 (the episode ends). ``[B, T]`` -> (advantages, returns), each ``[B, T]``."""
+    mask = mask.to(rewards.dtype)
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def ppo_clip_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *, clip: float = 0.2) -> Tensor:
+    """PPO's clipped surrogate (Schulman et al., 2017, eq. 7), per token, averaged over masked-in tokens:
+    ``−min(ρ A, clip(ρ, 1 − ε, 1 + ε) A)``, ``ρ = exp(log π − log π_old)``. ``[B, T]`` -> scalar."""
+    ratio = torch.exp(logps - old_logps)
+    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages)
+    mask = mask.to(logps.dtype)
+    return -(surrogate * mask).sum() / mask.sum().clamp(min=1)
+

@@ -1,0 +1,180 @@
+"""A small synthetic grammar with a known preference, for learning checks of sequence objectives (DESIGN §7.5).
+
+A prompt is three distinct nouns and a colon (``"fox owl cat :"``); a completion is
+``ADJ NOUN VERB ADJ NOUN .`` whose nouns come from the prompt. A tiny LM first learns the grammar (SFT); the
+preference is for completions that contain the target adjective (``gold`` by default), which the grammar
+produces in about 23 % of completions (two of eight adjectives per slot). Preference pairs compare two grammar
+samples by their number of target words (ties dropped), and a share ``flip`` of the labels is reversed, as a
+noisy annotator would; each row also carries ``preference``, the smoothed share of ``annotators`` simulated
+annotators (each flipping with that rate) who chose the chosen completion.
+
+Prompts are split by noun triple, so held-out prompts are triples never seen in training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+NOUNS = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "owl", "pig", "ram", "yak", "elk", "cod", "bat", "emu")
+ADJECTIVES = ("gold", "red", "big", "old", "shy", "wet", "odd", "tiny")
+VERBS = ("sees", "likes", "hugs", "finds", "hears", "calls")
+TARGET = "gold"
+
+__all__ = ["GrammarTask", "completion_is_valid", "estimate_kl", "evaluate_policy", "make_task", "sample_completions",
+           "tiny_gpt2_config"]
+
+
+def tiny_gpt2_config(vocab_size: int, *, layers: int = 2, width: int = 64, heads: int = 2, positions: int = 32
+                     ) -> dict[str, Any]:
+    """A GPT-2 config small enough for CPU tests (about 0.1M parameters at the defaults), no dropout."""
+    return {"model_type": "gpt2", "vocab_size": vocab_size, "n_layer": layers, "n_embd": width, "n_head": heads,
+            "n_positions": positions, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def _completion(rng: random.Random, nouns: tuple[str, ...]) -> str:
+    a, b = rng.sample(nouns, 2)
+    return f" {rng.choice(ADJECTIVES)} {a} {rng.choice(VERBS)} {rng.choice(ADJECTIVES)} {b} ."
+
+
+def completion_is_valid(prompt: str, completion: str) -> bool:
+    """Whether ``completion`` follows the grammar for ``prompt``."""
+    nouns = prompt.replace(":", " ").split()
+    words = completion.split()
+    return (len(words) == 6 and words[0] in ADJECTIVES and words[1] in nouns and words[2] in VERBS
+            and words[3] in ADJECTIVES and words[4] in nouns and words[5] == ".")
+
+
+def target_count(completion: str, target: str = TARGET) -> int:
+    return completion.split().count(target)
+
+
+@dataclass
+class GrammarTask:
+    train_prompts: list[str]
+    heldout_prompts: list[str]
+    sft: list[dict[str, str]]           # {"prompt", "completion"} grammar samples (the SFT data)
+    pairs: list[dict[str, Any]]         # TRL-format preference rows
+
+    def write(self, directory: str | Path) -> dict[str, Path]:
+        """``sft.jsonl`` (prompt/chosen/rejected rows whose chosen is the SFT sample: ``seq train --method sft``
+        reads chosen only), ``pairs.jsonl``, ``heldout.json``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = {"sft": d / "sft.jsonl", "pairs": d / "pairs.jsonl", "heldout": d / "heldout.json"}
+        with open(paths["sft"], "w") as f:
+            for row in self.sft:
+                f.write(json.dumps({"prompt": row["prompt"], "chosen": row["completion"],
+                                    "rejected": row["completion"]}) + "\n")
+        with open(paths["pairs"], "w") as f:
+            for row in self.pairs:
+                f.write(json.dumps(row) + "\n")
+        paths["heldout"].write_text(json.dumps(self.heldout_prompts))
+        return paths
+
+
+def make_task(*, seed: int = 0, train_prompts: int = 300, heldout_prompts: int = 100, sft_per_prompt: int = 4,
+              pairs_per_prompt: int = 4, flip: float = 0.2, annotators: int = 5, target: str = TARGET) -> GrammarTask:
+    """Prompts, SFT samples and noisy preference pairs of the grammar (see the module docstring)."""
+    rng = random.Random(seed)
+    triples = list(itertools.permutations(NOUNS, 3))
+    rng.shuffle(triples)
+    prompts = [" ".join(t) + " :" for t in triples[: train_prompts + heldout_prompts]]
+    train, heldout = prompts[:train_prompts], prompts[train_prompts:]
+    sft = [{"prompt": p, "completion": _completion(rng, tuple(p[:-2].split()))}
+           for p in train for _ in range(sft_per_prompt)]
+    pairs = []
+    for p in train:
+        nouns = tuple(p[:-2].split())
+        made = 0
+        while made < pairs_per_prompt:
+            a, b = _completion(rng, nouns), _completion(rng, nouns)
+            ca, cb = target_count(a, target), target_count(b, target)
+            if ca == cb:
+                continue
+            better, worse = (a, b) if ca > cb else (b, a)
+            votes = sum(rng.random() >= flip for _ in range(annotators))  # annotators who chose `better`
+            shown_better = rng.random() >= flip
+            chosen, rejected = (better, worse) if shown_better else (worse, better)
+            agree = votes if shown_better else annotators - votes
+            pairs.append({"prompt": p, "chosen": chosen, "rejected": rejected,
+                          "score_chosen": float(target_count(chosen, target)),
+                          "score_rejected": float(target_count(rejected, target)),
+                          "preference": (agree + 0.5) / (annotators + 1)})
+            made += 1
+    return GrammarTask(train, heldout, sft, pairs)
+
+
+@torch.no_grad()
+def sample_completions(model: nn.Module, tokenizer: Any, prompts: list[str], *, samples: int = 1,
+                       max_new_tokens: int = 8, temperature: float = 1.0, seed: int = 0,
+                       device: torch.device | str = "cpu") -> list[list[str]]:
+    """``samples`` completions per prompt, sampled at ``temperature`` (stopping at EOS). Seeded, no global RNG use."""
+    was_training = model.training
+    model.eval()
+    out: list[list[str]] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]] * samples, device=device)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                                 top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = []
+            for row in gen[:, ids.shape[1]:]:
+                tokens = row.tolist()
+                if tokenizer.eos_token_id in tokens:
+                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+                texts.append(" " + tokenizer.decode(tokens, skip_special_tokens=True))
+            out.append(texts)
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def _sequence_logps(model: nn.Module, tokenizer: Any, prompts: list[str], completions: list[str],
+                    device: torch.device | str) -> Tensor:
+    from pbrl.sequence.data import PreferencePair, collate_pairs, tokenize_pairs
+    from pbrl.sequence.lm import completion_logps
+
+    pairs = [PreferencePair(p, c, c, "sample") for p, c in zip(prompts, completions)]
+    data = tokenize_pairs(pairs, tokenizer, max_length=64)
+    batch = collate_pairs(data, torch.arange(len(pairs)), tokenizer.pad_token_id).to(torch.device(device))
+    b = len(pairs)
+    return completion_logps(model.eval(), batch.input_ids[:b], batch.attention_mask[:b],
+                            batch.completion_mask[:b]).total.cpu()
+
+
+def estimate_kl(model: nn.Module, reference: nn.Module, tokenizer: Any, prompts: list[str], completions: list[list[str]],
+                device: torch.device | str = "cpu") -> float:
+    """Monte-Carlo KL(π ‖ π_ref) in nats per completion: the mean of ``log π(y) − log π_ref(y)`` over completions
+    ``y`` sampled from π (``completions``, per prompt), EOS included."""
+    flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
+    flat_c = [c if c.strip() else " ." for cs in completions for c in cs]
+    return float((_sequence_logps(model, tokenizer, flat_p, flat_c, device)
+                  - _sequence_logps(reference, tokenizer, flat_p, flat_c, device)).mean())
+
+
+def evaluate_policy(model: nn.Module, tokenizer: Any, prompts: list[str], *, reference: nn.Module | None = None,
+                    samples: int = 4, seed: int = 0, target: str = TARGET, device: torch.device | str = "cpu"
+                    ) -> dict[str, float]:
+    """On ``prompts``: the share of sampled completions that contain ``target`` (``preferred``), follow the grammar
+    (``valid``), both (``preferred_valid``), and the KL to ``reference`` (when given)."""
+    completions = sample_completions(model, tokenizer, prompts, samples=samples, seed=seed, device=device)
+    flat = [(p, c) for p, cs in zip(prompts, completions) for c in cs]
+    preferred = [target_count(c, target) > 0 for _, c in flat]
+    valid = [completion_is_valid(p, c) for p, c in flat]
+    result = {"preferred": sum(preferred) / len(flat), "valid": sum(valid) / len(flat),
+              "preferred_valid": sum(a and b for a, b in zip(preferred, valid)) / len(flat),
+              "distinct_completions": len({c for _, c in flat}) / len(flat)}
+    if reference is not None:
+        result["kl"] = estimate_kl(model, reference, tokenizer, prompts, completions, device)
+    return result

@@ -1,0 +1,222 @@
+"""``pbrl seq train``: a sequence-level objective on a causal LM, trained by the shared loop
+(:func:`pbrl.train.loop.run_loop`: gradient accumulation, bf16 autocast on CUDA, TensorBoard, progress bar,
+checkpoints that resume bit-exactly).
+
+A run directory holds ``config.toml`` (the resolved config; a resume must ask for the same), ``tokenizer/``
+(when the model came without one: a word-level tokenizer built from the data), ``ref_logps.pt`` (reference
+``cache``), TensorBoard events, ``checkpoints/`` and, at the end, ``model/`` (``save_pretrained``, written to a
+temporary folder and renamed) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+import torch
+from torch import nn
+
+from pbrl.errors import ConfigError, describe
+from pbrl.fields import check_fields, param, set_fields
+from pbrl.io import atomic_write_text
+from pbrl.sequence.data import PairSampler, TokenizedPairs, load_pairs, tokenize_pairs
+from pbrl.sequence.lm import (
+    REFERENCE_MODES,
+    LoraSettings,
+    Reference,
+    apply_lora,
+    load_causal_lm,
+    precompute_reference,
+    word_tokenizer,
+)
+from pbrl.sequence.objectives import MethodConfig, SequenceLearner
+from pbrl.train.loop import LoopResult, TrainConfig, run_lock, run_loop
+
+__all__ = ["SeqRunConfig", "load_model_and_tokenizer", "resolve_device", "train_sequence"]
+
+
+@dataclass
+class SeqRunConfig:
+    """Everything a sequence run depends on; ``config.toml`` holds it (sections ``run``, ``method``, ``train``)."""
+
+    model: str                                   # a local model folder or a config .json
+    data: str                                    # JSON Lines or Parquet pairs (TRL's format)
+    max_length: int = param(128, ge=2)           # prompt + completion tokens
+    reference: str = param("copy", choices=REFERENCE_MODES)
+    lora: bool = False
+    lora_rank: int = param(8, ge=1)
+    lora_alpha: float = param(16.0, gt=0)
+    tokenizer: str = ""                          # a tokenizer folder; empty: the model folder's, else built from data
+    dtype: str = param("float32", choices=("float32", "bfloat16"))  # weights' dtype (bf16 autocast: train.amp)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, batch_size=8, lr=1e-4,
+                                                                   weight_decay=0.0, log_every=10,
+                                                                   checkpoint_every=100))
+
+    def validate(self, where: str = "config") -> SeqRunConfig:
+        check_fields(self, "run", where)
+        check_fields(self.method, "method", where)
+        self.method.check(where)
+        check_fields(self.train, "train", where)
+        if self.method.uses_reference and self.reference == "none":
+            raise ConfigError(describe(where, "run.reference", "'none'",
+                                       f"'copy', 'cache' or 'adapter' ({self.method.name} compares with a reference)"))
+        if self.reference == "adapter" and not self.lora:
+            raise ConfigError(describe(where, "run.reference", "'adapter'", "lora = true (the base model under the "
+                                       "adapters is the reference)"))
+        if self.reference == "cache" and self.method.name in ("tgdpo", "tvkd"):
+            raise ConfigError(describe(where, "run.reference", "'cache'", f"'copy' or 'adapter' ({self.method.name} "
+                                       "reads per-token reference log-probs)"))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        run = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("method", "train")}
+        return {"run": run, "method": dataclasses.asdict(self.method), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> SeqRunConfig:
+        run = dict(data.get("run", {}))
+        for required in ("model", "data"):
+            if required not in run:
+                raise ConfigError(describe(where, f"run.{required}", "missing", "a path"))
+        cfg = cls(model=str(run.pop("model")), data=str(run.pop("data")))
+        for section, target, items in (("run", cfg, run), ("method", cfg.method, data.get("method", {})),
+                                       ("train", cfg.train, data.get("train", {}))):
+            set_fields(target, [f"{k}={json.dumps(v)}" for k, v in items.items()], section=section, where=where)
+        return cfg.validate(where)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def load_model_and_tokenizer(cfg: SeqRunConfig, out: Path, texts: list[str]) -> tuple[nn.Module, Any, str]:
+    """The policy's starting model, its tokenizer (saved in ``out/tokenizer`` when built from the data) and a
+    fingerprint of the weights' origin."""
+    from transformers import AutoTokenizer
+
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    model, tokenizer, origin = load_causal_lm(cfg.model, seed=cfg.train.seed, dtype=dtype)
+    if cfg.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
+    elif tokenizer is None:
+        saved = out / "tokenizer"
+        if saved.is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(saved, local_files_only=True)
+        else:
+            tokenizer = word_tokenizer(texts)
+            tmp = out / f".tokenizer.{os.getpid()}.tmp"
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, saved)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise ConfigError(describe(cfg.model, "vocab_size", vocab, f">= the tokenizer's {len(tokenizer)} tokens"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, origin
+
+
+def _prepare_run_dir(cfg: SeqRunConfig, out: Path) -> None:
+    path = out / "config.toml"
+    if path.exists():
+        with open(path, "rb") as f:
+            stored = tomllib.load(f)
+        asked = cfg.to_dict()
+        if stored != asked:
+            diffs = [f"{s}.{k}: stored {stored.get(s, {}).get(k)!r}, asked {asked[s].get(k)!r}"
+                     for s in asked for k in set(asked[s]) | set(stored.get(s, {}))
+                     if stored.get(s, {}).get(k) != asked[s].get(k)]
+            raise ConfigError(describe(str(path), "config", "; ".join(diffs[:4]),
+                                       "the same config to resume this run (or a new --out directory)"))
+        return
+    atomic_write_text(path, tomli_w.dumps(cfg.to_dict()))
+
+
+def _frozen_model(path: str, what: str, device: torch.device) -> nn.Module:
+    model, _, _ = load_causal_lm(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()
+
+
+def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool = True,
+                   stop_at: int | None = None) -> LoopResult:
+    """Train ``cfg`` into ``out`` (resuming an unfinished run there). Every row of the data is checked and
+    tokenised before anything is written besides ``config.toml``; the final model lands in ``out/model``."""
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(cfg.data)  # a malformed row stops here: nothing is trained
+    with run_lock(out):
+        _prepare_run_dir(cfg, out)
+        torch.manual_seed(cfg.train.seed)
+        torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
+        policy, tokenizer, origin = load_model_and_tokenizer(cfg, out, texts)
+        data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)
+        if data.truncated:
+            print(f"pbrl: {cfg.data}: {data.truncated} completion(s) cut at max_length = {cfg.max_length}",
+                  file=sys.stderr)
+        if cfg.lora:
+            policy = apply_lora(policy, LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
+        policy.to(device)
+        reference = _reference(cfg, policy, data, tokenizer.pad_token_id, out, origin, device, progress)
+        frozen = {}
+        if cfg.method.name == "tgdpo":
+            frozen["guide"] = _frozen_model(cfg.method.guide, "guide", device)
+        if cfg.method.name == "tvkd":
+            frozen["teacher"] = _frozen_model(cfg.method.teacher, "teacher", device)
+        learner = SequenceLearner(policy, cfg.method, reference, frozen)
+        sampler = PairSampler(data, cfg.train.batch_size, seed=cfg.train.seed, pad_id=tokenizer.pad_token_id,
+                              device=device)
+        result = run_loop(learner, sampler.sample, cfg.train, out, device=device, stateful={"sampler": sampler},
+                          progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
+        if result.finished:
+            _save_model(policy, tokenizer, out / "model")
+            atomic_write_text(out / "metrics.json", json.dumps({
+                "method": cfg.method.name, "steps": result.step, "pairs": len(data),
+                "steps_per_s": result.steps_per_s, "truncated": data.truncated}, indent=2))
+        return result
+
+
+def _reference(cfg: SeqRunConfig, policy: nn.Module, data: TokenizedPairs, pad_id: int, out: Path, origin: str,
+               device: torch.device, progress: bool) -> Reference:
+    if cfg.reference == "none":
+        return Reference("none")
+    if cfg.reference == "adapter":
+        return Reference("adapter", policy=policy)
+    if cfg.reference == "copy":
+        return Reference.frozen_copy(policy)
+    data_digest = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()[:16]
+    fingerprint = _fingerprint(origin, data_digest, str(cfg.max_length), cfg.dtype)
+    cached = precompute_reference(policy, data, pad_id, path=out / "ref_logps.pt", fingerprint=fingerprint,
+                                  batch_size=max(cfg.train.batch_size, 16), device=device, progress=progress)
+    return Reference("cache", cached={k: v.to(device) for k, v in cached.items()})
+
+
+def _save_model(policy: nn.Module, tokenizer: Any, path: Path) -> None:
+    """``save_pretrained`` into a temporary folder renamed into place (LoRA adapters are merged first)."""
+    model = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

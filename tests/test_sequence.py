@@ -1,0 +1,465 @@
+"""pbrl.sequence: data checks, log-probabilities, the objectives against float64 references and TRL's own
+DPOTrainer, the CLI with exact resume, and a learning check on the synthetic grammar (DESIGN §7.5)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from pbrl.core import dpo_loss  # noqa: E402
+from pbrl.core.alignment import (  # noqa: E402
+    gae_advantages,
+    inverse_soft_q_loss,
+    irepo_loss,
+    is_daa_weights,
+    micro_mixture_loss,
+    pama_advantage,
+    potential_shaping,
+    ppo_clip_loss,
+    rso_accept,
+    rto_token_rewards,
+    soft_value,
+    tgdpo_loss,
+    tvkd_loss,
+)
+from pbrl.errors import ConfigError, DatasetError  # noqa: E402
+from pbrl.sequence.data import PairSampler, collate_pairs, load_pairs, tokenize_pairs  # noqa: E402
+from pbrl.sequence.lm import completion_logps, word_tokenizer  # noqa: E402
+from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def grammar(tmp_path_factory) -> dict[str, Path]:
+    """The synthetic task written to disk, with its tokenizer and a tiny GPT-2 model folder (random weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = tmp_path_factory.mktemp("grammar")
+    paths = make_task(seed=0, train_prompts=40, heldout_prompts=10, sft_per_prompt=2, pairs_per_prompt=2).write(d)
+    tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
+    config = tiny_gpt2_config(len(tok), layers=1, width=32)
+    (d / "gpt2.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    return {**paths, "model": d / "model", "config": d / "gpt2.json", "dir": d}
+
+
+def _write(path: Path, lines: list[str | bytes]) -> Path:
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else line.encode())
+            f.write(b"\n")
+    return path
+
+
+GOOD = json.dumps({"prompt": "a b c :", "chosen": " gold a sees red b .", "rejected": " red a sees red b ."})
+
+
+# ---------------------------------------------------------------- data: formats and bad input
+
+
+def test_jsonl_parquet_and_datasets_give_the_same_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    extra = {"weight": 2.0, "group": "3", "preference": 0.7, "score_chosen": 1.0}
+    rows = [{**json.loads(GOOD), **dict.fromkeys(extra)}, {**json.loads(GOOD), **extra}]  # columns: same keys
+    jsonl = _write(tmp_path / "p.jsonl", [json.dumps(r) for r in rows])
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+    a, b, c = load_pairs(jsonl), load_pairs(tmp_path / "p.parquet"), load_pairs(Dataset.from_list(rows))
+    strip = lambda ps: [(p.prompt, p.chosen, p.rejected, p.weight, p.group, p.preference, p.score_chosen) for p in ps]
+    assert strip(a) == strip(b) == strip(c)
+    assert a[1].group == "3" and a[1].weight == 2.0 and a[0].preference is None
+
+
+@pytest.mark.parametrize("line, field, found", [
+    (json.dumps({"prompt": "a :", "rejected": " x ."}), "field 'chosen'", "missing"),
+    (json.dumps({"prompt": "a :", "chosen": "   ", "rejected": " x ."}), "field 'chosen'", "'   '"),
+    (json.dumps({"prompt": "a :", "chosen": " y .", "rejected": 3}), "field 'rejected'", "3 (int)"),
+    (json.dumps({"prompt": "a :", "chosen": " y .", "rejected": " x .", "weight": -1}), "field 'weight'", "-1"),
+    (json.dumps({"prompt": "a :", "chosen": " y .", "rejected": " x .", "preference": 1.0}), "field 'preference'", "1.0"),
+    ('{"prompt": "a :", "chosen": ', "JSON", "column"),
+    (b'{"prompt": "a \xff :", "chosen": " y .", "rejected": " x ."}', "bytes", "\\xff"),
+])
+def test_bad_rows_are_named_by_file_and_line(tmp_path, line, field, found):
+    path = _write(tmp_path / "bad.jsonl", [GOOD, "", line, GOOD])
+    with pytest.raises(DatasetError) as err:
+        load_pairs(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: {field}: got ") and found in message and "\n" not in message
+
+
+def test_prompt_past_max_length_is_refused_and_long_completions_cut(tmp_path):
+    tok = word_tokenizer(["a b c gold red sees : ."])
+    long = _write(tmp_path / "long.jsonl", [GOOD, json.dumps({"prompt": "a b c a b c a b :", "chosen": " a .",
+                                                               "rejected": " b ."})])
+    with pytest.raises(DatasetError, match=rf"^{long}:2: field 'prompt': got 9 tokens, expected fewer than max_length = 8"):
+        tokenize_pairs(load_pairs(long), tok, max_length=8)
+    cut = tokenize_pairs(load_pairs(_write(tmp_path / "ok.jsonl", [GOOD])), tok, max_length=8)
+    assert cut.truncated == 2 and len(cut.prompt[0]) + len(cut.chosen[0]) == 8  # both completions cut
+
+
+def test_bad_data_trains_nothing(tmp_path, grammar):
+    bad = _write(tmp_path / "bad.jsonl", [GOOD] * 5 + [json.dumps({"prompt": "a :", "rejected": " b ."})])
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", "train", "--method", "dpo", "--model",
+                           str(grammar["model"]), "--data", str(bad), "--out", str(out), "--steps", "2", "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"{bad}:6: field 'chosen': got missing" in last
+    assert not (out / "checkpoints").exists() and not (out / "model").exists()
+
+
+def test_sampler_resumes_its_stream(grammar):
+    tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
+    data = tokenize_pairs(load_pairs(grammar["pairs"]), tok, max_length=32)
+    a = PairSampler(data, 7, seed=3, pad_id=0, device=torch.device("cpu"))
+    for _ in range(5):
+        a.sample()
+    state = a.state_dict()
+    b = PairSampler(data, 7, seed=99, pad_id=0, device=torch.device("cpu"))
+    b.load_state_dict(state)
+    for _ in range(20):  # crosses epoch boundaries (80 pairs)
+        assert torch.equal(a.sample().input_ids, b.sample().input_ids)
+
+
+# ---------------------------------------------------------------- log-probabilities
+
+
+def test_completion_logps_match_a_float64_loop(grammar):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(grammar["model"]).double().eval()
+    tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
+    data = tokenize_pairs(load_pairs(grammar["pairs"]), tok, max_length=32)
+    batch = collate_pairs(data, torch.arange(4), tok.pad_token_id)
+    got = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    for row in range(8):
+        pair, side = row % 4, ("chosen" if row < 4 else "rejected")
+        ids = data.prompt[pair] + getattr(data, side)[pair]
+        logits = model(torch.tensor([ids])).logits[0]
+        want = sum(torch.log_softmax(logits[t - 1], -1)[ids[t]].item() for t in range(len(data.prompt[pair]), len(ids)))
+        assert got.total[row].item() == pytest.approx(want, abs=1e-9)
+        assert got.lengths[row].item() == len(getattr(data, side)[pair])
+
+
+# ---------------------------------------------------------------- objectives against float64 references
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def test_is_daa_weights_reference():
+    pc, pr, rc, rr = (_rand(6, seed=s) for s in range(4))
+    w = is_daa_weights(pc, pr, rc, rr, epsilon=0.3)
+    for i in range(6):
+        ratio = math.exp(pc[i] - rc[i]) * math.exp(pr[i] - rr[i])
+        assert w[i].item() == pytest.approx(min(ratio, math.exp(0.6)), rel=1e-12)
+    pc.requires_grad_(True)
+    assert not is_daa_weights(pc, pr, rc, rr).requires_grad
+
+
+def _masked(b, t, seed):
+    mask = torch.ones(b, t, dtype=torch.float64)
+    for i in range(b):
+        mask[i, t - 1 - i % 3:] = 0
+    return _rand(b, t, seed=seed) * mask, mask
+
+
+def test_tgdpo_reference_and_alpha_zero_is_dpo():
+    (pc, mc), (pr, mr) = _masked(4, 6, 0), _masked(4, 6, 1)
+    rc, rr, gc, gr = (_rand(4, 6, seed=s) for s in (2, 3, 4, 5))
+    beta, alpha = 0.2, 0.7
+    got = tgdpo_loss(pc, pr, rc, rr, gc, gr, mc, mr, beta=beta, alpha=alpha)
+    for i in range(4):
+        sw = sum(beta * (1 + alpha * beta * (gc[i, t] - rc[i, t])) * (pc[i, t] - rc[i, t]) for t in range(6) if mc[i, t])
+        sl = sum(beta * (1 - alpha * beta * (gr[i, t] - rr[i, t])) * (pr[i, t] - rr[i, t]) for t in range(6) if mr[i, t])
+        assert got[i].item() == pytest.approx(math.log1p(math.exp(-(sw - sl))), rel=1e-12)
+    plain = tgdpo_loss(pc, pr, rc, rr, gc, gr, mc, mr, beta=beta, alpha=0.0)
+    dpo, _, _ = dpo_loss((pc * mc).sum(-1), (pr * mr).sum(-1), (rc * mc).sum(-1), (rr * mr).sum(-1), beta=beta)
+    torch.testing.assert_close(plain, dpo, rtol=1e-12, atol=1e-12)
+
+
+def test_potential_shaping_and_tvkd_reference():
+    phi, mask = _masked(3, 5, 0)
+    gamma = 0.7
+    got = potential_shaping(phi, mask, gamma=gamma)
+    for i in range(3):
+        n = int(mask[i].sum())
+        vals = [phi[i, t].item() for t in range(n)] + [0.0]
+        assert got[i].item() == pytest.approx(sum(gamma * vals[t + 1] - vals[t] for t in range(n)), rel=1e-12)
+    assert potential_shaping(phi, mask, gamma=1.0)[0].item() == pytest.approx(-phi[0, 0].item())  # telescopes
+    (pc, mc), (pr, mr) = _masked(3, 5, 1), _masked(3, 5, 2)
+    rc, rr, vc, vr = (_rand(3, 5, seed=s) for s in (3, 4, 5, 6))
+    got = tvkd_loss(pc, pr, rc, rr, vc, vr, mc, mr, beta=0.1, alpha=0.5, gamma=gamma)
+    for i in range(3):
+        def shaped(p, r, v, m):
+            n = int(m[i].sum())
+            vals = [v[i, t].item() for t in range(n)] + [0.0]
+            return 0.1 * sum((p[i, t] - r[i, t]).item() for t in range(n)) + 0.5 * sum(
+                gamma * vals[t + 1] - vals[t] for t in range(n))
+        margin = shaped(pc, rc, vc, mc) - shaped(pr, rr, vr, mr)
+        assert got[i].item() == pytest.approx(math.log1p(math.exp(-margin)), rel=1e-12)
+    logits = _rand(2, 3, 7, seed=9)
+    assert soft_value(logits, tau=0.5)[1, 2].item() == pytest.approx(
+        0.5 * math.log(sum(math.exp(x / 0.5) for x in logits[1, 2].tolist())), rel=1e-12)
+
+
+def test_irepo_reference():
+    pc, pr, rc, rr = (_rand(5, seed=s) for s in range(4))
+    p_hat = torch.tensor([0.1, 0.5, 0.75, 0.9, 0.99], dtype=torch.float64)
+    got = irepo_loss(pc, pr, rc, rr, p_hat, beta=0.3)
+    for i in range(5):
+        margin = 0.3 * ((pc[i] - rc[i]) - (pr[i] - rr[i])).item()
+        assert got[i].item() == pytest.approx((margin - math.log(p_hat[i] / (1 - p_hat[i]))) ** 2, rel=1e-12)
+
+
+def test_micro_mixture_reference():
+    wc, wl, router = _rand(4, 3, seed=0), _rand(4, 3, seed=1), _rand(4, 3, seed=2)
+    losses, reg = micro_mixture_loss(wc, wl, router, balance=0.5)
+    mean_w = [0.0] * 3
+    for i in range(4):
+        z = [math.exp(x) for x in router[i].tolist()]
+        w = [x / sum(z) for x in z]
+        mean_w = [m + x / 4 for m, x in zip(mean_w, w)]
+        p = sum(w[k] / (1 + math.exp(-(wc[i, k] - wl[i, k]).item())) for k in range(3))
+        assert losses[i].item() == pytest.approx(-math.log(p), rel=1e-12)
+    assert reg.item() == pytest.approx(0.5 * sum(m * math.log(m) for m in mean_w), rel=1e-12)
+
+
+def test_pama_advantage_is_the_min_norm_point():
+    adv = _rand(3, 50, seed=0)
+    got = pama_advantage(adv)
+    grid = torch.linspace(0, 1, 201, dtype=torch.float64)
+    a, b = torch.meshgrid(grid, grid, indexing="ij")
+    keep = a + b <= 1 + 1e-12
+    weights = torch.stack([a[keep], b[keep], 1 - a[keep] - b[keep]])           # [3, G] points of the simplex
+    best = (weights.T @ adv).abs().min(dim=0).values                            # brute-force min_c |Σ c_i A_i|
+    torch.testing.assert_close(got.abs(), best, atol=0.01 * adv.abs().max().item(), rtol=0)
+    assert bool(((adv.min(0).values <= got) & (got <= adv.max(0).values)).all())
+    assert pama_advantage(torch.tensor([[1.0], [3.0]])).item() == 1.0
+    assert pama_advantage(torch.tensor([[-1.0], [3.0]])).item() == 0.0
+
+
+def test_inverse_soft_q_reference_and_lambda_zero_is_mle():
+    logits = _rand(2, 4, 5, seed=0)
+    tokens = torch.tensor([[1, 2, 3, 0], [4, 4, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.float64)
+    got = inverse_soft_q_loss(logits, tokens, mask, td_weight=0.3, gamma=0.9)
+    total, count = 0.0, 0
+    for i in range(2):
+        n = int(mask[i].sum())
+        for t in range(n):
+            v = lambda s: math.log(sum(math.exp(x) for x in logits[i, s].tolist()))
+            q = logits[i, t, tokens[i, t]].item()
+            v_next = v(t + 1) if t + 1 < n else 0.0
+            total += 0.3 * (q - 0.9 * v_next) ** 2 - (q - v(t))
+            count += 1
+    assert got.item() == pytest.approx(total / count, rel=1e-12)
+    mle = -(torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0] * mask).sum() / mask.sum()
+    assert inverse_soft_q_loss(logits, tokens, mask, td_weight=0.0).item() == pytest.approx(mle.item(), rel=1e-12)
+
+
+def test_rto_rewards_gae_and_ppo_reference():
+    dpo_lr, pol_lr = _rand(2, 5, seed=0), _rand(2, 5, seed=1)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float64)
+    seq = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    r = rto_token_rewards(dpo_lr, pol_lr, seq, mask, beta_dpo=0.5, beta_kl=0.1, clip=0.3)
+    for i in range(2):
+        n = int(mask[i].sum())
+        for t in range(5):
+            want = 0.0 if t >= n else (max(-0.3, min(0.3, 0.5 * dpo_lr[i, t].item())) - 0.1 * pol_lr[i, t].item()
+                                       + (seq[i].item() if t == n - 1 else 0.0))
+            assert r[i, t].item() == pytest.approx(want, abs=1e-12)
+    values = _rand(2, 5, seed=2)
+    adv, ret = gae_advantages(r, values, mask, gamma=0.9, lam=0.8)
+    for i in range(2):
+        n = int(mask[i].sum())
+        running = 0.0
+        for t in reversed(range(n)):
+            nv = values[i, t + 1].item() if t + 1 < n else 0.0
+            running = r[i, t].item() + 0.9 * nv - values[i, t].item() + 0.9 * 0.8 * running
+            assert adv[i, t].item() == pytest.approx(running, rel=1e-10)
+            assert ret[i, t].item() == pytest.approx(running + values[i, t].item(), rel=1e-10)
+    logp, old = _rand(2, 5, seed=3), _rand(2, 5, seed=4)
+    got = ppo_clip_loss(logp, old, adv, mask, clip=0.2)
+    terms = [min(math.exp(logp[i, t] - old[i, t]) * adv[i, t].item(),
+                 max(0.8, min(1.2, math.exp(logp[i, t] - old[i, t]))) * adv[i, t].item())
+             for i in range(2) for t in range(5) if mask[i, t]]
+    assert got.item() == pytest.approx(-sum(terms) / len(terms), rel=1e-10)
+
+
+def _rso_counts(candidates: int, draws: int, bound: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    p_sft = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    reward = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4, dtype=torch.float64)
+    for _ in range(draws):
+        ys = torch.multinomial(p_sft, candidates, replacement=True, generator=g)
+        counts += torch.bincount(ys[rso_accept(reward[ys], beta=0.5, accept=1, generator=g, reward_bound=bound)],
+                                 minlength=4)
+    tilted = p_sft * torch.exp(reward / 0.5)
+    return counts, tilted / tilted.sum(), p_sft
+
+
+@pytest.mark.parametrize("candidates, bound", [(16, 2.0), (64, None)])
+def test_rso_accepted_samples_follow_the_tilted_distribution(candidates, bound):
+    """π_SFT over 4 outcomes and the reward known: accepted samples follow π_SFT(y) exp(r(y)/β) / Z (chi-squared,
+    3 degrees of freedom, p > 0.001), with the known bound, or with the paper's sample max at its N = 64."""
+    from scipy.stats import chisquare
+
+    counts, tilted, p_sft = _rso_counts(candidates, 3000, bound)
+    assert chisquare(counts.numpy(), (tilted * counts.sum()).numpy()).pvalue > 1e-3
+    assert chisquare(counts.numpy(), (p_sft * counts.sum()).numpy()).pvalue < 1e-6  # not just π_SFT
+
+
+def test_rso_sample_max_is_biased_with_few_candidates():
+    """The known-bad variant: the paper's r_max over only 16 candidates misses the best outcome often (0.9^16)."""
+    from scipy.stats import chisquare
+
+    counts, tilted, _ = _rso_counts(16, 3000, None)
+    assert chisquare(counts.numpy(), (tilted * counts.sum()).numpy()).pvalue < 1e-3
+
+
+# ---------------------------------------------------------------- equality with TRL's own DPOTrainer
+
+
+TRL_TYPES = [("sigmoid", 0.0), ("hinge", 0.0), ("ipo", 0.0), ("robust", 0.1), ("exo_pair", 1e-3), ("nca_pair", 0.0),
+             ("bco_pair", 0.0), ("sppo_hard", 0.0), ("apo_zero", 0.0), ("apo_down", 0.0), ("discopop", 0.0),
+             ("sigmoid_norm", 0.0)]
+
+
+@pytest.fixture(scope="module")
+def trl_batch(grammar, tmp_path_factory):
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [json.loads(line) for line in open(grammar["pairs"])][:8]
+    tok = AutoTokenizer.from_pretrained(grammar["model"])
+    out = tmp_path_factory.mktemp("trl")
+    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+    def trl_loss(loss_type: str, smoothing: float, policy) -> float:
+        args = trl.DPOConfig(output_dir=str(out), per_device_train_batch_size=8, loss_type=[loss_type], beta=0.2,
+                             label_smoothing=smoothing, report_to=[], use_cpu=True, max_length=32,
+                             bf16=False)  # TRL 1.16 defaults to bf16, and runs its reference under bf16 autocast
+        trainer = trl.DPOTrainer(model=str(grammar["model"]), args=args, train_dataset=dataset, processing_class=tok)
+        trainer.model.load_state_dict(policy.state_dict())
+        trainer.model.eval()
+        batch = next(iter(trainer.get_train_dataloader()))
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, batch).item()
+
+    torch.manual_seed(1)
+    policy = AutoModelForCausalLM.from_pretrained(grammar["model"]).eval()
+    with torch.no_grad():  # move the policy away from the reference, as training would
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference = AutoModelForCausalLM.from_pretrained(grammar["model"]).eval()
+    data = tokenize_pairs(load_pairs(rows), tok, max_length=32)
+    batch = collate_pairs(data, torch.arange(8), tok.pad_token_id)
+    with torch.no_grad():
+        pol = completion_logps(policy, batch.input_ids, batch.attention_mask, batch.completion_mask)
+        ref = completion_logps(reference, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    return trl_loss, policy, pol, ref
+
+
+@pytest.mark.parametrize("loss_type, smoothing", TRL_TYPES)
+def test_dpo_loss_equals_trl_dpotrainer(trl_batch, loss_type, smoothing):
+    trl_loss, policy, pol, ref = trl_batch
+    (pc, pr), (rc, rr) = pol.total.chunk(2), ref.total.chunk(2)
+    lengths = pol.lengths.chunk(2) if loss_type in ("ipo", "sigmoid_norm") else (None, None)  # TRL's ipo averages
+    ours, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.2, label_smoothing=smoothing, loss_type=loss_type,
+                          chosen_lengths=lengths[0], rejected_lengths=lengths[1])
+    assert abs(pc - rc).max() > 0.1  # the policy differs from the reference: the comparison means something
+    assert ours.mean().item() == pytest.approx(trl_loss(loss_type, smoothing, policy), rel=2e-6, abs=1e-7)
+
+
+def test_trl_comparison_fails_on_a_flipped_sign(trl_batch):
+    trl_loss, policy, pol, ref = trl_batch
+    (pc, pr), (rc, rr) = pol.total.chunk(2), ref.total.chunk(2)
+    wrong, _, _ = dpo_loss(pr, pc, rr, rc, beta=0.2)  # chosen and rejected swapped
+    assert wrong.mean().item() != pytest.approx(trl_loss("sigmoid", 0.0, policy), rel=1e-3)
+
+
+# ---------------------------------------------------------------- the CLI, resume, config refusal
+
+
+def _seq(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_seq_train_resumes_bit_exactly(grammar, tmp_path):
+    from pbrl.sequence.train import SeqRunConfig, train_sequence
+
+    def config(reference: str = "copy", method: str = "dpo") -> SeqRunConfig:
+        cfg = SeqRunConfig(model=str(grammar["model"]), data=str(grammar["pairs"]), max_length=32, reference=reference)
+        cfg.method.name = method
+        cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every, cfg.train.grad_accum = 6, 4, 3, 2
+        return cfg
+
+    train_sequence(config(), tmp_path / "straight", progress=False)
+    train_sequence(config(), tmp_path / "split", progress=False, stop_at=3)
+    train_sequence(config(), tmp_path / "split", progress=False)
+    a = torch.load(tmp_path / "straight/checkpoints/step_00000006.pt", weights_only=False)["agent"]
+    b = torch.load(tmp_path / "split/checkpoints/step_00000006.pt", weights_only=False)["agent"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight/model/config.json").is_file()
+    # the cached reference trains to the same weights as the live copy, to float tolerance
+    train_sequence(config("cache"), tmp_path / "cached", progress=False)
+    c = torch.load(tmp_path / "cached/checkpoints/step_00000006.pt", weights_only=False)["agent"]
+    assert (tmp_path / "cached/ref_logps.pt").is_file()
+    assert all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+    with pytest.raises(ConfigError, match="method.beta: stored 0.1, asked 0.2"):
+        changed = config()
+        changed.method.beta = 0.2
+        train_sequence(changed, tmp_path / "split", progress=False)
+
+
+def test_seq_cli_config_model_lora_and_tensorboard(grammar, tmp_path):
+    out = tmp_path / "lora"
+    proc = _seq("train", "--method", "dpo", "--model", str(grammar["config"]), "--set",
+                f"run.tokenizer={json.dumps(str(grammar['model']))}", "--data", str(grammar["pairs"]), "--out",
+                str(out), "--steps", "4", "--batch-size", "4", "--lora", "--reference", "adapter", "--set",
+                "run.lora_rank=2", "--set", "train.log_every=2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["finished"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"rewards/margins", "rewards/accuracies", "kl/chosen_logratio", "train/loss"} <= tags
+    proc = _seq("train", "--method", "dpo", "--model", str(grammar["model"]), "--data", str(grammar["pairs"]),
+                "--out", str(tmp_path / "x"), "--reference", "none", "--quiet")
+    assert proc.returncode != 0 and "run.reference: got 'none'" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sequence_imports_no_agent_env_or_control_wiring():
+    """DESIGN §3: pbrl.sequence -> pbrl.core and the generic loop only."""
+    import ast
+
+    allowed = ("pbrl.core", "pbrl.train.loop", "pbrl.errors", "pbrl.fields", "pbrl.io", "pbrl.sequence")
+    for path in (ROOT / "pbrl/sequence").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else [
+                a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                if name.startswith("pbrl"):
+                    assert name.startswith(allowed), f"{path.name} imports {name}"
