@@ -52,6 +52,7 @@ class MethodConfig:
     length_normalize: bool = False                      # ipo: token-averaged log-ratios (TRL's ipo)
     is_epsilon: float = param(0.25, gt=0)               # is_daa: weights clipped at e^{2ε}
     tg_alpha: float = param(0.5, ge=0)                  # tgdpo: α of the token-reward guidance
+    tg_clip: float = param(1.0, ge=0)                   # tgdpo: token multipliers 1 ± α r̂ clamped to [1 − c, 1 + c] ∩ [0, ∞)
     guide: str = ""                                     # tgdpo: the DPO-trained guide model (folder)
     teacher: str = ""                                   # tvkd: the DPO-trained teacher model (folder)
     tvkd_alpha: float = param(1.0, ge=0)                # tvkd: weight of the shaping term
@@ -105,9 +106,7 @@ class SequenceLearner(nn.Module):
         m = self.method
         if m.name in REFERENCE_FREE:
             return self._imitation_loss(batch)
-        keep_logits = False
-        logps = completion_logps(self.policy, batch.input_ids, batch.attention_mask, batch.completion_mask,
-                                 keep_logits=keep_logits)
+        logps = completion_logps(self.policy, batch.input_ids, batch.attention_mask, batch.completion_mask)
         chosen, rejected = logps.halves()
         if m.name in NEEDS_TOKEN_REFERENCE:
             ref_tokens = self.reference.token_logps(batch.input_ids, batch.attention_mask, batch.completion_mask)
@@ -135,7 +134,8 @@ class SequenceLearner(nn.Module):
             guide = self._frozen_logps("guide", batch)
             g_c, g_r = guide.halves()
             losses = tgdpo_loss(chosen.per_token, rejected.per_token, ref_c.per_token, ref_r.per_token,
-                                g_c.per_token, g_r.per_token, chosen.mask, rejected.mask, beta=m.beta, alpha=m.tg_alpha)
+                                g_c.per_token, g_r.per_token, chosen.mask, rejected.mask, beta=m.beta, alpha=m.tg_alpha,
+                                weight_clip=m.tg_clip)
         elif m.name == "tvkd":
             teacher = self._frozen_logps("teacher", batch, keep_logits=True)
             values = soft_value(teacher.logits, tau=m.tvkd_tau)

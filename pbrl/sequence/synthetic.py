@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from pbrl.sequence.sampling import estimate_kl, sample_completions
 
 NOUNS = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "owl", "pig", "ram", "yak", "elk", "cod", "bat", "emu")
 ADJECTIVES = ("gold", "red", "big", "old", "shy", "wet", "odd", "tiny")
 VERBS = ("sees", "likes", "hugs", "finds", "hears", "calls")
 TARGET = "gold"
 
-__all__ = ["GrammarTask", "completion_is_valid", "estimate_kl", "evaluate_policy", "make_task", "sample_completions",
-           "tiny_gpt2_config"]
+__all__ = ["GrammarTask", "BagOfWordsReward", "completion_is_valid", "evaluate_policy", "make_task", "tiny_gpt2_config"]
 
 
 def tiny_gpt2_config(vocab_size: int, *, layers: int = 2, width: int = 64, heads: int = 2, positions: int = 32
@@ -113,56 +114,6 @@ def make_task(*, seed: int = 0, train_prompts: int = 300, heldout_prompts: int =
     return GrammarTask(train, heldout, sft, pairs)
 
 
-@torch.no_grad()
-def sample_completions(model: nn.Module, tokenizer: Any, prompts: list[str], *, samples: int = 1,
-                       max_new_tokens: int = 8, temperature: float = 1.0, seed: int = 0,
-                       device: torch.device | str = "cpu") -> list[list[str]]:
-    """``samples`` completions per prompt, sampled at ``temperature`` (stopping at EOS). Seeded, no global RNG use."""
-    was_training = model.training
-    model.eval()
-    out: list[list[str]] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for prompt in prompts:
-            ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]] * samples, device=device)
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
-                                 top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = []
-            for row in gen[:, ids.shape[1]:]:
-                tokens = row.tolist()
-                if tokenizer.eos_token_id in tokens:
-                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-                texts.append(" " + tokenizer.decode(tokens, skip_special_tokens=True))
-            out.append(texts)
-    model.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def _sequence_logps(model: nn.Module, tokenizer: Any, prompts: list[str], completions: list[str],
-                    device: torch.device | str) -> Tensor:
-    from pbrl.sequence.data import PreferencePair, collate_pairs, tokenize_pairs
-    from pbrl.sequence.lm import completion_logps
-
-    pairs = [PreferencePair(p, c, c, "sample") for p, c in zip(prompts, completions)]
-    data = tokenize_pairs(pairs, tokenizer, max_length=64)
-    batch = collate_pairs(data, torch.arange(len(pairs)), tokenizer.pad_token_id).to(torch.device(device))
-    b = len(pairs)
-    return completion_logps(model.eval(), batch.input_ids[:b], batch.attention_mask[:b],
-                            batch.completion_mask[:b]).total.cpu()
-
-
-def estimate_kl(model: nn.Module, reference: nn.Module, tokenizer: Any, prompts: list[str], completions: list[list[str]],
-                device: torch.device | str = "cpu") -> float:
-    """Monte-Carlo KL(π ‖ π_ref) in nats per completion: the mean of ``log π(y) − log π_ref(y)`` over completions
-    ``y`` sampled from π (``completions``, per prompt), EOS included."""
-    flat_p = [p for p, cs in zip(prompts, completions) for _ in cs]
-    flat_c = [c if c.strip() else " ." for cs in completions for c in cs]
-    return float((_sequence_logps(model, tokenizer, flat_p, flat_c, device)
-                  - _sequence_logps(reference, tokenizer, flat_p, flat_c, device)).mean())
-
-
 def evaluate_policy(model: nn.Module, tokenizer: Any, prompts: list[str], *, reference: nn.Module | None = None,
                     samples: int = 4, seed: int = 0, target: str = TARGET, device: torch.device | str = "cpu"
                     ) -> dict[str, float]:
@@ -178,3 +129,38 @@ def evaluate_policy(model: nn.Module, tokenizer: Any, prompts: list[str], *, ref
     if reference is not None:
         result["kl"] = estimate_kl(model, reference, tokenizer, prompts, completions, device)
     return result
+
+
+class BagOfWordsReward:
+    """A Bradley-Terry reward model over word counts, fitted by logistic regression (float64, L2 1e-3) to
+    preference rows: ``r(x, y) = Σ_w θ_w · count_w(y)``. The RSO stage's reward model on the grammar: learned from
+    the same noisy pairs the other methods see, not the hidden scorer."""
+
+    def __init__(self, rows: list[dict[str, Any]], *, steps: int = 300):
+        words = sorted({w for r in rows for side in ("chosen", "rejected") for w in r[side].split()})
+        self.index = {w: i for i, w in enumerate(words)}
+        diff = torch.stack([self._counts(r["chosen"]) - self._counts(r["rejected"]) for r in rows])
+        theta = torch.zeros(len(words), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.softplus(-(diff @ theta)).mean() + 1e-3 * theta.square().sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.theta = theta.detach()
+
+    def _counts(self, text: str) -> torch.Tensor:
+        c = torch.zeros(len(self.index), dtype=torch.float64)
+        for w in text.split():
+            if w in self.index:
+                c[self.index[w]] += 1
+        return c
+
+    def __call__(self, prompt: str, completion: str) -> float:
+        return float(self._counts(completion) @ self.theta)
+
+    def weight(self, word: str) -> float:
+        return float(self.theta[self.index[word]])

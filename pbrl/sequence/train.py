@@ -147,7 +147,7 @@ def _prepare_run_dir(cfg: SeqRunConfig, out: Path) -> None:
     atomic_write_text(path, tomli_w.dumps(cfg.to_dict()))
 
 
-def _frozen_model(path: str, what: str, device: torch.device) -> nn.Module:
+def _frozen_model(path: str, device: torch.device) -> nn.Module:
     model, _, _ = load_causal_lm(path)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -179,9 +179,9 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
         reference = _reference(cfg, policy, data, tokenizer.pad_token_id, out, origin, device, progress)
         frozen = {}
         if cfg.method.name == "tgdpo":
-            frozen["guide"] = _frozen_model(cfg.method.guide, "guide", device)
+            frozen["guide"] = _frozen_model(cfg.method.guide, device)
         if cfg.method.name == "tvkd":
-            frozen["teacher"] = _frozen_model(cfg.method.teacher, "teacher", device)
+            frozen["teacher"] = _frozen_model(cfg.method.teacher, device)
         learner = SequenceLearner(policy, cfg.method, reference, frozen)
         sampler = PairSampler(data, cfg.train.batch_size, seed=cfg.train.seed, pad_id=tokenizer.pad_token_id,
                               device=device)

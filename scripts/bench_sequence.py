@@ -1,0 +1,489 @@
+"""Sequence-level objectives on the synthetic grammar (issue 16): learning checks and each method's own claim.
+
+    OMP_NUM_THREADS=1 python scripts/bench_sequence.py [--out runs/seq-bench] [--seeds 0 1 2] [--steps 200]
+        [--stages learn isdaa irepo tvkd isq]
+
+A tiny GPT-2 (2 layers, width 64, built from a config) is fine-tuned on the grammar (SFT: it becomes the
+reference), then each method trains from it at equal steps on the same noisy pairs (20 % of labels reversed).
+Everything is measured on held-out prompts (noun triples never seen in training), from 4 samples per prompt at
+temperature 1: ``preferred`` (the completion contains the target word), ``valid`` (it follows the grammar),
+``KL`` (Monte-Carlo KL(π ‖ π_SFT) in nats per completion) and ``distinct`` (distinct completions / samples).
+
+Stages:
+  learn   SFT-on-chosen, DPO, IPO, IS-DAA, TGDPO (guide: the seed's DPO model), RSO (pairs rejection-sampled from
+          π_SFT with a bag-of-words BT reward model fitted to the noisy pairs), iREPO, inverse soft-Q; per seed
+  isdaa   the reward-against-KL curve over β: DPO and IS-DAA (the paper: IS-DAA drifts less at equal reward)
+  irepo   iterative iREPO on self-generated pairs labelled by 5 simulated annotators (soft p̂): preferred rate by round
+  tvkd    a larger DPO-trained teacher (4 layers, width 128); a small student (1 layer, width 32) with DPO and TVKD
+  isq     MLE against inverse soft-Q on SFT data: validity (the task score) and distinct completions
+
+Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pbrl.sequence.lm import word_tokenizer
+from pbrl.sequence.sampling import rso_pairs, sample_completions
+from pbrl.sequence.synthetic import (
+    ADJECTIVES,
+    NOUNS,
+    TARGET,
+    VERBS,
+    BagOfWordsReward,
+    evaluate_policy,
+    make_task,
+    target_count,
+    tiny_gpt2_config,
+)
+from pbrl.sequence.train import SeqRunConfig, train_sequence
+
+SFT_STEPS = 2000
+LR = 1e-4
+# β per method. Under Bradley-Terry with 20 % reversed labels, one more target word is worth log(0.8/0.2) = 1.39,
+# so DPO's optimum π_SFT · exp(r/β) puts the target in ≥ 90 % of completions only for β ≤ 0.5 (β = 1 plateaus at
+# 0.59, measured 0.60); below β = 0.5 with lr ≥ 3e-4 the sigmoid-link methods often learn to stop emitting EOS
+# (validity falls to 0): lr 1e-4 over 1000 steps at β = 0.3 stays stable (docs/benchmarks.md, the sweep).
+# IPO's β is τ: its target margin 1/(2τ) is 5 nats at τ = 0.1.
+BETA = {"dpo": 0.3, "is_daa": 0.3, "tgdpo": 0.3, "rso": 0.3, "irepo": 0.3, "ipo": 0.1, "tvkd": 0.3}
+
+
+def ms(values: list[float]) -> str:
+    v = [float(x) for x in values]
+    return f"{v[0]:.2f}" if len(v) == 1 else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def train(model: str | Path, data: Path, out: Path, method: str, *, steps: int, seed: int, lr: float = LR,
+          batch: int = 16, tokenizer: Path | None = None, **method_fields: Any) -> tuple[Path, float]:
+    """One run (reused when finished); returns (model folder, its training seconds: sampling + updates, from
+    ``metrics.json``)."""
+    cfg = SeqRunConfig(model=str(model), data=str(data), max_length=32,
+                       reference="none" if method in ("sft", "isq") else "copy",
+                       tokenizer=str(tokenizer) if tokenizer else "")
+    cfg.method.name = method
+    cfg.method.beta = BETA.get(method, cfg.method.beta)
+    for key, value in method_fields.items():
+        setattr(cfg.method, key, value)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = steps, batch, lr, seed
+    cfg.train.log_every, cfg.train.checkpoint_every = 50, steps
+    if not (out / "model" / "config.json").is_file():
+        train_sequence(cfg, out, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return out / "model", metrics["steps"] / metrics["steps_per_s"]
+
+
+def load(folder: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def setup(out: Path, seed: int, *, layers: int = 2, width: int = 64, name: str = "sft") -> dict[str, Path]:
+    """The task (shared by seeds), its tokenizer, and the seed's SFT model."""
+    task_dir = out / "task"
+    if not (task_dir / "pairs.jsonl").is_file():
+        make_task(seed=0, train_prompts=1000, heldout_prompts=100, sft_per_prompt=2, pairs_per_prompt=2).write(task_dir)
+    tok_dir = task_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."]).save_pretrained(tok_dir)
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(tok_dir))
+    config = task_dir / f"gpt2-{layers}x{width}.json"
+    config.write_text(json.dumps(tiny_gpt2_config(vocab, layers=layers, width=width)))
+    sft, _ = train(config, task_dir / "sft.jsonl", out / f"seed{seed}" / f"{name}-{layers}x{width}", "sft",
+                   steps=SFT_STEPS, seed=seed, lr=3e-3, batch=32, tokenizer=tok_dir)
+    return {"task": task_dir, "sft": sft, "pairs": task_dir / "pairs.jsonl", "heldout": task_dir / "heldout.json"}
+
+
+def measure(model_dir: Path, reference_dir: Path, prompts: list[str], seed: int) -> dict[str, float]:
+    model, tok = load(model_dir)
+    reference, _ = load(reference_dir)
+    return evaluate_policy(model, tok, prompts, reference=reference, samples=4, seed=1000 + seed)
+
+
+def stage_learn(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        run = out / f"seed{seed}"
+        rows = [json.loads(line) for line in open(s["pairs"])]
+        reward = BagOfWordsReward(rows)
+        rso_data = run / "rso-pairs.jsonl"
+        if not rso_data.is_file():
+            sft_model, tok = load(s["sft"])
+            train_prompts = sorted({r["prompt"] for r in rows})
+            write_jsonl(rso_data, rso_pairs(sft_model, tok, train_prompts, reward, candidates=16, accept=8, beta=0.5,
+                                            seed=seed))
+        plans = [("sft_chosen", "sft", s["pairs"], {}), ("dpo", "dpo", s["pairs"], {}),
+                 ("ipo", "ipo", s["pairs"], {}), ("is_daa", "is_daa", s["pairs"], {}),
+                 ("tgdpo", "tgdpo", s["pairs"], {"guide": str(run / "dpo" / "model")}),
+                 ("rso", "rso", rso_data, {}), ("irepo", "irepo", s["pairs"], {})]
+        sft_metrics = measure(s["sft"], s["sft"], heldout, seed)
+        results.setdefault("sft (reference)", {}).setdefault("seconds", []).append(0.0)
+        for k, v in sft_metrics.items():
+            results["sft (reference)"].setdefault(k, []).append(v)
+        for label, method, data, fields in plans:
+            model_dir, seconds = train(s["sft"], data, run / label, method, steps=steps, seed=seed, **fields)
+            metrics = measure(model_dir, s["sft"], heldout, seed)
+            print(f"seed {seed} {label}: {metrics} ({seconds:.1f} s)", file=sys.stderr)
+            results.setdefault(label, {}).setdefault("seconds", []).append(seconds)
+            for k, v in metrics.items():
+                results[label].setdefault(k, []).append(v)
+        results.setdefault("rso reward model", {}).setdefault("gold weight", []).append(reward.weight(TARGET))
+    print(f"\n### learn: held-out prompts, {steps} steps from SFT, batch 16 pairs, lr {LR}, β {BETA}, seeds {seeds}\n")
+    print("| method | preferred | valid | preferred & valid | KL to SFT (nats) | distinct | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for label, m in results.items():
+        if "preferred" in m:
+            print(f"| {label} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['preferred_valid'])} | "
+                  f"{ms(m['kl'])} | {ms(m['distinct_completions'])} | {ms(m['seconds'])} |")
+    return results
+
+
+def stage_isdaa(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    betas = [0.02, 0.05, 0.1, 0.3, 1.0]
+    curve: dict[str, dict[float, dict[str, list[float]]]] = {"dpo": {}, "is_daa": {}}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        for method in curve:
+            for beta in betas:
+                model_dir, _ = train(s["sft"], s["pairs"], out / f"seed{seed}" / "isdaa" / f"{method}-b{beta}", method,
+                                     steps=steps, seed=seed, beta=beta)
+                m = measure(model_dir, s["sft"], heldout, seed)
+                point = curve[method].setdefault(beta, {})
+                for k in ("preferred", "kl", "valid"):
+                    point.setdefault(k, []).append(m[k])
+    print(f"\n### isdaa: preferred rate against KL(π ‖ π_SFT) over β ({steps} steps, seeds {seeds})\n")
+    print("| β | DPO preferred | DPO KL | IS-DAA preferred | IS-DAA KL |")
+    print("|---|---|---|---|---|")
+    for beta in betas:
+        d, i = curve["dpo"][beta], curve["is_daa"][beta]
+        print(f"| {beta} | {ms(d['preferred'])} | {ms(d['kl'])} | {ms(i['preferred'])} | {ms(i['kl'])} |")
+    plot_curve(curve, out / "isdaa-curve.png")
+    return {m: {str(b): v for b, v in c.items()} for m, c in curve.items()}
+
+
+def plot_curve(curve: dict[str, dict[float, dict[str, list[float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, points in curve.items():
+        kl = [statistics.mean(p["kl"]) for p in points.values()]
+        pref = [statistics.mean(p["preferred"]) for p in points.values()]
+        ax.plot(kl, pref, "o-", label=method)
+        for beta, x, y in zip(points, kl, pref):
+            ax.annotate(f"β={beta}", (x, y), fontsize=7)
+    ax.set_xlabel("KL(π ‖ π_SFT), nats per completion (held-out)")
+    ax.set_ylabel("preferred rate (held-out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annotators: int = 5,
+                flip: float = 0.2) -> dict[str, Any]:
+    """Each round: sample 2 completions per training prompt from the current policy, label them with
+    ``annotators`` simulated annotators (each prefers more target words, reversing with rate ``flip``; ties
+    split at random), p̂ = (votes + ½) / (annotators + 1); train iREPO from the current policy (the reference of
+    the round) on those pairs."""
+    import random
+
+    per_round: dict[int, list[float]] = {}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
+        rng = random.Random(seed)
+        current = s["sft"]
+        per_round.setdefault(0, []).append(measure(current, s["sft"], heldout, seed)["preferred"])
+        for r in range(1, rounds + 1):
+            folder = out / f"seed{seed}" / "irepo" / f"round{r}"
+            data = folder / "pairs.jsonl"
+            if not data.is_file():
+                model, tok = load(current)
+                samples = sample_completions(model, tok, prompts, samples=2, seed=seed * 100 + r)
+                rows = []
+                for p, (a, b) in zip(prompts, samples):
+                    if not a.strip() or not b.strip() or a == b:
+                        continue
+                    ca, cb = target_count(a), target_count(b)
+                    votes = sum((ca > cb) != (rng.random() < flip) if ca != cb else rng.random() < 0.5
+                                for _ in range(annotators))  # annotators who prefer a
+                    p_a = (votes + 0.5) / (annotators + 1)
+                    chosen, rejected, p_hat = (a, b, p_a) if p_a >= 0.5 else (b, a, 1 - p_a)
+                    rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "preference": p_hat})
+                write_jsonl(data, rows)
+            current, _ = train(current, data, folder / "run", "irepo", steps=steps, seed=seed)
+            per_round.setdefault(r, []).append(measure(current, s["sft"], heldout, seed)["preferred"])
+    print(f"\n### irepo: preferred rate (held-out) by round, {steps} steps per round, seeds {seeds}\n")
+    print("| round | preferred |")
+    print("|---|---|")
+    for r, v in per_round.items():
+        print(f"| {r} | {ms(v)} |")
+    return {str(k): v for k, v in per_round.items()}
+
+
+def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        big = setup(out, seed, layers=4, width=128, name="teacher-sft")
+        heldout = json.loads(big["heldout"].read_text())
+        teacher, _ = train(big["sft"], big["pairs"], out / f"seed{seed}" / "tvkd" / "teacher-dpo", "dpo", steps=steps,
+                           seed=seed)
+        small = setup(out, seed, layers=1, width=32, name="student-sft")
+        for label, method, fields in (("student dpo", "dpo", {}), ("student tvkd", "tvkd", {"teacher": str(teacher)}),
+                                      ("teacher dpo", None, {})):
+            if method is None:
+                metrics = measure(teacher, big["sft"], heldout, seed)
+            else:
+                model_dir, _ = train(small["sft"], small["pairs"], out / f"seed{seed}" / "tvkd" / label.replace(" ", "-"),
+                                     method, steps=steps, seed=seed, **fields)
+                metrics = measure(model_dir, small["sft"], heldout, seed)
+            for k, v in metrics.items():
+                results.setdefault(label, {}).setdefault(k, []).append(v)
+    print(f"\n### tvkd: student (1x32) from its SFT, {steps} steps; teacher 4x128 DPO; seeds {seeds}\n")
+    print("| model | preferred | valid | preferred & valid | KL to own SFT |")
+    print("|---|---|---|---|---|")
+    for label, m in results.items():
+        print(f"| {label} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['preferred_valid'])} | {ms(m['kl'])} |")
+    return results
+
+
+def stage_isq(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        config = s["task"] / "gpt2-2x64.json"
+        for label, method, fields in (("mle", "sft", {}), ("inverse soft-Q λ=0.1", "isq", {"isq_td_weight": 0.1}),
+                                      ("inverse soft-Q λ=1", "isq", {"isq_td_weight": 1.0})):
+            model_dir, _ = train(config, s["task"] / "sft.jsonl", out / f"seed{seed}" / "isq" / label.split()[-1],
+                                 method, steps=SFT_STEPS, seed=seed, lr=3e-3, batch=32, tokenizer=s["task"] / "tokenizer",
+                                 **fields)
+            metrics = measure(model_dir, s["sft"], heldout, seed)
+            for k, v in metrics.items():
+                results.setdefault(label, {}).setdefault(k, []).append(v)
+    print(f"\n### isq: imitation of the grammar from scratch, {SFT_STEPS} steps, seeds {seeds}\n")
+    print("| objective | valid (task score) | distinct | preferred (base rate 0.23) |")
+    print("|---|---|---|---|")
+    for label, m in results.items():
+        print(f"| {label} | {ms(m['valid'])} | {ms(m['distinct_completions'])} | {ms(m['preferred'])} |")
+    return results
+
+
+def micro_rows(prompts: list[str], per_prompt: int, rng: Any, flip: float = 0.1) -> list[dict[str, Any]]:
+    """Two user groups with opposite preferences on the same pairs: ``gold`` prefers more target words, ``shy``
+    fewer; each label reversed with rate ``flip``. ``truth`` = 1 when the shown ``chosen`` is the group's true pick."""
+    from pbrl.sequence.synthetic import _completion
+
+    rows = []
+    for p in prompts:
+        nouns = tuple(p[:-2].split())
+        for _ in range(per_prompt):
+            a, b = _completion(rng, nouns), _completion(rng, nouns)
+            if target_count(a) == target_count(b):
+                continue
+            group = rng.choice(["gold", "shy"])
+            first_is_better = (target_count(a) > target_count(b)) == (group == "gold")
+            shown = first_is_better != (rng.random() < flip)
+            chosen, rejected = (a, b) if shown else (b, a)
+            rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "group": group,
+                         "score_chosen": float(shown == first_is_better)})
+    return rows
+
+
+def stage_micro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """MiCRo on a frozen SFT backbone: a single BT head against 2 routed heads, per-group held-out accuracy against
+    each group's noise-free preference; features from the last token (MiCRo's, on a reward-model backbone) or
+    mean-pooled over the sequence (the SFT backbone is a language model, not a reward model)."""
+    import random
+
+    from pbrl.sequence.data import PairSampler, collate_pairs, load_pairs, tokenize_pairs
+    from pbrl.sequence.reward import MixtureRewardConfig, MixtureRewardModel
+    from pbrl.train.loop import TrainConfig, run_loop
+
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        s = setup(out, seed)
+        rng = random.Random(seed)
+        train_prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
+        heldout = json.loads(s["heldout"].read_text())
+        folder = out / f"seed{seed}" / "micro"
+        train_rows, test_rows = micro_rows(train_prompts, 2, rng), micro_rows(heldout, 8, rng, flip=0.0)
+        backbone, tok = load(s["sft"])
+        width = backbone.config.n_embd
+        train_data = tokenize_pairs(load_pairs(train_rows), tok, max_length=32)
+        test_data = tokenize_pairs(load_pairs(test_rows), tok, max_length=32)
+        contexts = {g: tok(g, add_special_tokens=False)["input_ids"] for g in train_data.groups}
+
+        def context_of(data, index, contexts=contexts):
+            ids = torch.tensor([contexts[data.groups[g]] for g in data.group[index].tolist()])
+            return ids, torch.ones_like(ids)
+
+        for label, cfg in (("single BT", MixtureRewardConfig(heads=1, routed=False)),
+                           ("MiCRo K=2, routed", MixtureRewardConfig(heads=2, balance=0.5)),
+                           ("single BT, mean-pooled", MixtureRewardConfig(heads=1, routed=False, pool="mean")),
+                           ("MiCRo K=2, routed, mean-pooled", MixtureRewardConfig(heads=2, balance=0.5, pool="mean"))):
+            torch.manual_seed(seed)
+            model = MixtureRewardModel(backbone, width, cfg)
+            sampler = PairSampler(train_data, 32, seed=seed, pad_id=tok.pad_token_id, device=torch.device("cpu"))
+
+            def sample(sampler=sampler, data=train_data, context_of=context_of):
+                batch = sampler.sample()
+                return (batch, *context_of(data, batch.index))
+
+            tc = TrainConfig(steps=steps, batch_size=32, lr=1e-2, weight_decay=0.0, log_every=50, checkpoint_every=steps)
+            run_loop(model, sample, tc, folder / label.replace(" ", "").replace(",", "-"), device=torch.device("cpu"),
+                     progress=False,
+                     stateful={"sampler": sampler})
+            batch = collate_pairs(test_data, torch.arange(len(test_data)), tok.pad_token_id)
+            with torch.no_grad():
+                p = model.preference_probability(batch, *context_of(test_data, batch.index))
+            for g, name in enumerate(test_data.groups):
+                mask = test_data.group == g
+                acc = float(((p[mask] > 0.5).float()).mean())  # held-out labels are noise-free: chosen is the truth
+                results.setdefault(label, {}).setdefault(f"accuracy {name}", []).append(acc)
+    print(f"\n### micro: held-out accuracy per user group (noise-free labels), {steps} steps, seeds {seeds}\n")
+    print("| reward model | group gold (prefers the target) | group shy (avoids it) |")
+    print("|---|---|---|")
+    for label, m in results.items():
+        print(f"| {label} | {ms(m['accuracy gold'])} | {ms(m['accuracy shy'])} |")
+    return results
+
+
+def stage_rto(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """PPO on the sequence reward alone (a bag-of-words BT reward model fitted to the noisy pairs) against RTO
+    (the same, plus the DPO token reward of the seed's DPO model from ``learn``), at the official script's
+    β₁ = 0.05 clipped to ±0.05, and at β₁ = 0.3 unclipped (the DPO's own β: the token rewards then sum to its
+    implicit reward). Equal PPO steps, same KL penalty β₂ = 0.05."""
+    from pbrl.sequence.online import OnlineConfig, train_online
+
+    results: dict[str, dict[str, list[float]]] = {}
+    ppo_steps = max(steps // 5, 20)
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        rows = [json.loads(line) for line in open(s["pairs"])]
+        prompts = sorted({r["prompt"] for r in rows})
+        reward = BagOfWordsReward(rows)
+        guide = out / f"seed{seed}" / "dpo" / "model"
+        if not (guide / "config.json").is_file():
+            train(s["sft"], s["pairs"], out / f"seed{seed}" / "dpo", "dpo", steps=steps, seed=seed)
+        for label, guide_dir, cfg, name in (
+                ("PPO, sequence reward", None, OnlineConfig(), "ppo"),
+                ("RTO, β₁ 0.05 clipped ±0.05 (official)", guide, OnlineConfig(), "rto-official"),
+                ("RTO, β₁ 0.3 unclipped", guide, OnlineConfig(beta_dpo=BETA["dpo"], dpo_clip=0.0), "rto")):
+            folder = out / f"seed{seed}" / "rto" / name
+            start = time.perf_counter()
+            if not (folder / "model" / "config.json").is_file():
+                train_online(str(s["sft"]), prompts, [reward], cfg, str(folder), steps=ppo_steps, seed=seed, lr=1e-4,
+                             guide_dir=str(guide_dir) if guide_dir else None)
+            metrics = measure(folder / "model", s["sft"], heldout, seed)
+            metrics["seconds"] = time.perf_counter() - start
+            print(f"seed {seed} {label}: {metrics}", file=sys.stderr)
+            for k, v in metrics.items():
+                results.setdefault(label, {}).setdefault(k, []).append(v)
+    print(f"\n### rto: {ppo_steps} PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}\n")
+    print("| method | preferred | valid | preferred & valid | KL to SFT | s |")
+    print("|---|---|---|---|---|---|")
+    for label, m in results.items():
+        print(f"| {label} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['preferred_valid'])} | {ms(m['kl'])} | "
+              f"{ms(m['seconds'])} |")
+    return results
+
+
+def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Two conflicting objectives on the two adjective slots: R₁ = number of ``gold``, R₂ = number of ``red``
+    (a slot holds one adjective: the Pareto front is R₁ + R₂ = 2). PAMA's PPO from SFT; Pareto-stationarity
+    measured along the run as MGDA's min-norm ratio of the two objectives' policy gradients (0: stationary), each
+    estimated on its own half of 1,600 held-out samples; ``[R₁, −R₁]`` on the same halves is the noise floor."""
+    from pbrl.sequence.online import OnlineConfig, pareto_stationarity, train_online
+
+    objectives = [lambda p, c: float(c.split().count("gold")), lambda p, c: float(c.split().count("red"))]
+    opposite = [objectives[0], lambda p, c: -objectives[0](p, c)]
+    results: dict[str, dict[str, list[float]]] = {}
+    ppo_steps = 3 * max(steps // 5, 20)
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
+        _, tok = load(s["sft"])
+        for milestone in (0, ppo_steps // 3, 2 * ppo_steps // 3, ppo_steps):
+            if milestone == 0:
+                model, _ = load(s["sft"])
+            else:
+                model = train_online(str(s["sft"]), prompts, objectives, OnlineConfig(beta_kl=0.01),
+                                     str(out / f"seed{seed}" / "pama"), steps=ppo_steps, seed=seed, lr=1e-4,
+                                     stop_at=milestone)
+            st = pareto_stationarity(model, tok, heldout, objectives, samples=16, seed=seed, split=True)
+            st["noise floor"] = pareto_stationarity(model, tok, heldout, opposite, samples=16, seed=seed,
+                                                    split=True)["min_norm_ratio"]
+            texts = [c for cs in sample_completions(model, tok, heldout, samples=4, seed=seed) for c in cs]
+            st["gold per completion"] = statistics.mean(c.split().count("gold") for c in texts)
+            st["red per completion"] = statistics.mean(c.split().count("red") for c in texts)
+            print(f"seed {seed} step {milestone}: {st}", file=sys.stderr)
+            for k, v in st.items():
+                results.setdefault(str(milestone), {}).setdefault(k, []).append(v)
+    print(f"\n### pama: PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}; min-norm ratio = "
+          "min_c ‖c g₁ + (1−c) g₂‖ / max ‖g_i‖\n")
+    print("| PPO step | gold / completion | red / completion | gold + red (front: 2) | cos(g₁, g₂) | min-norm ratio | "
+          "noise floor |")
+    print("|---|---|---|---|---|---|---|")
+    for label, m in results.items():
+        both = [a + b for a, b in zip(m["gold per completion"], m["red per completion"])]
+        print(f"| {label} | {ms(m['gold per completion'])} | {ms(m['red per completion'])} | {ms(both)} | "
+              f"{ms(m['cosine'])} | {ms(m['min_norm_ratio'])} | {ms(m['noise floor'])} |")
+    return results
+
+
+STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "irepo": stage_irepo, "tvkd": stage_tvkd, "isq": stage_isq,
+          "micro": stage_micro, "rto": stage_rto, "pama": stage_pama}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/seq-bench")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for stage in args.stages:
+        start = time.perf_counter()
+        results[stage] = STAGES[stage](out, args.seeds, args.steps)
+        print(f"\n({stage}: {time.perf_counter() - start:.0f} s)")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
