@@ -212,16 +212,18 @@ def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annota
     the round) on those pairs."""
     import random
 
-    per_round: dict[int, list[float]] = {}
+    per_round: dict[int, dict[str, list[float]]] = {}
+    round_steps = max(steps // 5, 20)
     for seed in seeds:
         s = setup(out, seed)
         heldout = json.loads(s["heldout"].read_text())
         prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
         rng = random.Random(seed)
         current = s["sft"]
-        per_round.setdefault(0, []).append(measure(current, s["sft"], heldout, seed)["preferred"])
+        for k, v in measure(current, s["sft"], heldout, seed).items():
+            per_round.setdefault(0, {}).setdefault(k, []).append(v)
         for r in range(1, rounds + 1):
-            folder = out / f"seed{seed}" / "irepo" / f"round{r}"
+            folder = out / f"seed{seed}" / f"irepo-{round_steps}" / f"round{r}"
             data = folder / "pairs.jsonl"
             if not data.is_file():
                 model, tok = load(current)
@@ -237,13 +239,14 @@ def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annota
                     chosen, rejected, p_hat = (a, b, p_a) if p_a >= 0.5 else (b, a, 1 - p_a)
                     rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "preference": p_hat})
                 write_jsonl(data, rows)
-            current, _ = train(current, data, folder / "run", "irepo", steps=steps, seed=seed)
-            per_round.setdefault(r, []).append(measure(current, s["sft"], heldout, seed)["preferred"])
-    print(f"\n### irepo: preferred rate (held-out) by round, {steps} steps per round, seeds {seeds}\n")
-    print("| round | preferred |")
-    print("|---|---|")
-    for r, v in per_round.items():
-        print(f"| {r} | {ms(v)} |")
+            current, _ = train(current, data, folder / "run", "irepo", steps=round_steps, seed=seed)
+            for k, v in measure(current, s["sft"], heldout, seed).items():
+                per_round.setdefault(r, {}).setdefault(k, []).append(v)
+    print(f"\n### irepo: held-out, {round_steps} steps per round from the previous round's policy, seeds {seeds}\n")
+    print("| round | preferred | valid | KL to SFT |")
+    print("|---|---|---|---|")
+    for r, m in per_round.items():
+        print(f"| {r} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['kl'])} |")
     return {str(k): v for k, v in per_round.items()}
 
 
@@ -288,10 +291,11 @@ def stage_isq(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             for k, v in metrics.items():
                 results.setdefault(label, {}).setdefault(k, []).append(v)
     print(f"\n### isq: imitation of the grammar from scratch, {SFT_STEPS} steps, seeds {seeds}\n")
-    print("| objective | valid (task score) | distinct | preferred (base rate 0.23) |")
-    print("|---|---|---|---|")
+    print("| objective | valid (task score) | distinct completions | distinct-2 per prompt | preferred (base rate 0.23) |")
+    print("|---|---|---|---|---|")
     for label, m in results.items():
-        print(f"| {label} | {ms(m['valid'])} | {ms(m['distinct_completions'])} | {ms(m['preferred'])} |")
+        print(f"| {label} | {ms(m['valid'])} | {ms(m['distinct_completions'])} | {ms(m['distinct_2'])} | "
+              f"{ms(m['preferred'])} |")
     return results
 
 

@@ -120,7 +120,14 @@ def test_bad_data_trains_nothing(tmp_path, grammar):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert f"{bad}:6: field 'chosen': got missing" in last
-    assert not (out / "checkpoints").exists() and not (out / "model").exists()
+    assert not out.exists()  # nothing written, nothing trained
+    long = _write(tmp_path / "long.jsonl", [GOOD, json.dumps({"prompt": "ant " * 40 + ":", "chosen": " gold ant .",
+                                                              "rejected": " red ant ."})])
+    proc = subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", "train", "--method", "dpo", "--model",
+                           str(grammar["model"]), "--data", str(long), "--out", str(out), "--max-length", "32",
+                           "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and f"{long}:2: field 'prompt': got 41 tokens" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
 
 
 def test_sampler_resumes_its_stream(grammar):

@@ -116,6 +116,7 @@ class SequenceLearner(nn.Module):
             ref_total = self.reference.sequence_logps(batch)
         ref_chosen, ref_rejected = ref_total.chunk(2)
         weight = batch.weight.to(chosen.total.dtype)
+        extra: dict[str, Tensor] = {}
         if m.name in ("dpo", "ipo", "rso", "is_daa"):
             lengths = (chosen.lengths, rejected.lengths) if (m.dpo_type == "sigmoid_norm" or m.length_normalize) \
                 else (None, None)
@@ -125,6 +126,7 @@ class SequenceLearner(nn.Module):
             if m.name == "is_daa":
                 is_weight = is_daa_weights(chosen.total, rejected.total, ref_chosen, ref_rejected, epsilon=m.is_epsilon)
                 losses = losses * is_weight
+                extra["is_daa/log_weight_mean"] = is_weight.log().mean()
         elif m.name == "irepo":
             if torch.isnan(batch.preference).any():
                 raise ConfigError(describe("data", "field 'preference'", "missing on some rows",
@@ -145,7 +147,7 @@ class SequenceLearner(nn.Module):
         else:  # pragma: no cover - MethodConfig's choices rule this out
             raise ConfigError(describe("method", "name", m.name, f"one of {list(METHODS)}"))
         loss = (losses * weight).sum() / weight.sum().clamp(min=1e-12)
-        return LossOutput(loss, self._metrics(chosen, rejected, ref_chosen, ref_rejected))
+        return LossOutput(loss, {**self._metrics(chosen, rejected, ref_chosen, ref_rejected), **extra})
 
     def _imitation_loss(self, batch: PairBatch) -> LossOutput:
         """SFT / inverse soft-Q on the chosen completions only (the first half of the batch)."""

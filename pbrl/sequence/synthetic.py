@@ -114,18 +114,31 @@ def make_task(*, seed: int = 0, train_prompts: int = 300, heldout_prompts: int =
     return GrammarTask(train, heldout, sft, pairs)
 
 
+def distinct_n(completions: list[list[str]], n: int = 2) -> float:
+    """Mean over prompts of the share of distinct word n-grams among the n-grams of that prompt's samples (the
+    diversity of what the policy says for one input)."""
+    shares = []
+    for samples in completions:
+        grams = [tuple(w[i:i + n]) for c in samples for w in [c.split()] for i in range(len(w) - n + 1)]
+        if grams:
+            shares.append(len(set(grams)) / len(grams))
+    return sum(shares) / len(shares) if shares else 0.0
+
+
 def evaluate_policy(model: nn.Module, tokenizer: Any, prompts: list[str], *, reference: nn.Module | None = None,
                     samples: int = 4, seed: int = 0, target: str = TARGET, device: torch.device | str = "cpu"
                     ) -> dict[str, float]:
     """On ``prompts``: the share of sampled completions that contain ``target`` (``preferred``), follow the grammar
-    (``valid``), both (``preferred_valid``), and the KL to ``reference`` (when given)."""
+    (``valid``), both (``preferred_valid``), distinct completions and :func:`distinct_n` (n = 2), and the KL to
+    ``reference`` (when given)."""
     completions = sample_completions(model, tokenizer, prompts, samples=samples, seed=seed, device=device)
     flat = [(p, c) for p, cs in zip(prompts, completions) for c in cs]
     preferred = [target_count(c, target) > 0 for _, c in flat]
     valid = [completion_is_valid(p, c) for p, c in flat]
     result = {"preferred": sum(preferred) / len(flat), "valid": sum(valid) / len(flat),
               "preferred_valid": sum(a and b for a, b in zip(preferred, valid)) / len(flat),
-              "distinct_completions": len({c for _, c in flat}) / len(flat)}
+              "distinct_completions": len({c for _, c in flat}) / len(flat),
+              "distinct_2": distinct_n(completions, 2)}
     if reference is not None:
         result["kl"] = estimate_kl(model, reference, tokenizer, prompts, completions, device)
     return result

@@ -105,30 +105,29 @@ def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def load_model_and_tokenizer(cfg: SeqRunConfig, out: Path, texts: list[str]) -> tuple[nn.Module, Any, str]:
-    """The policy's starting model, its tokenizer (saved in ``out/tokenizer`` when built from the data) and a
-    fingerprint of the weights' origin."""
+def load_model_and_tokenizer(cfg: SeqRunConfig, out: Path, texts: list[str]) -> tuple[nn.Module, Any, str, bool]:
+    """The policy's starting model, its tokenizer (the run's ``out/tokenizer`` if there is one, else built from the
+    data when neither the model nor ``run.tokenizer`` has one), a fingerprint of the weights' origin, and whether
+    the tokenizer was built here (the caller saves it into the run)."""
     from transformers import AutoTokenizer
 
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     model, tokenizer, origin = load_causal_lm(cfg.model, seed=cfg.train.seed, dtype=dtype)
     if cfg.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
-    elif tokenizer is None:
+    built = False
+    if not cfg.tokenizer and tokenizer is None:
         saved = out / "tokenizer"
         if saved.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(saved, local_files_only=True)
         else:
-            tokenizer = word_tokenizer(texts)
-            tmp = out / f".tokenizer.{os.getpid()}.tmp"
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, saved)
+            tokenizer, built = word_tokenizer(texts), True
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise ConfigError(describe(cfg.model, "vocab_size", vocab, f">= the tokenizer's {len(tokenizer)} tokens"))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, origin
+    return model, tokenizer, origin, built
 
 
 def _prepare_run_dir(cfg: SeqRunConfig, out: Path) -> None:
@@ -157,19 +156,24 @@ def _frozen_model(path: str, device: torch.device) -> nn.Module:
 def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool = True,
                    stop_at: int | None = None) -> LoopResult:
     """Train ``cfg`` into ``out`` (resuming an unfinished run there). Every row of the data is checked and
-    tokenised before anything is written besides ``config.toml``; the final model lands in ``out/model``."""
+    tokenised before anything is written (a bad row leaves ``out`` as it was); the final model lands in
+    ``out/model``."""
     cfg.validate()
     out = Path(out)
+    pairs = load_pairs(cfg.data)  # a malformed row stops here
+    texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
+    policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
+    data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # and a row too long here
     out.mkdir(parents=True, exist_ok=True)
-    pairs = load_pairs(cfg.data)  # a malformed row stops here: nothing is trained
     with run_lock(out):
         _prepare_run_dir(cfg, out)
+        if built:
+            tmp = out / f".tokenizer.{os.getpid()}.tmp"
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, out / "tokenizer")
         torch.manual_seed(cfg.train.seed)
         torch.set_num_threads(cfg.train.threads)
         device = resolve_device(cfg.train.device)
-        texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
-        policy, tokenizer, origin = load_model_and_tokenizer(cfg, out, texts)
-        data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)
         if data.truncated:
             print(f"pbrl: {cfg.data}: {data.truncated} completion(s) cut at max_length = {cfg.max_length}",
                   file=sys.stderr)
