@@ -426,8 +426,12 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     measured along the run as MGDA's min-norm ratio of the two objectives' policy gradients (0: stationary), each
     estimated on its own half of 1,600 held-out samples; ``[R₁, −R₁]`` on the same halves is the noise floor."""
     from pbrl.sequence.online import OnlineConfig, pareto_stationarity, train_online
+    from pbrl.sequence.synthetic import completion_is_valid
 
-    objectives = [lambda p, c: float(c.split().count("gold")), lambda p, c: float(c.split().count("red"))]
+    # each objective counts its adjective in grammatical completions and scores -1 otherwise: without the gate the
+    # policy leaves the grammar and raises both counts at once by repeating words (measured: gold + red = 2.4)
+    objectives = [lambda p, c: float(c.split().count("gold")) if completion_is_valid(p, c) else -1.0,
+                  lambda p, c: float(c.split().count("red")) if completion_is_valid(p, c) else -1.0]
     opposite = [objectives[0], lambda p, c: -objectives[0](p, c)]
     results: dict[str, dict[str, list[float]]] = {}
     ppo_steps = 3 * max(steps // 5, 20)
@@ -441,7 +445,7 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 model, _ = load(s["sft"])
             else:
                 model = train_online(str(s["sft"]), prompts, objectives, OnlineConfig(beta_kl=0.01),
-                                     str(out / f"seed{seed}" / "pama"), steps=ppo_steps, seed=seed, lr=1e-4,
+                                     str(out / f"seed{seed}" / "pama-gated"), steps=ppo_steps, seed=seed, lr=1e-4,
                                      stop_at=milestone)
             st = pareto_stationarity(model, tok, heldout, objectives, samples=16, seed=seed, split=True)
             st["noise floor"] = pareto_stationarity(model, tok, heldout, opposite, samples=16, seed=seed,
@@ -449,18 +453,20 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             texts = [c for cs in sample_completions(model, tok, heldout, samples=4, seed=seed) for c in cs]
             st["gold per completion"] = statistics.mean(c.split().count("gold") for c in texts)
             st["red per completion"] = statistics.mean(c.split().count("red") for c in texts)
+            flat = [p for p in heldout for _ in range(4)]
+            st["valid"] = statistics.mean(completion_is_valid(p, c) for p, c in zip(flat, texts))
             print(f"seed {seed} step {milestone}: {st}", file=sys.stderr)
             for k, v in st.items():
                 results.setdefault(str(milestone), {}).setdefault(k, []).append(v)
     print(f"\n### pama: PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}; min-norm ratio = "
           "min_c ‖c g₁ + (1−c) g₂‖ / max ‖g_i‖\n")
-    print("| PPO step | gold / completion | red / completion | gold + red (front: 2) | cos(g₁, g₂) | min-norm ratio | "
-          "noise floor |")
-    print("|---|---|---|---|---|---|---|")
+    print("| PPO step | gold / completion | red / completion | gold + red (front: 2) | valid | cos(g₁, g₂) | "
+          "min-norm ratio | noise floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, m in results.items():
         both = [a + b for a, b in zip(m["gold per completion"], m["red per completion"])]
         print(f"| {label} | {ms(m['gold per completion'])} | {ms(m['red per completion'])} | {ms(both)} | "
-              f"{ms(m['cosine'])} | {ms(m['min_norm_ratio'])} | {ms(m['noise floor'])} |")
+              f"{ms(m['valid'])} | {ms(m['cosine'])} | {ms(m['min_norm_ratio'])} | {ms(m['noise floor'])} |")
     return results
 
 

@@ -443,6 +443,14 @@ def test_seq_train_resumes_bit_exactly(grammar, tmp_path):
     c = torch.load(tmp_path / "cached/checkpoints/step_00000006.pt", weights_only=False)["agent"]
     assert (tmp_path / "cached/ref_logps.pt").is_file()
     assert all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+    irepo = config()
+    irepo.method.name = "irepo"
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(GOOD + "\n")
+    irepo.data = str(bare)
+    with pytest.raises(DatasetError, match=rf"^{bare}:1: field 'preference': got missing"):
+        train_sequence(irepo, tmp_path / "irepo", progress=False)
+    assert not (tmp_path / "irepo").exists()
     with pytest.raises(ConfigError, match="method.beta: stored 0.1, asked 0.2"):
         changed = config()
         changed.method.beta = 0.2

@@ -127,10 +127,7 @@ class SequenceLearner(nn.Module):
                 is_weight = is_daa_weights(chosen.total, rejected.total, ref_chosen, ref_rejected, epsilon=m.is_epsilon)
                 losses = losses * is_weight
                 extra["is_daa/log_weight_mean"] = is_weight.log().mean()
-        elif m.name == "irepo":
-            if torch.isnan(batch.preference).any():
-                raise ConfigError(describe("data", "field 'preference'", "missing on some rows",
-                                           "the empirical preference p̂ in (0, 1) on every row for irepo"))
+        elif m.name == "irepo":  # train_sequence has checked every row carries its preference
             losses = irepo_loss(chosen.total, rejected.total, ref_chosen, ref_rejected, batch.preference, beta=m.beta)
         elif m.name == "tgdpo":
             guide = self._frozen_logps("guide", batch)

@@ -25,7 +25,7 @@ import tomllib
 import torch
 from torch import nn
 
-from pbrl.errors import ConfigError, describe
+from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.fields import check_fields, param, set_fields
 from pbrl.io import atomic_write_text
 from pbrl.sequence.data import PairSampler, TokenizedPairs, load_pairs, tokenize_pairs
@@ -161,6 +161,12 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
     cfg.validate()
     out = Path(out)
     pairs = load_pairs(cfg.data)  # a malformed row stops here
+    if cfg.method.name == "irepo":
+        lacking = next((p for p in pairs if p.preference is None), None)
+        if lacking is not None:
+            raise DatasetError(describe(lacking.where, "field 'preference'", "missing",
+                                        "the empirical share of annotators preferring chosen, in (0, 1), on every "
+                                        "row (iREPO regresses on its logit)"))
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
     policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
     data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # and a row too long here
