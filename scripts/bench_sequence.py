@@ -470,8 +470,42 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
+SWEEP = [  # (method, lr, steps, fields): the seed-0 runs docs/benchmarks.md cites for β, lr, TGDPO's α and IPO's τ
+    ("dpo", 3e-4, 200, {"beta": 0.1}), ("dpo", 3e-4, 200, {"beta": 0.3}), ("dpo", 5e-4, 200, {"beta": 0.5}),
+    ("dpo", 5e-4, 600, {"beta": 1.0}),
+    ("dpo", 1e-4, 125, {}), ("dpo", 1e-4, 250, {}), ("dpo", 1e-4, 500, {}),
+    ("tgdpo", 1e-4, 125, {}), ("tgdpo", 1e-4, 250, {}), ("tgdpo", 1e-4, 500, {}),
+    ("tgdpo", 1e-4, 1000, {"tg_alpha": 0.0}), ("tgdpo", 1e-4, 1000, {"tg_alpha": 0.1}),
+    ("ipo", 1e-4, 1000, {"beta": 0.05}), ("ipo", 1e-4, 1000, {"beta": 0.03}),
+]
+
+
+def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Seed 0 only: DPO over β and lr, DPO and TGDPO over training length, TGDPO's α, IPO's τ (β 0.3 unless set;
+    TGDPO's guide is seed 0's DPO model from ``learn``)."""
+    s = setup(out, 0)
+    heldout = json.loads(s["heldout"].read_text())
+    guide = out / "seed0" / "dpo" / "model"
+    if not (guide / "config.json").is_file():
+        train(s["sft"], s["pairs"], out / "seed0" / "dpo", "dpo", steps=steps, seed=0)
+    results = {}
+    print("\n### sweep (seed 0, batch 16)\n")
+    print("| method | lr | steps | settings | preferred | valid | KL to SFT |")
+    print("|---|---|---|---|---|---|---|")
+    for method, lr, n, fields in SWEEP:
+        fields = {**fields, **({"guide": str(guide)} if method == "tgdpo" else {})}
+        shown = {k: v for k, v in fields.items() if k != "guide"}
+        name = f"{method}-lr{lr}-{n}-" + "-".join(f"{k}{v}" for k, v in shown.items())
+        model_dir, _ = train(s["sft"], s["pairs"], out / "seed0" / "sweep" / name, method, steps=n, seed=0, lr=lr,
+                             **fields)
+        m = measure(model_dir, s["sft"], heldout, 0)
+        results[name] = m
+        print(f"| {method} | {lr:g} | {n} | {shown or ''} | {m['preferred']:.3f} | {m['valid']:.3f} | {m['kl']:.2f} |")
+    return results
+
+
 STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "irepo": stage_irepo, "tvkd": stage_tvkd, "isq": stage_isq,
-          "micro": stage_micro, "rto": stage_rto, "pama": stage_pama}
+          "micro": stage_micro, "rto": stage_rto, "pama": stage_pama, "sweep": stage_sweep}
 
 
 def main() -> None:

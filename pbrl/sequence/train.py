@@ -207,7 +207,7 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
 
 def _reference(cfg: SeqRunConfig, policy: nn.Module, data: TokenizedPairs, pad_id: int, out: Path, origin: str,
                device: torch.device, progress: bool) -> Reference:
-    if cfg.reference == "none":
+    if cfg.reference == "none" or not cfg.method.uses_reference:  # sft / isq read no reference: none is built
         return Reference("none")
     if cfg.reference == "adapter":
         return Reference("adapter", policy=policy)
