@@ -62,6 +62,20 @@ def ms(values: list[float]) -> str:
     return f"{v[0]:.2f}" if len(v) == 1 else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
 
 
+def record(results: dict[Any, dict[str, list[float]]], label: Any, metrics: dict[str, float]) -> None:
+    """Append one seed's ``metrics`` under ``label``."""
+    for k, v in metrics.items():
+        results.setdefault(label, {}).setdefault(k, []).append(v)
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -138,24 +152,17 @@ def stage_learn(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                  ("tgdpo", "tgdpo", s["pairs"], {"guide": str(run / "dpo" / "model")}),
                  ("rso", "rso", rso_data, {}), ("irepo", "irepo", s["pairs"], {})]
         sft_metrics = measure(s["sft"], s["sft"], heldout, seed)
-        results.setdefault("sft (reference)", {}).setdefault("seconds", []).append(0.0)
-        for k, v in sft_metrics.items():
-            results["sft (reference)"].setdefault(k, []).append(v)
+        record(results, "sft (reference)", {"seconds": 0.0, **sft_metrics})
         for label, method, data, fields in plans:
             model_dir, seconds = train(s["sft"], data, run / label, method, steps=steps, seed=seed, **fields)
             metrics = measure(model_dir, s["sft"], heldout, seed)
             print(f"seed {seed} {label}: {metrics} ({seconds:.1f} s)", file=sys.stderr)
-            results.setdefault(label, {}).setdefault("seconds", []).append(seconds)
-            for k, v in metrics.items():
-                results[label].setdefault(k, []).append(v)
+            record(results, label, {"seconds": seconds, **metrics})
         results.setdefault("rso reward model", {}).setdefault("gold weight", []).append(reward.weight(TARGET))
-    print(f"\n### learn: held-out prompts, {steps} steps from SFT, batch 16 pairs, lr {LR}, β {BETA}, seeds {seeds}\n")
-    print("| method | preferred | valid | preferred & valid | KL to SFT (nats) | distinct | train s |")
-    print("|---|---|---|---|---|---|---|")
-    for label, m in results.items():
-        if "preferred" in m:
-            print(f"| {label} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['preferred_valid'])} | "
-                  f"{ms(m['kl'])} | {ms(m['distinct_completions'])} | {ms(m['seconds'])} |")
+    print_table(f"learn: held-out prompts, {steps} steps from SFT, batch 16 pairs, lr {LR}, β {BETA}, seeds {seeds}",
+                ["method", "preferred", "valid", "preferred & valid", "KL to SFT (nats)", "distinct", "train s"],
+                [[label, *(ms(m[k]) for k in ("preferred", "valid", "preferred_valid", "kl", "distinct_completions",
+                                              "seconds"))] for label, m in results.items() if "preferred" in m])
     return results
 
 
@@ -170,9 +177,7 @@ def stage_isdaa(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 model_dir, _ = train(s["sft"], s["pairs"], out / f"seed{seed}" / "isdaa" / f"{method}-b{beta}", method,
                                      steps=steps, seed=seed, beta=beta)
                 m = measure(model_dir, s["sft"], heldout, seed)
-                point = curve[method].setdefault(beta, {})
-                for k in ("preferred", "kl", "valid"):
-                    point.setdefault(k, []).append(m[k])
+                record(curve[method], beta, {k: m[k] for k in ("preferred", "kl", "valid")})
     print(f"\n### isdaa: preferred rate against KL(π ‖ π_SFT) over β ({steps} steps, seeds {seeds})\n")
     print("| β | DPO preferred | DPO KL | IS-DAA preferred | IS-DAA KL |")
     print("|---|---|---|---|---|")
@@ -220,8 +225,7 @@ def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annota
         prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
         rng = random.Random(seed)
         current = s["sft"]
-        for k, v in measure(current, s["sft"], heldout, seed).items():
-            per_round.setdefault(0, {}).setdefault(k, []).append(v)
+        record(per_round, 0, measure(current, s["sft"], heldout, seed))
         for r in range(1, rounds + 1):
             folder = out / f"seed{seed}" / f"irepo-{round_steps}" / f"round{r}"
             data = folder / "pairs.jsonl"
@@ -240,8 +244,7 @@ def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annota
                     rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "preference": p_hat})
                 write_jsonl(data, rows)
             current, _ = train(current, data, folder / "run", "irepo", steps=round_steps, seed=seed)
-            for k, v in measure(current, s["sft"], heldout, seed).items():
-                per_round.setdefault(r, {}).setdefault(k, []).append(v)
+            record(per_round, r, measure(current, s["sft"], heldout, seed))
     print(f"\n### irepo: held-out, {round_steps} steps per round from the previous round's policy, seeds {seeds}\n")
     print("| round | preferred | valid | KL to SFT |")
     print("|---|---|---|---|")
@@ -266,13 +269,11 @@ def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 model_dir, _ = train(small["sft"], small["pairs"], out / f"seed{seed}" / "tvkd" / label.replace(" ", "-"),
                                      method, steps=steps, seed=seed, **fields)
                 metrics = measure(model_dir, small["sft"], heldout, seed)
-            for k, v in metrics.items():
-                results.setdefault(label, {}).setdefault(k, []).append(v)
-    print(f"\n### tvkd: student (1x32) from its SFT, {steps} steps; teacher 4x128 DPO; seeds {seeds}\n")
-    print("| model | preferred | valid | preferred & valid | KL to own SFT |")
-    print("|---|---|---|---|---|")
-    for label, m in results.items():
-        print(f"| {label} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['preferred_valid'])} | {ms(m['kl'])} |")
+            record(results, label, metrics)
+    print_table(f"tvkd: student (1x32) from its SFT, {steps} steps; teacher 4x128 DPO; seeds {seeds}",
+                ["model", "preferred", "valid", "preferred & valid", "KL to own SFT"],
+                [[label, *(ms(m[k]) for k in ("preferred", "valid", "preferred_valid", "kl"))]
+                 for label, m in results.items()])
     return results
 
 
@@ -287,9 +288,7 @@ def stage_isq(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             model_dir, _ = train(config, s["task"] / "sft.jsonl", out / f"seed{seed}" / "isq" / label.split()[-1],
                                  method, steps=SFT_STEPS, seed=seed, lr=3e-3, batch=32, tokenizer=s["task"] / "tokenizer",
                                  **fields)
-            metrics = measure(model_dir, s["sft"], heldout, seed)
-            for k, v in metrics.items():
-                results.setdefault(label, {}).setdefault(k, []).append(v)
+            record(results, label, measure(model_dir, s["sft"], heldout, seed))
     print(f"\n### isq: imitation of the grammar from scratch, {SFT_STEPS} steps, seeds {seeds}\n")
     print("| objective | valid (task score) | distinct completions | distinct-2 per prompt | preferred (base rate 0.23) |")
     print("|---|---|---|---|---|")
@@ -370,7 +369,7 @@ def stage_micro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             for g, name in enumerate(test_data.groups):
                 mask = test_data.group == g
                 acc = float(((p[mask] > 0.5).float()).mean())  # held-out labels are noise-free: chosen is the truth
-                results.setdefault(label, {}).setdefault(f"accuracy {name}", []).append(acc)
+                record(results, label, {f"accuracy {name}": acc})
     print(f"\n### micro: held-out accuracy per user group (noise-free labels), {steps} steps, seeds {seeds}\n")
     print("| reward model | group gold (prefers the target) | group shy (avoids it) |")
     print("|---|---|---|")
@@ -409,8 +408,7 @@ def stage_rto(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             metrics = measure(folder / "model", s["sft"], heldout, seed)
             metrics["seconds"] = time.perf_counter() - start
             print(f"seed {seed} {label}: {metrics}", file=sys.stderr)
-            for k, v in metrics.items():
-                results.setdefault(label, {}).setdefault(k, []).append(v)
+            record(results, label, metrics)
     print(f"\n### rto: {ppo_steps} PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}\n")
     print("| method | preferred | valid | preferred & valid | KL to SFT | s |")
     print("|---|---|---|---|---|---|")
@@ -456,8 +454,7 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             flat = [p for p in heldout for _ in range(4)]
             st["valid"] = statistics.mean(completion_is_valid(p, c) for p, c in zip(flat, texts))
             print(f"seed {seed} step {milestone}: {st}", file=sys.stderr)
-            for k, v in st.items():
-                results.setdefault(str(milestone), {}).setdefault(k, []).append(v)
+            record(results, str(milestone), st)
     print(f"\n### pama: PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}; min-norm ratio = "
           "min_c ‖c g₁ + (1−c) g₂‖ / max ‖g_i‖\n")
     print("| PPO step | gold / completion | red / completion | gold + red (front: 2) | valid | cos(g₁, g₂) | "
