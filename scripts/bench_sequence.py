@@ -178,12 +178,9 @@ def stage_isdaa(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                                      steps=steps, seed=seed, beta=beta)
                 m = measure(model_dir, s["sft"], heldout, seed)
                 record(curve[method], beta, {k: m[k] for k in ("preferred", "kl", "valid")})
-    print(f"\n### isdaa: preferred rate against KL(π ‖ π_SFT) over β ({steps} steps, seeds {seeds})\n")
-    print("| β | DPO preferred | DPO KL | IS-DAA preferred | IS-DAA KL |")
-    print("|---|---|---|---|---|")
-    for beta in betas:
-        d, i = curve["dpo"][beta], curve["is_daa"][beta]
-        print(f"| {beta} | {ms(d['preferred'])} | {ms(d['kl'])} | {ms(i['preferred'])} | {ms(i['kl'])} |")
+    print_table(f"isdaa: preferred rate against KL(π ‖ π_SFT) over β ({steps} steps, seeds {seeds})",
+                ["β", "DPO preferred", "DPO KL", "IS-DAA preferred", "IS-DAA KL"],
+                [[str(b), *(ms(curve[m][b][k]) for m in ("dpo", "is_daa") for k in ("preferred", "kl"))] for b in betas])
     plot_curve(curve, out / "isdaa-curve.png")
     return {m: {str(b): v for b, v in c.items()} for m, c in curve.items()}
 
@@ -245,11 +242,9 @@ def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annota
                 write_jsonl(data, rows)
             current, _ = train(current, data, folder / "run", "irepo", steps=round_steps, seed=seed)
             record(per_round, r, measure(current, s["sft"], heldout, seed))
-    print(f"\n### irepo: held-out, {round_steps} steps per round from the previous round's policy, seeds {seeds}\n")
-    print("| round | preferred | valid | KL to SFT |")
-    print("|---|---|---|---|")
-    for r, m in per_round.items():
-        print(f"| {r} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['kl'])} |")
+    print_table(f"irepo: held-out, {round_steps} steps per round from the previous round's policy, seeds {seeds}",
+                ["round", "preferred", "valid", "KL to SFT"],
+                [[str(r), *(ms(m[k]) for k in ("preferred", "valid", "kl"))] for r, m in per_round.items()])
     return {str(k): v for k, v in per_round.items()}
 
 
@@ -289,25 +284,24 @@ def stage_isq(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                                  method, steps=SFT_STEPS, seed=seed, lr=3e-3, batch=32, tokenizer=s["task"] / "tokenizer",
                                  **fields)
             record(results, label, measure(model_dir, s["sft"], heldout, seed))
-    print(f"\n### isq: imitation of the grammar from scratch, {SFT_STEPS} steps, seeds {seeds}\n")
-    print("| objective | valid (task score) | distinct completions | distinct-2 per prompt | preferred (base rate 0.23) |")
-    print("|---|---|---|---|---|")
-    for label, m in results.items():
-        print(f"| {label} | {ms(m['valid'])} | {ms(m['distinct_completions'])} | {ms(m['distinct_2'])} | "
-              f"{ms(m['preferred'])} |")
+    print_table(f"isq: imitation of the grammar from scratch, {SFT_STEPS} steps, seeds {seeds}",
+                ["objective", "valid (task score)", "distinct completions", "distinct-2 per prompt",
+                 "preferred (base rate 0.23)"],
+                [[label, *(ms(m[k]) for k in ("valid", "distinct_completions", "distinct_2", "preferred"))]
+                 for label, m in results.items()])
     return results
 
 
 def micro_rows(prompts: list[str], per_prompt: int, rng: Any, flip: float = 0.1) -> list[dict[str, Any]]:
     """Two user groups with opposite preferences on the same pairs: ``gold`` prefers more target words, ``shy``
     fewer; each label reversed with rate ``flip``. ``truth`` = 1 when the shown ``chosen`` is the group's true pick."""
-    from pbrl.sequence.synthetic import _completion
+    from pbrl.sequence.synthetic import grammar_completion
 
     rows = []
     for p in prompts:
         nouns = tuple(p[:-2].split())
         for _ in range(per_prompt):
-            a, b = _completion(rng, nouns), _completion(rng, nouns)
+            a, b = grammar_completion(rng, nouns), grammar_completion(rng, nouns)
             if target_count(a) == target_count(b):
                 continue
             group = rng.choice(["gold", "shy"])
@@ -370,11 +364,9 @@ def stage_micro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 mask = test_data.group == g
                 acc = float(((p[mask] > 0.5).float()).mean())  # held-out labels are noise-free: chosen is the truth
                 record(results, label, {f"accuracy {name}": acc})
-    print(f"\n### micro: held-out accuracy per user group (noise-free labels), {steps} steps, seeds {seeds}\n")
-    print("| reward model | group gold (prefers the target) | group shy (avoids it) |")
-    print("|---|---|---|")
-    for label, m in results.items():
-        print(f"| {label} | {ms(m['accuracy gold'])} | {ms(m['accuracy shy'])} |")
+    print_table(f"micro: held-out accuracy per user group (noise-free labels), {steps} steps, seeds {seeds}",
+                ["reward model", "group gold (prefers the target)", "group shy (avoids it)"],
+                [[label, ms(m["accuracy gold"]), ms(m["accuracy shy"])] for label, m in results.items()])
     return results
 
 
@@ -401,20 +393,16 @@ def stage_rto(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 ("RTO, β₁ 0.05 clipped ±0.05 (official)", guide, OnlineConfig(), "rto-official"),
                 ("RTO, β₁ 0.3 unclipped", guide, OnlineConfig(beta_dpo=BETA["dpo"], dpo_clip=0.0), "rto")):
             folder = out / f"seed{seed}" / "rto" / name
-            start = time.perf_counter()
             if not (folder / "model" / "config.json").is_file():
                 train_online(str(s["sft"]), prompts, [reward], cfg, str(folder), steps=ppo_steps, seed=seed, lr=1e-4,
                              guide_dir=str(guide_dir) if guide_dir else None)
             metrics = measure(folder / "model", s["sft"], heldout, seed)
-            metrics["seconds"] = time.perf_counter() - start
             print(f"seed {seed} {label}: {metrics}", file=sys.stderr)
             record(results, label, metrics)
-    print(f"\n### rto: {ppo_steps} PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}\n")
-    print("| method | preferred | valid | preferred & valid | KL to SFT | s |")
-    print("|---|---|---|---|---|---|")
-    for label, m in results.items():
-        print(f"| {label} | {ms(m['preferred'])} | {ms(m['valid'])} | {ms(m['preferred_valid'])} | {ms(m['kl'])} | "
-              f"{ms(m['seconds'])} |")
+    print_table(f"rto: {ppo_steps} PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}",
+                ["method", "preferred", "valid", "preferred & valid", "KL to SFT"],
+                [[label, *(ms(m[k]) for k in ("preferred", "valid", "preferred_valid", "kl"))]
+                 for label, m in results.items()])
     return results
 
 
@@ -455,15 +443,14 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             st["valid"] = statistics.mean(completion_is_valid(p, c) for p, c in zip(flat, texts))
             print(f"seed {seed} step {milestone}: {st}", file=sys.stderr)
             record(results, str(milestone), st)
-    print(f"\n### pama: PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}; min-norm ratio = "
-          "min_c ‖c g₁ + (1−c) g₂‖ / max ‖g_i‖\n")
-    print("| PPO step | gold / completion | red / completion | gold + red (front: 2) | valid | cos(g₁, g₂) | "
-          "min-norm ratio | noise floor |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, m in results.items():
-        both = [a + b for a, b in zip(m["gold per completion"], m["red per completion"])]
-        print(f"| {label} | {ms(m['gold per completion'])} | {ms(m['red per completion'])} | {ms(both)} | "
-              f"{ms(m['valid'])} | {ms(m['cosine'])} | {ms(m['min_norm_ratio'])} | {ms(m['noise floor'])} |")
+    print_table(f"pama: PPO steps (rollouts of 64 prompts, 2 epochs, minibatch 32), seeds {seeds}; min-norm ratio = "
+                "min_c ‖c g₁ + (1−c) g₂‖ / max ‖g_i‖",
+                ["PPO step", "gold / completion", "red / completion", "gold + red (front: 2)", "valid", "cos(g₁, g₂)",
+                 "min-norm ratio", "noise floor"],
+                [[label, ms(m["gold per completion"]), ms(m["red per completion"]),
+                  ms([a + b for a, b in zip(m["gold per completion"], m["red per completion"])]),
+                  *(ms(m[k]) for k in ("valid", "cosine", "min_norm_ratio", "noise floor"))]
+                 for label, m in results.items()])
     return results
 
 
@@ -485,10 +472,7 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     guide = out / "seed0" / "dpo" / "model"
     if not (guide / "config.json").is_file():
         train(s["sft"], s["pairs"], out / "seed0" / "dpo", "dpo", steps=steps, seed=0)
-    results = {}
-    print("\n### sweep (seed 0, batch 16)\n")
-    print("| method | lr | steps | settings | preferred | valid | KL to SFT |")
-    print("|---|---|---|---|---|---|---|")
+    results, rows = {}, []
     for method, lr, n, fields in SWEEP:
         fields = {**fields, **({"guide": str(guide)} if method == "tgdpo" else {})}
         shown = {k: v for k, v in fields.items() if k != "guide"}
@@ -497,7 +481,10 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                              **fields)
         m = measure(model_dir, s["sft"], heldout, 0)
         results[name] = m
-        print(f"| {method} | {lr:g} | {n} | {shown or ''} | {m['preferred']:.3f} | {m['valid']:.3f} | {m['kl']:.2f} |")
+        rows.append([method, f"{lr:g}", str(n), str(shown or ""), f"{m['preferred']:.3f}", f"{m['valid']:.3f}",
+                     f"{m['kl']:.2f}"])
+    print_table("sweep (seed 0, batch 16)", ["method", "lr", "steps", "settings", "preferred", "valid", "KL to SFT"],
+                rows)
     return results
 
 

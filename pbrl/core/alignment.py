@@ -34,7 +34,7 @@ def is_daa_weights(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, r
 
 def tgdpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
                guide_chosen: Tensor, guide_rejected: Tensor, mask_chosen: Tensor, mask_rejected: Tensor, *,
-               beta: float = 0.1, alpha: float = 0.5, weight_clip: float | None = 1.0) -> Tensor:
+               beta: float = 0.1, alpha: float = 0.5, weight_clip: float | None = None) -> Tensor:
     """TGDPO (Zhu et al., ICML 2025, "Harnessing Token-Level Reward Guidance for Enhancing DPO", arXiv 2506.14574;
     official code ``dvlab-research/TGDPO``).
 
@@ -43,10 +43,11 @@ def tgdpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tenso
 
     ``ℓ = −log σ(Σ_t β (1 + α r̂^w_t) u^w_t − Σ_t β (1 − α r̂^l_t) u^l_t)``.
 
-    With α = 0 this is DPO. ``weight_clip`` = c clamps each token's multiplier ``1 ± α r̂_t`` to
-    ``[max(0, 1 − c), 1 + c]`` (default c = 1: [0, 2]); the official code does not clamp (``None``). Unclamped, a
-    guide whose token rewards fall below −1/α (a DPO guide lowers the likelihood of chosen tokens too) turns the
-    multiplier negative and pushes those chosen tokens down: on pbrl's grammar that collapsed the policy (0 % valid).
+    With α = 0 this is DPO. ``weight_clip`` = c (an option; the paper's code and the default do not clamp) clamps
+    each token's multiplier ``1 ± α r̂_t`` to ``[max(0, 1 − c), 1 + c]``, so that a guide whose token rewards fall
+    below −1/α cannot turn a multiplier negative. It does not cure what TGDPO does on pbrl's grammar: the margin is
+    DPO's plus ``β α Σ_t r̂_t u_t`` over both completions, linear and unbounded in u, and the policy degenerates
+    even with multipliers in [0.68, 1.32] (docs/benchmarks.md, issue 16).
     Inputs: per-token log-probabilities ``[B, T]`` of the policy, reference and guide on the chosen and rejected
     completions, and their masks. Returns ``[B]``.
     """

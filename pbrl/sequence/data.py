@@ -27,7 +27,7 @@ from pbrl.errors import DatasetError, describe
 from pbrl.fields import short_repr
 
 __all__ = ["PairBatch", "PairSampler", "PreferencePair", "TokenizedPairs", "collate_pairs", "load_pairs",
-           "tokenize_pairs"]
+           "pad_sequences", "tokenize_pairs"]
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 OPTIONAL_FIELDS = ("score_chosen", "score_rejected", "group", "weight", "preference")
@@ -240,10 +240,9 @@ class PairBatch:
         return PairBatch(**{k: v.to(device, non_blocking=True) for k, v in vars(self).items()})
 
 
-def collate_pairs(data: TokenizedPairs, index: Tensor, pad_id: int) -> PairBatch:
-    """The pairs ``index`` ``[B]`` of ``data`` as a :class:`PairBatch` (CPU tensors)."""
-    rows = index.tolist()
-    seqs = [(data.prompt[i], data.chosen[i]) for i in rows] + [(data.prompt[i], data.rejected[i]) for i in rows]
+def pad_sequences(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(prompt ids, completion ids) pairs as right-padded ``input_ids``, ``attention_mask``, ``completion_mask``
+    ``[N, T]`` (T: the longest prompt + completion)."""
     width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -253,6 +252,14 @@ def collate_pairs(data: TokenizedPairs, index: Tensor, pad_id: int) -> PairBatch
         ids[r, :n] = torch.tensor(p + c)
         attn[r, :n] = 1
         comp[r, len(p):n] = 1
+    return ids, attn, comp
+
+
+def collate_pairs(data: TokenizedPairs, index: Tensor, pad_id: int) -> PairBatch:
+    """The pairs ``index`` ``[B]`` of ``data`` as a :class:`PairBatch` (CPU tensors)."""
+    rows = index.tolist()
+    ids, attn, comp = pad_sequences([(data.prompt[i], data.chosen[i]) for i in rows]
+                                    + [(data.prompt[i], data.rejected[i]) for i in rows], pad_id)
     return PairBatch(ids, attn, comp, index.clone(), data.weight[index], data.score_chosen[index],
                      data.score_rejected[index], data.preference[index], data.group[index])
 

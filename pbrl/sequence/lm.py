@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from pbrl.io import atomic_path, commit_atomic
 REFERENCE_MODES = ("copy", "cache", "adapter", "none")
 
 __all__ = ["REFERENCE_MODES", "LoraSettings", "Reference", "SequenceLogps", "apply_lora", "completion_logps",
-           "load_causal_lm", "word_tokenizer"]
+           "load_causal_lm", "next_token_logps", "save_model", "word_tokenizer"]
 
 
 @dataclass
@@ -73,6 +75,18 @@ class SequenceLogps:
                 SequenceLogps(self.per_token[b:], self.mask[b:], lg[1]))
 
 
+def next_token_logps(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """From a causal LM's ``logits`` ``[N, T, V]``: (``[N, T−1]`` log-probabilities of each next token, 0 outside
+    the completion; the ``[N, T−1]`` float completion mask; the shifted logits ``[N, T−1, V]``, float32 at least)."""
+    logits = logits[:, :-1]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    labels = input_ids[:, 1:]
+    mask = completion_mask[:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    return -nll.view_as(labels) * mask, mask, logits
+
+
 def completion_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, *,
                      keep_logits: bool = False) -> SequenceLogps:
     """Log-probabilities of the completion tokens of ``input_ids`` ``[N, T]`` under ``model``.
@@ -80,14 +94,9 @@ def completion_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor
     The log-softmax is taken in float32 at least, whatever the model's dtype (bf16 logits lose the small log-probabilities
     DPO's margins are made of). ``keep_logits`` also returns the shifted logits ``[N, T−1, V]`` (float32).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    labels = input_ids[:, 1:]
-    mask = completion_mask[:, 1:].to(logits.dtype)
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
-    per_token = -nll.view_as(labels) * mask
-    return SequenceLogps(per_token, mask, logits if keep_logits else None)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    per_token, mask, shifted = next_token_logps(logits, input_ids, completion_mask)
+    return SequenceLogps(per_token, mask, shifted if keep_logits else None)
 
 
 def load_causal_lm(spec: str | Path, *, seed: int = 0, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any | None, str]:
@@ -106,11 +115,11 @@ def load_causal_lm(spec: str | Path, *, seed: int = 0, dtype: torch.dtype | None
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if has_tokenizer else None
         weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
         digest = hashlib.sha256()
-        for w in weights:
+        for w in weights:  # every byte: the fingerprint keys the reference cache, which must never match another model
             digest.update(w.name.encode())
-            digest.update(str(w.stat().st_size).encode())
             with open(w, "rb") as f:
-                digest.update(f.read(1 << 20))
+                for chunk in iter(lambda f=f: f.read(1 << 24), b""):
+                    digest.update(chunk)
         return model, tokenizer, f"folder:{path.resolve()}:{digest.hexdigest()[:16]}"
     if path.is_file() and path.suffix == ".json":
         try:
@@ -245,3 +254,18 @@ def precompute_reference(model: nn.Module, data: Any, pad_id: int, *, path: Path
     torch.save({"fingerprint": fingerprint, **result}, tmp)
     commit_atomic(tmp, path)
     return result
+
+
+def save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
+    """``save_pretrained`` of ``model`` and ``tokenizer`` into a temporary folder beside ``path``, renamed into place
+    (LoRA adapters are merged first), so a reader never sees half a model."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -52,7 +52,7 @@ class MethodConfig:
     length_normalize: bool = False                      # ipo: token-averaged log-ratios (TRL's ipo)
     is_epsilon: float = param(0.25, gt=0)               # is_daa: weights clipped at e^{2ε}
     tg_alpha: float = param(0.5, ge=0)                  # tgdpo: α of the token-reward guidance
-    tg_clip: float = param(1.0, ge=0)                   # tgdpo: token multipliers 1 ± α r̂ clamped to [1 − c, 1 + c] ∩ [0, ∞)
+    tg_clip: float = param(0.0, ge=0)                   # tgdpo: > 0 clamps the multipliers 1 ± α r̂ to [1 − c, 1 + c] ∩ [0, ∞); 0: as the paper
     guide: str = ""                                     # tgdpo: the DPO-trained guide model (folder)
     teacher: str = ""                                   # tvkd: the DPO-trained teacher model (folder)
     tvkd_alpha: float = param(1.0, ge=0)                # tvkd: weight of the shaping term
@@ -134,7 +134,7 @@ class SequenceLearner(nn.Module):
             g_c, g_r = guide.halves()
             losses = tgdpo_loss(chosen.per_token, rejected.per_token, ref_c.per_token, ref_r.per_token,
                                 g_c.per_token, g_r.per_token, chosen.mask, rejected.mask, beta=m.beta, alpha=m.tg_alpha,
-                                weight_clip=m.tg_clip)
+                                weight_clip=m.tg_clip or None)
         elif m.name == "tvkd":
             teacher = self._frozen_logps("teacher", batch, keep_logits=True)
             values = soft_value(teacher.logits, tau=m.tvkd_tau)

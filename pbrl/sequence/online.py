@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbrl.core.alignment import gae_advantages, pama_advantage, ppo_clip_loss, rto_token_rewards
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.fields import param
+from pbrl.sequence.data import pad_sequences
+from pbrl.sequence.lm import completion_logps, next_token_logps, save_model
 
 __all__ = ["OnlineConfig", "OnlinePolicy", "Rollouts", "pareto_stationarity"]
 
@@ -67,12 +68,8 @@ class OnlinePolicy(nn.Module):
                        ) -> tuple[Tensor, Tensor]:
         """(``[N, T−1]`` log-probabilities of each next token, ``[N, T−1, K]`` values of the state before it)."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-        logits = out.logits[:, :-1].float()
-        labels = input_ids[:, 1:]
-        logps = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
-                                 ).view_as(labels)
-        values = self.value_head(out.hidden_states[-1][:, :-1].float())
-        return logps * completion_mask[:, 1:], values
+        logps, _, _ = next_token_logps(out.logits, input_ids, completion_mask)
+        return logps, self.value_head(out.hidden_states[-1][:, :-1].float())
 
     def loss(self, batch: dict[str, Tensor], step: int) -> LossOutput:
         assert self.cfg is not None
@@ -84,18 +81,6 @@ class OnlinePolicy(nn.Module):
         metrics = {f"rollout/{k[5:]}": v.mean() for k, v in batch.items() if k.startswith("stat_")}
         return LossOutput(policy_loss + self.cfg.value_coef * value_error,
                           {"ppo/policy_loss": policy_loss.detach(), "ppo/value_error": value_error.detach(), **metrics})
-
-
-def _pad(rows: list[list[int]], completion_starts: list[int], pad_id: int) -> dict[str, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    comp = torch.zeros_like(ids)
-    for i, (r, s) in enumerate(zip(rows, completion_starts)):
-        ids[i, :len(r)] = torch.tensor(r)
-        attn[i, :len(r)] = 1
-        comp[i, s:len(r)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
 
 
 class Rollouts:
@@ -119,7 +104,7 @@ class Rollouts:
         cfg, tok = self.cfg, self.tokenizer
         policy = self.learner.policy
         pick = torch.randperm(len(self.prompts), generator=self.generator)[: cfg.prompts_per_rollout].tolist()
-        rows, starts, texts, prompts = [], [], [], []
+        seqs, texts, prompts = [], [], []
         was_training = policy.training
         policy.eval()
         with torch.random.fork_rng(devices=[]):
@@ -133,12 +118,12 @@ class Rollouts:
                 completion = gen.tolist()
                 if tok.eos_token_id in completion:
                     completion = completion[: completion.index(tok.eos_token_id) + 1]
-                rows.append(prompt_ids + completion)
-                starts.append(len(prompt_ids))
+                seqs.append((prompt_ids, completion))
                 texts.append(" " + tok.decode([t for t in completion if t != tok.eos_token_id], skip_special_tokens=True))
                 prompts.append(self.prompts[i])
         policy.train(was_training)
-        batch = _pad(rows, starts, tok.pad_token_id)
+        ids, attn, comp = pad_sequences(seqs, tok.pad_token_id)
+        batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
         mask = batch["completion_mask"][:, 1:].float()
         old_logps, values = self.learner.forward_tokens(batch["input_ids"], batch["attention_mask"],
                                                         batch["completion_mask"])
@@ -162,18 +147,14 @@ class Rollouts:
             combined = advantages[0]
         else:  # PAMA: Noon PPO's non-negative advantages, then the closed-form min-norm combination
             combined = pama_advantage(torch.stack([a.clamp(min=0) for a in advantages])) * mask
-        stats = {f"stat_reward_{k}": scores[:, k].mean().expand(len(rows)) for k in range(len(self.rewards))}
-        stats["stat_kl"] = policy_log_ratio.sum(-1).mean().expand(len(rows))
+        stats = {f"stat_reward_{k}": scores[:, k].mean().expand(len(seqs)) for k in range(len(self.rewards))}
+        stats["stat_kl"] = policy_log_ratio.sum(-1).mean().expand(len(seqs))
         return {**batch, "old_logps": old_logps, "advantages": combined, "returns": torch.stack(returns, -1),
                 **stats}
 
     @torch.no_grad()
     def _logps(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        logits = logits[:, :-1].float()
-        labels = batch["input_ids"][:, 1:]
-        logps = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
-        return logps.view_as(labels) * batch["completion_mask"][:, 1:]
+        return completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).per_token
 
     def sample(self) -> dict[str, Tensor]:
         if self.buffer is None or self.position >= len(self.order):
@@ -240,7 +221,6 @@ def train_online(model_dir: str, prompts: Sequence[str], rewards: Sequence[Rewar
     """PPO (RTO with ``guide_dir``, PAMA with several ``rewards``) from the model folder ``model_dir`` (also the
     reference) into ``out``; resumes there (``stop_at``: end this call at that step, with a checkpoint); saves
     ``out/model`` at the end. Returns the policy as it stands."""
-    import shutil
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -267,10 +247,5 @@ def train_online(model_dir: str, prompts: Sequence[str], rewards: Sequence[Rewar
         result = run_loop(learner, rollouts.sample, tc, out_path, device=torch.device("cpu"),
                           stateful={"rollouts": rollouts}, progress=progress, desc="ppo", stop_at=stop_at)
         if result.finished:
-            tmp = out_path / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            policy.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            shutil.rmtree(out_path / "model", ignore_errors=True)
-            tmp.rename(out_path / "model")
+            save_model(policy, tokenizer, out_path / "model")
         return policy

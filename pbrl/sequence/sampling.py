@@ -44,18 +44,18 @@ def sequence_logps(model: nn.Module, tokenizer: Any, prompts: list[str], complet
                    device: torch.device | str, max_length: int = 256, grad: bool = False) -> Tensor:
     """``[N]`` summed log-probabilities of ``completions`` (EOS appended) after ``prompts`` under ``model`` in
     evaluation mode (``grad``: keep the graph, e.g. for a policy-gradient estimate)."""
-    from pbrl.sequence.data import PreferencePair, collate_pairs, tokenize_pairs
+    from pbrl.sequence.data import PreferencePair, pad_sequences, tokenize_pairs
     from pbrl.sequence.lm import completion_logps
 
-    pairs = [PreferencePair(p, c, c, "sample") for p, c in zip(prompts, completions)]
-    data = tokenize_pairs(pairs, tokenizer, max_length=max_length)
-    batch = collate_pairs(data, torch.arange(len(pairs)), tokenizer.pad_token_id).to(torch.device(device))
-    b = len(pairs)
+    data = tokenize_pairs([PreferencePair(p, c, c, "sample") for p, c in zip(prompts, completions)], tokenizer,
+                          max_length=max_length)
+    ids, attn, comp = (t.to(torch.device(device)) for t in pad_sequences(list(zip(data.prompt, data.chosen)),
+                                                                         tokenizer.pad_token_id))
     was_training = model.training
     model.eval()
     try:
         with torch.set_grad_enabled(grad):
-            total = completion_logps(model, batch.input_ids[:b], batch.attention_mask[:b], batch.completion_mask[:b]).total
+            total = completion_logps(model, ids, attn, comp).total
     finally:
         model.train(was_training)
     return total if grad else total.cpu()

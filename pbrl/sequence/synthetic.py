@@ -30,7 +30,8 @@ ADJECTIVES = ("gold", "red", "big", "old", "shy", "wet", "odd", "tiny")
 VERBS = ("sees", "likes", "hugs", "finds", "hears", "calls")
 TARGET = "gold"
 
-__all__ = ["GrammarTask", "BagOfWordsReward", "completion_is_valid", "evaluate_policy", "make_task", "tiny_gpt2_config"]
+__all__ = ["GrammarTask", "BagOfWordsReward", "completion_is_valid", "evaluate_policy", "grammar_completion", "make_task",
+           "tiny_gpt2_config"]
 
 
 def tiny_gpt2_config(vocab_size: int, *, layers: int = 2, width: int = 64, heads: int = 2, positions: int = 32
@@ -41,7 +42,8 @@ def tiny_gpt2_config(vocab_size: int, *, layers: int = 2, width: int = 64, heads
             "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
 
 
-def _completion(rng: random.Random, nouns: tuple[str, ...]) -> str:
+def grammar_completion(rng: random.Random, nouns: tuple[str, ...]) -> str:
+    """One completion of the grammar for a prompt's ``nouns``, every choice uniform."""
     a, b = rng.sample(nouns, 2)
     return f" {rng.choice(ADJECTIVES)} {a} {rng.choice(VERBS)} {rng.choice(ADJECTIVES)} {b} ."
 
@@ -90,14 +92,14 @@ def make_task(*, seed: int = 0, train_prompts: int = 300, heldout_prompts: int =
     rng.shuffle(triples)
     prompts = [" ".join(t) + " :" for t in triples[: train_prompts + heldout_prompts]]
     train, heldout = prompts[:train_prompts], prompts[train_prompts:]
-    sft = [{"prompt": p, "completion": _completion(rng, tuple(p[:-2].split()))}
+    sft = [{"prompt": p, "completion": grammar_completion(rng, tuple(p[:-2].split()))}
            for p in train for _ in range(sft_per_prompt)]
     pairs = []
     for p in train:
         nouns = tuple(p[:-2].split())
         made = 0
         while made < pairs_per_prompt:
-            a, b = _completion(rng, nouns), _completion(rng, nouns)
+            a, b = grammar_completion(rng, nouns), grammar_completion(rng, nouns)
             ca, cb = target_count(a, target), target_count(b, target)
             if ca == cb:
                 continue

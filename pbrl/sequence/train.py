@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from pbrl.sequence.lm import (
     apply_lora,
     load_causal_lm,
     precompute_reference,
+    save_model,
     word_tokenizer,
 )
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
@@ -198,7 +198,7 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
         result = run_loop(learner, sampler.sample, cfg.train, out, device=device, stateful={"sampler": sampler},
                           progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
         if result.finished:
-            _save_model(policy, tokenizer, out / "model")
+            save_model(policy, tokenizer, out / "model")
             atomic_write_text(out / "metrics.json", json.dumps({
                 "method": cfg.method.name, "steps": result.step, "pairs": len(data),
                 "steps_per_s": result.steps_per_s, "truncated": data.truncated}, indent=2))
@@ -218,15 +218,3 @@ def _reference(cfg: SeqRunConfig, policy: nn.Module, data: TokenizedPairs, pad_i
     cached = precompute_reference(policy, data, pad_id, path=out / "ref_logps.pt", fingerprint=fingerprint,
                                   batch_size=max(cfg.train.batch_size, 16), device=device, progress=progress)
     return Reference("cache", cached={k: v.to(device) for k, v in cached.items()})
-
-
-def _save_model(policy: nn.Module, tokenizer: Any, path: Path) -> None:
-    """``save_pretrained`` into a temporary folder renamed into place (LoRA adapters are merged first)."""
-    model = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
