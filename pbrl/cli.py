@@ -470,9 +470,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_seq_train(args: argparse.Namespace) -> int:
-    from pbrl.sequence.train import SeqRunConfig, train_sequence
+    from pbrl.errors import ConfigError, describe
+    from pbrl.fields import set_fields
+    from pbrl.sequence.diffusion_train import DIFFUSION_METHODS, DiffusionRunConfig, train_diffusion
 
-    cfg = SeqRunConfig(model=args.model, data=args.data)
+    diffusion = args.method in DIFFUSION_METHODS
+    if diffusion:
+        cfg = DiffusionRunConfig(model=args.model, data=args.data)
+        for option in ("loss_type", "reference", "max_length"):
+            if getattr(args, option) is not None:
+                raise ConfigError(describe("command line", f"--{option.replace('_', '-')}", getattr(args, option),
+                                           f"nothing for {args.method} (a language-model option)"))
+        if args.lora:
+            raise ConfigError(describe("command line", "--lora", "set", f"nothing for {args.method} (LoRA is for "
+                                       "language models here)"))
+    else:
+        from pbrl.sequence.train import SeqRunConfig
+
+        cfg = SeqRunConfig(model=args.model, data=args.data)
     overrides = {"method": [f"name={args.method!r}"], "run": [], "train": []}
     for option, section, key in (("beta", "method", "beta"), ("loss_type", "method", "loss_type"),
                                  ("reference", "run", "reference"), ("max_length", "run", "max_length"),
@@ -491,19 +506,22 @@ def cmd_seq_train(args: argparse.Namespace) -> int:
 
         section, key, _ = parse_override(text)
         if section not in overrides:
-            from pbrl.errors import ConfigError, describe
-
             raise ConfigError(describe("--set", "section", repr(section), "run, method or train"))
         overrides[section].append(text.split(".", 1)[1])
-    from pbrl.fields import set_fields
-
     for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
         set_fields(target, overrides[section], section=section)
     cfg.validate("command line")
-    result = train_sequence(cfg, args.out, progress=not args.quiet)
+    train = train_diffusion if diffusion else train_sequence_lazy
+    result = train(cfg, args.out, progress=not args.quiet)
     print(json.dumps({"method": cfg.method.name, "step": result.step, "finished": result.finished,
                       "steps_per_s": result.steps_per_s, "model": str(Path(args.out) / "model")}))
     return 0
+
+
+def train_sequence_lazy(cfg: Any, out: str, *, progress: bool) -> Any:
+    from pbrl.sequence.train import train_sequence
+
+    return train_sequence(cfg, out, progress=progress)
 
 
 def cmd_seq_grammar(args: argparse.Namespace) -> int:
@@ -519,6 +537,39 @@ def cmd_seq_grammar(args: argparse.Namespace) -> int:
     (out / "gpt2-tiny.json").write_text(json.dumps(config, indent=2))
     print(json.dumps({k: str(v) for k, v in {**paths, "tokenizer": out / "tokenizer",
                                              "model_config": out / "gpt2-tiny.json"}.items()}))
+    return 0
+
+
+def cmd_seq_self_play(args: argparse.Namespace) -> int:
+    from pbrl.fields import set_fields
+    from pbrl.sequence.diffusion_train import DiffusionRunConfig
+    from pbrl.sequence.self_play import load_reward_fn, self_play
+
+    cfg = DiffusionRunConfig(model=args.model, data=args.data)
+    overrides = {"run": [], "method": [f"name={args.method!r}"], "train": [f"steps={args.steps}"]}
+    for text in args.set or []:
+        section, _, rest = text.partition(".")
+        overrides.setdefault(section, []).append(rest)
+    for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
+        set_fields(target, overrides.pop(section), section=section)
+    if overrides:
+        from pbrl.errors import ConfigError, describe
+
+        raise ConfigError(describe("--set", "section", repr(next(iter(overrides))), "run, method or train"))
+    cfg.validate("command line")
+    rounds = self_play(cfg, load_reward_fn(args.reward), args.out, rounds=args.rounds, samples=args.samples,
+                       progress=not args.quiet)
+    for r in rounds:
+        print(json.dumps(vars(r)))
+    return 0
+
+
+def cmd_seq_shapes(args: argparse.Namespace) -> int:
+    from pbrl.sequence.shapes import write_shapes_task
+
+    paths = write_shapes_task(args.out, seed=args.seed, images_per_prompt=args.images, pairs_per_prompt=args.pairs,
+                              flip_rate=args.flip)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
 
 
@@ -766,19 +817,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "a temporary directory, write nothing (--out is not touched)")
     tr.set_defaults(func=cmd_train)
 
-    sq = sub.add_parser("seq", help="sequence-level objectives for language models (DPO family, RSO, IS-DAA, "
-                        "TGDPO, TVKD, iREPO, inverse soft-Q)", formatter_class=fmt)
+    sq = sub.add_parser("seq", help="sequence-level objectives: language models (DPO family, RSO, IS-DAA, TGDPO, "
+                        "TVKD, iREPO, inverse soft-Q) and diffusion / flow models (Diffusion-DPO, Flow-DPO, ABC, "
+                        "self-supervised DPO, DRO, RPO, Flow-RWR)", formatter_class=fmt)
     sqs = sq.add_subparsers(dest="seq_command", required=True)
+    from pbrl.sequence.diffusion_train import DIFFUSION_METHODS
     from pbrl.sequence.objectives import METHODS
 
-    st = sqs.add_parser("train", help="train a causal LM on preference pairs (resumes when --out holds an unfinished "
-                        "run)", formatter_class=fmt,
+    st = sqs.add_parser("train", help="train a causal LM, or an image / video diffusion or flow model, on preference "
+                        "pairs (resumes when --out holds an unfinished run)", formatter_class=fmt,
                         epilog="example: pbrl seq grammar --out runs/grammar && pbrl seq train --method sft --model "
                         "runs/grammar/gpt2-tiny.json --set run.tokenizer=runs/grammar/tokenizer --data "
-                        "runs/grammar/sft.jsonl --out runs/sft")
-    st.add_argument("--method", required=True, choices=METHODS, help="the objective")
-    st.add_argument("--model", required=True, help="a local Hugging Face model folder, or a config .json (new weights)")
-    st.add_argument("--data", required=True, help="pairs: JSON Lines or Parquet with prompt, chosen, rejected")
+                        "runs/grammar/sft.jsonl --out runs/sft;  pbrl seq shapes --out runs/shapes && pbrl seq train "
+                        "--method diffusion_sft --model runs/shapes/unet.json --data runs/shapes/sft.h5 --out runs/ref")
+    st.add_argument("--method", required=True, choices=METHODS + DIFFUSION_METHODS,
+                    help="the objective: language models " + ", ".join(METHODS) + "; diffusion / flow models "
+                    + ", ".join(DIFFUSION_METHODS))
+    st.add_argument("--model", required=True, help="a local model folder, or a config .json (new weights): a Hugging "
+                    "Face causal LM; for diffusion methods pbrl's SmallUNet or a diffusers model class")
+    st.add_argument("--data", required=True, help="pairs: JSON Lines or Parquet with prompt, chosen, rejected; for "
+                    "diffusion methods an HDF5 file with cond, chosen, rejected (and weight, label, reward)")
     st.add_argument("--out", required=True, help="run directory: config.toml, TensorBoard events, checkpoints/, model/")
     st.add_argument("--beta", type=float, default=None, help="β of the implicit reward (default 0.1)")
     st.add_argument("--loss-type", default=None, help="DPO loss type for dpo / is_daa / rso (default sigmoid)")
@@ -805,6 +863,29 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--layers", type=int, default=2)
     sg.add_argument("--width", type=int, default=64)
     sg.set_defaults(func=cmd_seq_grammar)
+    sh = sqs.add_parser("shapes", help="write the synthetic 16x16 shapes task (the cross preferred over the square): "
+                        "SFT images, noisy pairs (HDF5), held-out prompts and a SmallUNet config", formatter_class=fmt)
+    sh.add_argument("--out", required=True)
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--images", type=int, default=100, help="SFT images per training prompt")
+    sh.add_argument("--pairs", type=int, default=50, help="preference pairs per training prompt")
+    sh.add_argument("--flip", type=float, default=0.2, help="share of preference labels reversed")
+    sh.set_defaults(func=cmd_seq_shapes)
+    sp = sqs.add_parser("self-play", help="SPRO-style self-play for a diffusion / flow model: each round generates "
+                        "samples per prompt, scores them, pairs best with worst and trains DPO on them",
+                        formatter_class=fmt, epilog="example: pbrl seq self-play --model runs/ref/model --data "
+                        "runs/shapes/pairs.h5 --reward pbrl.sequence.shapes:shape_reward --out runs/spro")
+    sp.add_argument("--model", required=True, help="the starting model folder")
+    sp.add_argument("--data", required=True, help="an HDF5 file whose cond rows are the prompts")
+    sp.add_argument("--reward", required=True, help="module:function (images, cond) -> [N], or a reward-model folder")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--method", default="diffusion_dpo", choices=("diffusion_dpo", "flow_dpo"))
+    sp.add_argument("--rounds", type=int, default=3)
+    sp.add_argument("--samples", type=int, default=8, help="samples per prompt per round")
+    sp.add_argument("--steps", type=int, default=200, help="training steps per round")
+    sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="run.*, method.*, train.*")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_seq_self_play)
 
     bn = sub.add_parser("bench", help="train an agent x dataset x seed grid (resumable); every score beside oracle IQL",
                         epilog="example: pbrl bench --agents cpl,sft,bc,iql-mr,iql-pt,iql-oracle --datasets "

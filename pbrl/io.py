@@ -7,7 +7,7 @@ import fcntl
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +41,22 @@ def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path
+
+
+def write_folder(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary folder beside ``path`` with ``write(tmp)``, then put it in place of ``path`` (a reader sees
+    the old folder, no folder, or the whole new one; never a part)."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
     return path
 
 

@@ -461,6 +461,7 @@ SWEEP = [  # (method, lr, steps, fields): the seed-0 runs docs/benchmarks.md cit
     ("tgdpo", 1e-4, 125, {}), ("tgdpo", 1e-4, 250, {}), ("tgdpo", 1e-4, 500, {}),
     ("tgdpo", 1e-4, 1000, {"tg_alpha": 0.0}), ("tgdpo", 1e-4, 1000, {"tg_alpha": 0.1}),
     ("ipo", 1e-4, 1000, {"beta": 0.05}), ("ipo", 1e-4, 1000, {"beta": 0.03}),
+    ("ipo", 3e-4, 1000, {}), ("ipo", 1e-4, 2000, {}), ("ipo", 2e-4, 2000, {}),
 ]
 
 

@@ -1,5 +1,6 @@
 """The preference loss core: scores, links and losses as pure functions of tensors (depends on torch only)."""
 
+from pbrl.core.diffusion import diffusion_dpo_loss, diffusion_implicit_reward
 from pbrl.core.links import (
     biased_logistic_link,
     hinge_link,
@@ -25,6 +26,8 @@ __all__ = [
     "cpl_loss",
     "cpl_ranked_loss",
     "cpl_score",
+    "diffusion_dpo_loss",
+    "diffusion_implicit_reward",
     "discount_weights",
     "dpo_implicit_reward",
     "dpo_loss",

@@ -26,7 +26,7 @@ from torch import Tensor
 from pbrl.errors import DatasetError, describe
 from pbrl.fields import short_repr
 
-__all__ = ["PairBatch", "PairSampler", "PreferencePair", "TokenizedPairs", "collate_pairs", "load_pairs",
+__all__ = ["IndexSampler", "PairBatch", "PairSampler", "PreferencePair", "TokenizedPairs", "collate_pairs", "load_pairs",
            "pad_sequences", "tokenize_pairs"]
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
@@ -264,28 +264,28 @@ def collate_pairs(data: TokenizedPairs, index: Tensor, pad_id: int) -> PairBatch
                      data.score_rejected[index], data.preference[index], data.group[index])
 
 
-class PairSampler:
-    """Batches of pairs without replacement within an epoch (a fresh permutation each epoch), from its own
+class IndexSampler:
+    """Batches of row indices without replacement within an epoch (a fresh permutation each epoch), from its own
     seeded generator; its state (generator, permutation, position) is checkpointed for an exact resume."""
 
-    def __init__(self, data: TokenizedPairs, batch_size: int, *, seed: int, pad_id: int, device: torch.device):
-        self.data, self.batch_size, self.pad_id, self.device = data, batch_size, pad_id, device
+    def __init__(self, rows: int, batch_size: int, *, seed: int):
+        self.rows, self.batch_size = rows, batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(len(data), generator=self.generator)
+        self.order = torch.randperm(rows, generator=self.generator)
         self.position = 0
 
-    def sample(self) -> PairBatch:
+    def next_indices(self) -> Tensor:
         picked = []
         need = self.batch_size
         while need:
             if self.position >= len(self.order):
-                self.order = torch.randperm(len(self.data), generator=self.generator)
+                self.order = torch.randperm(self.rows, generator=self.generator)
                 self.position = 0
             take = self.order[self.position:self.position + need]
             self.position += take.numel()
             need -= take.numel()
             picked.append(take)
-        return collate_pairs(self.data, torch.cat(picked), self.pad_id).to(self.device)
+        return torch.cat(picked)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "order": self.order.clone(), "position": self.position}
@@ -294,3 +294,14 @@ class PairSampler:
         self.generator.set_state(state["generator"])
         self.order = state["order"].clone()
         self.position = int(state["position"])
+
+
+class PairSampler(IndexSampler):
+    """:class:`IndexSampler` over tokenised pairs, returning padded :class:`PairBatch` es on ``device``."""
+
+    def __init__(self, data: TokenizedPairs, batch_size: int, *, seed: int, pad_id: int, device: torch.device):
+        super().__init__(len(data), batch_size, seed=seed)
+        self.data, self.pad_id, self.device = data, pad_id, device
+
+    def sample(self) -> PairBatch:
+        return collate_pairs(self.data, self.next_indices(), self.pad_id).to(self.device)

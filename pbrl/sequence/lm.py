@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbrl.errors import ConfigError, DatasetError, describe
-from pbrl.io import atomic_path, commit_atomic
+from pbrl.io import atomic_path, commit_atomic, write_folder
 
 REFERENCE_MODES = ("copy", "cache", "adapter", "none")
 
@@ -261,11 +259,8 @@ def save_model(model: nn.Module, tokenizer: Any, path: Path) -> None:
     (LoRA adapters are merged first), so a reader never sees half a model."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_folder(path, write)

@@ -41,7 +41,7 @@ from pbrl.sequence.lm import (
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
 from pbrl.train.loop import LoopResult, TrainConfig, run_lock, run_loop
 
-__all__ = ["SeqRunConfig", "load_model_and_tokenizer", "resolve_device", "train_sequence"]
+__all__ = ["SeqRunConfig", "load_model_and_tokenizer", "prepare_run_dir", "resolve_device", "train_sequence"]
 
 
 @dataclass
@@ -130,12 +130,12 @@ def load_model_and_tokenizer(cfg: SeqRunConfig, out: Path, texts: list[str]) -> 
     return model, tokenizer, origin, built
 
 
-def _prepare_run_dir(cfg: SeqRunConfig, out: Path) -> None:
+def prepare_run_dir(asked: dict[str, Any], out: Path) -> None:
+    """Write the run's resolved config to ``out/config.toml``, or check that a resumed run asks for the same."""
     path = out / "config.toml"
     if path.exists():
         with open(path, "rb") as f:
             stored = tomllib.load(f)
-        asked = cfg.to_dict()
         if stored != asked:
             diffs = [f"{s}.{k}: stored {stored.get(s, {}).get(k)!r}, asked {asked[s].get(k)!r}"
                      for s in asked for k in set(asked[s]) | set(stored.get(s, {}))
@@ -143,7 +143,7 @@ def _prepare_run_dir(cfg: SeqRunConfig, out: Path) -> None:
             raise ConfigError(describe(str(path), "config", "; ".join(diffs[:4]),
                                        "the same config to resume this run (or a new --out directory)"))
         return
-    atomic_write_text(path, tomli_w.dumps(cfg.to_dict()))
+    atomic_write_text(path, tomli_w.dumps(asked))
 
 
 def _frozen_model(path: str, device: torch.device) -> nn.Module:
@@ -172,7 +172,7 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
     data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # and a row too long here
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
-        _prepare_run_dir(cfg, out)
+        prepare_run_dir(cfg.to_dict(), out)
         if built:
             tmp = out / f".tokenizer.{os.getpid()}.tmp"
             tokenizer.save_pretrained(tmp)

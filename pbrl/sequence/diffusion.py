@@ -1,0 +1,390 @@
+"""Denoising errors of image and video diffusion / flow models, under a policy and a frozen reference, on shared
+noise and timesteps: the scores the diffusion preference losses of :mod:`pbrl.core.diffusion` compare.
+
+- Parameterisations (``prediction``):
+  - ``epsilon``: DDPM (Ho et al., 2020), ``x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε``, the network predicts ε;
+  - ``v``: the same forward process, the network predicts ``v = √ᾱ_t ε − √(1−ᾱ_t) x₀`` (Salimans & Ho, 2022);
+  - ``flow``: rectified flow (Liu et al., 2023; SD3's convention), ``x_t = (1 − t) x₀ + t ε`` with t ∈ [0, 1],
+    the network predicts the velocity ``v = ε − x₀`` and sees the time as ``1000 t``.
+- Discrete steps use Stable Diffusion's ``scaled_linear`` ᾱ (the schedule Diffusion-DPO, SPO and DRO train on) or
+  the cosine ᾱ (Nichol & Dhariwal, 2021) of ``train_steps`` steps, or any ``alpha_bar`` (a diffusers scheduler's
+  ``alphas_cumprod``). Measured on the shapes task: an ε-model under the cosine schedule sampled by 20 DDIM steps
+  drew 12 % valid shapes, since its first x̂₀ divides by √ᾱ_T ≈ 10⁻⁴ (docs/benchmarks.md, issue 17).
+- Models are called as ``net(x_t, timestep, cond)``: pbrl's :class:`SmallUNet` (images ``[B, C, H, W]``, and video
+  ``[B, C, T, H, W]`` frame by frame with the frame index in the condition) or a ``diffusers`` UNet / transformer
+  wrapped in :class:`DiffusersDenoiser`.
+- Sampling: DDIM (η = 0) for ``epsilon`` / ``v``, Euler steps of the ODE for ``flow``; an optional ``guidance``
+  callable adds a term to each step's prediction (Flow-NRG's reward gradients).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pbrl.errors import ConfigError, describe
+from pbrl.io import atomic_write_text, write_folder
+
+PREDICTIONS = ("epsilon", "v", "flow")
+
+__all__ = ["DiffusersDenoiser", "NoiseSchedule", "PairErrors", "PREDICTIONS", "SCHEDULES", "SmallUNet", "cosine_alpha_bar",
+           "scaled_linear_alpha_bar",
+           "ddim_step", "denoising_error", "load_denoiser", "sampling_times", "load_pbrl_module", "read_model_config", "save_module", "pair_denoising_errors", "sample", "save_denoiser"]
+
+
+def cosine_alpha_bar(steps: int, s: float = 0.008) -> Tensor:
+    """ᾱ_k, k = 1..steps, of the cosine schedule (Nichol & Dhariwal, 2021, eq. 17; β clipped at 0.999): float64 ``[steps]``."""
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    f = torch.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2
+    return torch.cumprod(1 - (1 - f[1:] / f[:-1]).clamp(max=0.999), 0)
+
+
+def scaled_linear_alpha_bar(steps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """ᾱ_k of Stable Diffusion's ``scaled_linear`` schedule (diffusers' DDPMScheduler as SD configures it: √β linear
+    from √0.00085 to √0.012), float64 ``[steps]``. Its last ᾱ is about 0.0047, so the x̂₀ a DDIM step takes from
+    an ε prediction at the first step is amplified about 15×, not about 10⁴× as under the cosine schedule."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+SCHEDULES = {"scaled_linear": scaled_linear_alpha_bar, "cosine": cosine_alpha_bar}
+
+
+def _per_sample(c: Tensor, x: Tensor) -> Tensor:
+    """A ``[B]`` coefficient shaped to broadcast over ``x`` ``[B, ...]``."""
+    return c.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+class NoiseSchedule(nn.Module):
+    """The forward process and training target of one parameterisation (see the module docstring)."""
+
+    def __init__(self, prediction: str = "epsilon", train_steps: int = 1000, alpha_bar: Tensor | None = None,
+                 schedule: str = "scaled_linear"):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ConfigError(describe("schedule", "prediction", repr(prediction), f"one of {PREDICTIONS}"))
+        if schedule not in SCHEDULES:
+            raise ConfigError(describe("schedule", "schedule", repr(schedule), f"one of {list(SCHEDULES)}"))
+        self.prediction = prediction
+        ab = alpha_bar if alpha_bar is not None else SCHEDULES[schedule](train_steps)
+        self.train_steps = len(ab)
+        self.register_buffer("alpha_bar", ab.float(), persistent=False)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.prediction == "flow"
+
+    def sample_t(self, batch: int, *, device: torch.device | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Training times ``[B]``: uniform integer steps, or uniform t ∈ (0, 1) for flow."""
+        if self.is_flow:
+            return torch.rand(batch, device=device, generator=generator).clamp(1e-4, 1 - 1e-4)
+        return torch.randint(0, self.train_steps, (batch,), device=device, generator=generator)
+
+    def coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a, s)`` with ``x_t = a x₀ + s ε``, shaped like ``x``."""
+        if self.is_flow:
+            return _per_sample(1 - t, x), _per_sample(t, x)
+        ab = self.alpha_bar.to(x.device)[t]
+        return _per_sample(ab.sqrt(), x), _per_sample((1 - ab).sqrt(), x)
+
+    def noisy(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        a, s = self.coefficients(t, x0)
+        return a * x0 + s * noise
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        if self.prediction == "epsilon":
+            return noise
+        if self.is_flow:
+            return noise - x0
+        a, s = self.coefficients(t, x0)
+        return a * noise - s * x0
+
+    def model_time(self, t: Tensor) -> Tensor:
+        """What the network is given as its timestep."""
+        return t * 1000.0 if self.is_flow else t
+
+    def to_x0_eps(self, out: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x̂₀, ε̂)`` from the network's output at ``x_t``."""
+        if self.is_flow:
+            return x - _per_sample(t, x) * out, x + _per_sample(1 - t, x) * out
+        a, s = self.coefficients(t, x)
+        if self.prediction == "epsilon":
+            return (x - s * out) / a, out
+        return a * x - s * out, s * x + a * out
+
+
+def denoising_error(net: Callable[..., Tensor], schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor,
+                    cond: Tensor) -> Tensor:
+    """``‖target − net(x_t, t, c)‖²`` per sample ``[B]``, the mean over every other dimension. ``x0``, ``noise``
+    ``[B, C, H, W]`` or ``[B, C, T, H, W]``; ``t`` ``[B]``; ``cond`` ``[B, D]`` (or what the net takes)."""
+    out = net(schedule.noisy(x0, noise, t), schedule.model_time(t), cond)
+    return ((out.float() - schedule.target(x0, noise, t).float()) ** 2).flatten(1).mean(1)
+
+
+@dataclass
+class PairErrors:
+    """Denoising errors ``[B]`` of the winners and losers under the policy (with gradient) and the reference (without),
+    on one noise ``[B, ...]`` and one time ``[B]`` per pair, shared by its winner and loser."""
+
+    policy_w: Tensor
+    policy_l: Tensor
+    ref_w: Tensor
+    ref_l: Tensor
+    t: Tensor
+    noise: Tensor
+
+
+def pair_denoising_errors(policy: Callable[..., Tensor], reference: Callable[..., Tensor], schedule: NoiseSchedule,
+                          chosen: Tensor, rejected: Tensor, cond: Tensor, *,
+                          generator: torch.Generator | None = None) -> PairErrors:
+    """The four errors of Diffusion-DPO's loss: one forward of ``[winners; losers]`` per model, the same ``t`` and
+    ``ε`` for a pair's winner and loser (the official code repeats them over the two halves), the reference under
+    ``no_grad``."""
+    b = chosen.shape[0]
+    t = schedule.sample_t(b, device=chosen.device, generator=generator)
+    noise = torch.randn(chosen.shape, device=chosen.device, dtype=chosen.dtype, generator=generator)
+    x0, nn2, t2, c2 = torch.cat([chosen, rejected]), torch.cat([noise, noise]), torch.cat([t, t]), torch.cat([cond, cond])
+    err = denoising_error(policy, schedule, x0, nn2, t2, c2)
+    with torch.no_grad():
+        ref = denoising_error(reference, schedule, x0, nn2, t2, c2)
+    return PairErrors(err[:b], err[b:], ref[:b], ref[b:], t, noise)
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding ``[B] -> [B, dim]`` (Vaswani et al., 2017), of integer steps or of ``1000 t``."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
+    angle = t.float()[:, None] * freq[None]
+    return torch.cat([angle.sin(), angle.cos()], -1)
+
+
+class ResBlock2d(nn.Module):
+    """GroupNorm → SiLU → conv, twice, with FiLM (scale, shift) from the embedding between, and a residual path."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int = 8):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(min(groups, c_in), c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(min(groups, c_out), c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * c_out)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[..., None, None].chunk(2, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.conv2(nn.functional.silu(h)) + self.skip(x)
+
+
+class SmallUNet(nn.Module):
+    """A small conditional U-Net (pbrl's own denoiser for tests and CPU benchmarks): ``(x, timestep [B], cond [B, D])``
+    -> a tensor shaped like ``x``. Images ``[B, C, H, W]``; video ``[B, C, T, H, W]`` is denoised frame by frame
+    with a sinusoidal embedding of the frame index added to the condition. One residual block per level, a
+    stride-2 conv down, a transposed conv up; ``H`` and ``W`` divisible by ``2^(len(widths) − 1)``. With ``coords``,
+    two channels holding each pixel's row and column in [−1, 1] join the input (CoordConv, Liu et al., 2018): the
+    condition's FiLM is the same at every pixel, and convolutions alone hardly know where a pixel is."""
+
+    def __init__(self, channels: int = 1, cond_dim: int = 2, widths: tuple[int, ...] = (32, 64), emb_dim: int = 64,
+                 coords: bool = True):
+        super().__init__()
+        self.config = {"channels": channels, "cond_dim": cond_dim, "widths": list(widths), "emb_dim": emb_dim,
+                       "coords": coords}
+        self.coords = coords
+        self.emb_dim = emb_dim
+        self.checkpointing = False  # recompute each block's activations in the backward pass
+        self.embed = nn.Sequential(nn.Linear(2 * emb_dim + cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.inp = nn.Conv2d(channels + (2 if coords else 0), widths[0], 3, padding=1)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        prev = widths[0]
+        for i, w in enumerate(widths):
+            self.down.append(nn.ModuleList([ResBlock2d(prev, w, emb_dim),
+                                            nn.Conv2d(w, w, 3, stride=2, padding=1) if i < len(widths) - 1
+                                            else nn.Identity()]))
+            prev = w
+        self.mid = ResBlock2d(prev, prev, emb_dim)
+        for i, w_skip in enumerate(reversed(widths)):
+            self.up.append(nn.ModuleList([ResBlock2d(prev + w_skip, w_skip, emb_dim),
+                                          nn.ConvTranspose2d(w_skip, w_skip, 4, stride=2, padding=1)
+                                          if i < len(widths) - 1 else nn.Identity()]))
+            prev = w_skip
+        self.out = nn.Sequential(nn.GroupNorm(min(8, prev), prev), nn.SiLU(), nn.Conv2d(prev, channels, 3, padding=1))
+
+    def forward(self, x: Tensor, timestep: Tensor, cond: Tensor) -> Tensor:
+        if x.dim() == 5:  # video: frames into the batch, the frame index into the condition
+            b, c, frames, h, w = x.shape
+            flat = x.permute(0, 2, 1, 3, 4).reshape(b * frames, c, h, w)
+            index = torch.arange(frames, device=x.device).repeat(b)
+            out = self._forward(flat, timestep.repeat_interleave(frames), cond.repeat_interleave(frames, 0), index)
+            return out.view(b, frames, c, h, w).permute(0, 2, 1, 3, 4)
+        return self._forward(x, timestep, cond, torch.zeros(x.shape[0], device=x.device))
+
+    def _forward(self, x: Tensor, timestep: Tensor, cond: Tensor, frame: Tensor) -> Tensor:
+        emb = self.embed(torch.cat([timestep_embedding(timestep.expand(x.shape[0]), self.emb_dim),
+                                    timestep_embedding(frame, self.emb_dim), cond.to(x.dtype)], -1))
+        if self.coords:
+            rows = torch.linspace(-1, 1, x.shape[-2], device=x.device, dtype=x.dtype)
+            cols = torch.linspace(-1, 1, x.shape[-1], device=x.device, dtype=x.dtype)
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).expand(x.shape[0], -1, -1, -1)
+            x = torch.cat([x, grid], 1)
+        h = self.inp(x)
+        skips = []
+        for block, down in self.down:
+            h = self._block(block, h, emb)
+            skips.append(h)
+            h = down(h)
+        h = self._block(self.mid, h, emb)
+        for (block, up), skip in zip(self.up, reversed(skips)):
+            h = up(self._block(block, torch.cat([h, skip], 1), emb))
+        return self.out(h)
+
+    def _block(self, block: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
+
+class DiffusersDenoiser(nn.Module):
+    """A ``diffusers`` UNet or transformer as ``net(x, timestep, cond)``: ``cond`` ``[B, D]`` becomes the one-token
+    ``encoder_hidden_states`` ``[B, 1, D]`` (a ``[B, L, D]`` cond is passed as it is)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, timestep: Tensor, cond: Tensor) -> Tensor:
+        states = cond[:, None, :] if cond.dim() == 2 else cond
+        return self.model(x, timestep, encoder_hidden_states=states.to(x.dtype), return_dict=False)[0]
+
+
+@torch.no_grad()
+def sample(net: Callable[..., Tensor], schedule: NoiseSchedule, cond: Tensor, shape: tuple[int, ...], *,
+           steps: int = 20, generator: torch.Generator | None = None, noise: Tensor | None = None,
+           guidance: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, clip: float | None = 1.0,
+           trajectory: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
+    """Samples ``[B, *shape]`` from noise (``noise``, or drawn from ``generator``): DDIM η = 0 over ``steps`` evenly
+    spaced training steps, or ``steps`` Euler steps from t = 1 to 0 for flow. ``guidance(x_t, t, x̂₀) -> Δ`` is
+    added to ε̂ (DDIM) or to v̂ (flow) at every step, computed with gradients enabled; ``clip`` bounds x̂₀.
+    A ``trajectory`` list receives ``(t [B], x_t, prediction)`` at every step (Diffusion-DRO's replay)."""
+    b = cond.shape[0]
+    x = noise if noise is not None else torch.randn(b, *shape, device=cond.device, generator=generator)
+    if schedule.is_flow:
+        times = torch.linspace(1.0, 0.0, steps + 1, device=cond.device)
+    else:
+        times = sampling_times(schedule, steps, cond.device)
+    for i in range(len(times) - (1 if schedule.is_flow else 0)):
+        t = times[i].expand(b)
+        out = net(x, schedule.model_time(t), cond)
+        if guidance is not None:
+            x0_hat, _ = schedule.to_x0_eps(out, x, t)
+            with torch.enable_grad():
+                out = out + guidance(x, t, x0_hat)
+        if trajectory is not None:
+            trajectory.append((t, x, out))
+        if schedule.is_flow:
+            x = x + (times[i + 1] - times[i]) * out
+            continue
+        x0, eps = schedule.to_x0_eps(out, x, t)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        if i + 1 < len(times):
+            a, s = schedule.coefficients(times[i + 1].expand(b), x)
+            x = a * x0 + s * eps
+        else:
+            x = x0
+    return x.clamp(-clip, clip) if clip is not None else x
+
+
+def sampling_times(schedule: NoiseSchedule, steps: int, device: torch.device | None = None) -> Tensor:
+    """The ``steps`` training steps a DDIM sampler visits, descending (integers)."""
+    return torch.linspace(schedule.train_steps - 1, 0, steps, device=device).round().long()
+
+
+def ddim_step(schedule: NoiseSchedule, out: Tensor, x: Tensor, t: Tensor, t_prev: Tensor, *, eta: float = 1.0,
+              noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One stochastic DDIM step (Song et al., 2021, eq. 12) from ``x_t`` to ``x_{t_prev}`` (``t_prev`` < 0: to x₀):
+    ``x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε̂ + σ z``, ``σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)``.
+    Returns ``(x_prev, mean, σ)`` with σ shaped to broadcast; ``noise`` is z (zeros when not given: the mean).
+    SPO's per-step policy is this Gaussian (its log-density: :func:`pbrl.core.gaussian_step_logp`)."""
+    if schedule.is_flow:
+        raise ConfigError(describe("ddim_step", "prediction", "'flow'", "'epsilon' or 'v' (a stochastic DDIM step)"))
+    ab = schedule.alpha_bar.to(x.device)
+    ab_t = _per_sample(ab[t], x)
+    ab_prev = _per_sample(torch.where(t_prev >= 0, ab[t_prev.clamp(min=0)], torch.ones_like(ab[t])), x)
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).clamp(min=0).sqrt()
+    x0, eps = schedule.to_x0_eps(out, x, t)
+    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+    return (mean if noise is None else mean + sigma * noise), mean, sigma
+
+
+def save_module(net: nn.Module, config: dict[str, Any], path: str | os.PathLike) -> None:
+    """``config.json`` + ``weights.pt`` (a pbrl model: :class:`SmallUNet`, an image reward model), or a diffusers
+    model's ``save_pretrained``, written as a whole folder (:func:`pbrl.io.write_folder`)."""
+    def write(tmp: Path) -> None:
+        if isinstance(net, DiffusersDenoiser):
+            net.model.save_pretrained(tmp)
+            return
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2))
+        torch.save(net.state_dict(), tmp / "weights.pt")
+    write_folder(path, write)
+
+
+def save_denoiser(net: nn.Module, path: str | os.PathLike) -> None:
+    save_module(net, {"_class_name": type(net).__name__, **getattr(net, "config", {})}, path)
+
+
+def read_model_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """``(config file, its JSON)`` of a model folder or a config ``.json``; one-line errors otherwise."""
+    path = Path(path)
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise ConfigError(describe(str(path), "model", "no config.json", "a model folder or a config .json"))
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(describe(str(config_path), "config", f"unreadable JSON ({e})", "a JSON object")) from e
+    if not isinstance(config, dict):
+        raise ConfigError(describe(str(config_path), "config", type(config).__name__, "a JSON object"))
+    return config_path, config
+
+
+def load_pbrl_module(path: str | os.PathLike, cls: type[nn.Module], *, seed: int = 0) -> tuple[nn.Module, dict]:
+    """A pbrl model (``cls(**config)``) from a folder (with its weights) or a config ``.json`` (seeded new weights)."""
+    config_path, config = read_model_config(path)
+    if config.get("_class_name") != cls.__name__:
+        raise ConfigError(describe(str(config_path), "_class_name", repr(config.get("_class_name")),
+                                   repr(cls.__name__)))
+    torch.manual_seed(seed)
+    net = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k != "_class_name"})
+    if Path(path).is_dir():
+        net.load_state_dict(torch.load(Path(path) / "weights.pt", map_location="cpu", weights_only=True))
+    return net, config
+
+
+def load_denoiser(path: str | os.PathLike, *, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """A denoiser from a folder (pbrl's ``SmallUNet``, or a diffusers model folder) or from a config ``.json``
+    (built with seeded random weights; nothing is downloaded). Returns ``(net, config)``; diffusers models come
+    wrapped in :class:`DiffusersDenoiser`."""
+    config_path, config = read_model_config(path)
+    kind = config.get("_class_name", "")
+    if kind == "SmallUNet":
+        return load_pbrl_module(path, SmallUNet, seed=seed)
+    import diffusers
+
+    cls = getattr(diffusers, kind, None) if isinstance(kind, str) else None
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ConfigError(describe(str(config_path), "_class_name", repr(kind),
+                                   "'SmallUNet' or a diffusers model class (e.g. 'UNet2DConditionModel')"))
+    torch.manual_seed(seed)
+    path = Path(path)
+    model = cls.from_pretrained(path, local_files_only=True) if path.is_dir() else cls.from_config(config)
+    return DiffusersDenoiser(model), config

@@ -1,0 +1,119 @@
+"""Loops around ``train_diffusion`` that use the model's own samples.
+
+- :func:`self_play`: SPRO-style self-play (Jha et al., NeurIPS 2025, "SPRO: Improving Image Generation via
+  Self-Play"; its pairing rule and loss are not public, pbrl's loop is this one): each round **generates**
+  ``samples`` images per prompt with the current model, **scores** them with a pluggable reward function,
+  **pairs** the best with the worst of each prompt, and **trains** Diffusion-DPO / Flow-DPO from the current model
+  (which is also that round's reference) on those pairs. Every round is a resumable run folder.
+- :func:`select_checkpoint`: RPO's early stop (Miao et al., 2024): score the samples of every kept checkpoint
+  with a reward (the λ-Harmonic reward, :func:`pbrl.core.lambda_harmonic_reward`) and keep the best.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pbrl.errors import ConfigError, describe
+from pbrl.io import atomic_write_text
+from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
+from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, train_diffusion, write_image_pairs
+
+RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images [N, ...], cond [N, D]) -> rewards [N]
+
+__all__ = ["RoundResult", "load_reward_fn", "select_checkpoint", "self_play"]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    reward_mean: float          # mean reward of the samples the round generated (before its training)
+    pairs: int
+    model: str                  # the model the round trained (its output is the next round's start)
+
+
+def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike, *, rounds: int = 3,
+              samples: int = 8, sample_steps: int = 20, progress: bool = False) -> list[RoundResult]:
+    """Run ``rounds`` rounds from ``cfg.model`` on the prompts (unique ``cond`` rows) of ``cfg.data``; round r lives in
+    ``out/round_r`` (its pairs, its training run). ``cfg.method.name`` must be diffusion_dpo or flow_dpo."""
+    if cfg.method.name not in ("diffusion_dpo", "flow_dpo"):
+        raise ConfigError(describe("self_play", "method.name", repr(cfg.method.name), "'diffusion_dpo' or 'flow_dpo'"))
+    out = Path(out)
+    data = load_image_pairs(cfg.data, "diffusion_sft")
+    prompts = torch.unique(data.cond, dim=0)
+    shape = tuple(cfg.image_shape) or tuple(data.chosen.shape[1:])
+    model = cfg.model
+    results = []
+    for r in range(rounds):
+        folder = out / f"round_{r}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "image_shape.json", json.dumps(list(shape)))
+        net, _ = load_denoiser(model)
+        net.eval()
+        repeated = prompts.repeat_interleave(samples, 0)
+        g = torch.Generator().manual_seed(cfg.train.seed * 1000 + r)
+        with torch.no_grad():
+            images = sample(net, NoiseSchedule(cfg.prediction, cfg.train_steps, schedule=cfg.noise_schedule),
+                            repeated, shape, steps=sample_steps, generator=g)
+            scores = reward(images, repeated).view(len(prompts), samples)
+        per_prompt = images.view(len(prompts), samples, *shape)
+        best, worst = scores.argmax(1), scores.argmin(1)
+        decided = scores.amax(1) > scores.amin(1)
+        rows = torch.arange(len(prompts))[decided]
+        pairs_path = write_image_pairs(folder / "pairs.h5", cond=prompts[decided],
+                                       chosen=per_prompt[rows, best[decided]], rejected=per_prompt[rows, worst[decided]])
+        round_cfg = copy.deepcopy(cfg)
+        round_cfg.model, round_cfg.data = str(model), str(pairs_path)
+        round_cfg.train.seed = cfg.train.seed + r
+        run = folder / "run"
+        if not (run / "metrics.json").is_file():
+            train_diffusion(round_cfg, run, progress=progress)
+        results.append(RoundResult(r, float(scores.mean()), int(decided.sum()), str(model)))
+        model = str(run / "model")
+        atomic_write_text(out / "rounds.json", json.dumps([vars(x) for x in results], indent=2))
+    return results
+
+
+def select_checkpoint(run_dir: str | os.PathLike, start_model: str | os.PathLike, score: Callable[[nn.Module], float]
+                      ) -> tuple[int, dict[int, float]]:
+    """RPO's early stop: ``score(policy)`` for the policy weights of every checkpoint kept in ``run_dir`` (built on
+    ``start_model``'s architecture) -> ``(best step, {step: score})``."""
+    checkpoints = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
+    if not checkpoints:
+        raise ConfigError(describe(str(run_dir), "checkpoints", "none", "at least one checkpoint"))
+    net, _ = load_denoiser(start_model)
+    scores: dict[int, float] = {}
+    for path in checkpoints:
+        state = torch.load(path, map_location="cpu", weights_only=False)["agent"]
+        net.load_state_dict({k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")})
+        net.eval()
+        scores[int(path.stem.split("_")[1])] = float(score(net))
+    return max(scores, key=scores.get), scores
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """A reward function from ``module:function`` (called as ``f(images, cond) -> [N]``) or from a reward-model
+    folder (:func:`pbrl.sequence.diffusion_reward.load_reward_model`; the sum of its heads at t = 0)."""
+    if Path(spec).is_dir():
+        from pbrl.sequence.diffusion_reward import load_reward_model, reward_scores
+
+        model = load_reward_model(spec)
+        return lambda images, cond: reward_scores(model, images, cond).sum(1)
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ConfigError(describe("--reward", "reward", repr(spec), "a reward-model folder or module:function"))
+    import importlib
+
+    try:
+        fn: Any = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(describe("--reward", "reward", repr(spec), f"an importable module:function ({e})")) from e
+    return fn
