@@ -23,27 +23,43 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
-from pbrl.sequence.diffusion_train import DiffusionRunConfig, train_diffusion
+from pbrl.sequence.diffusion_reward import (
+    ImageRewardModel,
+    load_reward_model,
+    reward_guidance,
+    reward_scores,
+    save_reward_model,
+    train_reward_model,
+)
+from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, train_diffusion, write_image_pairs
+from pbrl.sequence.self_play import self_play
 from pbrl.sequence.shapes import (
+    KINDS,
     PREFERRED,
     classify_shapes,
     heldout_prompts,
     image_diversity,
     prompt_condition,
+    render_shapes,
+    shape_reward,
+    shape_row,
+    train_prompts,
     write_shapes_task,
 )
+from pbrl.train.loop import TrainConfig
 
 SFT_STEPS, SFT_LR, SFT_BATCH = 3000, 1e-3, 64
 LR, BATCH = 1e-4, 16
-BETA = {"diffusion_dpo": 2000.0, "flow_dpo": 2000.0, "abc": 2000.0, "sudo": 2000.0}
 SAMPLES = 16
+NRG_SCALE = 2.0   # Flow-NRG's guidance scale
+RWR_TAU = 1.0     # Flow-RWR's temperature
+SPRO_ROUNDS = 4
 
 
 def make_task(out: Path) -> dict[str, Path]:
@@ -55,11 +71,11 @@ def make_task(out: Path) -> dict[str, Path]:
 
 
 def train(model: Path, data: Path, out: Path, method: str, *, prediction: str, steps: int, seed: int,
-          lr: float = LR, batch: int = BATCH, noise_schedule: str = "scaled_linear",
+          lr: float = LR, batch: int = BATCH, noise_schedule: str = "scaled_linear", t_min: float = 0.0,
           **method_fields: Any) -> tuple[Path, float]:
-    cfg = DiffusionRunConfig(model=str(model), data=str(data), prediction=prediction, noise_schedule=noise_schedule)
+    cfg = DiffusionRunConfig(model=str(model), data=str(data), prediction=prediction, noise_schedule=noise_schedule,
+                             t_min=t_min)
     cfg.method.name = method
-    cfg.method.beta = BETA.get(method, cfg.method.beta)
     for key, value in method_fields.items():
         setattr(cfg.method, key, value)
     cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = steps, batch, lr, seed
@@ -96,12 +112,33 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def references(out: Path, task: dict[str, Path]) -> dict[str, Path]:
+    """The SFT references (seed 0, shared by every seed of every stage): an ε-model and a rectified flow."""
+    return {p: train(task["unet"], task["sft"], out / "reference" / p, "diffusion_sft", prediction=p,
+                     steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)[0] for p in ("epsilon", "flow")}
+
+
+def step_aware_model(out: Path, task: dict[str, Path]) -> Path:
+    """SPO's step-aware preference model: a noisy (time-conditioned) reward model fitted to the noisy pairs, under
+    the ε-model's schedule (Bradley-Terry, winner and loser on one noise and time)."""
+    folder = out / "task" / "step-aware"
+    if not (folder / "model" / "weights.pt").is_file():
+        pairs = load_image_pairs(task["pairs"], "diffusion_dpo")
+        model = ImageRewardModel(1, 2, heads=1, width=32, noisy=True)
+        train_reward_model(model, pairs.cond, pairs.chosen, pairs.rejected, torch.ones(len(pairs)), folder,
+                           TrainConfig(steps=2000, batch_size=64, lr=1e-3, weight_decay=0.0, log_every=100,
+                                       checkpoint_every=2000))
+        save_reward_model(model, folder / "model")
+    return folder / "model"
+
+
 LEARN = [  # (label, method, prediction, fields)
     ("SFT on chosen (ε)", "diffusion_sft", "epsilon", {}),
     ("Diffusion-DPO", "diffusion_dpo", "epsilon", {}),
     ("ABC", "abc", "epsilon", {}),
     ("self-supervised DPO (shuffle)", "sudo", "epsilon", {}),
     ("Diffusion-DRO", "dro", "epsilon", {}),
+    ("SPO", "spo", "epsilon", {"sample_steps": 10, "spo_start": 2}),
     ("SFT on chosen (flow)", "diffusion_sft", "flow", {}),
     ("Flow-DPO", "flow_dpo", "flow", {}),
 ]
@@ -109,38 +146,198 @@ LEARN = [  # (label, method, prediction, fields)
 
 def stage_learn(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     task = make_task(out)
+    refs = references(out, task)
+    preference = step_aware_model(out, task)
     results: dict[str, dict[str, list[float]]] = {}
+    for prediction, ref in refs.items():
+        m = measure(ref, prediction, 0)
+        results[f"reference ({prediction})"] = {k: [v] * len(seeds) for k, v in m.items()}
+        print(f"reference {prediction}: {m}", flush=True)
     for seed in seeds:
-        run = out / f"seed{seed}"
-        refs = {}
-        for prediction in ("epsilon", "flow"):
-            t0 = time.perf_counter()
-            refs[prediction], _ = train(task["unet"], task["sft"], run / f"sft-{prediction}", "diffusion_sft",
-                                        prediction=prediction, steps=SFT_STEPS, seed=seed, lr=SFT_LR, batch=SFT_BATCH)
-            m = measure(refs[prediction], prediction, seed)
-            m["train_s"] = time.perf_counter() - t0
-            for k, v in m.items():
-                results.setdefault(f"reference ({prediction})", {}).setdefault(k, []).append(v)
-            print(f"seed {seed} reference {prediction}: {m}", flush=True)
         for label, method, prediction, fields in LEARN:
-            model_dir, seconds = train(refs[prediction], task["pairs"], run / f"{method}-{prediction}", method,
-                                       prediction=prediction, steps=steps, seed=seed, **fields)
+            extra = {"preference_model": str(preference)} if method == "spo" else {}
+            model_dir, seconds = train(refs[prediction], task["pairs"], out / f"seed{seed}" / f"{method}-{prediction}",
+                                       method, prediction=prediction, steps=steps, seed=seed, **fields, **extra)
             m = measure(model_dir, prediction, seed)
-            ref_div = results[f"reference ({prediction})"]["diversity"][-1]
-            m["diversity_ratio"] = m["diversity"] / ref_div
+            m["diversity_ratio"] = m["diversity"] / results[f"reference ({prediction})"]["diversity"][0]
             m["train_s"] = seconds
             for k, v in m.items():
                 results.setdefault(label, {}).setdefault(k, []).append(v)
             print(f"seed {seed} {label}: {m}", flush=True)
     rows = [[label, *(mean_std(r[k]) for k in ("preferred", "valid", "preferred_valid")),
-             mean_std(r.get("diversity_ratio", [1.0] * len(seeds))), mean_std(r["train_s"])]
+             mean_std(r.get("diversity_ratio", [1.0] * len(seeds))), mean_std(r.get("train_s", [0.0]))]
             for label, r in results.items()]
     print_table(f"learning check ({steps} steps from the reference, batch {BATCH} pairs, {len(seeds)} seeds)",
                 ["method", "preferred", "valid", "preferred & valid", "diversity / reference's", "train s"], rows)
+    for label, r in results.items():
+        print(f"{label}: preferred per seed {[round(v, 3) for v in r['preferred']]}")
     return results
 
 
-STAGES = {"learn": stage_learn}
+def reward_pairs(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Pairs of reference-like images (random kinds and positions at training prompts) with two labels each, ties
+    included (VideoReward's setting): ``cross`` (a cross beats a square; same kind: tie) and ``top`` (the shape
+    higher in the image wins; rows within 1 pixel: tie)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [train_prompts()[int(i)] for i in torch.randint(len(train_prompts()), (n,), generator=g)]
+    kinds = [[KINDS[int(i)] for i in torch.randint(2, (n,), generator=g)] for _ in range(2)]
+    a, b = (render_shapes(k, prompts, generator=g) for k in kinds)
+    cross = torch.tensor([(x == PREFERRED) - (y == PREFERRED) for x, y in zip(*kinds)], dtype=torch.float32)
+    dr = shape_row(b) - shape_row(a)   # > 0: a higher
+    top = torch.where(dr.abs() < 1, 0.5, (dr > 0).float())
+    return {"cond": prompt_condition(prompts), "a": a, "b": b, "label": torch.stack([0.5 + cross / 2, top], 1)}
+
+
+def fit_reward(folder: Path, pairs: dict[str, torch.Tensor], heads: list[int], *, noisy: bool, prediction: str,
+               steps: int = 2000) -> ImageRewardModel:
+    if not (folder / "model" / "weights.pt").is_file():
+        model = ImageRewardModel(1, 2, heads=len(heads), width=32, noisy=noisy, prediction=prediction)
+        train_reward_model(model, pairs["cond"], pairs["a"], pairs["b"], pairs["label"][:, heads], folder,
+                           TrainConfig(steps=steps, batch_size=64, lr=1e-3, weight_decay=0.0, log_every=100,
+                                       checkpoint_every=steps))
+        save_reward_model(model, folder / "model")
+    return load_reward_model(folder / "model")
+
+
+def measure_rewards(images: torch.Tensor, prompts: list, clean: ImageRewardModel, weights: list[float]) -> dict:
+    kinds, valid, _ = classify_shapes(images, prompts)
+    r = reward_scores(clean, images, prompt_condition(prompts))
+    return {"reward": float((r @ torch.tensor(weights)).mean()), "r_cross": float(r[:, 0].mean()),
+            "r_top": float(r[:, 1].mean()), "cross": sum(k == PREFERRED for k in kinds) / len(kinds),
+            "valid": float(valid.float().mean()), "row": float(shape_row(images).mean()),
+            "diversity": image_diversity(images, len(heldout_prompts()))}
+
+
+def stage_reward(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """VideoReward-style two-head reward with ties; Flow-RWR and Flow-NRG with several weighted rewards."""
+    task = make_task(out)
+    refs = references(out, task)
+    folder = out / "reward"
+    train_pairs, test_pairs = reward_pairs(4000, 0), reward_pairs(1000, 1)
+    clean = fit_reward(folder / "clean", train_pairs, [0, 1], noisy=False, prediction="flow")
+    ra = reward_scores(clean, test_pairs["a"], test_pairs["cond"])
+    rb = reward_scores(clean, test_pairs["b"], test_pairs["cond"])
+    accuracy = {}
+    for h, name in enumerate(("cross", "top")):
+        label = test_pairs["label"][:, h]
+        decided = label != 0.5
+        accuracy[name] = float(((ra[:, h] > rb[:, h]) == (label > 0.5))[decided].float().mean())
+        accuracy[f"{name}_tie_gap"] = float((ra[:, h] - rb[:, h])[~decided].abs().mean())
+        accuracy[f"{name}_decided_gap"] = float((ra[:, h] - rb[:, h])[decided].abs().mean())
+    print(f"clean two-head reward on held-out pairs: {accuracy}", flush=True)
+    noisy = [fit_reward(folder / f"noisy-{name}", train_pairs, [h], noisy=True, prediction="flow", steps=3000)
+             for h, name in enumerate(("cross", "top"))]
+    weights = [1.0, 0.5]
+    # Flow-RWR's data: the SFT images with both clean rewards
+    sft = load_image_pairs(task["sft"], "diffusion_sft")
+    rwr_data = folder / "rwr.h5"
+    if not rwr_data.is_file():
+        write_image_pairs(rwr_data, cond=sft.cond, chosen=sft.chosen, reward=reward_scores(clean, sft.chosen, sft.cond))
+    prompts = [p for p in heldout_prompts() for _ in range(SAMPLES)]
+    cond = prompt_condition(prompts)
+    schedule = NoiseSchedule("flow")
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        noise = torch.randn(len(prompts), 1, 16, 16, generator=torch.Generator().manual_seed(10_000 + seed))
+        net, _ = load_denoiser(refs["flow"])
+        runs = {"reference (flow)": sample(net, schedule, cond, (1, 16, 16), steps=20, noise=noise)}
+        for label, w in (("Flow-NRG, weights (1, 0.5)", weights), ("Flow-NRG, weights (1, 0)", [1.0, 0.0]),
+                         ("Flow-NRG, weights (0, 1)", [0.0, 1.0])):
+            guide = reward_guidance(noisy, cond, weights=w, scale=NRG_SCALE, schedule=schedule)
+            runs[label] = sample(net, schedule, cond, (1, 16, 16), steps=20, noise=noise, guidance=guide)
+        model_dir, _ = train(refs["flow"], rwr_data, out / f"seed{seed}" / "flow_rwr", "flow_rwr", prediction="flow",
+                             steps=steps, seed=seed, reward_weights=weights, rwr_temperature=RWR_TAU)
+        rwr, _ = load_denoiser(model_dir)
+        runs["Flow-RWR, weights (1, 0.5)"] = sample(rwr, schedule, cond, (1, 16, 16), steps=20, noise=noise)
+        for label, images in runs.items():
+            m = measure_rewards(images, prompts, clean, weights)
+            for k, v in m.items():
+                results.setdefault(label, {}).setdefault(k, []).append(v)
+            print(f"seed {seed} {label}: {m}", flush=True)
+    keys = ("reward", "r_cross", "r_top", "cross", "valid", "row", "diversity")
+    print_table(f"Flow-RWR ({steps} steps, τ {RWR_TAU}) and Flow-NRG (scale {NRG_SCALE}) on the flow reference; "
+                f"held-out prompts, {len(seeds)} seeds", ["samples", "weighted reward (1, 0.5)", "r_cross", "r_top",
+                                                        "cross share", "valid", "mean row", "diversity"],
+                [[label, *(mean_std(r[k]) for k in keys)] for label, r in results.items()])
+    return {"reward_accuracy": accuracy, **results}
+
+
+def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """SPRO-style self-play from the ε reference with the exact judge as the reward (1 valid, 2 valid cross):
+    4 rounds of 8 samples per training prompt and 200 Diffusion-DPO steps; the reward of each round's own samples,
+    and the held-out measurement of each round's model."""
+    task = make_task(out)
+    refs = references(out, task)
+    results: dict[str, Any] = {}
+    for seed in seeds:
+        cfg = DiffusionRunConfig(model=str(refs["epsilon"]), data=str(task["sft"]))
+        cfg.method.name = "diffusion_dpo"
+        cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = 200, BATCH, LR, seed
+        cfg.train.log_every, cfg.train.checkpoint_every = 50, 200
+        folder = out / f"seed{seed}" / "spro"
+        rounds = self_play(cfg, shape_reward, folder, rounds=SPRO_ROUNDS, samples=8)
+        models = [r.model for r in rounds] + [str(folder / f"round_{SPRO_ROUNDS - 1}" / "run" / "model")]
+        held = [measure(Path(m), "epsilon", seed) for m in models]
+        results[f"seed{seed}"] = {"train_reward": [r.reward_mean for r in rounds],
+                                  "heldout": held, "pairs": [r.pairs for r in rounds]}
+        print(f"seed {seed}: own-sample reward by round {[round(r.reward_mean, 3) for r in rounds]}; held-out "
+              f"preferred&valid by model {[round(h['preferred_valid'], 3) for h in held]}", flush=True)
+    rows = []
+    for r in range(SPRO_ROUNDS + 1):
+        own = [results[f"seed{s}"]["train_reward"][r] for s in seeds] if r < SPRO_ROUNDS else None
+        rows.append([str(r), mean_std(own) if own else "–",
+                     *(mean_std([results[f"seed{s}"]["heldout"][r][k] for s in seeds])
+                       for k in ("preferred", "valid", "preferred_valid"))])
+    print_table(f"self-play (SPRO-style), {SPRO_ROUNDS} rounds × 200 Diffusion-DPO steps, {len(seeds)} seeds",
+                ["model after round", "own-sample reward (of 2)", "held-out preferred", "valid", "preferred & valid"],
+                rows)
+    return results
+
+
+SWEEP = [  # (method, prediction, lr, steps, fields): seed-0 runs behind the settings docs/benchmarks.md cites
+    ("diffusion_sft", "epsilon", 1e-4, 600, {}),
+    *(("diffusion_dpo", "epsilon", 1e-4, 600, {"beta": b}) for b in (100.0, 300.0, 1000.0, 5000.0, 20000.0)),
+    ("diffusion_dpo", "epsilon", 1e-3, 600, {"beta": 5000.0}), ("diffusion_dpo", "epsilon", 2e-5, 600, {"beta": 5000.0}),
+    ("diffusion_dpo", "epsilon", 1e-4, 3000, {"beta": 5000.0}),
+    ("diffusion_dpo", "epsilon", 1e-4, 600, {"beta": 5000.0, "t_min": 0.6}),
+    ("diffusion_sft", "flow", 1e-4, 600, {}),
+    *(("flow_dpo", "flow", 1e-4, 600, {"beta": b}) for b in (30.0, 100.0, 1000.0)),
+    ("flow_dpo", "flow", 1e-3, 600, {"beta": 100.0}), ("flow_dpo", "flow", 2e-5, 600, {"beta": 100.0}),
+    ("flow_dpo", "flow", 1e-4, 2000, {"beta": 100.0}), ("flow_dpo", "flow", 1e-4, 600, {"beta": 100.0, "t_min": 0.6}),
+    ("spo", "epsilon", 1e-4, 600, {}), ("spo", "epsilon", 2e-5, 600, {}),
+    ("dro", "epsilon", 1e-4, 600, {}), ("dro", "epsilon", 2e-5, 600, {}),
+]
+
+
+def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Seed 0: β, learning rate, length and the trained time range of Diffusion-DPO and Flow-DPO; SPO and DRO at two
+    learning rates; SFT on the winners at 600 steps for comparison."""
+    task = make_task(out)
+    refs = references(out, task)
+    preference = step_aware_model(out, task)
+    results, rows = {}, []
+    for method, prediction, lr, n, fields in SWEEP:
+        fields = dict(fields)
+        t_min = fields.pop("t_min", 0.0)
+        if method == "spo":
+            fields.update(sample_steps=10, spo_start=2, preference_model=str(preference))
+        shown = {k: v for k, v in fields.items() if k not in ("sample_steps", "spo_start", "preference_model")}
+        name = f"{method}-{prediction}-lr{lr:g}-{n}-" + "-".join(f"{k}{v:g}" for k, v in shown.items()) + \
+            (f"-tmin{t_min:g}" if t_min else "")
+        model_dir, _ = train(refs[prediction], task["pairs"], out / "seed0" / "sweep" / name, method,
+                             prediction=prediction, steps=n, seed=0, lr=lr, t_min=t_min, **fields)
+        m = measure(model_dir, prediction, 0)
+        results[name] = m
+        settings = ", ".join([f"β {v:g}" for v in shown.values()] + ([f"t ≥ {t_min:g}"] if t_min else []))
+        rows.append([method, f"{lr:g}", str(n), settings, f"{m['preferred']:.3f}", f"{m['valid']:.3f}",
+                     f"{m['diversity']:.3f}"])
+        print(rows[-1], flush=True)
+    print_table("sweep (seed 0, batch 16 pairs; held-out prompts, 16 samples each)",
+                ["method", "lr", "steps", "settings", "preferred", "valid", "diversity"], rows)
+    return results
+
+
+STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "sweep": stage_sweep}
 
 
 def main() -> None:

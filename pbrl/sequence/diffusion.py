@@ -8,8 +8,7 @@ noise and timesteps: the scores the diffusion preference losses of :mod:`pbrl.co
     the network predicts the velocity ``v = ε − x₀`` and sees the time as ``1000 t``.
 - Discrete steps use Stable Diffusion's ``scaled_linear`` ᾱ (the schedule Diffusion-DPO, SPO and DRO train on) or
   the cosine ᾱ (Nichol & Dhariwal, 2021) of ``train_steps`` steps, or any ``alpha_bar`` (a diffusers scheduler's
-  ``alphas_cumprod``). Measured on the shapes task: an ε-model under the cosine schedule sampled by 20 DDIM steps
-  drew 12 % valid shapes, since its first x̂₀ divides by √ᾱ_T ≈ 10⁻⁴ (docs/benchmarks.md, issue 17).
+  ``alphas_cumprod``).
 - Models are called as ``net(x_t, timestep, cond)``: pbrl's :class:`SmallUNet` (images ``[B, C, H, W]``, and video
   ``[B, C, T, H, W]`` frame by frame with the frame index in the condition) or a ``diffusers`` UNet / transformer
   wrapped in :class:`DiffusersDenoiser`.
@@ -49,8 +48,8 @@ def cosine_alpha_bar(steps: int, s: float = 0.008) -> Tensor:
 
 def scaled_linear_alpha_bar(steps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
     """ᾱ_k of Stable Diffusion's ``scaled_linear`` schedule (diffusers' DDPMScheduler as SD configures it: √β linear
-    from √0.00085 to √0.012), float64 ``[steps]``. Its last ᾱ is about 0.0047, so the x̂₀ a DDIM step takes from
-    an ε prediction at the first step is amplified about 15×, not about 10⁴× as under the cosine schedule."""
+    from √0.00085 to √0.012), float64 ``[steps]``; its last ᾱ is about 0.0047. The default: Diffusion-DPO, SPO
+    and DRO all train Stable Diffusion on it."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, 0)
 
@@ -67,13 +66,15 @@ class NoiseSchedule(nn.Module):
     """The forward process and training target of one parameterisation (see the module docstring)."""
 
     def __init__(self, prediction: str = "epsilon", train_steps: int = 1000, alpha_bar: Tensor | None = None,
-                 schedule: str = "scaled_linear"):
+                 schedule: str = "scaled_linear", t_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ConfigError(describe("schedule", "prediction", repr(prediction), f"one of {PREDICTIONS}"))
         if schedule not in SCHEDULES:
             raise ConfigError(describe("schedule", "schedule", repr(schedule), f"one of {list(SCHEDULES)}"))
-        self.prediction = prediction
+        if not 0.0 <= t_range[0] < t_range[1] <= 1.0:
+            raise ConfigError(describe("schedule", "t_range", list(t_range), "0 <= t_min < t_max <= 1"))
+        self.prediction, self.t_range = prediction, t_range
         ab = alpha_bar if alpha_bar is not None else SCHEDULES[schedule](train_steps)
         self.train_steps = len(ab)
         self.register_buffer("alpha_bar", ab.float(), persistent=False)
@@ -84,10 +85,14 @@ class NoiseSchedule(nn.Module):
 
     def sample_t(self, batch: int, *, device: torch.device | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        """Training times ``[B]``: uniform integer steps, or uniform t ∈ (0, 1) for flow."""
+        """Training times ``[B]``: uniform integer steps, or uniform t ∈ (0, 1) for flow, within ``t_range`` (the
+        fraction of the process trained on; the official Diffusion-DPO code restricts it for SDXL's refiner)."""
+        lo, hi = self.t_range
         if self.is_flow:
-            return torch.rand(batch, device=device, generator=generator).clamp(1e-4, 1 - 1e-4)
-        return torch.randint(0, self.train_steps, (batch,), device=device, generator=generator)
+            u = torch.rand(batch, device=device, generator=generator)
+            return (lo + (hi - lo) * u).clamp(1e-4, 1 - 1e-4)
+        return torch.randint(int(lo * self.train_steps), max(int(round(hi * self.train_steps)), int(lo * self.train_steps) + 1),
+                             (batch,), device=device, generator=generator)
 
     def coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(a, s)`` with ``x_t = a x₀ + s ε``, shaped like ``x``."""

@@ -135,6 +135,8 @@ class DiffusionRunConfig:
     prediction: str = param("epsilon", choices=PREDICTIONS)
     train_steps: int = param(1000, ge=2)          # discrete steps of the noise schedule (epsilon, v)
     noise_schedule: str = param("scaled_linear", choices=tuple(SCHEDULES))  # epsilon, v: Stable Diffusion's or cosine
+    t_min: float = param(0.0, ge=0, lt=1)         # train on times in [t_min, t_max] of the process (fractions)
+    t_max: float = param(1.0, gt=0, le=1)
     ema_decay: float = param(0.0, ge=0, lt=1)     # > 0: keep an EMA of the policy; it becomes the final model
     gradient_checkpointing: bool = False          # recompute activations in the backward pass (less memory)
     sample_every: int = param(0, ge=0)            # TensorBoard image grid of samples every N steps (0: never)
@@ -149,6 +151,8 @@ class DiffusionRunConfig:
         check_fields(self.method, "method", where)
         check_fields(self.train, "train", where)
         self.method.check_prediction(where, self.prediction, self.ema_decay)
+        if self.t_min >= self.t_max:
+            raise ConfigError(describe(where, "run.t_min / t_max", f"{self.t_min} / {self.t_max}", "t_min < t_max"))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -521,7 +525,8 @@ def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress
             _enable_checkpointing(policy)
         policy.to(device)
         reference = copy.deepcopy(policy).eval()
-        schedule = NoiseSchedule(cfg.prediction, cfg.train_steps, schedule=cfg.noise_schedule).to(device)
+        schedule = NoiseSchedule(cfg.prediction, cfg.train_steps, schedule=cfg.noise_schedule,
+                                 t_range=(cfg.t_min, cfg.t_max)).to(device)
         learner = DiffusionLearner(policy, reference, schedule, cfg.method, ema_decay=cfg.ema_decay,
                                    image_shape=image_shape, preference=preference.to(device) if preference else None)
         batches = ImageBatches(data, cfg.train.batch_size, seed=cfg.train.seed, device=device)

@@ -37,7 +37,7 @@ BRIGHTNESS_TOLERANCE = 0.1
 Prompt = tuple[int, float]
 
 __all__ = ["KINDS", "PREFERRED", "ShapePairs", "classify_shapes", "heldout_prompts", "image_diversity",
-           "condition_prompts", "make_shape_pairs", "prompt_condition", "render_shapes", "shape_reward", "train_prompts",
+           "condition_prompts", "make_shape_pairs", "prompt_condition", "render_shapes", "shape_reward", "shape_row", "train_prompts",
            "write_shapes_task"]
 
 
@@ -182,3 +182,10 @@ def shape_reward(images: Tensor, cond: Tensor) -> Tensor:
     kinds, valid, _ = classify_shapes(images.cpu(), condition_prompts(cond.cpu()))
     cross = torch.tensor([k == PREFERRED for k in kinds])
     return (valid.float() * (1 + cross.float())).to(images.device)
+
+
+def shape_row(images: Tensor) -> Tensor:
+    """The mean row of a sample's lit pixels (> −0.5) ``[N]`` (8 where none is lit): where the shape sits."""
+    on = (images[:, 0] > -0.5).float()
+    rows = torch.arange(SIZE, dtype=torch.float32)[None, :, None]
+    return torch.where(on.sum((1, 2)) > 0, (on * rows).sum((1, 2)) / on.sum((1, 2)).clamp(min=1), 8.0)
