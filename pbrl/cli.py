@@ -469,9 +469,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_seq_train(args: argparse.Namespace) -> int:
+def _apply_sections(cfg: Any, overrides: dict[str, list[str]], set_args: list[str] | None) -> None:
+    """Apply ``KEY=VALUE`` overrides per section and every ``--set SECTION.KEY=VALUE`` to a run config of sections
+    run / method / train, then validate it."""
     from pbrl.errors import ConfigError, describe
     from pbrl.fields import set_fields
+    from pbrl.train.config import parse_override
+
+    for text in set_args or []:
+        section, _, _ = parse_override(text)
+        if section not in overrides:
+            raise ConfigError(describe("--set", "section", repr(section), "run, method or train"))
+        overrides[section].append(text.split(".", 1)[1])
+    for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
+        set_fields(target, overrides[section], section=section)
+    cfg.validate("command line")
+
+
+def cmd_seq_train(args: argparse.Namespace) -> int:
+    from pbrl.errors import ConfigError, describe
     from pbrl.sequence.diffusion_train import DIFFUSION_METHODS, DiffusionRunConfig, train_diffusion
 
     diffusion = args.method in DIFFUSION_METHODS
@@ -501,16 +517,7 @@ def cmd_seq_train(args: argparse.Namespace) -> int:
         overrides["run"].append("lora=true")
     if args.amp:
         overrides["train"].append("amp=true")
-    for text in args.set or []:
-        from pbrl.train.config import parse_override
-
-        section, key, _ = parse_override(text)
-        if section not in overrides:
-            raise ConfigError(describe("--set", "section", repr(section), "run, method or train"))
-        overrides[section].append(text.split(".", 1)[1])
-    for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
-        set_fields(target, overrides[section], section=section)
-    cfg.validate("command line")
+    _apply_sections(cfg, overrides, args.set)
     train = train_diffusion if diffusion else train_sequence_lazy
     result = train(cfg, args.out, progress=not args.quiet)
     print(json.dumps({"method": cfg.method.name, "step": result.step, "finished": result.finished,
@@ -541,22 +548,12 @@ def cmd_seq_grammar(args: argparse.Namespace) -> int:
 
 
 def cmd_seq_self_play(args: argparse.Namespace) -> int:
-    from pbrl.fields import set_fields
     from pbrl.sequence.diffusion_train import DiffusionRunConfig
     from pbrl.sequence.self_play import load_reward_fn, self_play
 
     cfg = DiffusionRunConfig(model=args.model, data=args.data)
     overrides = {"run": [], "method": [f"name={args.method!r}"], "train": [f"steps={args.steps}"]}
-    for text in args.set or []:
-        section, _, rest = text.partition(".")
-        overrides.setdefault(section, []).append(rest)
-    for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
-        set_fields(target, overrides.pop(section), section=section)
-    if overrides:
-        from pbrl.errors import ConfigError, describe
-
-        raise ConfigError(describe("--set", "section", repr(next(iter(overrides))), "run, method or train"))
-    cfg.validate("command line")
+    _apply_sections(cfg, overrides, args.set)
     rounds = self_play(cfg, load_reward_fn(args.reward), args.out, rounds=args.rounds, samples=args.samples,
                        progress=not args.quiet)
     for r in rounds:

@@ -20,13 +20,12 @@ Runs are reused when finished (resumable). Writes ``OUT/results.json`` and print
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
+from stages import ms, print_table, record, run_stages
 
 from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
 from pbrl.sequence.diffusion_reward import (
@@ -100,18 +99,6 @@ def measure(model_dir: Path, prediction: str, seed: int, noise_schedule: str = "
             "diversity": image_diversity(images, len(heldout_prompts()))}
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
 def references(out: Path, task: dict[str, Path]) -> dict[str, Path]:
     """The SFT references (seed 0, shared by every seed of every stage): an ε-model and a rectified flow."""
     return {p: train(task["unet"], task["sft"], out / "reference" / p, "diffusion_sft", prediction=p,
@@ -161,11 +148,10 @@ def stage_learn(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             m = measure(model_dir, prediction, seed)
             m["diversity_ratio"] = m["diversity"] / results[f"reference ({prediction})"]["diversity"][0]
             m["train_s"] = seconds
-            for k, v in m.items():
-                results.setdefault(label, {}).setdefault(k, []).append(v)
+            record(results, label, m)
             print(f"seed {seed} {label}: {m}", flush=True)
-    rows = [[label, *(mean_std(r[k]) for k in ("preferred", "valid", "preferred_valid")),
-             mean_std(r.get("diversity_ratio", [1.0] * len(seeds))), mean_std(r.get("train_s", [0.0]))]
+    rows = [[label, *(ms(r[k]) for k in ("preferred", "valid", "preferred_valid")),
+             ms(r.get("diversity_ratio", [1.0] * len(seeds))), ms(r.get("train_s", [0.0]))]
             for label, r in results.items()]
     print_table(f"learning check ({steps} steps from the reference, batch {BATCH} pairs, {len(seeds)} seeds)",
                 ["method", "preferred", "valid", "preferred & valid", "diversity / reference's", "train s"], rows)
@@ -251,14 +237,13 @@ def stage_reward(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         runs["Flow-RWR, weights (1, 0.5)"] = sample(rwr, schedule, cond, (1, 16, 16), steps=20, noise=noise)
         for label, images in runs.items():
             m = measure_rewards(images, prompts, clean, weights)
-            for k, v in m.items():
-                results.setdefault(label, {}).setdefault(k, []).append(v)
+            record(results, label, m)
             print(f"seed {seed} {label}: {m}", flush=True)
     keys = ("reward", "r_cross", "r_top", "cross", "valid", "row", "diversity")
     print_table(f"Flow-RWR ({steps} steps, τ {RWR_TAU}) and Flow-NRG (scale {NRG_SCALE}) on the flow reference; "
                 f"held-out prompts, {len(seeds)} seeds", ["samples", "weighted reward (1, 0.5)", "r_cross", "r_top",
                                                         "cross share", "valid", "mean row", "diversity"],
-                [[label, *(mean_std(r[k]) for k in keys)] for label, r in results.items()])
+                [[label, *(ms(r[k]) for k in keys)] for label, r in results.items()])
     return {"reward_accuracy": accuracy, **results}
 
 
@@ -285,8 +270,8 @@ def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     rows = []
     for r in range(SPRO_ROUNDS + 1):
         own = [results[f"seed{s}"]["train_reward"][r] for s in seeds] if r < SPRO_ROUNDS else None
-        rows.append([str(r), mean_std(own) if own else "–",
-                     *(mean_std([results[f"seed{s}"]["heldout"][r][k] for s in seeds])
+        rows.append([str(r), ms(own) if own else "–",
+                     *(ms([results[f"seed{s}"]["heldout"][r][k] for s in seeds])
                        for k in ("preferred", "valid", "preferred_valid"))])
     print_table(f"self-play (SPRO-style), {SPRO_ROUNDS} rounds × 200 Diffusion-DPO steps, {len(seeds)} seeds",
                 ["model after round", "own-sample reward (of 2)", "held-out preferred", "valid", "preferred & valid"],
@@ -341,20 +326,7 @@ STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "swe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/diff-bench")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    for stage in args.stages:
-        results[stage] = STAGES[stage](out, args.seeds, args.steps)
-        path.write_text(json.dumps(results, indent=2))
+    run_stages(__doc__, STAGES, out="runs/diff-bench", steps=600)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pbrl.core import diffusion_dpo_loss
-from pbrl.sequence.diffusion import DiffusersDenoiser, NoiseSchedule, pair_denoising_errors
+from pbrl.sequence.diffusion import DiffusersDenoiser, NoiseSchedule, denoising_error, pair_denoising_errors
 from pbrl.sequence.diffusion_train import DiffusionLearner, DiffusionMethodConfig, ImageBatches, ImagePairs
 from pbrl.train.loop import TrainConfig, run_loop
 
@@ -89,6 +89,20 @@ def main() -> None:
     ours = diffusion_dpo_loss(e.policy_w, e.policy_l, e.ref_w, e.ref_l, beta=BETA).mean()
     print(f"loss on one batch: pbrl {ours.item():.6f}, plain {plain.item():.6f}")
     assert torch.allclose(ours, plain, rtol=1e-4, atol=1e-6), (ours.item(), plain.item())
+    if device.type == "cuda":  # the same loss on CPU, same weights, noise and timesteps (drawn on the CPU)
+        g_cpu = torch.Generator().manual_seed(7)
+        t = torch.randint(0, schedule.train_steps, (args.batch,), generator=g_cpu)
+        noise = torch.randn(w.shape, generator=g_cpu)
+        losses = {}
+        for dev in ("cpu", args.device):
+            u, r = copy.deepcopy(unet).to(dev), copy.deepcopy(ref).to(dev)
+            x = [v.to(dev) for v in (w, lose, cond, noise)]
+            sch = NoiseSchedule("epsilon").to(dev)
+            errs = [denoising_error(DiffusersDenoiser(net), sch, img, x[3], t.to(dev), x[2]) for net in (u, r)
+                    for img in (x[0], x[1])]
+            losses[dev] = diffusion_dpo_loss(errs[0], errs[1], errs[2], errs[3], beta=BETA).mean().item()
+        print(f"the same batch on cpu and {args.device}: {losses}")
+        torch.cuda.reset_peak_memory_stats()
 
     amp = args.amp and device.type == "cuda"
     plain_rates, pbrl_rates = [], []
@@ -133,6 +147,8 @@ def main() -> None:
     print(f"| plain PyTorch | {statistics.median(plain_rates):.2f} | {', '.join(f'{r:.2f}' for r in plain_rates)} |")
     print(f"| pbrl (run_loop) | {statistics.median(pbrl_rates):.2f} | {', '.join(f'{r:.2f}' for r in pbrl_rates)} |")
     print(f"\npbrl / plain: {statistics.median(pbrl_rates) / statistics.median(plain_rates):.2f}")
+    if device.type == "cuda":
+        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

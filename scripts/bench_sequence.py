@@ -22,15 +22,14 @@ Runs are reused when finished (resumable). Writes ``OUT/results.json`` and print
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from stages import ms, print_table, record, run_stages
 
 from pbrl.sequence.lm import word_tokenizer
 from pbrl.sequence.sampling import rso_pairs, sample_completions
@@ -55,25 +54,6 @@ LR = 1e-4
 # (validity falls to 0): lr 1e-4 over 1000 steps at β = 0.3 stays stable (docs/benchmarks.md, the sweep).
 # IPO's β is τ: its target margin 1/(2τ) is 5 nats at τ = 0.1.
 BETA = {"dpo": 0.3, "is_daa": 0.3, "tgdpo": 0.3, "rso": 0.3, "irepo": 0.3, "ipo": 0.1, "tvkd": 0.3}
-
-
-def ms(values: list[float]) -> str:
-    v = [float(x) for x in values]
-    return f"{v[0]:.2f}" if len(v) == 1 else f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
-
-
-def record(results: dict[Any, dict[str, list[float]]], label: Any, metrics: dict[str, float]) -> None:
-    """Append one seed's ``metrics`` under ``label``."""
-    for k, v in metrics.items():
-        results.setdefault(label, {}).setdefault(k, []).append(v)
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -494,24 +474,7 @@ STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "irepo": stage_irepo, "tvk
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/seq-bench")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    for stage in args.stages:
-        start = time.perf_counter()
-        results[stage] = STAGES[stage](out, args.seeds, args.steps)
-        print(f"\n({stage}: {time.perf_counter() - start:.0f} s)")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(path)
+    run_stages(__doc__, STAGES, out="runs/seq-bench", steps=1000)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def main() -> None:
     policy, _ = load_denoiser(args.policy)
     policy.eval()
     pairs = make_shape_pairs(heldout_prompts(), 32, flip_rate=0.0, seed=99)
-    print("\n| t range | implicit margin (mean) | accuracy | e_θ − e_ref, winners | losers |\n|---|---|---|---|---|")
+    print("\n| t range | implicit margin (mean) | accuracy | e_ref, winners | e_θ − e_ref, winners | losers |\n"
+          "|---|---|---|---|---|---|")
     bounds = [(0, .2), (.2, .4), (.4, .6), (.6, .8), (.8, 1.0)]
     with torch.no_grad():
         for lo, hi in bounds:
@@ -84,7 +85,7 @@ def main() -> None:
                 ("pw", policy, pairs.chosen), ("pl", policy, pairs.rejected), ("rw", ref, pairs.chosen),
                 ("rl", ref, pairs.rejected))}
             margin = -((e["pw"] - e["pl"]) - (e["rw"] - e["rl"]))
-            print(f"| {lo:.1f}–{hi:.1f} | {margin.mean():+.5f} | {(margin > 0).float().mean():.2f} | "
+            print(f"| {lo:.1f}–{hi:.1f} | {margin.mean():+.5f} | {(margin > 0).float().mean():.2f} | {e['rw'].mean():.4f} | "
                   f"{(e['pw'] - e['rw']).mean():+.5f} | {(e['pl'] - e['rl']).mean():+.5f} |")
 
 

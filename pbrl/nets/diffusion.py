@@ -19,32 +19,14 @@ control flow (the step loop of DDIM has a fixed length).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from pbrl.core.noise import cosine_alpha_bar, timestep_embedding
 from pbrl.nets.mlp import ObsNormalizer, mlp
 
 PREDICTIONS = ("epsilon", "v")
 DENOISERS = ("mlp", "unet1d")
-
-
-def cosine_alpha_bar(steps: int, s: float = 0.008) -> Tensor:
-    """ᾱ_k for k = 1..steps of the cosine schedule (Nichol & Dhariwal, 2021, eq. 17), with β_k clipped to 0.999,
-    float64 ``[steps]``."""
-    k = torch.arange(steps + 1, dtype=torch.float64)
-    f = torch.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2
-    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    return torch.cumprod(1 - betas, 0)
-
-
-def timestep_embedding(k: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of diffusion steps ``[B] -> [B, dim]`` (Vaswani et al., 2017)."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10_000) * torch.arange(half, device=k.device, dtype=torch.float32) / max(half - 1, 1))
-    angle = k.float()[:, None] * freq[None]
-    return torch.cat([angle.sin(), angle.cos()], -1)
 
 
 class MLPDenoiser(nn.Module):

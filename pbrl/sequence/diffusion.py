@@ -19,7 +19,6 @@ noise and timesteps: the scores the diffusion preference losses of :mod:`pbrl.co
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,29 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pbrl.core.noise import cosine_alpha_bar, scaled_linear_alpha_bar, timestep_embedding
 from pbrl.errors import ConfigError, describe
 from pbrl.io import atomic_write_text, write_folder
 
 PREDICTIONS = ("epsilon", "v", "flow")
 
-__all__ = ["DiffusersDenoiser", "NoiseSchedule", "PairErrors", "PREDICTIONS", "SCHEDULES", "SmallUNet", "cosine_alpha_bar",
-           "scaled_linear_alpha_bar",
-           "ddim_step", "denoising_error", "load_denoiser", "sampling_times", "load_pbrl_module", "read_model_config", "save_module", "pair_denoising_errors", "sample", "save_denoiser"]
-
-
-def cosine_alpha_bar(steps: int, s: float = 0.008) -> Tensor:
-    """ᾱ_k, k = 1..steps, of the cosine schedule (Nichol & Dhariwal, 2021, eq. 17; β clipped at 0.999): float64 ``[steps]``."""
-    k = torch.arange(steps + 1, dtype=torch.float64)
-    f = torch.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2
-    return torch.cumprod(1 - (1 - f[1:] / f[:-1]).clamp(max=0.999), 0)
-
-
-def scaled_linear_alpha_bar(steps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
-    """ᾱ_k of Stable Diffusion's ``scaled_linear`` schedule (diffusers' DDPMScheduler as SD configures it: √β linear
-    from √0.00085 to √0.012), float64 ``[steps]``; its last ᾱ is about 0.0047. The default: Diffusion-DPO, SPO
-    and DRO all train Stable Diffusion on it."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0)
+__all__ = ["PREDICTIONS", "SCHEDULES", "DiffusersDenoiser", "NoiseSchedule", "PairErrors", "SmallUNet", "ddim_step",
+           "denoising_error", "load_denoiser", "load_pbrl_module", "pair_denoising_errors", "read_model_config", "sample",
+           "sampling_times", "save_denoiser", "save_module"]
 
 
 SCHEDULES = {"scaled_linear": scaled_linear_alpha_bar, "cosine": cosine_alpha_bar}
@@ -162,14 +147,6 @@ def pair_denoising_errors(policy: Callable[..., Tensor], reference: Callable[...
     with torch.no_grad():
         ref = denoising_error(reference, schedule, x0, nn2, t2, c2)
     return PairErrors(err[:b], err[b:], ref[:b], ref[b:], t, noise)
-
-
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding ``[B] -> [B, dim]`` (Vaswani et al., 2017), of integer steps or of ``1000 t``."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
-    angle = t.float()[:, None] * freq[None]
-    return torch.cat([angle.sin(), angle.cos()], -1)
 
 
 class ResBlock2d(nn.Module):

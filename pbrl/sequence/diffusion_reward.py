@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from pbrl.core.diffusion import rao_kupper_loss
+from pbrl.core.noise import timestep_embedding
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.sequence.data import IndexSampler
-from pbrl.sequence.diffusion import NoiseSchedule, load_pbrl_module, save_module, timestep_embedding
+from pbrl.sequence.diffusion import NoiseSchedule, load_pbrl_module, save_module
 from pbrl.train.loop import LoopResult, TrainConfig, run_loop
 
 __all__ = ["ImageRewardModel", "load_reward_model", "reward_guidance", "reward_scores", "save_reward_model",

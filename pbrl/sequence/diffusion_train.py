@@ -48,7 +48,7 @@ from pbrl.core.diffusion import (
 )
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, DatasetError, describe
-from pbrl.fields import check_fields, param, set_fields
+from pbrl.fields import check_fields, param
 from pbrl.io import atomic_write_text
 from pbrl.sequence.data import IndexSampler
 from pbrl.sequence.diffusion import (
@@ -65,7 +65,7 @@ from pbrl.sequence.diffusion import (
     save_denoiser,
 )
 from pbrl.sequence.diffusion_reward import load_reward_model
-from pbrl.sequence.train import prepare_run_dir, resolve_device
+from pbrl.sequence.train import SectionedRunConfig, prepare_run_dir, resolve_device
 from pbrl.train.loop import LoopResult, TrainConfig, run_lock, run_loop
 
 DIFFUSION_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft", "sudo", "abc", "dro", "rpo", "flow_rwr", "spo",
@@ -127,7 +127,7 @@ class DiffusionMethodConfig:
 
 
 @dataclass
-class DiffusionRunConfig:
+class DiffusionRunConfig(SectionedRunConfig):
     """Everything a diffusion run depends on; ``config.toml`` holds it (sections ``run``, ``method``, ``train``)."""
 
     model: str                                    # a model folder or a config .json (SmallUNet or a diffusers class)
@@ -154,22 +154,6 @@ class DiffusionRunConfig:
         if self.t_min >= self.t_max:
             raise ConfigError(describe(where, "run.t_min / t_max", f"{self.t_min} / {self.t_max}", "t_min < t_max"))
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        run = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("method", "train")}
-        return {"run": run, "method": dataclasses.asdict(self.method), "train": dataclasses.asdict(self.train)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> DiffusionRunConfig:
-        run = dict(data.get("run", {}))
-        for required in ("model", "data"):
-            if required not in run:
-                raise ConfigError(describe(where, f"run.{required}", "missing", "a path"))
-        cfg = cls(model=str(run.pop("model")), data=str(run.pop("data")))
-        for section, target, items in (("run", cfg, run), ("method", cfg.method, data.get("method", {})),
-                                       ("train", cfg.train, data.get("train", {}))):
-            set_fields(target, [f"{k}={json.dumps(v)}" for k, v in items.items()], section=section, where=where)
-        return cfg.validate(where)
 
 
 # -- data -------------------------------------------------------------------------------------------------------

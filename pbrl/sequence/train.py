@@ -41,11 +41,32 @@ from pbrl.sequence.lm import (
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
 from pbrl.train.loop import LoopResult, TrainConfig, run_lock, run_loop
 
-__all__ = ["SeqRunConfig", "load_model_and_tokenizer", "prepare_run_dir", "resolve_device", "train_sequence"]
+__all__ = ["SectionedRunConfig", "SeqRunConfig", "load_model_and_tokenizer", "prepare_run_dir", "resolve_device", "train_sequence"]
+
+
+class SectionedRunConfig:
+    """A run config of sections ``run`` (its own fields, ``model`` and ``data`` required), ``method`` and ``train``:
+    the form ``config.toml`` stores. Subclasses are dataclasses with ``method`` / ``train`` fields and ``validate``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        run = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("method", "train")}
+        return {"run": run, "method": dataclasses.asdict(self.method), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Any:
+        run = dict(data.get("run", {}))
+        for required in ("model", "data"):
+            if required not in run:
+                raise ConfigError(describe(where, f"run.{required}", "missing", "a path"))
+        cfg = cls(model=str(run.pop("model")), data=str(run.pop("data")))
+        for section, target, items in (("run", cfg, run), ("method", cfg.method, data.get("method", {})),
+                                       ("train", cfg.train, data.get("train", {}))):
+            set_fields(target, [f"{k}={json.dumps(v)}" for k, v in items.items()], section=section, where=where)
+        return cfg.validate(where)
 
 
 @dataclass
-class SeqRunConfig:
+class SeqRunConfig(SectionedRunConfig):
     """Everything a sequence run depends on; ``config.toml`` holds it (sections ``run``, ``method``, ``train``)."""
 
     model: str                                   # a local model folder or a config .json
@@ -78,21 +99,6 @@ class SeqRunConfig:
                                        "reads per-token reference log-probs)"))
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        run = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("method", "train")}
-        return {"run": run, "method": dataclasses.asdict(self.method), "train": dataclasses.asdict(self.train)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> SeqRunConfig:
-        run = dict(data.get("run", {}))
-        for required in ("model", "data"):
-            if required not in run:
-                raise ConfigError(describe(where, f"run.{required}", "missing", "a path"))
-        cfg = cls(model=str(run.pop("model")), data=str(run.pop("data")))
-        for section, target, items in (("run", cfg, run), ("method", cfg.method, data.get("method", {})),
-                                       ("train", cfg.train, data.get("train", {}))):
-            set_fields(target, [f"{k}={json.dumps(v)}" for k, v in items.items()], section=section, where=where)
-        return cfg.validate(where)
 
 
 def resolve_device(name: str) -> torch.device:
