@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from stages import ms, print_table, record, run_stages
 
+from pbrl.core.diffusion import lambda_harmonic_reward
 from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
 from pbrl.sequence.diffusion_reward import (
     ImageRewardModel,
@@ -37,7 +38,7 @@ from pbrl.sequence.diffusion_reward import (
     train_reward_model,
 )
 from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, train_diffusion, write_image_pairs
-from pbrl.sequence.self_play import self_play
+from pbrl.sequence.self_play import select_checkpoint, self_play
 from pbrl.sequence.shapes import (
     KINDS,
     PREFERRED,
@@ -56,9 +57,10 @@ from pbrl.train.loop import TrainConfig
 SFT_STEPS, SFT_LR, SFT_BATCH = 3000, 1e-3, 64
 LR, BATCH = 1e-4, 16
 SAMPLES = 16
-NRG_SCALE = 2.0   # Flow-NRG's guidance scale
+NRG_SCALES = (0.02, 0.1, 2.0)  # Flow-NRG's guidance scales
 RWR_TAU = 1.0     # Flow-RWR's temperature
 SPRO_ROUNDS = 4
+SPRO_LR = 2e-5    # at 1e-4, 200 Diffusion-DPO steps per round on ≤ 18 pairs collapsed the model by round 3 (measured)
 
 
 def make_task(out: Path) -> dict[str, Path]:
@@ -87,6 +89,11 @@ def train(model: Path, data: Path, out: Path, method: str, *, prediction: str, s
 
 def measure(model_dir: Path, prediction: str, seed: int, noise_schedule: str = "scaled_linear") -> dict[str, Any]:
     net, _ = load_denoiser(model_dir)
+    return measure_net(net, prediction, seed, noise_schedule)
+
+
+def measure_net(net: torch.nn.Module, prediction: str, seed: int, noise_schedule: str = "scaled_linear"
+                ) -> dict[str, Any]:
     net.eval()
     prompts = [p for p in heldout_prompts() for _ in range(SAMPLES)]
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -227,10 +234,11 @@ def stage_reward(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         noise = torch.randn(len(prompts), 1, 16, 16, generator=torch.Generator().manual_seed(10_000 + seed))
         net, _ = load_denoiser(refs["flow"])
         runs = {"reference (flow)": sample(net, schedule, cond, (1, 16, 16), steps=20, noise=noise)}
-        for label, w in (("Flow-NRG, weights (1, 0.5)", weights), ("Flow-NRG, weights (1, 0)", [1.0, 0.0]),
-                         ("Flow-NRG, weights (0, 1)", [0.0, 1.0])):
-            guide = reward_guidance(noisy, cond, weights=w, scale=NRG_SCALE, schedule=schedule)
-            runs[label] = sample(net, schedule, cond, (1, 16, 16), steps=20, noise=noise, guidance=guide)
+        for scale in NRG_SCALES:
+            for name, w in (("(1, 0.5)", weights), ("(1, 0)", [1.0, 0.0]), ("(0, 1)", [0.0, 1.0])):
+                guide = reward_guidance(noisy, cond, weights=w, scale=scale, schedule=schedule)
+                runs[f"Flow-NRG, scale {scale:g}, weights {name}"] = sample(net, schedule, cond, (1, 16, 16), steps=20,
+                                                                              noise=noise, guidance=guide)
         model_dir, _ = train(refs["flow"], rwr_data, out / f"seed{seed}" / "flow_rwr", "flow_rwr", prediction="flow",
                              steps=steps, seed=seed, reward_weights=weights, rwr_temperature=RWR_TAU)
         rwr, _ = load_denoiser(model_dir)
@@ -240,7 +248,7 @@ def stage_reward(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             record(results, label, m)
             print(f"seed {seed} {label}: {m}", flush=True)
     keys = ("reward", "r_cross", "r_top", "cross", "valid", "row", "diversity")
-    print_table(f"Flow-RWR ({steps} steps, τ {RWR_TAU}) and Flow-NRG (scale {NRG_SCALE}) on the flow reference; "
+    print_table(f"Flow-RWR ({steps} steps, τ {RWR_TAU}) and Flow-NRG on the flow reference; "
                 f"held-out prompts, {len(seeds)} seeds", ["samples", "weighted reward (1, 0.5)", "r_cross", "r_top",
                                                         "cross share", "valid", "mean row", "diversity"],
                 [[label, *(ms(r[k]) for k in keys)] for label, r in results.items()])
@@ -249,7 +257,8 @@ def stage_reward(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """SPRO-style self-play from the ε reference with the exact judge as the reward (1 valid, 2 valid cross):
-    4 rounds of 8 samples per training prompt and 200 Diffusion-DPO steps; the reward of each round's own samples,
+    4 rounds of 8 samples per training prompt (up to 4 pairs each) and 200 Diffusion-DPO steps at lr 2e-5; the
+    reward of each round's own samples,
     and the held-out measurement of each round's model."""
     task = make_task(out)
     refs = references(out, task)
@@ -257,11 +266,11 @@ def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     for seed in seeds:
         cfg = DiffusionRunConfig(model=str(refs["epsilon"]), data=str(task["sft"]))
         cfg.method.name = "diffusion_dpo"
-        cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = 200, BATCH, LR, seed
+        cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = 200, BATCH, SPRO_LR, seed
         cfg.train.log_every, cfg.train.checkpoint_every = 50, 200
         folder = out / f"seed{seed}" / "spro"
         rounds = self_play(cfg, shape_reward, folder, rounds=SPRO_ROUNDS, samples=8)
-        models = [r.model for r in rounds] + [str(folder / f"round_{SPRO_ROUNDS - 1}" / "run" / "model")]
+        models = [rounds[0].model] + [r.result for r in rounds]
         held = [measure(Path(m), "epsilon", seed) for m in models]
         results[f"seed{seed}"] = {"train_reward": [r.reward_mean for r in rounds],
                                   "heldout": held, "pairs": [r.pairs for r in rounds]}
@@ -314,15 +323,94 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         m = measure(model_dir, prediction, 0)
         results[name] = m
         settings = ", ".join([f"β {v:g}" for v in shown.values()] + ([f"t ≥ {t_min:g}"] if t_min else []))
-        rows.append([method, f"{lr:g}", str(n), settings, f"{m['preferred']:.3f}", f"{m['valid']:.3f}",
+        rows.append([method, prediction, f"{lr:g}", str(n), settings, f"{m['preferred']:.3f}", f"{m['valid']:.3f}",
                      f"{m['diversity']:.3f}"])
         print(rows[-1], flush=True)
     print_table("sweep (seed 0, batch 16 pairs; held-out prompts, 16 samples each)",
-                ["method", "lr", "steps", "settings", "preferred", "valid", "diversity"], rows)
+                ["method", "model", "lr", "steps", "settings", "preferred", "valid", "diversity"], rows)
     return results
 
 
-STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "sweep": stage_sweep}
+def prompt_pairs(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Pairs for a prompt-following scorer: an image drawn for prompt p beats one drawn for another prompt, both
+    judged under p."""
+    g = torch.Generator().manual_seed(seed)
+    pool = train_prompts()
+    own = [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=g)]
+    other = [pool[(pool.index(p) + 1 + int(torch.randint(len(pool) - 1, (), generator=g))) % len(pool)] for p in own]
+    kinds = [KINDS[int(i)] for i in torch.randint(2, (n,), generator=g)]
+    return {"cond": prompt_condition(own), "a": render_shapes(kinds, own, generator=g),
+            "b": render_shapes(kinds, other, generator=g), "label": torch.ones(n, 1)}
+
+
+def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """RPO with the λ-Harmonic reward and its early stop. Subject = the cross: 2 crosses per training prompt are the
+    reference images, 2 reference samples per prompt the generated ones; both similarity scorers are small models
+    trained here (image similarity: σ of the cross head of the reward stage's clean model; text similarity: σ of a
+    prompt-following Bradley-Terry model). Labels ~ Bernoulli(σ(R_a − R_b)), R = λ-Harmonic (λ 0.5). RPO trains
+    1,500 steps with a checkpoint every 100; the early stop keeps the checkpoint whose samples at the training
+    prompts score the highest mean λ-Harmonic reward; the judge then scores every checkpoint on held-out prompts."""
+    task = make_task(out)
+    refs = references(out, task)
+    folder = out / "rpo"
+    clean = fit_reward(out / "reward" / "clean", reward_pairs(4000, 0), [0, 1], noisy=False, prediction="flow")
+    follow = fit_reward(folder / "prompt-scorer", prompt_pairs(4000, 2), [0], noisy=False, prediction="flow")
+
+    def harmonic(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        i2i = torch.sigmoid(reward_scores(clean, images, cond)[:, 0])
+        t2i = torch.sigmoid(reward_scores(follow, images, cond)[:, 0])
+        return lambda_harmonic_reward(i2i, t2i, lam=0.5)
+
+    results: dict[str, Any] = {}
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        prompts = [p for p in train_prompts() for _ in range(2)]
+        cond = prompt_condition(prompts)
+        subject = render_shapes(["cross"] * len(prompts), prompts, generator=g)
+        net, _ = load_denoiser(refs["epsilon"])
+        generated = sample(net, NoiseSchedule("epsilon"), cond, (1, 16, 16), steps=20, generator=g)
+        label = torch.bernoulli(torch.sigmoid(harmonic(subject, cond) - harmonic(generated, cond)), generator=g)
+        data = folder / f"seed{seed}-pairs.h5"
+        write_image_pairs(data, cond=cond, chosen=subject, rejected=generated, label=label)
+        run = folder / f"seed{seed}"
+        cfg = DiffusionRunConfig(model=str(refs["epsilon"]), data=str(data))
+        cfg.method.name = "rpo"
+        cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = 1500, BATCH, LR, seed
+        cfg.train.checkpoint_every, cfg.train.keep_checkpoints, cfg.train.log_every = 100, 100, 50
+        if not (run / "metrics.json").is_file():
+            train_diffusion(cfg, run, progress=False)
+        val_prompts = [p for p in train_prompts() for _ in range(4)]
+        val_cond = prompt_condition(val_prompts)
+
+        def score(policy: torch.nn.Module, val_cond: torch.Tensor = val_cond, seed: int = seed) -> float:
+            images = sample(policy, NoiseSchedule("epsilon"), val_cond, (1, 16, 16), steps=20,
+                            generator=torch.Generator().manual_seed(500 + seed))
+            return float(harmonic(images, val_cond).mean())
+
+        best, scores = select_checkpoint(run, refs["epsilon"], score)
+        judged = {}
+        for step in sorted(scores):
+            state = torch.load(run / "checkpoints" / f"step_{step:08d}.pt", map_location="cpu", weights_only=False)
+            net.load_state_dict({k[len("policy."):]: v for k, v in state["agent"].items() if k.startswith("policy.")})
+            judged[step] = measure_net(net, "epsilon", seed)
+        results[f"seed{seed}"] = {"best": best, "harmonic": scores, "judged": judged, "label_mean": float(label.mean())}
+        top = max(judged, key=lambda k: judged[k]["preferred_valid"])
+        print(f"seed {seed}: early stop at {best} (λ-Harmonic {scores[best]:.3f}, held-out preferred&valid "
+              f"{judged[best]['preferred_valid']:.3f}); final {judged[max(judged)]['preferred_valid']:.3f}; best by "
+              f"the judge {top} ({judged[top]['preferred_valid']:.3f})", flush=True)
+    steps_seen = sorted(results[f"seed{seeds[0]}"]["harmonic"])
+    rows = [[str(k), ms([results[f"seed{s}"]["harmonic"][k] for s in seeds]),
+             *(ms([results[f"seed{s}"]["judged"][k][m] for s in seeds]) for m in ("preferred", "valid",
+                                                                                   "preferred_valid"))]
+            for k in steps_seen]
+    print_table(f"RPO checkpoints ({len(seeds)} seeds): the λ-Harmonic reward at the training prompts (the early "
+                "stop's score) and the judge on held-out prompts", ["step", "λ-Harmonic", "preferred", "valid",
+                                                                    "preferred & valid"], rows)
+    return results
+
+
+STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "sweep": stage_sweep,
+          "rpo": stage_rpo}
 
 
 def main() -> None:

@@ -16,7 +16,10 @@ Methods (each a composition of :mod:`pbrl.core.diffusion` on :mod:`pbrl.sequence
 - ``rpo``: :func:`pbrl.core.rpo_loss`, ``chosen`` the subject images, ``rejected`` generated ones, ``label`` the
   Bernoulli labels of the λ-Harmonic reward (1 where the file has none);
 - ``flow_rwr``: :func:`pbrl.core.reward_weighted_loss` on the ``chosen`` images' ``reward`` (``[N]``, or ``[N, K]``
-  combined by ``method.reward_weights``).
+  combined by ``method.reward_weights``);
+- ``spo`` / ``gradspo``: step-wise preference on the model's own stochastic DDIM chains, judged by a step-aware
+  reward model (``method.preference_model``), :func:`pbrl.core.clipped_ratio_dpo_loss` on the steps' Gaussian
+  log-densities (SPO) or on GradSPO's score-matching terms against the EMA.
 
 Data: an HDF5 file with ``cond`` ``[N, D]`` (prompt embeddings), ``chosen`` ``[N, C, H, W]`` or ``[N, C, T, H, W]``
 in [−1, 1], and, as the method needs, ``rejected`` (same shape), ``weight`` ``[N]``, ``label`` ``[N]``, ``reward``
@@ -200,7 +203,7 @@ def load_image_pairs(path: str | os.PathLike, method: str) -> ImagePairs:
             array = np.asarray(f[name][()])
             if not np.issubdtype(array.dtype, np.number):
                 raise DatasetError(describe(where, f"field '{name}'", f"dtype {array.dtype}", "numbers"))
-            bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(1)) if array.ndim else []
+            bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(1)) if array.ndim and array.size else []
             if len(bad):
                 raise DatasetError(describe(where, f"field '{name}'", f"non-finite values in rows {bad[:5].tolist()}",
                                             "finite values"))
@@ -210,6 +213,8 @@ def load_image_pairs(path: str | os.PathLike, method: str) -> ImagePairs:
                           rejected=read("rejected", method in NEEDS_LOSER), weight=read("weight", False),
                           label=read("label", False), reward=read("reward", method == "flow_rwr"))
     n = len(data.cond)
+    if n == 0:
+        raise DatasetError(describe(where, "field 'cond'", "0 rows", "at least one row"))
     if data.cond.dim() != 2:
         raise DatasetError(describe(where, "field 'cond'", f"shape {list(data.cond.shape)}", "[N, D]"))
     if data.chosen is None:

@@ -3,7 +3,8 @@
 - :func:`self_play`: SPRO-style self-play (Jha et al., NeurIPS 2025, "SPRO: Improving Image Generation via
   Self-Play"; its pairing rule and loss are not public, pbrl's loop is this one): each round **generates**
   ``samples`` images per prompt with the current model, **scores** them with a pluggable reward function,
-  **pairs** the best with the worst of each prompt, and **trains** Diffusion-DPO / Flow-DPO from the current model
+  **pairs** the i-th best with the i-th worst of each prompt (i < samples / 2, equal rewards make no pair), and
+  **trains** Diffusion-DPO / Flow-DPO from the current model
   (which is also that round's reference) on those pairs. Every round is a resumable run folder.
 - :func:`select_checkpoint`: RPO's early stop (Miao et al., 2024): score the samples of every kept checkpoint
   with a reward (the λ-Harmonic reward, :func:`pbrl.core.lambda_harmonic_reward`) and keep the best.
@@ -37,7 +38,8 @@ class RoundResult:
     round: int
     reward_mean: float          # mean reward of the samples the round generated (before its training)
     pairs: int
-    model: str                  # the model the round trained (its output is the next round's start)
+    model: str                  # the model the round sampled from and trained
+    result: str                 # the model after the round (the same one when no pair was made)
 
 
 def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike, *, rounds: int = 3,
@@ -55,7 +57,6 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
     for r in range(rounds):
         folder = out / f"round_{r}"
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "image_shape.json", json.dumps(list(shape)))
         net, _ = load_denoiser(model)
         net.eval()
         repeated = prompts.repeat_interleave(samples, 0)
@@ -65,19 +66,25 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
                             repeated, shape, steps=sample_steps, generator=g)
             scores = reward(images, repeated).view(len(prompts), samples)
         per_prompt = images.view(len(prompts), samples, *shape)
-        best, worst = scores.argmax(1), scores.argmin(1)
-        decided = scores.amax(1) > scores.amin(1)
-        rows = torch.arange(len(prompts))[decided]
-        pairs_path = write_image_pairs(folder / "pairs.h5", cond=prompts[decided],
-                                       chosen=per_prompt[rows, best[decided]], rejected=per_prompt[rows, worst[decided]])
+        order = scores.argsort(1, descending=True)                      # [P, S], best first
+        k = samples // 2
+        top, bottom = order[:, :k], order[:, samples - k:].flip(1)       # the i-th best with the i-th worst
+        rows = torch.arange(len(prompts))[:, None].expand(-1, k)
+        decided = scores[rows, top] > scores[rows, bottom]               # equal rewards make no pair
+        results.append(RoundResult(r, float(scores.mean()), int(decided.sum()), str(model), str(model)))
+        if not decided.any():  # every prompt's samples scored alike: nothing to learn from this round
+            atomic_write_text(out / "rounds.json", json.dumps([vars(x) for x in results], indent=2))
+            continue
+        pairs_path = write_image_pairs(folder / "pairs.h5", cond=prompts[rows[decided]],
+                                       chosen=per_prompt[rows[decided], top[decided]],
+                                       rejected=per_prompt[rows[decided], bottom[decided]])
         round_cfg = copy.deepcopy(cfg)
         round_cfg.model, round_cfg.data = str(model), str(pairs_path)
         round_cfg.train.seed = cfg.train.seed + r
         run = folder / "run"
         if not (run / "metrics.json").is_file():
             train_diffusion(round_cfg, run, progress=progress)
-        results.append(RoundResult(r, float(scores.mean()), int(decided.sum()), str(model)))
-        model = str(run / "model")
+        model = results[-1].result = str(run / "model")
         atomic_write_text(out / "rounds.json", json.dumps([vars(x) for x in results], indent=2))
     return results
 
