@@ -346,11 +346,14 @@ def test_bad_image_data_is_named_and_nothing_is_trained(tmp_path, shapes_task, f
     assert not out.exists()
 
 
-def test_load_refuses_a_file_that_is_not_hdf5(tmp_path):
+def test_load_refuses_a_file_that_is_not_hdf5_or_empty(tmp_path):
     path = tmp_path / "pairs.h5"
     path.write_text("not hdf5")
     with pytest.raises(DatasetError, match=rf"^{path}: file: got unreadable"):
         load_image_pairs(path, "diffusion_dpo")
+    empty = write_image_pairs(tmp_path / "empty.h5", cond=torch.zeros(0, 2), chosen=torch.zeros(0, 1, 8, 8))
+    with pytest.raises(DatasetError, match="field 'cond': got 0 rows, expected at least one row"):
+        load_image_pairs(empty, "diffusion_sft")
 
 
 def test_diffusion_train_resumes_bit_exactly_and_writes_a_model(shapes_task, tmp_path):
@@ -462,6 +465,11 @@ def test_self_play_rounds_and_checkpoint_selection(shapes_task, tmp_path):
                   prompt_condition([(4, 0.6)])).tolist() == [2.0]
     with pytest.raises(ConfigError, match="reward: got 'nope'"):
         load_reward_fn("nope")
+    # a reward that ties every sample makes no pair: the round trains nothing and hands its model on
+    flat = self_play(cfg, lambda images, cond: torch.zeros(len(images)), tmp_path / "flat", rounds=2, samples=2,
+                     sample_steps=2)
+    assert [r.pairs for r in flat] == [0, 0] and flat[1].result == flat[0].model == str(shapes_task["unet"])
+    assert not (tmp_path / "flat/round_0/run").exists()
 
 
 # ---------------------------------------------------------------- learning check of the objective (DESIGN §7.5)
