@@ -73,9 +73,9 @@ def make_task(out: Path) -> dict[str, Path]:
 
 def train(model: Path, data: Path, out: Path, method: str, *, prediction: str, steps: int, seed: int,
           lr: float = LR, batch: int = BATCH, noise_schedule: str = "scaled_linear", t_min: float = 0.0,
-          **method_fields: Any) -> tuple[Path, float]:
+          ema_decay: float = 0.0, **method_fields: Any) -> tuple[Path, float]:
     cfg = DiffusionRunConfig(model=str(model), data=str(data), prediction=prediction, noise_schedule=noise_schedule,
-                             t_min=t_min)
+                             t_min=t_min, ema_decay=ema_decay)
     cfg.method.name = method
     for key, value in method_fields.items():
         setattr(cfg.method, key, value)
@@ -300,12 +300,13 @@ SWEEP = [  # (method, prediction, lr, steps, fields): seed-0 runs behind the set
     ("flow_dpo", "flow", 1e-4, 2000, {"beta": 100.0}), ("flow_dpo", "flow", 1e-4, 600, {"beta": 100.0, "t_min": 0.6}),
     ("spo", "epsilon", 1e-4, 600, {}), ("spo", "epsilon", 2e-5, 600, {}),
     ("dro", "epsilon", 1e-4, 600, {}), ("dro", "epsilon", 2e-5, 600, {}),
+    ("gradspo", "epsilon", 2e-5, 600, {}),
 ]
 
 
 def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """Seed 0: β, learning rate, length and the trained time range of Diffusion-DPO and Flow-DPO; SPO and DRO at two
-    learning rates; SFT on the winners at 600 steps for comparison."""
+    learning rates, GradSPO (EMA 0.9) at one; SFT on the winners at 600 steps for comparison."""
     task = make_task(out)
     refs = references(out, task)
     preference = step_aware_model(out, task)
@@ -313,13 +314,14 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     for method, prediction, lr, n, fields in SWEEP:
         fields = dict(fields)
         t_min = fields.pop("t_min", 0.0)
-        if method == "spo":
+        ema = 0.9 if method == "gradspo" else 0.0  # GradSPO samples with the EMA and guides towards it (official 0.9)
+        if method in ("spo", "gradspo"):
             fields.update(sample_steps=10, spo_start=2, preference_model=str(preference))
         shown = {k: v for k, v in fields.items() if k not in ("sample_steps", "spo_start", "preference_model")}
         name = f"{method}-{prediction}-lr{lr:g}-{n}-" + "-".join(f"{k}{v:g}" for k, v in shown.items()) + \
             (f"-tmin{t_min:g}" if t_min else "")
         model_dir, _ = train(refs[prediction], task["pairs"], out / "seed0" / "sweep" / name, method,
-                             prediction=prediction, steps=n, seed=0, lr=lr, t_min=t_min, **fields)
+                             prediction=prediction, steps=n, seed=0, lr=lr, t_min=t_min, ema_decay=ema, **fields)
         m = measure(model_dir, prediction, 0)
         results[name] = m
         settings = ", ".join([f"β {v:g}" for v in shown.values()] + ([f"t ≥ {t_min:g}"] if t_min else []))
