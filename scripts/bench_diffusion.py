@@ -299,7 +299,7 @@ SWEEP = [  # (method, prediction, lr, steps, fields): seed-0 runs behind the set
     ("flow_dpo", "flow", 1e-3, 600, {"beta": 100.0}), ("flow_dpo", "flow", 2e-5, 600, {"beta": 100.0}),
     ("flow_dpo", "flow", 1e-4, 2000, {"beta": 100.0}), ("flow_dpo", "flow", 1e-4, 600, {"beta": 100.0, "t_min": 0.6}),
     ("spo", "epsilon", 1e-4, 600, {}), ("spo", "epsilon", 2e-5, 600, {}),
-    ("dro", "epsilon", 1e-4, 600, {}), ("dro", "epsilon", 2e-5, 600, {}),
+    ("dro", "epsilon", 1e-4, 600, {}), ("dro", "epsilon", 2e-5, 600, {}), ("dro", "epsilon", 2e-5, 2000, {}),
     ("gradspo", "epsilon", 2e-5, 600, {}),
 ]
 
