@@ -280,7 +280,7 @@ class DiffusionLearner(nn.Module):
 
     ``reference`` is a frozen copy of the starting model (not in the optimiser; rebuilt on resume). ``ema`` (when
     ``ema_decay`` > 0) is a registered copy, so it is checkpointed. Diffusion-DRO's sampling copy and replay buffer
-    are state too (``dro_state``)."""
+    are state too (``sampler_copy`` is registered; ``replay`` is loop state)."""
 
     def __init__(self, policy: nn.Module, reference: nn.Module, schedule: NoiseSchedule, method: DiffusionMethodConfig,
                  *, ema_decay: float = 0.0, image_shape: tuple[int, ...] = (), preference: nn.Module | None = None):
@@ -294,8 +294,7 @@ class DiffusionLearner(nn.Module):
             p.requires_grad_(False)
         self.ema = copy.deepcopy(policy).requires_grad_(False) if ema_decay > 0 else None
         self.sampler_copy = copy.deepcopy(policy).requires_grad_(False) if method.name == "dro" else None
-        self.buffer: list[dict[str, Tensor]] = []
-        self.generator: torch.Generator | None = None
+        self.replay = RolloutBuffer(method.dro_buffer)
 
     @property
     def reference(self) -> nn.Module:
@@ -344,10 +343,10 @@ class DiffusionLearner(nn.Module):
             cond, chosen, t = own["cond"], own["chosen"], own["t"]
             noise = torch.randn_like(chosen)
             err_expert = denoising_error(self.policy, s, chosen, noise, t, cond)
-            err_own = ((self.policy(own["x_t"], s.model_time(t), cond) - own["target"]) ** 2).flatten(1).mean(1)
+            err_own = self._own_error(self.policy, own)
             with torch.no_grad():
                 ref_expert = denoising_error(self.reference, s, chosen, noise, t, cond)
-                ref_own = ((self.reference(own["x_t"], s.model_time(t), cond) - own["target"]) ** 2).flatten(1).mean(1)
+                ref_own = self._own_error(self.reference, own)
             losses = dro_loss(err_expert, ref_expert, err_own, ref_own, margin=m.dro_margin)
             weight = own["weight"]
             metrics["dro/active"] = (losses > 0).float().mean().detach()
@@ -432,18 +431,21 @@ class DiffusionLearner(nn.Module):
         trajectory: list[tuple[Tensor, Tensor, Tensor]] = []
         sample(self.sampler_copy, self.schedule, cond, self.image_shape, steps=self.method.sample_steps,
                trajectory=trajectory)
-        self.buffer.append({"cond": cond, "chosen": chosen,
-                            "weight": weight if weight is not None else torch.ones(len(cond), device=cond.device),
-                            "t": torch.stack([t for t, _, _ in trajectory], 1),
-                            "x_t": torch.stack([x for _, x, _ in trajectory], 1),
-                            "target": torch.stack([o for _, _, o in trajectory], 1)})
-        self.buffer = self.buffer[-self.method.dro_buffer:]
-        entry = self.buffer[int(torch.randint(len(self.buffer), ()))]
+        entry = self.replay.add_and_draw({
+            "cond": cond, "chosen": chosen,
+            "weight": weight if weight is not None else torch.ones(len(cond), device=cond.device),
+            "t": torch.stack([t for t, _, _ in trajectory], 1), "x_t": torch.stack([x for _, x, _ in trajectory], 1),
+            "target": torch.stack([o for _, _, o in trajectory], 1)})
         b = len(entry["cond"])
         step = torch.randint(entry["t"].shape[1], (b,), device=cond.device)
         rows = torch.arange(b, device=cond.device)
         return {"cond": entry["cond"], "chosen": entry["chosen"], "weight": entry["weight"],
                 **{k: entry[k][rows, step] for k in ("t", "x_t", "target")}}
+
+    def _own_error(self, net: nn.Module, own: dict[str, Tensor]) -> Tensor:
+        """``‖net(x_t) − the sampler's own prediction‖²`` per replayed item ``[B]``."""
+        out = net(own["x_t"], self.schedule.model_time(own["t"]), own["cond"])
+        return ((out.float() - own["target"].float()) ** 2).flatten(1).mean(1)
 
     def _pair_metrics(self, pw: Tensor, pl: Tensor, rw: Tensor, rl: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
@@ -452,24 +454,23 @@ class DiffusionLearner(nn.Module):
                     "denoise/chosen": pw.mean(), "denoise/rejected": pl.mean(),
                     "kl/chosen_error_gap": (pw - rw).mean()}
 
-    def dro_state(self) -> dict[str, Any]:
-        return {"buffer": [{k: v.cpu() for k, v in r.items()} for r in self.buffer]}
+class RolloutBuffer:
+    """Diffusion-DRO's replay: the last ``capacity`` rollouts (dicts of tensors), checkpointed as loop state."""
 
-    def load_dro_state(self, state: dict[str, Any], device: torch.device) -> None:
-        self.buffer = [{k: v.to(device) for k, v in r.items()} for r in state["buffer"]]
+    def __init__(self, capacity: int):
+        self.capacity, self.entries, self.device = capacity, [], torch.device("cpu")
 
-
-class _DroBuffer:
-    """The replay buffer as loop state (checkpointed with the run)."""
-
-    def __init__(self, learner: DiffusionLearner, device: torch.device):
-        self.learner, self.device = learner, device
+    def add_and_draw(self, entry: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Keep ``entry`` (dropping the oldest beyond capacity) and return a random kept one (global RNG)."""
+        self.entries = [*self.entries, entry][-self.capacity:]
+        self.device = entry["cond"].device
+        return self.entries[int(torch.randint(len(self.entries), ()))]
 
     def state_dict(self) -> dict[str, Any]:
-        return self.learner.dro_state()
+        return {"entries": [{k: v.cpu() for k, v in e.items()} for e in self.entries]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learner.load_dro_state(state, self.device)
+        self.entries = [{k: v.to(self.device) for k, v in e.items()} for e in state["entries"]]
 
 
 class ImageBatches(IndexSampler):
@@ -521,12 +522,13 @@ def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress
         batches = ImageBatches(data, cfg.train.batch_size, seed=cfg.train.seed, device=device)
         stateful: dict[str, Any] = {"sampler": batches}
         if cfg.method.name == "dro":
-            stateful["dro"] = _DroBuffer(learner, device)
-        evaluate = None
-        if cfg.sample_every:
-            cfg.train.eval_every = cfg.sample_every
+            learner.replay.device = device
+            stateful["dro"] = learner.replay
+        evaluate, loop_cfg = None, cfg.train
+        if cfg.sample_every:  # the image grid rides on the loop's evaluation hook
+            loop_cfg = dataclasses.replace(cfg.train, eval_every=cfg.sample_every)
             evaluate = _image_grid(learner, data.cond[:16].to(device), cfg.method.sample_steps)
-        result = run_loop(learner, batches.sample, cfg.train, out, device=device, stateful=stateful,
+        result = run_loop(learner, batches.sample, loop_cfg, out, device=device, stateful=stateful,
                           evaluate=evaluate, progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
         if result.finished:
             final = learner.ema if learner.ema is not None else policy
