@@ -8,7 +8,10 @@ STAMP := $(VENV)/.pbrl-installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint bench clean
+# Debian packages the tests use: a real browser for the annotation page, OSMesa for headless MuJoCo rendering
+SYSTEM_PACKAGES := chromium chromium-driver libosmesa6
+
+.PHONY: install system-packages demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +26,19 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "pbrl: the browser and rendering tests need Debian's$$missing (apt-get install$$missing); they are skipped"; exit 0; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m ruff check .
 	$(PY) -m pytest --durations=15
 

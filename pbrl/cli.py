@@ -332,6 +332,34 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_agreement(args: argparse.Namespace) -> int:
+    from pbrl.data.agreement import agreement_report, format_agreement
+    from pbrl.data.formats import import_labels
+    from pbrl.data.registry import load_dataset
+    from pbrl.io import atomic_write_text
+
+    data = load_dataset(args.dataset, preferences=False)
+    prefs = import_labels(args.file, data.trajectories)
+    teacher = critic = None
+    if args.teacher is None and (args.critic or args.expert or args.critic_steps is not None):
+        from pbrl.errors import ConfigError, describe
+
+        raise ConfigError(describe("--critic/--expert/--critic-steps", "option", "given without --teacher",
+                                   "--teacher regret (or leave them out)"))
+    if args.teacher is not None:
+        from pbrl.train.critics import regret_advantages
+
+        teacher, critic = teacher_from_args(args), regret_advantages
+        if teacher.utility == "regret" and teacher.critic_name == "expert" and teacher.expert is None:
+            teacher = train_expert(data.trajectories, teacher, args.behaviour_dir)
+    report = agreement_report(prefs, data.trajectories, teacher, critic=critic)
+    print(format_agreement(report, Path(args.file).name))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"labels": str(args.file), "dataset": args.dataset, **report}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _groups_of(attrs: dict[str, Any]) -> list | None:
     """The user groups recorded in a preference file's ``teacher`` attribute by `pbrl data label --groups`."""
     from pbrl.data.teachers import Group, Teacher
@@ -583,6 +611,20 @@ def _headless_gl() -> None:
             os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from pbrl.annotate.server import serve, start_session
+
+    session = start_session(args.dataset, args.out, pairs=args.pairs, segment=args.segment, pairing=args.pairing,
+                            seed=args.seed, candidates=args.candidates, size=args.size, fps=args.fps, group=args.group,
+                            annotator=args.annotator, workers=args.workers)
+    if args.prepare_only:
+        session.close()
+        print(f"prepared {len(session.query_set.segments())} videos in {session.video_dir}")
+        return 0
+    serve(session, args.host, args.port)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.video:
         _headless_gl()
@@ -793,6 +835,21 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("dataset", help="dataset name or preference .h5 path")
     el.add_argument("--out", required=True, help="a .jsonl or .csv path")
     el.set_defaults(func=cmd_export_labels)
+    ag = dsub.add_parser("agreement", help="agreement of human labels: Cohen's kappa per pair of annotators, Fleiss' "
+                         "kappa, and (--teacher) each annotator's agreement with a noise-free scripted teacher")
+    ag.add_argument("file", help="labels (.jsonl or .csv, as `pbrl data import-labels` reads)")
+    ag.add_argument("--dataset", required=True, help="the trajectory dataset the segments refer to")
+    ag.add_argument("--teacher", default=None, choices=["scripted", "return", "regret"],
+                    help="compare each annotator with this teacher's noise-free preference (default: annotators only)")
+    ag.add_argument("--critic", default=None, choices=["iql", "expert", "behaviour"], help="regret: as `pbrl data label`")
+    ag.add_argument("--expert", default=None, metavar="DIR", help="regret, critic expert: as `pbrl data label`")
+    ag.add_argument("--critic-steps", type=int, default=None, help="regret: gradient steps of the critic fit")
+    ag.add_argument("--behaviour-dir", default="runs/behaviour", help="where `pbrl data make` keeps behaviour policies")
+    ag.add_argument("--discount", type=float, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
+    ag.add_argument("--myopic", type=float, default=1.0, help="weight step t of T by myopic^(T−1−t)")
+    ag.add_argument("--seed", type=int, default=0, help="seed of the regret critic's fit")
+    ag.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON")
+    ag.set_defaults(func=cmd_data_agreement, beta=None, mistake=0.0, skip_threshold=None, equal_margin=0.0, gamma=None)
 
     tr = sub.add_parser("train", help="train an agent from preferences (resumes when --out holds an unfinished run)",
                         epilog="Presets live in agents/NAME.toml ([cpu] and [paper] scales). Any field can be "
@@ -944,6 +1001,28 @@ def build_parser() -> argparse.ArgumentParser:
             o.add_argument("--out", required=True, help="run folder (rollouts: a new .h5 file)")
             o.add_argument("--quiet", action="store_true", help="no progress bar")
     oc.set_defaults(func=cmd_overcooked)
+
+    an = sub.add_parser("annotate", help="label segment pairs yourself: a local page with the two segment videos side "
+                        "by side and keys to answer; every answer is appended to --out at once (restart resumes)")
+    an.add_argument("dataset", help="trajectory dataset (name in datasets/ or .h5 path)")
+    an.add_argument("--pairs", type=int, required=True, help="answers each annotator gives")
+    an.add_argument("--segment", type=int, required=True, help="segment length in steps")
+    an.add_argument("--out", required=True, help="labels file (.jsonl, the format `pbrl data import-labels` reads); "
+                    "its queries and videos live in OUT-stem.annotate/")
+    an.add_argument("--port", type=int, default=8765, help="port (0: any free one; the URL is printed)")
+    an.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    an.add_argument("--annotator", default="", help="name filled in on the page (each person can type their own)")
+    an.add_argument("--group", type=int, default=0, help="annotator group written with every answer")
+    an.add_argument("--pairing", default="uniform", choices=["uniform", "disagreement"],
+                    help="disagreement: the next pair is where a reward-model ensemble refitted on the labels so far "
+                    "disagrees most, among --candidates x --pairs uniform pairs")
+    an.add_argument("--candidates", type=int, default=4, help="candidate pool per answer for --pairing disagreement")
+    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--size", type=int, default=192, help="video frame size in pixels")
+    an.add_argument("--fps", type=int, default=30, help="video frame rate (steps shown per second)")
+    an.add_argument("--workers", type=int, default=1, help="processes rendering the videos")
+    an.add_argument("--prepare-only", action="store_true", help="render the videos and stop")
+    an.set_defaults(func=cmd_annotate)
 
     ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval-stepK-…-seedS.json")
     ev.add_argument("run_dir", help="a directory written by `pbrl train`")

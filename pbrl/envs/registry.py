@@ -64,16 +64,20 @@ def get_env_spec(name_or_id: str) -> EnvSpec:
                                f"one of {known} or a preset name in envs/ ({', '.join(list_resources('envs'))})"))
 
 
-def make_env(name_or_id: str, *, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
-    """Create the real simulator for a preset. Meta-World tasks use MT1 (goal re-drawn at each reset)."""
+def make_env(name_or_id: str, *, seed: int | None = None, render_mode: str | None = None,
+             render_size: int | None = None) -> gym.Env:
+    """Create the real simulator for a preset. Meta-World tasks use MT1 (goal re-drawn at each reset).
+    ``render_size`` sets the width and height of ``rgb_array`` frames (default: the env's own)."""
     spec = get_env_spec(name_or_id)
+    size = {"width": int(render_size), "height": int(render_size)} if render_size else {}
     if spec.family == "metaworld":
         import metaworld  # noqa: F401  (registers the Meta-World/* ids)
 
         # the passive checker warns on every step that Meta-World observations leave their declared box
-        env = gym.make("Meta-World/MT1", env_name=spec.id, seed=seed, render_mode=render_mode, disable_env_checker=True)
+        env = gym.make("Meta-World/MT1", env_name=spec.id, seed=seed, render_mode=render_mode, disable_env_checker=True,
+                       **size)
     elif spec.family == "mujoco":
-        env = gym.make(spec.id, render_mode=render_mode)
+        env = gym.make(spec.id, render_mode=render_mode, **size)
     elif spec.family == "overcooked":
         raise ConfigError(describe(f"envs/{spec.name}.toml", "family", "'overcooked' (a two-player game)",
                                    "a single-agent env: play Overcooked with pbrl.envs.overcooked (play, OvercookedVecEnv)"))
