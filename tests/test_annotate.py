@@ -242,3 +242,23 @@ def test_page_end_to_end_in_chromium_with_undo_crash_and_restart(tmp_path):
     prefs = import_labels(out, TrajectoryDataset(DATASET))
     assert len(prefs) == 6 and prefs.skipped.sum() == 1
     assert main(["data", "import-labels", str(out), "--dataset", str(DATASET), "--out", str(tmp_path / "human.prefs.h5")]) == 0
+
+
+def test_session_prepares_decodable_videos_for_meta_world(tmp_path):
+    """The whole `start_session` path on the shipped Meta-World dataset: a query set, WebM videos that decode to
+    the asked size, an empty log; a restart with other options is refused."""
+    import imageio.v2 as imageio
+
+    from pbrl.annotate.server import start_session
+    from pbrl.errors import ConfigError
+
+    out = tmp_path / "labels.jsonl"
+    session = start_session(ROOT / "datasets" / "button-press-noisy.h5", out, pairs=2, segment=6, size=48,
+                            progress=False)
+    videos = sorted(session.video_dir.glob("*.webm"))
+    session.close()
+    assert len(videos) == 4 and not list(session.video_dir.glob(".*"))  # no temporary files left
+    frames = imageio.mimread(videos[0])
+    assert len(frames) == 6 and frames[0].shape == (48, 48, 3)
+    with pytest.raises(ConfigError, match="segment"):
+        start_session(ROOT / "datasets" / "button-press-noisy.h5", out, pairs=2, segment=8, size=48, progress=False)

@@ -55,29 +55,48 @@ class DisagreementPicker:
         self.seg_a = np.array([q.a for q in query_set.queries], np.int64)
         self.seg_b = np.array([q.b for q in query_set.queries], np.int64)
         self.spread: np.ndarray | None = None   # [Q] std over members of P(a ≻ b); None before the first fit
+        self.rewards: list[np.ndarray] = []     # each member's reward of every dataset step, from the last fit
         self.fitted_on = 0
         self._fitting = threading.Lock()
 
     def maybe_refit(self) -> None:
         """Start a refit in the background when enough new labels came (never two at once)."""
         seg_a, _, _ = self.log.decided()
-        if len(seg_a) >= self.warmup and len(seg_a) - self.fitted_on >= self.refit_every and not self._fitting.locked():
-            threading.Thread(target=self.refit, daemon=True).start()
+        if len(seg_a) < self.warmup or len(seg_a) - self.fitted_on < self.refit_every:
+            return
+        if self._fitting.acquire(blocking=False):  # held until the thread's fit is done
+            threading.Thread(target=self._refit_and_release, daemon=True).start()
+
+    def wait(self) -> None:
+        """Until no refit is running (a person's think time, for benchmarks and tests)."""
+        with self._fitting:
+            pass
 
     def refit(self) -> None:
+        """Refit now, in this thread."""
+        with self._fitting:
+            self._fit()
+
+    def _refit_and_release(self) -> None:
+        try:
+            self._fit()
+        finally:
+            self._fitting.release()
+
+    def _fit(self) -> None:
         from pbrl.data.teachers import segment_scores
         from pbrl.train.critics import RewardEnsemble
 
-        with self._fitting:
-            seg_a, seg_b, label = self.log.decided()
-            if len(seg_a) < self.warmup:
-                return
-            ensemble = RewardEnsemble(self.trajectories, seed=self.seed + len(seg_a))
-            ensemble.fit(seg_a, seg_b, label, steps=200)
-            probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(self.trajectories, r, self.seg_a)
-                                                        - segment_scores(self.trajectories, r, self.seg_b), -50, 50)))
-                              for r in ensemble.step_rewards()])
-            self.spread, self.fitted_on = probs.std(0), len(seg_a)
+        seg_a, seg_b, label = self.log.decided()
+        if len(seg_a) < self.warmup:
+            return
+        ensemble = RewardEnsemble(self.trajectories, seed=self.seed + len(seg_a))
+        ensemble.fit(seg_a, seg_b, label, steps=200)
+        self.rewards = ensemble.step_rewards()
+        probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(self.trajectories, r, self.seg_a)
+                                                    - segment_scores(self.trajectories, r, self.seg_b), -50, 50)))
+                          for r in self.rewards])
+        self.spread, self.fitted_on = probs.std(0), len(seg_a)
 
     def order(self, open_ids: list[int]) -> list[int]:
         """``open_ids`` most-disputed first (as given before the first fit)."""

@@ -13,7 +13,7 @@ Headless rendering needs a GL backend: :func:`choose_gl` tries ``MUJOCO_GL=egl``
 
 from __future__ import annotations
 
-import functools
+import atexit
 import os
 import subprocess
 import sys
@@ -47,10 +47,25 @@ def choose_gl() -> str:
                                "EGL (a GPU driver) or OSMesa (apt-get install libosmesa6)"))
 
 
-@functools.lru_cache(maxsize=4)
+_ENVS: dict[tuple[str, int], object] = {}
+
+
 def rendering_env(env_id: str, size: int):
-    """One ``rgb_array`` env per (env, frame size), kept: making a GL context costs more than a segment's frames."""
-    return make_env(env_id, render_mode="rgb_array", render_size=size)
+    """One ``rgb_array`` env per (env, frame size), kept: making a GL context costs more than a segment's frames.
+    They are closed at exit, while the GL library is still loaded."""
+    if (env_id, size) not in _ENVS:
+        env = make_env(env_id, render_mode="rgb_array", render_size=size)
+        env.reset(seed=0)
+        env.render()  # the GL context exists now, and so does the GL library's own exit handler
+        if not _ENVS:  # exit handlers run last-registered first: this one before the GL library shuts down
+            atexit.register(close_rendering_envs)
+        _ENVS[env_id, size] = env
+    return _ENVS[env_id, size]
+
+
+def close_rendering_envs() -> None:
+    while _ENVS:
+        _ENVS.popitem()[1].close()
 
 
 def mujoco_frames(env_id: str, observations: np.ndarray, size: int) -> np.ndarray:
