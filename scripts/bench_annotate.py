@@ -73,7 +73,7 @@ def drive(args, prefetch: bool, screenshot: Path | None) -> dict[str, list[float
     server = make_server(session, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/?annotator=bench" + ("" if prefetch else "&prefetch=0")
-    driver = chromium(width=960, height=600)
+    driver = chromium(width=900, height=760)
     rng = np.random.default_rng(args.seed)
     try:
         driver.get(url)
@@ -160,15 +160,17 @@ def main() -> None:
         print_table(f"Active querying: reward-model accuracy on 1,000 held-out pairs after {args.active_labels} answers "
                     f"({args.seeds} seeds; the simulated annotator follows the true return)",
                     ["pairing", "accuracy", "per seed", "seconds"], rows)
-    if "prepare" not in args.stages:
+    if "prepare" in args.stages:
+        rows = []
+        for workers in (1, 2):
+            seconds, count = prepare(args, workers)
+            rows.append([str(workers), str(count), f"{seconds:.1f}", f"{seconds / count:.2f}"])
+        print_table(f"Preparing the videos ({args.pairs} pairs, {args.segment} steps, {args.size}×{args.size}, "
+                    "WebM VP8)", ["workers", "videos", "seconds", "s / video"], rows)
+    if "drive" not in args.stages:
         return
-    rows = []
-    for workers in (1, 2):
-        seconds, count = prepare(args, workers)
-        rows.append([str(workers), str(count), f"{seconds:.1f}", f"{seconds / count:.2f}"])
-    print_table(f"Preparing the videos ({args.pairs} pairs, {args.segment} steps, {args.size}×{args.size}, WebM VP8)",
-                ["workers", "videos", "seconds", "s / video"], rows)
-
+    if not (Path(args.out) / "prepare-w1" / "labels.annotate").exists():
+        prepare(args, 1)
     rows = []
     for prefetch in (True, False):
         shot = Path(args.screenshot) if (args.screenshot and prefetch) else None

@@ -165,6 +165,7 @@ class Session:
 class Handler(BaseHTTPRequestHandler):
     session: Session  # set on the subclass made by make_server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: Nagle + delayed ACK would add 40 ms
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (the base class's name)
         pass  # the labels file is the record; per-request lines would drown the URL the user needs
