@@ -53,7 +53,7 @@ LR = 1e-4
 # 0.59, measured 0.60); below β = 0.5 with lr ≥ 3e-4 the sigmoid-link methods often learn to stop emitting EOS
 # (validity falls to 0): lr 1e-4 over 1000 steps at β = 0.3 stays stable (docs/benchmarks.md, the sweep).
 # IPO's β is τ: its target margin 1/(2τ) is 5 nats at τ = 0.1.
-BETA = {"dpo": 0.3, "is_daa": 0.3, "tgdpo": 0.3, "rso": 0.3, "irepo": 0.3, "ipo": 0.1, "tvkd": 0.3}
+BETA = {"dpo": 0.3, "is_daa": 0.3, "tgdpo": 0.3, "rso": 0.3, "irepo": 0.3, "ipo": 0.08, "tvkd": 0.3}
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -440,8 +440,10 @@ SWEEP = [  # (method, lr, steps, fields): the seed-0 runs docs/benchmarks.md cit
     ("dpo", 1e-4, 125, {}), ("dpo", 1e-4, 250, {}), ("dpo", 1e-4, 500, {}),
     ("tgdpo", 1e-4, 125, {}), ("tgdpo", 1e-4, 250, {}), ("tgdpo", 1e-4, 500, {}),
     ("tgdpo", 1e-4, 1000, {"tg_alpha": 0.0}), ("tgdpo", 1e-4, 1000, {"tg_alpha": 0.1}),
+    ("ipo", 1e-4, 1000, {"beta": 0.1}), ("ipo", 1e-4, 1000, {"beta": 0.08}), ("ipo", 1e-4, 1000, {"beta": 0.07}),
     ("ipo", 1e-4, 1000, {"beta": 0.05}), ("ipo", 1e-4, 1000, {"beta": 0.03}),
-    ("ipo", 3e-4, 1000, {}), ("ipo", 1e-4, 2000, {}), ("ipo", 2e-4, 2000, {}),
+    ("ipo", 3e-4, 1000, {"beta": 0.1}), ("ipo", 1e-4, 2000, {"beta": 0.1}), ("ipo", 2e-4, 2000, {"beta": 0.1}),
+    ("ipo", 1e-4, 2000, {"beta": 0.07}), ("ipo", 5e-5, 2000, {"beta": 0.05}),
 ]
 
 
