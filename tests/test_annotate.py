@@ -262,3 +262,27 @@ def test_session_prepares_decodable_videos_for_meta_world(tmp_path):
     assert len(frames) == 6 and frames[0].shape == (48, 48, 3)
     with pytest.raises(ConfigError, match="segment"):
         start_session(ROOT / "datasets" / "button-press-noisy.h5", out, pairs=2, segment=8, size=48, progress=False)
+
+
+def test_a_restart_from_another_folder_renders_from_where_the_dataset_is_now(tmp_path, monkeypatch):
+    """The query set keeps the dataset's content hash, not its path: a restart from another working folder (or
+    with the file moved) finds the videos still to render."""
+    import shutil
+
+    from pbrl.annotate.server import session_dir, start_session
+
+    data = tmp_path / "a" / "hopper.h5"
+    data.parent.mkdir()
+    shutil.copy(DATASET, data)
+    out = tmp_path / "labels.jsonl"
+    monkeypatch.chdir(data.parent)
+    start_session("hopper.h5", out, pairs=1, segment=4, size=32, progress=False).close()
+    for video in (session_dir(out) / "videos").glob("*.webm"):
+        video.unlink()  # as if the first start had been stopped before rendering
+    moved = tmp_path / "b" / "renamed.h5"
+    moved.parent.mkdir()
+    shutil.move(data, moved)
+    monkeypatch.chdir(moved.parent)
+    session = start_session("renamed.h5", out, pairs=1, segment=4, size=32, progress=False)
+    assert len(list(session.video_dir.glob("*.webm"))) == 2
+    session.close()

@@ -89,7 +89,7 @@ def make_query_set(trajectories: TrajectoryDataset, *, pairs: int, segment: int,
         seg_b[same] = sample_segments(trajectories, int(same.sum()), segment, rng)
         same = np.all(seg_a == seg_b, axis=1)
     queries = [Query(i, tuple(int(v) for v in a), tuple(int(v) for v in b)) for i, (a, b) in enumerate(zip(seg_a, seg_b))]
-    return QuerySet(str(trajectories.path), sha256_file(trajectories.path), trajectories.env_id, int(pairs), int(segment),
+    return QuerySet(str(trajectories.path.resolve()), sha256_file(trajectories.path), trajectories.env_id, int(pairs), int(segment),
                     pairing, int(seed), int(candidates), int(size), int(fps), queries)
 
 
@@ -123,6 +123,7 @@ def open_query_set(session_dir: Path, trajectories: TrajectoryDataset, **options
         save_query_set(fresh, path)
         return fresh
     saved = load_query_set(path)
+    saved.dataset = str(trajectories.path.resolve())  # where it is now (same content: checked below); workers open it
     wanted = {"dataset_sha256": sha256_file(trajectories.path), "env_id": trajectories.env_id,
               **{k: v for k, v in options.items() if k in saved.options()}}
     for key, value in wanted.items():
