@@ -279,6 +279,9 @@ def test_a_restart_from_another_folder_renders_from_where_the_dataset_is_now(tmp
     start_session("hopper.h5", out, pairs=1, segment=4, size=32, progress=False).close()
     for video in (session_dir(out) / "videos").glob("*.webm"):
         video.unlink()  # as if the first start had been stopped before rendering
+    from pbrl.annotate import queries
+
+    queries._DATASETS.clear()  # a restart is a new process: nothing is open from the first start
     moved = tmp_path / "b" / "renamed.h5"
     moved.parent.mkdir()
     shutil.move(data, moved)
