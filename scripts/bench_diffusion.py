@@ -301,6 +301,9 @@ SWEEP = [  # (method, prediction, lr, steps, fields): seed-0 runs behind the set
     ("spo", "epsilon", 1e-4, 600, {}), ("spo", "epsilon", 2e-5, 600, {}),
     ("dro", "epsilon", 1e-4, 600, {}), ("dro", "epsilon", 2e-5, 600, {}), ("dro", "epsilon", 2e-5, 2000, {}),
     ("gradspo", "epsilon", 2e-5, 600, {}),
+    # an SFT anchor on the winners beside the DPO term (λ · e_θ^w; DPO's gradient on e_θ^w is of order β/4)
+    *(("diffusion_dpo", "epsilon", 1e-4, 600, {"beta": 5000.0, "sft_weight": w}) for w in (2500.0, 10000.0)),
+    *(("flow_dpo", "flow", 1e-4, 600, {"beta": 100.0, "sft_weight": w}) for w in (50.0, 200.0)),
 ]
 
 
@@ -324,7 +327,8 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                              prediction=prediction, steps=n, seed=0, lr=lr, t_min=t_min, ema_decay=ema, **fields)
         m = measure(model_dir, prediction, 0)
         results[name] = m
-        settings = ", ".join([f"β {v:g}" for v in shown.values()] + ([f"t ≥ {t_min:g}"] if t_min else []))
+        names = {"beta": "β", "sft_weight": "+ SFT λ"}
+        settings = ", ".join([f"{names.get(k, k)} {v:g}" for k, v in shown.items()] + ([f"t ≥ {t_min:g}"] if t_min else []))
         rows.append([method, prediction, f"{lr:g}", str(n), settings, f"{m['preferred']:.3f}", f"{m['valid']:.3f}",
                      f"{m['diversity']:.3f}"])
         print(rows[-1], flush=True)

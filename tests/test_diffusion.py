@@ -509,3 +509,24 @@ def test_diffusion_dpo_learns_the_preference_in_its_implicit_reward(tmp_path):
                 margins.append(-((e[0] - e[1]) - (e[2] - e[3])))
         accuracy[name] = float((torch.stack(margins).mean(0) > 0).float().mean())
     assert accuracy["pairs"] > 0.75 and accuracy["swapped"] < 0.35, accuracy
+
+
+def test_sft_anchor_adds_the_winners_error_to_diffusion_dpo():
+    """``method.sft_weight`` λ: the loss is Diffusion-DPO's (float64, from the core function) plus λ · the winners'
+    denoising error, on the same t and ε."""
+    torch.manual_seed(0)
+    net, reference = SmallUNet(1, 2, (8, 16)), SmallUNet(1, 2, (8, 16))
+    batch, schedule = _batch(), NoiseSchedule("epsilon", 50)
+
+    def learner_loss(weight: float) -> torch.Tensor:
+        cfg = DiffusionMethodConfig(name="diffusion_dpo", beta=100.0, sft_weight=weight)
+        learner = DiffusionLearner(net, reference, schedule, cfg, image_shape=(1, 8, 8))
+        torch.manual_seed(7)
+        return learner.loss(batch, 0).loss
+
+    torch.manual_seed(7)
+    e = pair_denoising_errors(net, reference, schedule, batch["chosen"], batch["rejected"], batch["cond"])
+    dpo = diffusion_dpo_loss(*(x.double() for x in (e.policy_w, e.policy_l, e.ref_w, e.ref_l)), beta=100.0)
+    for weight in (0.0, 3.0):
+        expected = (dpo + weight * e.policy_w.double()).mean()
+        assert torch.allclose(learner_loss(weight).double(), expected, rtol=1e-5, atol=1e-7)

@@ -92,6 +92,7 @@ class DiffusionMethodConfig:
     beta: float = param(0.0, ge=0)                    # β; 0: the method's official value (PAPER_BETA)
     sudo_loser: str = param("shuffle", choices=("shuffle", "transform"))
     sudo_sft_weight: float = param(0.5, ge=0, le=1)   # sudo: weight of the winners' denoising loss
+    sft_weight: float = param(0.0, ge=0)              # diffusion_dpo, flow_dpo: + λ · winners' error (an SFT anchor)
     dro_margin: float = param(0.001, ge=0)            # dro: hinge margin m (official 0.001)
     dro_refresh: int = param(16, ge=1)                # dro: steps between refreshes of the sampling copy
     dro_buffer: int = param(4, ge=1)                  # dro: rollouts kept for replay (official 4)
@@ -331,6 +332,8 @@ class DiffusionLearner(nn.Module):
                 losses = diffusion_dpo_loss(e.policy_w, e.policy_l, e.ref_w, e.ref_l, beta=m.beta_value)
                 if m.name == "sudo":
                     losses = (1 - m.sudo_sft_weight) * losses + m.sudo_sft_weight * e.policy_w
+                elif m.sft_weight > 0:
+                    losses = losses + m.sft_weight * e.policy_w
             metrics.update(self._pair_metrics(e.policy_w, e.policy_l, e.ref_w, e.ref_l))
         elif m.name == "rpo":
             a = self._errors(chosen, cond)
