@@ -84,7 +84,7 @@ class DisagreementPicker:
             self._fitting.release()
 
     def _fit(self) -> None:
-        from pbrl.data.teachers import segment_scores
+        from pbrl.data.pairing import preference_spread
         from pbrl.train.critics import RewardEnsemble
 
         seg_a, seg_b, label = self.log.decided()
@@ -93,10 +93,8 @@ class DisagreementPicker:
         ensemble = RewardEnsemble(self.trajectories, seed=self.seed + len(seg_a))
         ensemble.fit(seg_a, seg_b, label, steps=200)
         self.rewards = ensemble.step_rewards()
-        probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(self.trajectories, r, self.seg_a)
-                                                    - segment_scores(self.trajectories, r, self.seg_b), -50, 50)))
-                          for r in self.rewards])
-        self.spread, self.fitted_on = probs.std(0), len(seg_a)
+        self.spread = preference_spread(self.trajectories, self.rewards, self.seg_a, self.seg_b)
+        self.fitted_on = len(seg_a)
 
     def order(self, open_ids: list[int]) -> list[int]:
         """``open_ids`` most-disputed first (as given before the first fit)."""

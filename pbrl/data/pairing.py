@@ -83,6 +83,15 @@ EnsembleFit = Callable[[TrajectoryDataset, np.ndarray, np.ndarray, np.ndarray, i
 reward-model ensemble of ``disagreement`` pairing (``pbrl.train.critics.fit_reward_ensemble``)."""
 
 
+def preference_spread(trajectories: TrajectoryDataset, member_rewards: list[np.ndarray], seg_a: np.ndarray,
+                      seg_b: np.ndarray) -> np.ndarray:
+    """``[N]``: the standard deviation over ensemble members of P(a ≻ b), Bradley-Terry on each member's segment
+    sums (``member_rewards``: one ``[rows]`` reward per member; ``seg_a``, ``seg_b``: ``[N, 3]``)."""
+    probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(trajectories, r, seg_a) - segment_scores(trajectories, r, seg_b),
+                                                -50, 50))) for r in member_rewards])
+    return probs.std(0)
+
+
 def disagreement_pairs(trajectories: TrajectoryDataset, pairs: int, length: int, rng: np.random.Generator,
                        teacher: Teacher, u: np.ndarray, ensemble: EnsembleFit, candidates: int = 10, seed: int = 0
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -93,9 +102,7 @@ def disagreement_pairs(trajectories: TrajectoryDataset, pairs: int, length: int,
     member_rewards = ensemble(trajectories, a0[~skip0], b0[~skip0], y0[~skip0], seed)
     m = candidates * (pairs - first)
     ca, cb = sample_segments(trajectories, m, length, rng), sample_segments(trajectories, m, length, rng)
-    probs = np.stack([1 / (1 + np.exp(-np.clip(segment_scores(trajectories, r, ca) - segment_scores(trajectories, r, cb),
-                                                -50, 50))) for r in member_rewards])
-    top = np.argsort(-probs.std(0), kind="stable")[: pairs - first]
+    top = np.argsort(-preference_spread(trajectories, member_rewards, ca, cb), kind="stable")[: pairs - first]
     return np.concatenate([a0, ca[top]]), np.concatenate([b0, cb[top]])
 
 
