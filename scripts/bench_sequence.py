@@ -168,6 +168,51 @@ def stage_isdaa(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return {m: {str(b): v for b, v in c.items()} for m, c in curve.items()}
 
 
+def on_policy_pairs(sft: Path, prompts: list[str], seed: int, *, per_prompt: int = 4, flip: float = 0.2
+                    ) -> list[dict[str, Any]]:
+    """IS-DAA's setting: pairs sampled from π_SFT itself (``per_prompt`` samples per training prompt, paired
+    consecutively), the one with more target words chosen, ties dropped, ``flip`` of the labels reversed."""
+    import random
+
+    rng = random.Random(seed)
+    model, tok = load(sft)
+    rows = []
+    for prompt, texts in zip(prompts, sample_completions(model, tok, prompts, samples=per_prompt, seed=seed + 500)):
+        for a, b in zip(texts[::2], texts[1::2]):
+            if not a.strip() or not b.strip() or target_count(a) == target_count(b):
+                continue
+            better, worse = (a, b) if target_count(a) > target_count(b) else (b, a)
+            chosen, rejected = (worse, better) if rng.random() < flip else (better, worse)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def stage_isdaa_onpolicy(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """IS-DAA against DPO over β on pairs drawn from π_SFT (the paper's data come from the policy being trained)."""
+    betas = [0.05, 0.1, 0.3, 1.0]
+    curve: dict[str, dict[float, dict[str, list[float]]]] = {"dpo": {}, "is_daa": {}}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        data = out / f"seed{seed}" / "isdaa-onpolicy" / "pairs.jsonl"
+        if not data.is_file():
+            prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
+            write_jsonl(data, on_policy_pairs(s["sft"], prompts, seed))
+        for method in curve:
+            for beta in betas:
+                model_dir, _ = train(s["sft"], data, data.parent / f"{method}-b{beta}", method, steps=steps, seed=seed,
+                                     beta=beta)
+                m = measure(model_dir, s["sft"], heldout, seed)
+                record(curve[method], beta, {k: m[k] for k in ("preferred", "kl", "valid")})
+                print(f"seed {seed} {method} β {beta}: {m}", file=sys.stderr)
+    print_table(f"isdaa on π_SFT's own pairs: preferred rate against KL(π ‖ π_SFT) over β ({steps} steps, seeds {seeds})",
+                ["β", "DPO preferred", "DPO KL", "DPO valid", "IS-DAA preferred", "IS-DAA KL", "IS-DAA valid"],
+                [[str(b), *(ms(curve[m][b][k]) for m in ("dpo", "is_daa") for k in ("preferred", "kl", "valid"))]
+                 for b in betas])
+    plot_curve(curve, out / "isdaa-onpolicy-curve.png")
+    return {m: {str(b): v for b, v in c.items()} for m, c in curve.items()}
+
+
 def plot_curve(curve: dict[str, dict[float, dict[str, list[float]]]], path: Path) -> None:
     import matplotlib
 
@@ -477,7 +522,7 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
-STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "irepo": stage_irepo, "tvkd": stage_tvkd, "isq": stage_isq,
+STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "isdaa_onpolicy": stage_isdaa_onpolicy, "irepo": stage_irepo, "tvkd": stage_tvkd, "isq": stage_isq,
           "micro": stage_micro, "rto": stage_rto, "pama": stage_pama, "sweep": stage_sweep}
 
 
