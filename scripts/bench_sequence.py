@@ -284,8 +284,11 @@ def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         teacher, _ = train(big["sft"], big["pairs"], out / f"seed{seed}" / "tvkd" / "teacher-dpo", "dpo", steps=steps,
                            seed=seed)
         small = setup(out, seed, layers=1, width=32, name="student-sft")
-        for label, method, fields in (("student dpo", "dpo", {}), ("student tvkd", "tvkd", {"teacher": str(teacher)}),
-                                      ("teacher dpo", None, {})):
+        plans = [("student dpo", "dpo", {}), ("student tvkd", "tvkd", {"teacher": str(teacher)}),
+                 *((f"student tvkd log-probs tau{tau:g}", "tvkd",
+                    {"teacher": str(teacher), "tvkd_value": "log_probs", "tvkd_tau": tau}) for tau in (2.0, 0.5)),
+                 ("teacher dpo", None, {})]
+        for label, method, fields in plans:
             if method is None:
                 metrics = measure(teacher, big["sft"], heldout, seed)
             else:

@@ -613,3 +613,25 @@ def test_micro_router_separates_two_groups(grammar):
         accuracy[name] = [float((p[data.group == g] > 0.5).float().mean()) for g in range(2)]
     assert min(accuracy["mixture"]) >= 0.9, accuracy
     assert max(abs(a - 0.5) for a in accuracy["single"]) < 0.25, accuracy
+
+
+def test_tvkd_on_teacher_log_probs_at_tau_one_is_dpo(grammar, tmp_path):
+    """``method.tvkd_value = log_probs``: the soft value τ log Σ p^{1/τ} of a normalised teacher is 0 at τ = 1, so
+    TVKD trains exactly as DPO; on raw logits (the default) the same run differs."""
+    from pbrl.sequence.train import SeqRunConfig, train_sequence
+
+    def weights(method: str, **fields) -> dict[str, torch.Tensor]:
+        cfg = SeqRunConfig(model=str(grammar["model"]), data=str(grammar["pairs"]), max_length=32)
+        cfg.method.name = method
+        for key, value in fields.items():
+            setattr(cfg.method, key, value)
+        cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every = 2, 4, 2
+        out = tmp_path / f"{method}-{fields.get('tvkd_value', '')}"
+        train_sequence(cfg, out, progress=False)
+        return torch.load(out / "checkpoints/step_00000002.pt", weights_only=False)["agent"]
+
+    dpo = weights("dpo")
+    normalised = weights("tvkd", teacher=str(grammar["model"]), tvkd_value="log_probs", tvkd_tau=1.0)
+    raw = weights("tvkd", teacher=str(grammar["model"]), tvkd_value="logits", tvkd_tau=1.0)
+    assert all(torch.allclose(dpo[k], normalised[k], atol=1e-6) for k in dpo)
+    assert not all(torch.allclose(dpo[k], raw[k], atol=1e-6) for k in dpo)

@@ -58,6 +58,9 @@ class MethodConfig:
     tvkd_alpha: float = param(1.0, ge=0)                # tvkd: weight of the shaping term
     tvkd_gamma: float = param(0.7, ge=0, le=1)          # tvkd: γ of the shaping (γ = 1 telescopes away)
     tvkd_tau: float = param(1.0, gt=0)                  # tvkd: temperature of the teacher's soft value
+    # tvkd: the soft value of the teacher's raw logits (its log-partition), or of its log-probabilities as the
+    # official code's tpkd branches read it (τ log Σ p^{1/τ}: 0 at τ = 1, a Rényi entropy of the teacher otherwise)
+    tvkd_value: str = param("logits", choices=("logits", "log_probs"))
     isq_td_weight: float = param(0.1, ge=0)             # isq: λ of the TD regulariser (0: MLE)
     isq_gamma: float = param(1.0, ge=0, le=1)           # isq: γ
 
@@ -137,7 +140,8 @@ class SequenceLearner(nn.Module):
                                 weight_clip=m.tg_clip or None)
         elif m.name == "tvkd":
             teacher = self._frozen_logps("teacher", batch, keep_logits=True)
-            values = soft_value(teacher.logits, tau=m.tvkd_tau)
+            logits = teacher.logits if m.tvkd_value == "logits" else teacher.logits.float().log_softmax(-1)
+            values = soft_value(logits, tau=m.tvkd_tau)
             v_c, v_r = values.chunk(2)
             losses = tvkd_loss(chosen.per_token, rejected.per_token, ref_c.per_token, ref_r.per_token, v_c, v_r,
                                chosen.mask, rejected.mask, beta=m.beta, alpha=m.tvkd_alpha, gamma=m.tvkd_gamma)
