@@ -598,19 +598,6 @@ def cmd_seq_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _headless_gl() -> None:
-    """Pick a headless MuJoCo GL backend before mujoco is imported: OSMesa where its library is installed
-    (Debian: libosmesa6), else EGL. An explicit MUJOCO_GL wins."""
-    import ctypes.util
-    import os
-
-    if "MUJOCO_GL" not in os.environ:
-        backend = "osmesa" if ctypes.util.find_library("OSMesa") else "egl"
-        os.environ["MUJOCO_GL"] = backend
-        if backend == "osmesa":
-            os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-
-
 def cmd_annotate(args: argparse.Namespace) -> int:
     from pbrl.annotate.server import serve, start_session
 
@@ -627,7 +614,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.video:
-        _headless_gl()
+        from pbrl.envs.render import choose_gl
+
+        choose_gl()  # before mujoco is imported: EGL or OSMesa, whichever draws here
     from pbrl.envs.evaluate import evaluate
     from pbrl.train.trainer import actor_policy, load_run, write_json
 

@@ -153,6 +153,7 @@ def _worker_dataset(path: str) -> TrajectoryDataset:
 def prepare_videos(query_set: QuerySet, video_dir: Path, *, workers: int = 1, progress: bool = True) -> int:
     """Render every segment of ``query_set`` not yet in ``video_dir`` (atomically, so an interrupted run leaves
     whole files only and resumes where it stopped). Returns how many were made."""
+    from pbrl.envs.registry import get_env_spec
     from pbrl.envs.render import choose_gl
 
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def prepare_videos(query_set: QuerySet, video_dir: Path, *, workers: int = 1, pr
             for seg in query_set.segments() if not (video_dir / video_name(seg)).exists()]
     if not todo:
         return 0
-    if not str(query_set.env_id).startswith("Overcooked"):
+    if get_env_spec(query_set.env_id).family != "overcooked":  # Overcooked is drawn without GL
         choose_gl()  # once here, so the workers inherit MUJOCO_GL
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress)
     if workers <= 1:

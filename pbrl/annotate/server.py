@@ -55,7 +55,6 @@ class DisagreementPicker:
         self.seg_a = np.array([q.a for q in query_set.queries], np.int64)
         self.seg_b = np.array([q.b for q in query_set.queries], np.int64)
         self.spread: np.ndarray | None = None   # [Q] std over members of P(a ≻ b); None before the first fit
-        self.rewards: list[np.ndarray] = []     # each member's reward of every dataset step, from the last fit
         self.fitted_on = 0
         self._fitting = threading.Lock()
 
@@ -92,8 +91,7 @@ class DisagreementPicker:
             return
         ensemble = RewardEnsemble(self.trajectories, seed=self.seed + len(seg_a))
         ensemble.fit(seg_a, seg_b, label, steps=200)
-        self.rewards = ensemble.step_rewards()
-        self.spread = preference_spread(self.trajectories, self.rewards, self.seg_a, self.seg_b)
+        self.spread = preference_spread(self.trajectories, ensemble.step_rewards(), self.seg_a, self.seg_b)
         self.fitted_on = len(seg_a)
 
     def order(self, open_ids: list[int]) -> list[int]:

@@ -106,8 +106,7 @@ def _canonical(prefs: PreferenceDataset) -> tuple[list[tuple], np.ndarray]:
 
 
 def agreement_report(prefs: PreferenceDataset, trajectories: TrajectoryDataset | None = None,
-                     teacher: Teacher | None = None, rng_seed: int = 0, *,
-                     critic: AdvantageCritic | None = None) -> dict[str, Any]:
+                     teacher: Teacher | None = None, *, critic: AdvantageCritic | None = None) -> dict[str, Any]:
     """Agreement of the annotators of ``prefs`` (e.g. from :func:`pbrl.data.formats.import_labels`) with each
     other and, given ``teacher`` and ``trajectories``, with the teacher's noise-free preference.
 
@@ -120,7 +119,6 @@ def agreement_report(prefs: PreferenceDataset, trajectories: TrajectoryDataset |
     myopic weighting, discount and critic kept): it prefers the segment with the higher score
     (:meth:`Teacher.scores`, as :meth:`Teacher.label` computes them) and says ``equal`` only on exactly equal
     scores. ``critic`` is the regret teacher's advantage critic (``pbrl.train.critics.regret_advantages``).
-    ``rng_seed`` is unused (that comparison draws no random numbers); it is kept for a stable signature.
 
     Returns a JSON-ready dict: ``annotators`` (names, sorted), ``counts`` (per annotator: ``answers``,
     ``skipped``), ``items``, ``items_multi`` (items with ≥ 2 annotators), ``pairwise`` (for every pair of
@@ -132,7 +130,6 @@ def agreement_report(prefs: PreferenceDataset, trajectories: TrajectoryDataset |
     their number, and ``kappa`` Cohen's kappa of all the annotator's answers against the teacher's (both read
     in each item's canonical order, as between annotators: a/b kappa depends on which segment is called a).
     """
-    del rng_seed
     if teacher is not None and trajectories is None:
         raise ValueError("a teacher needs the trajectories its segments come from")
     names = sorted({str(a) for a in prefs.annotator})
