@@ -14,6 +14,10 @@ distance among a prompt's samples, as a ratio to the reference's).
 Stages:
   learn   SFT on the winners, Diffusion-DPO, ABC, self-supervised DPO (shuffle losers), Diffusion-DRO (ε); SFT on the
           winners and Flow-DPO (flow); per seed
+  sweep   seed 0: β, rate, length, time range, the SFT anchor; SPO, DRO, GradSPO
+  pairs   seed 0: SFT, Diffusion-DPO, Flow-DPO on other pair sets (clean labels, one position, 10× the pairs)
+  position  the learning check on an area-neutral preference (the higher of two shapes of one kind)
+  reward, spro, rpo   each remaining method's own claim
 
 Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
 """
@@ -45,6 +49,7 @@ from pbrl.sequence.shapes import (
     classify_shapes,
     heldout_prompts,
     image_diversity,
+    make_shape_pairs,
     prompt_condition,
     render_shapes,
     shape_reward,
@@ -337,6 +342,102 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
+PAIR_SETS = {  # name: (pairs per training prompt, flip rate, same position)
+    "task (900, 20 % reversed)": (50, 0.2, False),
+    "clean labels (900, none reversed)": (50, 0.0, False),
+    "same position (900, 20 % reversed)": (50, 0.2, True),
+    "10x the pairs (9,000, 20 % reversed)": (500, 0.2, False),
+}
+
+
+def stage_pairs(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Seed 0: SFT on the winners, Diffusion-DPO and Flow-DPO at their official β on other pair sets than the task's
+    (clean labels; the two images at one position, so they differ only in the class; ten times the pairs): is the
+    failure of the learn stage the labels' noise, the nuisance of position, or too few pairs?"""
+    task = make_task(out)
+    refs = references(out, task)
+    results, rows = {}, []
+    for label, (per_prompt, flip, same) in PAIR_SETS.items():
+        data = out / "task" / f"pairs-{per_prompt}-flip{flip:g}{'-samepos' if same else ''}.h5"
+        if not data.is_file():
+            p = make_shape_pairs(train_prompts(), per_prompt, flip_rate=flip, seed=1, same_position=same)
+            write_image_pairs(data, cond=p.cond, chosen=p.chosen, rejected=p.rejected)
+        for method, prediction in (("diffusion_sft", "epsilon"), ("diffusion_dpo", "epsilon"),
+                                   ("diffusion_sft", "flow"), ("flow_dpo", "flow")):
+            model_dir, _ = train(refs[prediction], data, out / "seed0" / "pairs" / f"{data.stem}-{method}-{prediction}",
+                                 method, prediction=prediction, steps=steps, seed=0)
+            m = measure(model_dir, prediction, 0)
+            results[f"{label} {method} {prediction}"] = m
+            rows.append([label, method, prediction, f"{m['preferred']:.3f}", f"{m['valid']:.3f}",
+                         f"{m['diversity']:.3f}"])
+            print(rows[-1], flush=True)
+    print_table(f"pair sets (seed 0, {steps} steps, batch {BATCH} pairs, lr {LR:g}; held-out prompts)",
+                ["pairs", "method", "model", "preferred", "valid", "diversity"], rows)
+    return results
+
+
+def position_pairs(per_prompt: int, flip: float, seed: int) -> dict[str, torch.Tensor]:
+    """An area-neutral preference: two shapes of one kind (random) at the same training prompt, the higher one
+    chosen (rows within 1 pixel: dropped), ``flip`` of the labels reversed. Winner and loser light the same number of
+    pixels, so dimming or shrinking cannot separate them."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [p for p in train_prompts() for _ in range(per_prompt)]
+    kinds = [KINDS[int(i)] for i in torch.randint(2, (len(prompts),), generator=g)]
+    a, b = render_shapes(kinds, prompts, generator=g), render_shapes(kinds, prompts, generator=g)
+    dr = shape_row(b) - shape_row(a)                 # > 0: a is higher
+    keep = dr.abs() >= 1
+    a_wins = (dr > 0) != (torch.rand(len(prompts), generator=g) < flip)
+    chosen = torch.where(a_wins[:, None, None, None], a, b)[keep]
+    rejected = torch.where(a_wins[:, None, None, None], b, a)[keep]
+    return {"cond": prompt_condition(prompts)[keep], "chosen": chosen, "rejected": rejected}
+
+
+def stage_position(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """The learning check on an area-neutral preference (the higher of two shapes of one kind; 20 % reversed): SFT on
+    the winners, Diffusion-DPO and Flow-DPO at their official β; ``top`` = the share of held-out samples whose lit
+    pixels' mean row is above the middle (the reference's ≈ 0.5)."""
+    task = make_task(out)
+    refs = references(out, task)
+    data = out / "task" / "pairs-position.h5"
+    if not data.is_file():
+        write_image_pairs(data, **position_pairs(50, 0.2, seed=3))
+    prompts = [p for p in heldout_prompts() for _ in range(SAMPLES)]
+    results: dict[str, dict[str, list[float]]] = {}
+
+    def judge(model_dir: Path, prediction: str, seed: int) -> dict[str, float]:
+        net, _ = load_denoiser(model_dir)
+        net.eval()
+        g = torch.Generator().manual_seed(10_000 + seed)
+        images = sample(net, NoiseSchedule(prediction), prompt_condition(prompts), (1, 16, 16), steps=20, generator=g)
+        _, valid, _ = classify_shapes(images, prompts)
+        top = shape_row(images) < (16 - 1) / 2
+        return {"top": float(top.float().mean()), "valid": float(valid.float().mean()),
+                "top_valid": float((top & valid).float().mean()),
+                "diversity": image_diversity(images, len(heldout_prompts()))}
+
+    for prediction, ref in refs.items():
+        m = judge(ref, prediction, 0)
+        results[f"reference ({prediction})"] = {k: [v] * len(seeds) for k, v in m.items()}
+    for seed in seeds:
+        for label, method, prediction in (("SFT on chosen (ε)", "diffusion_sft", "epsilon"),
+                                          ("Diffusion-DPO", "diffusion_dpo", "epsilon"),
+                                          ("SFT on chosen (flow)", "diffusion_sft", "flow"),
+                                          ("Flow-DPO", "flow_dpo", "flow")):
+            model_dir, seconds = train(refs[prediction], data, out / f"seed{seed}" / "position" / f"{method}-{prediction}",
+                                       method, prediction=prediction, steps=steps, seed=seed)
+            m = judge(model_dir, prediction, seed)
+            m["train_s"] = seconds
+            record(results, label, m)
+            print(f"seed {seed} {label}: {m}", flush=True)
+    print_table(f"area-neutral preference: the higher shape ({steps} steps, batch {BATCH} pairs, {len(seeds)} seeds)",
+                ["method", "top", "valid", "top & valid", "diversity", "train s"],
+                [[label, *(ms(r[k]) for k in ("top", "valid", "top_valid", "diversity")), ms(r.get("train_s", [0.0]))]
+                 for label, r in results.items()])
+    for label, r in results.items():
+        print(f"{label}: top per seed {[round(v, 3) for v in r['top']]}")
+    return results
+
+
 def prompt_pairs(n: int, seed: int) -> dict[str, torch.Tensor]:
     """Pairs for a prompt-following scorer: an image drawn for prompt p beats one drawn for another prompt, both
     judged under p."""
@@ -416,7 +517,8 @@ def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 
 STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "sweep": stage_sweep,
-          "rpo": stage_rpo}
+          "rpo": stage_rpo, "pairs": stage_pairs,
+          "position": stage_position}
 
 
 def main() -> None:

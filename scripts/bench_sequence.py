@@ -16,6 +16,7 @@ Stages:
   irepo   iterative iREPO on self-generated pairs labelled by 5 simulated annotators (soft p̂): preferred rate by round
   tvkd    a larger DPO-trained teacher (4 layers, width 128); a small student (1 layer, width 32) with DPO and TVKD
   isq     MLE against inverse soft-Q on SFT data: validity (the task score) and distinct completions
+  isq_small  the same on 100 SFT rows, where MLE overfits (640 epochs), 16 samples per held-out prompt
 
 Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
 """
@@ -110,10 +111,10 @@ def setup(out: Path, seed: int, *, layers: int = 2, width: int = 64, name: str =
     return {"task": task_dir, "sft": sft, "pairs": task_dir / "pairs.jsonl", "heldout": task_dir / "heldout.json"}
 
 
-def measure(model_dir: Path, reference_dir: Path, prompts: list[str], seed: int) -> dict[str, float]:
+def measure(model_dir: Path, reference_dir: Path, prompts: list[str], seed: int, samples: int = 4) -> dict[str, float]:
     model, tok = load(model_dir)
     reference, _ = load(reference_dir)
-    return evaluate_policy(model, tok, prompts, reference=reference, samples=4, seed=1000 + seed)
+    return evaluate_policy(model, tok, prompts, reference=reference, samples=samples, seed=1000 + seed)
 
 
 def stage_learn(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
@@ -303,24 +304,47 @@ def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
-def stage_isq(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+ISQ_OBJECTIVES = (("mle", "sft", {}), ("inverse soft-Q λ=0.1", "isq", {"isq_td_weight": 0.1}),
+                  ("inverse soft-Q λ=1", "isq", {"isq_td_weight": 1.0}))
+
+
+def isq_runs(out: Path, seeds: list[int], rows: int | None, samples: int) -> dict[str, Any]:
+    """MLE and inverse soft-Q from scratch on the SFT data (its first ``rows`` lines, or all), measured on the
+    held-out prompts with ``samples`` samples per prompt."""
     results: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         s = setup(out, seed)
         heldout = json.loads(s["heldout"].read_text())
         config = s["task"] / "gpt2-2x64.json"
-        for label, method, fields in (("mle", "sft", {}), ("inverse soft-Q λ=0.1", "isq", {"isq_td_weight": 0.1}),
-                                      ("inverse soft-Q λ=1", "isq", {"isq_td_weight": 1.0})):
-            model_dir, _ = train(config, s["task"] / "sft.jsonl", out / f"seed{seed}" / "isq" / label.split()[-1],
-                                 method, steps=SFT_STEPS, seed=seed, lr=3e-3, batch=32, tokenizer=s["task"] / "tokenizer",
-                                 **fields)
-            record(results, label, measure(model_dir, s["sft"], heldout, seed))
-    print_table(f"isq: imitation of the grammar from scratch, {SFT_STEPS} steps, seeds {seeds}",
-                ["objective", "valid (task score)", "distinct completions", "distinct-2 per prompt",
-                 "preferred (base rate 0.23)"],
-                [[label, *(ms(m[k]) for k in ("valid", "distinct_completions", "distinct_2", "preferred"))]
+        data, folder = s["task"] / "sft.jsonl", out / f"seed{seed}" / "isq"
+        if rows is not None:
+            data, folder = s["task"] / f"sft-first{rows}.jsonl", out / f"seed{seed}" / f"isq-{rows}rows"
+            if not data.is_file():
+                write_jsonl(data, [json.loads(line) for line in open(s["task"] / "sft.jsonl")][:rows])
+        for label, method, fields in ISQ_OBJECTIVES:
+            model_dir, _ = train(config, data, folder / label.split()[-1], method, steps=SFT_STEPS, seed=seed,
+                                 lr=3e-3, batch=32, tokenizer=s["task"] / "tokenizer", **fields)
+            record(results, label, measure(model_dir, s["sft"], heldout, seed, samples=samples))
+    print_table(f"isq: imitation of the grammar from scratch on {rows or 'all'} SFT rows, {SFT_STEPS} steps, "
+                f"{samples} samples per held-out prompt, seeds {seeds}",
+                ["objective", "valid (task score)", "distinct completions", "distinct among valid",
+                 "distinct-2 per prompt", "preferred (base rate 0.23)"],
+                [[label, *(ms(m[k]) for k in ("valid", "distinct_completions", "distinct_valid", "distinct_2",
+                                              "preferred"))]
                  for label, m in results.items()])
+    for label, m in results.items():
+        print(f"{label}: per seed valid {[round(v, 3) for v in m['valid']]}, distinct among valid "
+              f"{[round(v, 3) for v in m['distinct_valid']]}, distinct-2 {[round(v, 3) for v in m['distinct_2']]}")
     return results
+
+
+def stage_isq(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    return isq_runs(out, seeds, None, 4)
+
+
+def stage_isq_small(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """The regime where MLE narrows: 100 SFT rows (50 prompts), 2,000 steps (640 epochs); 16 samples per prompt."""
+    return isq_runs(out, seeds, 100, 16)
 
 
 def micro_rows(prompts: list[str], per_prompt: int, rng: Any, flip: float = 0.1) -> list[dict[str, Any]]:
@@ -462,7 +486,7 @@ def stage_pama(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 model, _ = load(s["sft"])
             else:
                 model = train_online(str(s["sft"]), prompts, objectives, OnlineConfig(beta_kl=0.01),
-                                     str(out / f"seed{seed}" / "pama-gated"), steps=ppo_steps, seed=seed, lr=1e-4,
+                                     str(out / f"seed{seed}" / f"pama-gated-{ppo_steps}"), steps=ppo_steps, seed=seed, lr=1e-4,
                                      stop_at=milestone)
             st = pareto_stationarity(model, tok, heldout, objectives, samples=16, seed=seed, split=True)
             st["noise floor"] = pareto_stationarity(model, tok, heldout, opposite, samples=16, seed=seed,
@@ -526,6 +550,7 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 
 STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "isdaa_onpolicy": stage_isdaa_onpolicy, "irepo": stage_irepo, "tvkd": stage_tvkd, "isq": stage_isq,
+          "isq_small": stage_isq_small,
           "micro": stage_micro, "rto": stage_rto, "pama": stage_pama, "sweep": stage_sweep}
 
 

@@ -299,6 +299,12 @@ def test_shapes_judge_is_exact_and_prompts_are_split():
     pairs = make_shape_pairs(train_prompts(), 10, flip_rate=0.2, seed=0)
     kinds, _, _ = classify_shapes(pairs.chosen, pairs.prompts)
     assert [k == "square" for k in kinds] == pairs.flipped.tolist()
+    # same_position: the two images differ only in the square's corners (the cross's pixels are lit in both)
+    same = make_shape_pairs(train_prompts(), 10, flip_rate=0.0, seed=0, same_position=True)
+    lit_w, lit_l = same.chosen > -1, same.rejected > -1
+    assert (lit_w <= lit_l).all() and (lit_l.flatten(1).sum(1) > lit_w.flatten(1).sum(1)).all()
+    apart = make_shape_pairs(train_prompts(), 10, flip_rate=0.0, seed=0)
+    assert not ((apart.chosen > -1) <= (apart.rejected > -1)).flatten(1).all(1).all()
 
 
 # ---------------------------------------------------------------- data checks, CLI, resume

@@ -130,6 +130,20 @@ def test_bad_data_trains_nothing(tmp_path, grammar):
     assert not out.exists()
 
 
+def test_completion_metrics_count_broken_samples_out_of_diversity():
+    """Hand-made samples with known answers: repeats and broken completions lower ``distinct_valid``; broken ones
+    still count in ``distinct_completions`` (the known-bad measure of diversity)."""
+    from pbrl.sequence.synthetic import completion_metrics
+
+    prompts = ["cat dog fox :", "cod owl bee :"]
+    ok_a, ok_b = " gold cat sees red dog .", " red fox hugs big cat ."
+    broken = [" cat cat cat", " dog dog", " fox", " gold gold"]
+    m = completion_metrics(prompts, [[ok_a, ok_a, ok_b, broken[0]], broken[1:] + [" red owl finds gold bee ."]])
+    assert m["valid"] == 4 / 8 and m["preferred"] == 4 / 8 and m["preferred_valid"] == 3 / 8
+    assert m["distinct_valid"] == 3 / 4            # ok_a twice, ok_b, the owl sentence
+    assert m["distinct_completions"] == 7 / 8      # the four broken ones are all distinct
+
+
 def test_sampler_resumes_its_stream(grammar):
     tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
     data = tokenize_pairs(load_pairs(grammar["pairs"]), tok, max_length=32)

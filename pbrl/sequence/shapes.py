@@ -134,13 +134,17 @@ class ShapePairs:
 
 
 def make_shape_pairs(prompts: list[Prompt], pairs_per_prompt: int, *, flip_rate: float = 0.2,
-                     seed: int = 0) -> ShapePairs:
-    """One cross and one square per pair (independent sizes and brightness), the cross chosen except in a
-    ``flip_rate`` share of pairs, where the labels are reversed."""
+                     seed: int = 0, same_position: bool = False) -> ShapePairs:
+    """One cross and one square per pair at the pair's prompt, the cross chosen except in a ``flip_rate`` share of
+    pairs, where the labels are reversed. Positions are independent, or with ``same_position`` shared, so that the
+    two images differ only in the square's four corners."""
     g = torch.Generator().manual_seed(seed)
     expanded = [p for p in prompts for _ in range(pairs_per_prompt)]
     n = len(expanded)
+    positions = g.get_state()
     cross = render_shapes(["cross"] * n, expanded, generator=g)
+    if same_position:
+        g.set_state(positions)
     square = render_shapes(["square"] * n, expanded, generator=g)
     flipped = torch.rand(n, generator=g) < flip_rate
     chosen = torch.where(flipped[:, None, None, None], square, cross)

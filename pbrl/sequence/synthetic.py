@@ -30,7 +30,8 @@ ADJECTIVES = ("gold", "red", "big", "old", "shy", "wet", "odd", "tiny")
 VERBS = ("sees", "likes", "hugs", "finds", "hears", "calls")
 TARGET = "gold"
 
-__all__ = ["GrammarTask", "BagOfWordsReward", "completion_is_valid", "evaluate_policy", "grammar_completion", "make_task",
+__all__ = ["GrammarTask", "BagOfWordsReward", "completion_is_valid", "completion_metrics",
+           "evaluate_policy", "grammar_completion", "make_task",
            "tiny_gpt2_config"]
 
 
@@ -127,20 +128,28 @@ def distinct_n(completions: list[list[str]], n: int = 2) -> float:
     return sum(shares) / len(shares) if shares else 0.0
 
 
-def evaluate_policy(model: nn.Module, tokenizer: Any, prompts: list[str], *, reference: nn.Module | None = None,
-                    samples: int = 4, seed: int = 0, target: str = TARGET, device: torch.device | str = "cpu"
-                    ) -> dict[str, float]:
-    """On ``prompts``: the share of sampled completions that contain ``target`` (``preferred``), follow the grammar
-    (``valid``), both (``preferred_valid``), distinct completions and :func:`distinct_n` (n = 2), and the KL to
-    ``reference`` (when given)."""
-    completions = sample_completions(model, tokenizer, prompts, samples=samples, seed=seed, device=device)
+def completion_metrics(prompts: list[str], completions: list[list[str]], target: str = TARGET) -> dict[str, float]:
+    """Scores of sampled ``completions`` (one list per prompt): the share that contain ``target`` (``preferred``),
+    follow the grammar (``valid``), both (``preferred_valid``); distinct completions among all samples
+    (``distinct_completions``) and distinct grammatical (prompt, completion) pairs among the grammatical samples
+    (``distinct_valid``: broken completions do not count as diversity); :func:`distinct_n` with n = 2."""
     flat = [(p, c) for p, cs in zip(prompts, completions) for c in cs]
     preferred = [target_count(c, target) > 0 for _, c in flat]
     valid = [completion_is_valid(p, c) for p, c in flat]
-    result = {"preferred": sum(preferred) / len(flat), "valid": sum(valid) / len(flat),
-              "preferred_valid": sum(a and b for a, b in zip(preferred, valid)) / len(flat),
-              "distinct_completions": len({c for _, c in flat}) / len(flat),
-              "distinct_2": distinct_n(completions, 2)}
+    return {"preferred": sum(preferred) / len(flat), "valid": sum(valid) / len(flat),
+            "preferred_valid": sum(a and b for a, b in zip(preferred, valid)) / len(flat),
+            "distinct_completions": len({c for _, c in flat}) / len(flat),
+            "distinct_valid": len({pc for pc, ok in zip(flat, valid) if ok}) / max(sum(valid), 1),
+            "distinct_2": distinct_n(completions, 2)}
+
+
+def evaluate_policy(model: nn.Module, tokenizer: Any, prompts: list[str], *, reference: nn.Module | None = None,
+                    samples: int = 4, seed: int = 0, target: str = TARGET, device: torch.device | str = "cpu"
+                    ) -> dict[str, float]:
+    """:func:`completion_metrics` of ``samples`` completions per prompt sampled at temperature 1, and the KL to
+    ``reference`` (when given)."""
+    completions = sample_completions(model, tokenizer, prompts, samples=samples, seed=seed, device=device)
+    result = completion_metrics(prompts, completions, target)
     if reference is not None:
         result["kl"] = estimate_kl(model, reference, tokenizer, prompts, completions, device)
     return result
