@@ -17,6 +17,7 @@ Stages:
   sweep   seed 0: β, rate, length, time range, the SFT anchor; SPO, DRO, GradSPO
   pairs   seed 0: SFT, Diffusion-DPO, Flow-DPO on other pair sets (clean labels, one position, 10× the pairs)
   position  the learning check on an area-neutral preference (the higher of two shapes of one kind)
+  scale   seed 0, flow: a 4× wider denoiser, its own reference, SFT on the winners and Flow-DPO
   reward, spro, rpo   each remaining method's own claim
 
 Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
@@ -438,6 +439,33 @@ def stage_position(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
+def stage_scale(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Seed 0, flow only: does a 4× wider denoiser (widths 32/64) change the ranking of SFT on the winners and
+    Flow-DPO? Its own reference is trained as the small one's (3,000 steps, batch 64, lr 1e-3)."""
+    task = make_task(out)
+    config = out / "task" / "unet-wide.json"
+    if not config.is_file():
+        config.write_text(json.dumps({**json.loads(task["unet"].read_text()), "widths": [32, 64]}, indent=2))
+    ref, ref_s = train(config, task["sft"], out / "reference-wide" / "flow", "diffusion_sft", prediction="flow",
+                       steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)
+    results, rows = {}, []
+    for label, method, model in (("reference (flow, wide)", None, ref), ("SFT on chosen (flow, wide)", "diffusion_sft", None),
+                                 ("Flow-DPO (wide)", "flow_dpo", None)):
+        seconds = ref_s if method is None else 0.0
+        if method is not None:
+            model, seconds = train(ref, task["pairs"], out / "seed0" / "scale" / method, method, prediction="flow",
+                                   steps=steps, seed=0)
+        m = measure(model, "flow", 0)
+        results[label] = {**m, "train_s": seconds}
+        rows.append([label, f"{m['preferred']:.3f}", f"{m['valid']:.3f}", f"{m['diversity']:.3f}", f"{seconds:.0f}"])
+        print(rows[-1], flush=True)
+    net, _ = load_denoiser(ref)
+    params = sum(p.numel() for p in net.parameters())
+    print_table(f"a 4x wider denoiser ({params:,} parameters; seed 0, {steps} steps, batch {BATCH} pairs)",
+                ["model", "preferred", "valid", "diversity", "train s"], rows)
+    return results
+
+
 def prompt_pairs(n: int, seed: int) -> dict[str, torch.Tensor]:
     """Pairs for a prompt-following scorer: an image drawn for prompt p beats one drawn for another prompt, both
     judged under p."""
@@ -518,7 +546,7 @@ def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "sweep": stage_sweep,
           "rpo": stage_rpo, "pairs": stage_pairs,
-          "position": stage_position}
+          "position": stage_position, "scale": stage_scale}
 
 
 def main() -> None:
