@@ -98,13 +98,21 @@ def measure(model_dir: Path, prediction: str, seed: int, noise_schedule: str = "
     return measure_net(net, prediction, seed, noise_schedule)
 
 
-def measure_net(net: torch.nn.Module, prediction: str, seed: int, noise_schedule: str = "scaled_linear"
-                ) -> dict[str, Any]:
+def heldout_samples(net: torch.nn.Module, prediction: str, seed: int, noise_schedule: str = "scaled_linear"
+                    ) -> tuple[torch.Tensor, list]:
+    """``SAMPLES`` samples of each held-out prompt (prompt-major, 20 sampler steps, the seed's fixed noise) and
+    their prompts: what every stage judges."""
     net.eval()
     prompts = [p for p in heldout_prompts() for _ in range(SAMPLES)]
     g = torch.Generator().manual_seed(10_000 + seed)
     images = sample(net, NoiseSchedule(prediction, schedule=noise_schedule), prompt_condition(prompts), (1, 16, 16),
                     steps=20, generator=g)
+    return images, prompts
+
+
+def measure_net(net: torch.nn.Module, prediction: str, seed: int, noise_schedule: str = "scaled_linear"
+                ) -> dict[str, Any]:
+    images, prompts = heldout_samples(net, prediction, seed, noise_schedule)
     kinds, valid, _ = classify_shapes(images, prompts)
     preferred = torch.tensor([k == PREFERRED for k in kinds])
     return {"preferred": float(preferred.float().mean()), "valid": float(valid.float().mean()),
@@ -351,6 +359,16 @@ PAIR_SETS = {  # name: (pairs per training prompt, flip rate, same position)
 }
 
 
+def pair_set(out: Path, per_prompt: int, flip: float, same_position: bool = False) -> Path:
+    """The file of a pair set (written on first use): ``per_prompt`` pairs per training prompt, ``flip`` of the labels
+    reversed, cross and square at one position or not; seed 1, as the task's own pairs."""
+    data = out / "task" / f"pairs-{per_prompt}-flip{flip:g}{'-samepos' if same_position else ''}.h5"
+    if not data.is_file():
+        p = make_shape_pairs(train_prompts(), per_prompt, flip_rate=flip, seed=1, same_position=same_position)
+        write_image_pairs(data, cond=p.cond, chosen=p.chosen, rejected=p.rejected)
+    return data
+
+
 def stage_pairs(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """Seed 0: SFT on the winners, Diffusion-DPO and Flow-DPO at their official β on other pair sets than the task's
     (clean labels; the two images at one position, so they differ only in the class; ten times the pairs): is the
@@ -359,10 +377,7 @@ def stage_pairs(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     refs = references(out, task)
     results, rows = {}, []
     for label, (per_prompt, flip, same) in PAIR_SETS.items():
-        data = out / "task" / f"pairs-{per_prompt}-flip{flip:g}{'-samepos' if same else ''}.h5"
-        if not data.is_file():
-            p = make_shape_pairs(train_prompts(), per_prompt, flip_rate=flip, seed=1, same_position=same)
-            write_image_pairs(data, cond=p.cond, chosen=p.chosen, rejected=p.rejected)
+        data = pair_set(out, per_prompt, flip, same)
         for method, prediction in (("diffusion_sft", "epsilon"), ("diffusion_dpo", "epsilon"),
                                    ("diffusion_sft", "flow"), ("flow_dpo", "flow")):
             model_dir, _ = train(refs[prediction], data, out / "seed0" / "pairs" / f"{data.stem}-{method}-{prediction}",
@@ -402,14 +417,10 @@ def stage_position(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     data = out / "task" / "pairs-position.h5"
     if not data.is_file():
         write_image_pairs(data, **position_pairs(50, 0.2, seed=3))
-    prompts = [p for p in heldout_prompts() for _ in range(SAMPLES)]
     results: dict[str, dict[str, list[float]]] = {}
 
     def judge(model_dir: Path, prediction: str, seed: int) -> dict[str, float]:
-        net, _ = load_denoiser(model_dir)
-        net.eval()
-        g = torch.Generator().manual_seed(10_000 + seed)
-        images = sample(net, NoiseSchedule(prediction), prompt_condition(prompts), (1, 16, 16), steps=20, generator=g)
+        images, prompts = heldout_samples(load_denoiser(model_dir)[0], prediction, seed)
         _, valid, _ = classify_shapes(images, prompts)
         top = shape_row(images) < (16 - 1) / 2
         return {"top": float(top.float().mean()), "valid": float(valid.float().mean()),
@@ -448,13 +459,12 @@ def stage_scale(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         config.write_text(json.dumps({**json.loads(task["unet"].read_text()), "widths": [32, 64]}, indent=2))
     ref, ref_s = train(config, task["sft"], out / "reference-wide" / "flow", "diffusion_sft", prediction="flow",
                        steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)
+    runs = [("reference (flow, wide)", ref, ref_s),
+            *((label, *train(ref, task["pairs"], out / "seed0" / "scale" / method, method, prediction="flow",
+                             steps=steps, seed=0))
+              for label, method in (("SFT on chosen (flow, wide)", "diffusion_sft"), ("Flow-DPO (wide)", "flow_dpo")))]
     results, rows = {}, []
-    for label, method, model in (("reference (flow, wide)", None, ref), ("SFT on chosen (flow, wide)", "diffusion_sft", None),
-                                 ("Flow-DPO (wide)", "flow_dpo", None)):
-        seconds = ref_s if method is None else 0.0
-        if method is not None:
-            model, seconds = train(ref, task["pairs"], out / "seed0" / "scale" / method, method, prediction="flow",
-                                   steps=steps, seed=0)
+    for label, model, seconds in runs:
         m = measure(model, "flow", 0)
         results[label] = {**m, "train_s": seconds}
         rows.append([label, f"{m['preferred']:.3f}", f"{m['valid']:.3f}", f"{m['diversity']:.3f}", f"{seconds:.0f}"])

@@ -34,9 +34,8 @@ from torch import Tensor
 import pbrl.sequence.diffusion_train as diffusion_train
 from pbrl.core.diffusion import diffusion_dpo_loss
 from pbrl.core.training import LossOutput
-from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
-from pbrl.sequence.diffusion_train import write_image_pairs
-from pbrl.sequence.shapes import classify_shapes, heldout_prompts, make_shape_pairs, prompt_condition, train_prompts
+from pbrl.sequence.diffusion import load_denoiser
+from pbrl.sequence.shapes import classify_shapes
 
 SDPO_MU = 0.9
 
@@ -78,15 +77,6 @@ class RemedyLearner(diffusion_train.DiffusionLearner):
         return LossOutput(losses.mean(), metrics)
 
 
-def pair_set(out: Path, flip: float) -> Path:
-    """The ``pairs`` stage's file of 900 pairs with ``flip`` of the labels reversed (written if absent)."""
-    data = out / "task" / f"pairs-50-flip{flip:g}.h5"
-    if not data.is_file():
-        p = make_shape_pairs(train_prompts(), 50, flip_rate=flip, seed=1)
-        write_image_pairs(data, cond=p.cond, chosen=p.chosen, rejected=p.rejected)
-    return data
-
-
 ROWS = [  # (row, variant, method, prediction, label flip, lr, steps, β (0: official))
     ("gentler rate, clean labels", "", "diffusion_dpo", "epsilon", 0.0, 1e-5, 600, 0.0),
     ("gentler rate, clean labels", "", "diffusion_dpo", "epsilon", 0.0, 1e-6, 2000, 0.0),
@@ -102,11 +92,7 @@ ROWS = [  # (row, variant, method, prediction, label flip, lr, steps, β (0: off
 
 def sample_looks(model_dir: Path, prediction: str) -> list[str]:
     """Shape in place, lit-pixel brightness against the prompt's, lit pixels: of the measure's held-out samples."""
-    net, _ = load_denoiser(model_dir)
-    net.eval()
-    prompts = [p for p in heldout_prompts() for _ in range(bench.SAMPLES)]
-    g = torch.Generator().manual_seed(10_000)
-    images = sample(net, NoiseSchedule(prediction), prompt_condition(prompts), (1, 16, 16), steps=20, generator=g)
+    images, prompts = bench.heldout_samples(load_denoiser(model_dir)[0], prediction, 0)
     _, valid, iou = classify_shapes(images, prompts)
     lit = images[:, 0] > -0.5
     lit_mean = (images[:, 0] * lit).flatten(1).sum(1) / lit.flatten(1).sum(1).clamp(min=1)
@@ -126,7 +112,7 @@ def main() -> None:
     for label, variant, method, prediction, flip, lr, steps, beta in ROWS:
         RemedyLearner.variant = variant
         name = f"{variant or 'plain'}-{method}-flip{flip:g}-lr{lr:g}-{steps}-beta{beta:g}"
-        model_dir, _ = bench.train(refs[prediction], pair_set(args.out, flip), args.out / "seed0" / "remedies" / name,
+        model_dir, _ = bench.train(refs[prediction], bench.pair_set(args.out, 50, flip), args.out / "seed0" / "remedies" / name,
                                    method, prediction=prediction, steps=steps, seed=0, lr=lr, beta=beta)
         m = bench.measure(model_dir, prediction, 0)
         rows.append([label, method, f"{lr:g}", str(steps), f"{beta:g}" if beta else "official", f"{m['preferred']:.3f}",
