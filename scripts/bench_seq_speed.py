@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = ROOT / ".venv-trl"
 TRL_PINS = ["torch==2.13.0", "trl==1.16.0", "transformers==5.24.*", "peft==0.21.2", "datasets", "tokenizers"]
-SIZES = {"tiny": {"layers": 2, "width": 64, "vocab": None}, "small": {"layers": 4, "width": 256, "vocab": 8192}}
+SIZES = {"tiny": {"layers": 2, "width": 64, "vocab": None}, "small": {"layers": 4, "width": 256, "vocab": 8192},
+         "medium": {"layers": 6, "width": 512, "vocab": 8192}}  # medium: the GPU check's size
 
 WORKER = r'''
 import json, sys, time, torch
@@ -48,6 +49,8 @@ dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")}
 times = []
 class Clock(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
+        if spec["device"] != "cpu" and state.global_step in (spec["warmup"], spec["steps"]):
+            torch.cuda.synchronize()  # the clock's two ends only, as pbrl's loop synchronises at its last step
         times.append(time.perf_counter())
 peft_config = None
 if spec["lora"]:
@@ -152,13 +155,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
     parser.add_argument("--settings", nargs="+", default=["live", "cached", "lora"])
+    parser.add_argument("--trl-python", default="", help="a Python that imports trl 1.16.0 (default: make .venv-trl "
+                        "here); on a GPU machine that can fetch nothing, the wheels carried there")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    trl_python = ensure_trl_venv()
+    trl_python = Path(args.trl_python) if args.trl_python else ensure_trl_venv()
     from pbrl.sequence.lm import word_tokenizer
     from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task
 
