@@ -583,7 +583,7 @@ def cmd_seq_self_play(args: argparse.Namespace) -> int:
     overrides = {"run": [], "method": [f"name={args.method!r}"], "train": [f"steps={args.steps}"]}
     _apply_sections(cfg, overrides, args.set)
     rounds = self_play(cfg, load_reward_fn(args.reward), args.out, rounds=args.rounds, samples=args.samples,
-                       progress=not args.quiet)
+                       flip_rate=args.flip_rate, progress=not args.quiet)
     for r in rounds:
         print(json.dumps(vars(r)))
     return 0
@@ -922,10 +922,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="an HDF5 file whose cond rows are the prompts")
     sp.add_argument("--reward", required=True, help="module:function (images, cond) -> [N], or a reward-model folder")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--method", default="diffusion_dpo", choices=("diffusion_dpo", "flow_dpo"))
+    sp.add_argument("--method", default="diffusion_dpo", choices=("diffusion_dpo", "flow_dpo", "diffusion_sft"),
+                    help="the trainer of each round (diffusion_sft: the winners only, a RAFT-style baseline)")
     sp.add_argument("--rounds", type=int, default=3)
     sp.add_argument("--samples", type=int, default=8, help="samples per prompt per round")
     sp.add_argument("--steps", type=int, default=200, help="training steps per round")
+    sp.add_argument("--flip-rate", type=float, default=0.0, help="a noisy annotator: share of pairs reversed")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="run.*, method.*, train.*")
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_seq_self_play)

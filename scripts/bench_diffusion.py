@@ -18,7 +18,11 @@ Stages:
   pairs   seed 0: SFT, Diffusion-DPO, Flow-DPO on other pair sets (clean labels, one position, 10× the pairs)
   position  the learning check on an area-neutral preference (the higher of two shapes of one kind)
   scale   seed 0, flow: a 4× wider denoiser, its own reference, SFT on the winners and Flow-DPO
-  reward, spro, rpo   each remaining method's own claim
+  reward, spro, rpo   each remaining method's own claim (spro: self-play with Diffusion-DPO and with SFT on the
+          rounds' winners, ε)
+  spro_flow  self-play with Flow-DPO and with SFT on the rounds' winners (flow): the learning check on own samples
+  spro_ablation  the offline pairs in self-play's rounds; self-play with 20 % of its pairs reversed
+  spro_beta  seed 0: self-play with Diffusion-DPO at β 1,000 and 20,000
 
 Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
 """
@@ -269,23 +273,30 @@ def stage_reward(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return {"reward_accuracy": accuracy, **results}
 
 
-def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
-    """SPRO-style self-play from the ε reference with the exact judge as the reward (1 valid, 2 valid cross):
-    4 rounds of 8 samples per training prompt (up to 4 pairs each) and 200 Diffusion-DPO steps at lr 2e-5; the
-    reward of each round's own samples,
-    and the held-out measurement of each round's model."""
+def spro(out: Path, seeds: list[int], prediction: str, method: str, flip_rate: float = 0.0,
+         **method_fields: Any) -> dict[str, Any]:
+    """SPRO-style self-play from the ``prediction`` reference with the exact judge as the reward (1 valid, 2 valid
+    cross): 4 rounds of 8 samples per training prompt (up to 4 pairs each) and 200 steps of ``method`` at lr 2e-5
+    (``diffusion_sft``: on the pairs' winners alone, RAFT-style); the reward of each round's own samples, and the
+    held-out measurement of each round's model."""
     task = make_task(out)
     refs = references(out, task)
+    suffix = "" if prediction == "epsilon" else "-flow"
+    suffix += "-sft" if method == "diffusion_sft" else ""
+    suffix += f"-flip{flip_rate:g}" if flip_rate else ""
+    suffix += "".join(f"-{k}{v:g}" for k, v in method_fields.items())
     results: dict[str, Any] = {}
     for seed in seeds:
-        cfg = DiffusionRunConfig(model=str(refs["epsilon"]), data=str(task["sft"]))
-        cfg.method.name = "diffusion_dpo"
+        cfg = DiffusionRunConfig(model=str(refs[prediction]), data=str(task["sft"]), prediction=prediction)
+        cfg.method.name = method
+        for key, value in method_fields.items():
+            setattr(cfg.method, key, value)
         cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = 200, BATCH, SPRO_LR, seed
         cfg.train.log_every, cfg.train.checkpoint_every = 50, 200
-        folder = out / f"seed{seed}" / "spro"
-        rounds = self_play(cfg, shape_reward, folder, rounds=SPRO_ROUNDS, samples=8)
+        folder = out / f"seed{seed}" / f"spro{suffix}"
+        rounds = self_play(cfg, shape_reward, folder, rounds=SPRO_ROUNDS, samples=8, flip_rate=flip_rate)
         models = [rounds[0].model] + [r.result for r in rounds]
-        held = [measure(Path(m), "epsilon", seed) for m in models]
+        held = [measure(Path(m), prediction, seed) for m in models]
         results[f"seed{seed}"] = {"train_reward": [r.reward_mean for r in rounds],
                                   "heldout": held, "pairs": [r.pairs for r in rounds]}
         print(f"seed {seed}: own-sample reward by round {[round(r.reward_mean, 3) for r in rounds]}; held-out "
@@ -295,11 +306,56 @@ def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         own = [results[f"seed{s}"]["train_reward"][r] for s in seeds] if r < SPRO_ROUNDS else None
         rows.append([str(r), ms(own) if own else "–",
                      *(ms([results[f"seed{s}"]["heldout"][r][k] for s in seeds])
-                       for k in ("preferred", "valid", "preferred_valid"))])
-    print_table(f"self-play (SPRO-style), {SPRO_ROUNDS} rounds × 200 Diffusion-DPO steps, {len(seeds)} seeds",
-                ["model after round", "own-sample reward (of 2)", "held-out preferred", "valid", "preferred & valid"],
-                rows)
+                       for k in ("preferred", "valid", "preferred_valid", "diversity"))])
+    shown = ", ".join(f"{k} {v:g}" for k, v in {**method_fields, "reversed": flip_rate}.items() if v)
+    print_table(f"self-play (SPRO-style), {SPRO_ROUNDS} rounds × 200 {method} steps{', ' + shown if shown else ''}, "
+                f"{len(seeds)} seeds",
+                ["model after round", "own-sample reward (of 2)", "held-out preferred", "valid", "preferred & valid",
+                 "diversity"], rows)
     return results
+
+
+def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Self-play with Diffusion-DPO on the ε reference, and with SFT on the same rounds' winners."""
+    return {"diffusion_dpo": spro(out, seeds, "epsilon", "diffusion_dpo"),
+            "diffusion_sft": spro(out, seeds, "epsilon", "diffusion_sft")}
+
+
+def stage_spro_ablation(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Why self-play moves Flow-DPO and the offline pairs do not: (1) the offline pairs in self-play's schedule (4
+    rounds × 200 steps, each round's reference the model it starts from), (2) self-play with 20 % of its pairs
+    reversed, as the offline pairs are, for Flow-DPO and for SFT on the winners."""
+    task = make_task(out)
+    refs = references(out, task)
+    results: dict[str, Any] = {"offline, rounds": {}}
+    for seed in seeds:
+        model, held = refs["flow"], [measure(refs["flow"], "flow", seed)]
+        for r in range(SPRO_ROUNDS):
+            model, _ = train(model, task["pairs"], out / f"seed{seed}" / "offline-rounds" / f"round_{r}", "flow_dpo",
+                             prediction="flow", steps=200, seed=seed + r, lr=SPRO_LR)
+            held.append(measure(model, "flow", seed))
+        results["offline, rounds"][f"seed{seed}"] = held
+        print(f"seed {seed}: offline pairs in rounds, held-out preferred&valid by model "
+              f"{[round(h['preferred_valid'], 3) for h in held]}", flush=True)
+    print_table(f"the task's offline pairs (20 % reversed), Flow-DPO in {SPRO_ROUNDS} rounds × 200 steps, lr "
+                f"{SPRO_LR:g}, the reference refreshed each round; {len(seeds)} seeds",
+                ["model after round", "held-out preferred", "valid", "preferred & valid", "diversity"],
+                [[str(r), *(ms([results["offline, rounds"][f"seed{s}"][r][k] for s in seeds])
+                            for k in ("preferred", "valid", "preferred_valid", "diversity"))]
+                 for r in range(SPRO_ROUNDS + 1)])
+    results["self-play, 20 % reversed"] = {m: spro(out, seeds, "flow", m, flip_rate=0.2)
+                                           for m in ("flow_dpo", "diffusion_sft")}
+    return results
+
+
+def stage_spro_beta(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Self-play with Diffusion-DPO at other β than the official 5,000 (the offline sweep's range)."""
+    return {f"beta {b:g}": spro(out, seeds, "epsilon", "diffusion_dpo", beta=b) for b in (1000.0, 20000.0)}
+
+
+def stage_spro_flow(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Self-play with Flow-DPO on the flow reference, and with SFT on the same rounds' winners."""
+    return {"flow_dpo": spro(out, seeds, "flow", "flow_dpo"), "diffusion_sft": spro(out, seeds, "flow", "diffusion_sft")}
 
 
 SWEEP = [  # (method, prediction, lr, steps, fields): seed-0 runs behind the settings docs/benchmarks.md cites
@@ -554,7 +610,8 @@ def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
-STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "sweep": stage_sweep,
+STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "spro_flow": stage_spro_flow,
+          "spro_ablation": stage_spro_ablation, "spro_beta": stage_spro_beta, "sweep": stage_sweep,
           "rpo": stage_rpo, "pairs": stage_pairs,
           "position": stage_position, "scale": stage_scale}
 

@@ -476,6 +476,21 @@ def test_self_play_rounds_and_checkpoint_selection(shapes_task, tmp_path):
                      sample_steps=2)
     assert [r.pairs for r in flat] == [0, 0] and flat[1].result == flat[0].model == str(shapes_task["unet"])
     assert not (tmp_path / "flat/round_0/run").exists()
+    # the RAFT-style baseline: the same rounds, SFT on each round's winners
+    cfg.method.name = "diffusion_sft"
+    raft = self_play(cfg, brightness, tmp_path / "raft", rounds=1, samples=3, sample_steps=2)
+    assert raft[0].pairs > 0 and json.loads((tmp_path / "raft/round_0/run/metrics.json").read_text())["method"] == \
+        "diffusion_sft"
+    # a noisy annotator reverses pairs: some winners are then the darker image
+    noisy = self_play(cfg, brightness, tmp_path / "noisy", rounds=1, samples=8, sample_steps=2, flip_rate=0.4)
+    clean, flipped = (load_image_pairs(tmp_path / name / "round_0/pairs.h5", "diffusion_dpo") for name in ("raft", "noisy"))
+    margin = lambda d: d.chosen.mean((1, 2, 3)) - d.rejected.mean((1, 2, 3))  # noqa: E731
+    assert (margin(clean) > 0).all() and 0 < (margin(flipped) < 0).sum() < noisy[0].pairs
+    with pytest.raises(ConfigError, match=r"flip_rate: got 0.5, expected in \[0, 0.5\)"):
+        self_play(cfg, brightness, tmp_path / "bad", rounds=1, flip_rate=0.5)
+    cfg.method.name = "spo"
+    with pytest.raises(ConfigError, match=r"method.name: got 'spo', expected one of \['diffusion_dpo'"):
+        self_play(cfg, brightness, tmp_path / "spo", rounds=1, samples=3, sample_steps=2)
 
 
 # ---------------------------------------------------------------- learning check of the objective (DESIGN §7.5)

@@ -5,7 +5,9 @@
   ``samples`` images per prompt with the current model, **scores** them with a pluggable reward function,
   **pairs** the i-th best with the i-th worst of each prompt (i < samples / 2, equal rewards make no pair), and
   **trains** Diffusion-DPO / Flow-DPO from the current model
-  (which is also that round's reference) on those pairs. Every round is a resumable run folder.
+  (which is also that round's reference) on those pairs. Every round is a resumable run folder. With
+  ``diffusion_sft`` the same loop trains on the pairs' winners alone (reward-ranked fine-tuning, RAFT-style): the
+  baseline that sees the same samples and the same ranking without the loser term.
 - :func:`select_checkpoint`: RPO's early stop (Miao et al., 2024): score the samples of every kept checkpoint
   with a reward (the λ-Harmonic reward, :func:`pbrl.core.lambda_harmonic_reward`) and keep the best.
 """
@@ -29,8 +31,9 @@ from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
 from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, train_diffusion, write_image_pairs
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images [N, ...], cond [N, D]) -> rewards [N]
+SELF_PLAY_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft")  # diffusion_sft: the winners only (RAFT-style)
 
-__all__ = ["RoundResult", "load_reward_fn", "select_checkpoint", "self_play"]
+__all__ = ["SELF_PLAY_METHODS", "RoundResult", "load_reward_fn", "select_checkpoint", "self_play"]
 
 
 @dataclass
@@ -43,11 +46,17 @@ class RoundResult:
 
 
 def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike, *, rounds: int = 3,
-              samples: int = 8, sample_steps: int = 20, progress: bool = False) -> list[RoundResult]:
+              samples: int = 8, sample_steps: int = 20, flip_rate: float = 0.0,
+              progress: bool = False) -> list[RoundResult]:
     """Run ``rounds`` rounds from ``cfg.model`` on the prompts (unique ``cond`` rows) of ``cfg.data``; round r lives in
-    ``out/round_r`` (its pairs, its training run). ``cfg.method.name`` must be diffusion_dpo or flow_dpo."""
-    if cfg.method.name not in ("diffusion_dpo", "flow_dpo"):
-        raise ConfigError(describe("self_play", "method.name", repr(cfg.method.name), "'diffusion_dpo' or 'flow_dpo'"))
+    ``out/round_r`` (its pairs, its training run). ``cfg.method.name`` is one of :data:`SELF_PLAY_METHODS`.
+    ``flip_rate``: a noisy annotator's share of reversed pairs (each decided pair swapped with that probability,
+    drawn from the round's seeded generator)."""
+    if cfg.method.name not in SELF_PLAY_METHODS:
+        raise ConfigError(describe("self_play", "method.name", repr(cfg.method.name),
+                                   f"one of {list(SELF_PLAY_METHODS)}"))
+    if not 0.0 <= flip_rate < 0.5:
+        raise ConfigError(describe("self_play", "flip_rate", flip_rate, "in [0, 0.5)"))
     out = Path(out)
     data = load_image_pairs(cfg.data, "diffusion_sft")
     prompts = torch.unique(data.cond, dim=0)
@@ -71,6 +80,9 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
         top, bottom = order[:, :k], order[:, samples - k:].flip(1)       # the i-th best with the i-th worst
         rows = torch.arange(len(prompts))[:, None].expand(-1, k)
         decided = scores[rows, top] > scores[rows, bottom]               # equal rewards make no pair
+        if flip_rate > 0:
+            flipped = torch.rand(top.shape, generator=g) < flip_rate
+            top, bottom = torch.where(flipped, bottom, top), torch.where(flipped, top, bottom)
         results.append(RoundResult(r, float(scores.mean()), int(decided.sum()), str(model), str(model)))
         if not decided.any():  # every prompt's samples scored alike: nothing to learn from this round
             atomic_write_text(out / "rounds.json", json.dumps([vars(x) for x in results], indent=2))
