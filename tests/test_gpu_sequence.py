@@ -33,9 +33,18 @@ def grammar(tmp_path_factory) -> dict[str, Path]:
     return {**paths, "model": d / "model"}
 
 
-def _finite(checkpoint: Path) -> bool:
-    state = torch.load(checkpoint, weights_only=False)["agent"]
-    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+def _straight_and_resumed(train, config, out: Path) -> dict[str, torch.Tensor]:
+    """``train`` for 20 steps in one go and in two calls (stopped at 10, resumed); both finish on finite weights
+    that agree (cuBLAS picks the same kernels for the same shapes). Returns the straight run's final state."""
+    straight = train(config(), out / "straight", progress=False)
+    train(config(), out / "split", progress=False, stop_at=10)
+    split = train(config(), out / "split", progress=False)
+    assert straight.finished and split.finished and split.start_step == 10
+    a, b = (torch.load(out / run / "checkpoints/step_00000020.pt", weights_only=False)["agent"]
+            for run in ("straight", "split"))
+    assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    return a
 
 
 @pytest.mark.parametrize("method", ["dpo", "tgdpo", "isq"])
@@ -71,15 +80,7 @@ def test_seq_train_runs_on_cuda_in_bf16_and_resumes(grammar, tmp_path, dtype):
         cfg.train.device, cfg.train.amp, cfg.train.log_every = "cuda", True, 5
         return cfg
 
-    straight = train_sequence(config(), tmp_path / "straight", progress=False)
-    train_sequence(config(), tmp_path / "split", progress=False, stop_at=10)
-    split = train_sequence(config(), tmp_path / "split", progress=False)
-    assert straight.finished and split.finished and split.start_step == 10
-    a = torch.load(tmp_path / "straight/checkpoints/step_00000020.pt", weights_only=False)["agent"]
-    b = torch.load(tmp_path / "split/checkpoints/step_00000020.pt", weights_only=False)["agent"]
-    assert _finite(tmp_path / "straight/checkpoints/step_00000020.pt")
-    # cuBLAS picks the same kernels for the same shapes: the resumed run lands on the same weights
-    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    _straight_and_resumed(train_sequence, config, tmp_path)
     assert json.loads((tmp_path / "straight/metrics.json").read_text())["steps"] == 20
 
 
@@ -113,13 +114,6 @@ def test_diffusion_train_runs_on_cuda_with_bf16_ema_and_checkpointing(tmp_path, 
         cfg.train.device, cfg.train.amp, cfg.train.log_every = "cuda", True, 5
         return cfg
 
-    straight = train_diffusion(config(), tmp_path / "straight", progress=False)
-    train_diffusion(config(), tmp_path / "split", progress=False, stop_at=10)
-    split = train_diffusion(config(), tmp_path / "split", progress=False)
-    assert straight.finished and split.finished and split.start_step == 10
-    assert _finite(tmp_path / "straight/checkpoints/step_00000020.pt")
-    a = torch.load(tmp_path / "straight/checkpoints/step_00000020.pt", weights_only=False)["agent"]
-    b = torch.load(tmp_path / "split/checkpoints/step_00000020.pt", weights_only=False)["agent"]
-    assert any(k.startswith("ema.") for k in a)
-    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+    state = _straight_and_resumed(train_diffusion, config, tmp_path)
+    assert any(k.startswith("ema.") for k in state)
     assert list((tmp_path / "straight").glob("**/events.out.tfevents.*"))  # scalars and the image grid
