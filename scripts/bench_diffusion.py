@@ -22,7 +22,8 @@ Stages:
           rounds' winners, ε)
   spro_flow  self-play with Flow-DPO and with SFT on the rounds' winners (flow): the learning check on own samples
   spro_ablation  the offline pairs in self-play's rounds; self-play with 20 % of its pairs reversed
-  spro_beta  seed 0: self-play with Diffusion-DPO at β 1,000 and 20,000
+  spro_beta  seed 0: self-play with Diffusion-DPO at β 1,000 and 20,000 (ε), 1,000 and 300 (v)
+  spro_v  self-play with Diffusion-DPO and SFT on a v-prediction model (its own reference)
 
 Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
 """
@@ -280,8 +281,8 @@ def spro(out: Path, seeds: list[int], prediction: str, method: str, flip_rate: f
     (``diffusion_sft``: on the pairs' winners alone, RAFT-style); the reward of each round's own samples, and the
     held-out measurement of each round's model."""
     task = make_task(out)
-    refs = references(out, task)
-    suffix = "" if prediction == "epsilon" else "-flow"
+    refs = {**references(out, task), "v": v_reference(out, task)} if prediction == "v" else references(out, task)
+    suffix = "" if prediction == "epsilon" else f"-{prediction}"
     suffix += "-sft" if method == "diffusion_sft" else ""
     suffix += f"-flip{flip_rate:g}" if flip_rate else ""
     suffix += "".join(f"-{k}{v:g}" for k, v in method_fields.items())
@@ -348,9 +349,23 @@ def stage_spro_ablation(out: Path, seeds: list[int], steps: int) -> dict[str, An
     return results
 
 
+def v_reference(out: Path, task: dict[str, Path]) -> Path:
+    """A v-prediction reference (the ε-model's schedule, v = √ᾱ ε − √(1−ᾱ) x₀), trained as the other two."""
+    return train(task["unet"], task["sft"], out / "reference" / "v", "diffusion_sft", prediction="v",
+                 steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)[0]
+
+
+def stage_spro_v(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Self-play with Diffusion-DPO on a v-prediction model (same schedule and sampler as the ε-model), and with SFT
+    on the rounds' winners: is Diffusion-DPO's failure the ε parameterisation?"""
+    return {"diffusion_dpo": spro(out, seeds, "v", "diffusion_dpo"), "diffusion_sft": spro(out, seeds, "v", "diffusion_sft")}
+
+
 def stage_spro_beta(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
-    """Self-play with Diffusion-DPO at other β than the official 5,000 (the offline sweep's range)."""
-    return {f"beta {b:g}": spro(out, seeds, "epsilon", "diffusion_dpo", beta=b) for b in (1000.0, 20000.0)}
+    """Self-play with Diffusion-DPO at other β than the official 5,000: ε at 1,000 and 20,000 (the offline sweep's
+    range), v at 1,000 and 300."""
+    return {**{f"epsilon, beta {b:g}": spro(out, seeds, "epsilon", "diffusion_dpo", beta=b) for b in (1000.0, 20000.0)},
+            **{f"v, beta {b:g}": spro(out, seeds, "v", "diffusion_dpo", beta=b) for b in (1000.0, 300.0)}}
 
 
 def stage_spro_flow(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
@@ -611,7 +626,7 @@ def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 
 STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "spro_flow": stage_spro_flow,
-          "spro_ablation": stage_spro_ablation, "spro_beta": stage_spro_beta, "sweep": stage_sweep,
+          "spro_ablation": stage_spro_ablation, "spro_beta": stage_spro_beta, "spro_v": stage_spro_v, "sweep": stage_sweep,
           "rpo": stage_rpo, "pairs": stage_pairs,
           "position": stage_position, "scale": stage_scale}
 
