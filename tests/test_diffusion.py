@@ -486,6 +486,8 @@ def test_self_play_rounds_and_checkpoint_selection(shapes_task, tmp_path):
     clean, flipped = (load_image_pairs(tmp_path / name / "round_0/pairs.h5", "diffusion_dpo") for name in ("raft", "noisy"))
     margin = lambda d: d.chosen.mean((1, 2, 3)) - d.rejected.mean((1, 2, 3))  # noqa: E731
     assert (margin(clean) > 0).all() and 0 < (margin(flipped) < 0).sum() < noisy[0].pairs
+    with pytest.raises(ConfigError, match=r"self_play.flip_rate: stored 0.4, asked 0.2"):  # resumed otherwise
+        self_play(cfg, brightness, tmp_path / "noisy", rounds=2, samples=8, sample_steps=2, flip_rate=0.2)
     with pytest.raises(ConfigError, match=r"flip_rate: got 0.5, expected in \[0, 0.5\)"):
         self_play(cfg, brightness, tmp_path / "bad", rounds=1, flip_rate=0.5)
     cfg.method.name = "spo"
