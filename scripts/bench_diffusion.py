@@ -126,10 +126,15 @@ def measure_net(net: torch.nn.Module, prediction: str, seed: int, noise_schedule
             "diversity": image_diversity(images, len(heldout_prompts()))}
 
 
+def reference(out: Path, task: dict[str, Path], prediction: str) -> Path:
+    """The SFT reference of one parameterisation (seed 0, shared by every seed of every stage; trained on first use)."""
+    return train(task["unet"], task["sft"], out / "reference" / prediction, "diffusion_sft", prediction=prediction,
+                 steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)[0]
+
+
 def references(out: Path, task: dict[str, Path]) -> dict[str, Path]:
-    """The SFT references (seed 0, shared by every seed of every stage): an ε-model and a rectified flow."""
-    return {p: train(task["unet"], task["sft"], out / "reference" / p, "diffusion_sft", prediction=p,
-                     steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)[0] for p in ("epsilon", "flow")}
+    """The references most stages compare: an ε-model and a rectified flow."""
+    return {p: reference(out, task, p) for p in ("epsilon", "flow")}
 
 
 def step_aware_model(out: Path, task: dict[str, Path]) -> Path:
@@ -282,14 +287,14 @@ def spro(out: Path, seeds: list[int], prediction: str, method: str, flip_rate: f
     (``diffusion_sft``: on the pairs' winners alone, RAFT-style); the reward of each round's own samples, and the
     held-out measurement of each round's model."""
     task = make_task(out)
-    refs = {**references(out, task), "v": v_reference(out, task)} if prediction == "v" else references(out, task)
+    start = reference(out, task, prediction)
     suffix = "" if prediction == "epsilon" else f"-{prediction}"
     suffix += "-sft" if method == "diffusion_sft" else ""
     suffix += f"-flip{flip_rate:g}" if flip_rate else ""
     suffix += "".join(f"-{k}{v:g}" for k, v in method_fields.items())
     results: dict[str, Any] = {}
     for seed in seeds:
-        cfg = DiffusionRunConfig(model=str(refs[prediction]), data=str(task["sft"]), prediction=prediction)
+        cfg = DiffusionRunConfig(model=str(start), data=str(task["sft"]), prediction=prediction)
         cfg.method.name = method
         for key, value in method_fields.items():
             setattr(cfg.method, key, value)
@@ -317,10 +322,16 @@ def spro(out: Path, seeds: list[int], prediction: str, method: str, flip_rate: f
     return results
 
 
+def spro_against_sft(out: Path, seeds: list[int], prediction: str) -> dict[str, Any]:
+    """Self-play with the DPO objective of ``prediction`` (Flow-DPO for flow, Diffusion-DPO otherwise), and with SFT
+    on the same loop's winners: the learning check on the model's own samples."""
+    method = "flow_dpo" if prediction == "flow" else "diffusion_dpo"
+    return {method: spro(out, seeds, prediction, method), "diffusion_sft": spro(out, seeds, prediction, "diffusion_sft")}
+
+
 def stage_spro(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
-    """Self-play with Diffusion-DPO on the ε reference, and with SFT on the same rounds' winners."""
-    return {"diffusion_dpo": spro(out, seeds, "epsilon", "diffusion_dpo"),
-            "diffusion_sft": spro(out, seeds, "epsilon", "diffusion_sft")}
+    """Self-play on the ε reference."""
+    return spro_against_sft(out, seeds, "epsilon")
 
 
 def stage_spro_ablation(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
@@ -350,16 +361,10 @@ def stage_spro_ablation(out: Path, seeds: list[int], steps: int) -> dict[str, An
     return results
 
 
-def v_reference(out: Path, task: dict[str, Path]) -> Path:
-    """A v-prediction reference (the ε-model's schedule, v = √ᾱ ε − √(1−ᾱ) x₀), trained as the other two."""
-    return train(task["unet"], task["sft"], out / "reference" / "v", "diffusion_sft", prediction="v",
-                 steps=SFT_STEPS, seed=0, lr=SFT_LR, batch=SFT_BATCH)[0]
-
-
 def stage_spro_v(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
-    """Self-play with Diffusion-DPO on a v-prediction model (same schedule and sampler as the ε-model), and with SFT
-    on the rounds' winners: is Diffusion-DPO's failure the ε parameterisation?"""
-    return {"diffusion_dpo": spro(out, seeds, "v", "diffusion_dpo"), "diffusion_sft": spro(out, seeds, "v", "diffusion_sft")}
+    """Self-play on a v-prediction reference (v = √ᾱ ε − √(1−ᾱ) x₀; the ε-model's schedule and sampler): is
+    Diffusion-DPO's failure the ε parameterisation?"""
+    return spro_against_sft(out, seeds, "v")
 
 
 def stage_spro_beta(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
@@ -370,8 +375,8 @@ def stage_spro_beta(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 
 def stage_spro_flow(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
-    """Self-play with Flow-DPO on the flow reference, and with SFT on the same rounds' winners."""
-    return {"flow_dpo": spro(out, seeds, "flow", "flow_dpo"), "diffusion_sft": spro(out, seeds, "flow", "diffusion_sft")}
+    """Self-play on the rectified-flow reference."""
+    return spro_against_sft(out, seeds, "flow")
 
 
 SWEEP = [  # (method, prediction, lr, steps, fields): seed-0 runs behind the settings docs/benchmarks.md cites
@@ -647,10 +652,10 @@ def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
-STAGES = {"learn": stage_learn, "reward": stage_reward, "spro": stage_spro, "spro_flow": stage_spro_flow,
-          "spro_ablation": stage_spro_ablation, "spro_beta": stage_spro_beta, "spro_v": stage_spro_v, "dro_clean": stage_dro_clean, "sweep": stage_sweep,
-          "rpo": stage_rpo, "pairs": stage_pairs,
-          "position": stage_position, "scale": stage_scale}
+STAGES = {"learn": stage_learn, "sweep": stage_sweep, "pairs": stage_pairs, "position": stage_position,
+          "scale": stage_scale, "dro_clean": stage_dro_clean, "reward": stage_reward, "rpo": stage_rpo,
+          "spro": stage_spro, "spro_flow": stage_spro_flow, "spro_ablation": stage_spro_ablation,
+          "spro_beta": stage_spro_beta, "spro_v": stage_spro_v}
 
 
 def main() -> None:
