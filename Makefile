@@ -40,15 +40,16 @@ demo: $(STAMP)
 
 test: $(STAMP) system-packages
 	$(PY) -m ruff check .
-	$(PY) -m pytest --durations=15
+	# two workers on the two cores; --dist loadscope keeps each module (and its module-scoped fixtures) on one worker
+	$(PY) -m pytest -n 2 --dist loadscope --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(PY) scripts/bench_data.py
-	$(PY) scripts/bench_speed.py
-	$(PY) scripts/bench_agents.py
+	$(PY) scripts/bench/data.py
+	$(PY) scripts/bench/speed.py
+	$(PY) scripts/bench/agents.py
 
 clean:
 	rm -rf runs/demo .pytest_cache

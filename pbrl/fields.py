@@ -75,14 +75,6 @@ def param(default: Any, *, ge: float | None = None, gt: float | None = None, le:
     return dataclasses.field(default=default, metadata=meta)
 
 
-def bounds_of(obj: Any, name: str) -> Bounds:
-    """The declared bounds of field ``name`` of dataclass ``obj`` (no bounds: floats finite, anything else free)."""
-    for f in dataclasses.fields(obj):
-        if f.name == name:
-            return f.metadata.get("bounds", Bounds())
-    raise KeyError(name)
-
-
 def check_fields(obj: Any, section: str, where: str | Callable[[str], str]) -> None:
     """Raise a one-line :class:`ConfigError` for the first field of dataclass ``obj`` outside its bounds, then run
     the object's own ``check()`` (cross-field rules: ``(field, got, expected)`` or None). ``where`` names the

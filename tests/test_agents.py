@@ -75,11 +75,13 @@ def test_exact_resume_for_every_agent(tmp_path, agent):
     assert a["optimizers"].keys() == b["optimizers"].keys()
 
 
-def test_iql_learns_the_rewarded_behaviour_where_bc_averages(tmp_path):
-    data = two_behaviour_dataset(tmp_path)
-    train(config("iql-oracle", data, steps=400, lr=1e-3), tmp_path / "iql", progress=False)
+@pytest.mark.learning
+def test_iql_learns_the_rewarded_behaviour_where_bc_averages(tmp_path, learned, learning_seed):
+    data = two_behaviour_dataset(tmp_path, seed=learning_seed)
+    train(config("iql-oracle", data, steps=400, seed=learning_seed, lr=1e-3), tmp_path / "iql", progress=False)
     _, iql, _ = load_run(tmp_path / "iql", "cpu")
-    assert mean_action(iql) > 0.4, "IQL with the true reward should act like the rewarded (+0.6) behaviour"
+    # IQL with the true reward acts like the rewarded (+0.6) behaviour
+    learned.check("oracle IQL mean action", mean_action(iql), ">", 0.4)
     state = torch.load(Checkpoints(tmp_path / "iql" / "checkpoints", 1).latest(), weights_only=False)
     assert set(state["optimizers"]) == {"value", "critic", "actor"}
     # the target critic moved towards the critic (Polyak) but is not equal to it
@@ -87,31 +89,33 @@ def test_iql_learns_the_rewarded_behaviour_where_bc_averages(tmp_path):
     assert not torch.equal(q, qt) and (q - qt).abs().max() < 1.0
 
 
-def test_sft_learns_the_preferred_segments(tmp_path):
-    data = two_behaviour_dataset(tmp_path)
-    train(config("sft", data, steps=300, dropout=0.0, lr=1e-3), tmp_path / "sft", progress=False)
+@pytest.mark.learning
+def test_sft_learns_the_preferred_segments(tmp_path, learned, learning_seed):
+    data = two_behaviour_dataset(tmp_path, seed=learning_seed)
+    train(config("sft", data, steps=300, seed=learning_seed, dropout=0.0, lr=1e-3), tmp_path / "sft", progress=False)
     _, sft, _ = load_run(tmp_path / "sft", "cpu")
-    assert mean_action(sft) > 0.4, "SFT imitates only the preferred (+0.6) segments"
+    learned.check("SFT mean action", mean_action(sft), ">", 0.4)  # it imitates only the preferred (+0.6) segments
 
 
-def test_iql_with_a_learned_reward_learns_the_preferred_behaviour(tmp_path):
-    data = two_behaviour_dataset(tmp_path)
-    cfg = config("iql-mr", data, steps=400, lr=1e-3)
+@pytest.mark.learning
+def test_iql_with_a_learned_reward_learns_the_preferred_behaviour(tmp_path, learned, learning_seed):
+    data = two_behaviour_dataset(tmp_path, seed=learning_seed)
+    cfg = config("iql-mr", data, steps=400, seed=learning_seed, lr=1e-3)
     for key, value in (("reward_steps", 200), ("reward_hidden_layers", [32, 32]), ("reward_members", 2)):
         setattr(cfg.agent_config, key, value)
     result = train(cfg, tmp_path / "mr", progress=False)
-    assert result["reward_model"]["holdout_accuracy"] > 0.9
+    learned.check("reward model held-out accuracy", result["reward_model"]["holdout_accuracy"], ">", 0.9)
     _, agent, _ = load_run(tmp_path / "mr", "cpu")
-    assert mean_action(agent) > 0.4
+    learned.check("IQL+MR mean action", mean_action(agent), ">", 0.4)
 
 
-def reward_accuracy(tmp_path, labels_fn, steps=600):
+def reward_accuracy(tmp_path, labels_fn, steps=600, seed=0):
     """Held-out accuracy of a small MLP reward model on return-teacher labels of the shipped Hopper trajectories."""
     ds = load_dataset("hopper-medium-replay-small", preferences=False).trajectories
-    prefs = make_preferences(ds, pairs=3000, segment=32, teacher=Teacher(), seed=0)
+    prefs = make_preferences(ds, pairs=3000, segment=32, teacher=Teacher(), seed=seed)
     prefs.label = labels_fn(prefs.label)
-    path = write_preferences(tmp_path / "p.prefs.h5", prefs, ds, teacher={"name": "return"}, seed=0)
-    cfg = build_config("iql-mr", str(path), scale="cpu", seed=0, overrides=[
+    path = write_preferences(tmp_path / "p.prefs.h5", prefs, ds, teacher={"name": "return"}, seed=seed)
+    cfg = build_config("iql-mr", str(path), scale="cpu", seed=seed, overrides=[
         "train.device=cpu", f"agent.reward_steps={steps}", "agent.reward_hidden_layers=[64, 64]",
         "agent.reward_members=1", "agent.reward_lr=1e-3", "agent.reward_batch_size=32"])
     data = load_dataset(str(path))
@@ -120,14 +124,17 @@ def reward_accuracy(tmp_path, labels_fn, steps=600):
     return summary["holdout_accuracy"]
 
 
-def test_mlp_reward_model_is_above_90_percent_on_noiseless_labels(tmp_path):
-    assert reward_accuracy(tmp_path, lambda y: y) > 0.9
+@pytest.mark.learning
+def test_mlp_reward_model_is_above_90_percent_on_noiseless_labels(tmp_path, learned, learning_seed):
+    learned.check("held-out accuracy", reward_accuracy(tmp_path, lambda y: y, seed=learning_seed), ">", 0.9)
 
 
-def test_reward_model_on_shuffled_labels_is_at_chance(tmp_path):
+@pytest.mark.learning
+def test_reward_model_on_shuffled_labels_is_at_chance(tmp_path, learned, learning_seed):
     """The known-bad variant: labels that carry no signal cannot pass the accuracy check above."""
-    rng = np.random.default_rng(0)
-    assert reward_accuracy(tmp_path, lambda y: rng.permutation(y), steps=300) < 0.6
+    rng = np.random.default_rng(learning_seed)
+    accuracy = reward_accuracy(tmp_path, lambda y: rng.permutation(y), steps=300, seed=learning_seed)
+    learned.check("held-out accuracy on shuffled labels", accuracy, "<", 0.65, bad=True)
 
 
 def test_preference_transformer_is_causal_and_ignores_padding():
@@ -314,15 +321,16 @@ def test_cpl_phase_switch_can_restart_the_optimiser(tmp_path, reset, adam_steps)
     assert int(adam["step"]) == adam_steps
 
 
-def test_cpl_dense_regime_learns_the_preferred_behaviour_from_scored_segments(tmp_path):
-    data = two_behaviour_dataset(tmp_path)
-    cfg = config("cpl", data, steps=400, bc_steps=100, dropout=0.0, lr=1e-3, regime="dense")
+@pytest.mark.learning
+def test_cpl_dense_regime_learns_the_preferred_behaviour_from_scored_segments(tmp_path, learned, learning_seed):
+    data = two_behaviour_dataset(tmp_path, seed=learning_seed)
+    cfg = config("cpl", data, steps=400, seed=learning_seed, bc_steps=100, dropout=0.0, lr=1e-3, regime="dense")
     sampler = make_sampler(cfg, build_agent(cfg, load_dataset(data)), load_dataset(data), torch.device("cpu"))
     batch = sampler.sample(16)
     assert batch.obs.shape == (16, 8, 3) and batch.score.shape == (16,)
     train(cfg, tmp_path / "cpl", progress=False)
     _, cpl, _ = load_run(tmp_path / "cpl", "cpu")
-    assert mean_action(cpl) > 0.4
+    learned.check("dense CPL mean action", mean_action(cpl), ">", 0.4)
 
 
 def test_cpl_dense_regime_refuses_labels_without_scores_and_writes_nothing(tmp_path):

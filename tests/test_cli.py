@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,20 +10,23 @@ import pytest
 from pbrl.cli import dataset_info, main
 from pbrl.data.registry import load_dataset
 from pbrl.data.store import TrajectoryDataset
+from tests.conftest import run_cli, run_cli_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = "hopper-medium-replay-small"
-
-
-def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "pbrl.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_help_is_there_for_every_command():
     for args in ([], ["data"], ["data", "make"], ["data", "label"], ["data", "info"], ["train"], ["eval"]):
         out = run_cli(*args, "--help")
         assert out.returncode == 0 and "usage: pbrl" in out.stdout
+
+
+@pytest.mark.parametrize("group", ["data", "train", "eval", "bench", "seq", "overcooked", "annotate"])
+def test_the_real_entry_point_starts_every_command_group(group):
+    """One real ``python -m pbrl.cli`` per command group: the in-process calls above skip the interpreter's start."""
+    out = run_cli_process(group, "--help")
+    assert out.returncode == 0 and f"usage: pbrl {group}" in out.stdout, out.stderr
 
 
 def test_shipped_dataset_loads_with_card_and_checksums():

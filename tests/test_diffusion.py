@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +54,7 @@ from pbrl.sequence.shapes import (
     train_prompts,
     write_shapes_task,
 )
+from tests.conftest import CliResult, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,9 +309,8 @@ def test_shapes_judge_is_exact_and_prompts_are_split():
 # ---------------------------------------------------------------- data checks, CLI, resume
 
 
-def _seq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+def _seq(*args: str) -> CliResult:
+    return run_cli("seq", *args)
 
 
 @pytest.fixture(scope="module")
@@ -409,11 +407,13 @@ def test_seq_cli_trains_a_diffusion_method_with_tensorboard_images(shapes_task, 
 # ---------------------------------------------------------------- reward models, guidance, self-play, early stop
 
 
-def test_reward_model_learns_two_heads_with_ties_on_images_and_video(tmp_path):
+@pytest.mark.learning
+def test_reward_model_learns_two_heads_with_ties_on_images_and_video(tmp_path, learned, learning_seed):
     from pbrl.sequence.diffusion_reward import load_reward_model, reward_scores, save_reward_model, train_reward_model
     from pbrl.train.loop import TrainConfig
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(learning_seed)
+    torch.manual_seed(learning_seed)
     prompts = train_prompts() * 12
     kinds_a = [KINDS[int(i)] for i in torch.randint(2, (len(prompts),), generator=g)]
     kinds_b = [KINDS[int(i)] for i in torch.randint(2, (len(prompts),), generator=g)]
@@ -423,14 +423,16 @@ def test_reward_model_learns_two_heads_with_ties_on_images_and_video(tmp_path):
     label = torch.stack([0.5 + cross / 2, torch.where(bright.abs() < 0.01, 0.5, (bright > 0).float())], 1)
     cond = prompt_condition(prompts)
     model = ImageRewardModel(1, 2, heads=2, width=8)
-    cfg = TrainConfig(steps=150, batch_size=32, lr=3e-3, weight_decay=0.0, log_every=50, checkpoint_every=150)
+    cfg = TrainConfig(steps=150, batch_size=32, lr=3e-3, weight_decay=0.0, log_every=50, checkpoint_every=150,
+                      seed=learning_seed)
     train_reward_model(model, cond, a, b, label, tmp_path / "rm", cfg)
     save_reward_model(model, tmp_path / "rm" / "model")
     loaded = load_reward_model(tmp_path / "rm" / "model")
     ra, rb = reward_scores(loaded, a, cond), reward_scores(loaded, b, cond)
     decided = label[:, 0] != 0.5
     accuracy = ((ra[:, 0] > rb[:, 0]) == (label[:, 0] > 0.5))[decided].float().mean()
-    assert accuracy > 0.9 and (label[:, 0] == 0.5).any()
+    learned.check("cross head's accuracy on decided pairs", accuracy, ">", 0.9)
+    assert (label[:, 0] == 0.5).any()
     video = torch.stack([a[:4], a[:4], a[:4]], 2)  # [4, 1, 3, 16, 16]: the same frame thrice scores as the frame
     assert torch.allclose(reward_scores(loaded, video, cond[:4]), ra[:4], atol=1e-5)
 
@@ -504,7 +506,7 @@ def test_diffusion_dpo_learns_the_preference_in_its_implicit_reward(tmp_path):
     cross chosen, 20 % reversed). On fresh clean pairs at held-out prompts its implicit reward
     −((e_θ^w − e_θ^l) − (e_ref^w − e_ref^l)) (averaged over 8 noise / time draws) ranks the cross first in most
     pairs; with chosen and rejected swapped in the data (the known-bad variant) it ranks the square first. Whether
-    samples follow is the benchmark's question (scripts/bench_diffusion.py): on this task they do not."""
+    samples follow is the benchmark's question (scripts/bench/diffusion.py): on this task they do not."""
     task = write_shapes_task(tmp_path / "task", images_per_prompt=40, pairs_per_prompt=30, widths=(8, 16))
     ref_cfg = DiffusionRunConfig(model=str(task["unet"]), data=str(task["sft"]))
     ref_cfg.method.name = "diffusion_sft"

@@ -252,7 +252,8 @@ def test_ppo_resume_is_exact(tmp_path):
     assert list((tmp_path / "b").glob("events.out.tfevents*"))
 
 
-def test_bc_human_model_beats_the_action_frequencies(tmp_path, trials):
+@pytest.mark.learning
+def test_bc_human_model_beats_the_action_frequencies(tmp_path, trials, learned, learning_seed):
     """BC on the train split predicts held-out (test split) human actions better than the train split's action
     frequencies (71 % of human steps are "stay", so accuracy says little: held-out log-likelihood)."""
     from pbrl.data.store import TrajectoryDataset
@@ -260,7 +261,8 @@ def test_bc_human_model_beats_the_action_frequencies(tmp_path, trials):
 
     for split in ("train", "test"):
         pbrl(["data", "import-overcooked", "--layout", "cramped_room", "--split", split, "--out", str(tmp_path / f"{split}.h5")])
-    policy = PolicyPartner.load(train_bc(tmp_path / "bc", tmp_path / "train.h5", steps=1500, progress=False)).policy
+    policy = PolicyPartner.load(train_bc(tmp_path / "bc", tmp_path / "train.h5", steps=1500, seed=learning_seed,
+                                           progress=False)).policy
     with TrajectoryDataset(tmp_path / "train.h5") as ds:
         freq = ds.actions.mean(0)
     with TrajectoryDataset(tmp_path / "test.h5") as ds:
@@ -269,10 +271,11 @@ def test_bc_human_model_beats_the_action_frequencies(tmp_path, trials):
             probs = policy.get_distribution(torch.as_tensor(ds.observations)).distribution.probs.numpy()
     nll_bc = -np.log(probs[np.arange(len(target)), target]).mean()
     nll_freq = -np.log(freq[target]).mean()
-    assert nll_bc < nll_freq - 0.1, (nll_bc, nll_freq)
+    learned.check("held-out NLL gain of BC over the action frequencies", nll_freq - nll_bc, ">", 0.1,
+                  context=(nll_bc, nll_freq))
 
 
-def _left_preference_data(tmp_path, flip: bool) -> Path:
+def _left_preference_data(tmp_path, flip: bool, seed: int = 0) -> Path:
     """Rollouts of a random policy, labelled by a utility that likes the player's own column to be small
     (left), or the opposite with ``flip``."""
     from pbrl.data.store import write_trajectories
@@ -280,7 +283,8 @@ def _left_preference_data(tmp_path, flip: bool) -> Path:
 
     traj = tmp_path / "random.h5"
     if not traj.exists():
-        result = play("cramped_room", RandomPolicy(0), RandomPolicy(1), episodes=16, horizon=100, record=True)
+        result = play("cramped_room", RandomPolicy(seed), RandomPolicy(seed + 1), episodes=16, horizon=100,
+                      record=True)
         write_trajectories(traj, rollout_episodes(result, source="random"), env_id="Overcooked-cramped_room",
                            behaviour_policy="random", seed=0,
                            metadata={"action_space": {"type": "discrete", "n": 6, "encoding": "one-hot"}})
@@ -288,7 +292,7 @@ def _left_preference_data(tmp_path, flip: bool) -> Path:
     groups.write_text(f'[[group]]\nname = "left"\nutility = "return"\nweights = {{ x = {1.0 if flip else -1.0} }}\n')
     prefs = tmp_path / f"left-{flip}.prefs.h5"
     assert pbrl(["data", "label", str(traj), "--pairs", "400", "--segment", "20", "--groups", str(groups),
-                 "--out", str(prefs)]) == 0
+                 "--seed", str(seed), "--out", str(prefs)]) == 0
     return prefs
 
 
@@ -300,7 +304,8 @@ def _mean_column(policy_dir: Path) -> float:
     return float(result.steps["x"][:, :, 0].mean())
 
 
-def test_hybrid_offline_phase_learns_the_preference_and_the_loop_runs(tmp_path):
+@pytest.mark.learning
+def test_hybrid_offline_phase_learns_the_preference_and_the_loop_runs(tmp_path, learned, learning_seed):
     """One offline epoch moves the policy where the labels point (left), measured in the simulator; the flipped
     labels move it right (the known-bad variant). The whole hybrid loop runs on a tiny budget and resumes."""
     from pbrl.agents.hybrid import HybridConfig
@@ -308,20 +313,22 @@ def test_hybrid_offline_phase_learns_the_preference_and_the_loop_runs(tmp_path):
 
     ppo = PPOConfig(n_games=2, n_epochs=1, checkpoint_every=800)
     pool = tmp_path / "pool"
-    train_ppo(pool, "cramped_room", 800, cfg=ppo, progress=False)
+    train_ppo(pool, "cramped_room", 800, cfg=ppo, seed=learning_seed, progress=False)
     base = _mean_column(pool)
     columns = {}
     for flip in (False, True):
         cfg = HybridConfig(pretrain_steps=800, rounds=1, offline_epochs=6, lr=3e-3, alpha=1.0, recovery_steps=800,
                            max_recovery_chunks=1)
         out = tmp_path / f"hybrid-{flip}"
-        train_hybrid(out, "cramped_room", [pool], _left_preference_data(tmp_path, flip), cfg=cfg, ppo=ppo,
-                     pretrained=pool, eval_episodes=2, progress=False)
+        train_hybrid(out, "cramped_room", [pool], _left_preference_data(tmp_path, flip, learning_seed), cfg=cfg,
+                     ppo=ppo, seed=learning_seed, pretrained=pool, eval_episodes=2, progress=False)
         columns[flip] = _mean_column(out / "round1" / "offline")
         log = json.loads((out / "rounds.json").read_text())
         assert len(log["rounds"]) == 1 and len(log["rounds"][0]["after_recovery"]) == 1
         assert (out / "model.zip").exists()
-    assert columns[False] < base - 0.05 < base + 0.05 < columns[True], (columns, base)
+    # the labels' way (left) by more than 0.05 of a column; the flipped labels (the known-bad variant) the other way
+    learned.check("column moved left by the left-liking labels", base - columns[False], ">", 0.05)
+    learned.check("column moved left by the flipped labels", base - columns[True], "<", 0.0, bad=True)
 
 
 def test_overcooked_cli_eval_and_bad_override(capsys):

@@ -18,7 +18,7 @@ DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 def gl():
     """The headless GL backend; the rendering envs kept by ``segment_frames`` are closed after this module's
     tests, while the GL library is still set up."""
-    from pbrl.envs.render import choose_gl, close_rendering_envs
+    from pbrl.envs.gl import choose_gl, close_rendering_envs
 
     try:
         backend = choose_gl()
@@ -38,7 +38,7 @@ def _changed(frames: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 def test_mujoco_segment_frames_move_and_a_bad_segment_raises(gl):
-    from pbrl.envs.render import segment_frames
+    from pbrl.annotate.queries import segment_frames
 
     ds = TrajectoryDataset(DATASETS / "hopper-medium-replay-small.h5")
     frames = segment_frames(ds, (0, 10, 5), size=48)
@@ -58,8 +58,8 @@ def test_mujoco_segment_frames_move_and_a_bad_segment_raises(gl):
 def test_metaworld_frames_follow_the_stored_hand_and_button(gl):
     """The shipped button-press set: frames change as the hand moves, and the rebuilt state gives back the
     observation (hand within 1 cm, gripper opening, button position and quaternion)."""
+    from pbrl.annotate.queries import segment_frames
     from pbrl.envs.metaworld_render import Reconstruction
-    from pbrl.envs.render import segment_frames
 
     ds = TrajectoryDataset(DATASETS / "button-press-noisy.h5")
     episode, start, length = 0, 60, 6
@@ -154,8 +154,8 @@ def test_overcooked_features_round_trip():
 
 
 def test_overcooked_frames_change_exactly_when_the_rows_do(tmp_path):
+    from pbrl.annotate.queries import segment_frames
     from pbrl.envs.overcooked_render import frames
-    from pbrl.envs.render import segment_frames
 
     game = play("coordination_ring", RandomPolicy(2), RandomPolicy(3), episodes=1, horizon=40, record=True)
     rows = game.steps["obs"][0, :, 0]  # [T, FEATURE_DIM], seat 0

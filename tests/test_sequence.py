@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +32,7 @@ from pbrl.errors import ConfigError, DatasetError  # noqa: E402
 from pbrl.sequence.data import PairSampler, collate_pairs, load_pairs, tokenize_pairs  # noqa: E402
 from pbrl.sequence.lm import completion_logps, word_tokenizer  # noqa: E402
 from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config  # noqa: E402
+from tests.conftest import CliResult, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,18 +113,16 @@ def test_prompt_past_max_length_is_refused_and_long_completions_cut(tmp_path):
 def test_bad_data_trains_nothing(tmp_path, grammar):
     bad = _write(tmp_path / "bad.jsonl", [GOOD] * 5 + [json.dumps({"prompt": "a :", "rejected": " b ."})])
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", "train", "--method", "dpo", "--model",
-                           str(grammar["model"]), "--data", str(bad), "--out", str(out), "--steps", "2", "--quiet"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = _seq("train", "--method", "dpo", "--model", str(grammar["model"]), "--data", str(bad), "--out", str(out),
+                "--steps", "2", "--quiet")
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert f"{bad}:6: field 'chosen': got missing" in last
     assert not out.exists()  # nothing written, nothing trained
     long = _write(tmp_path / "long.jsonl", [GOOD, json.dumps({"prompt": "ant " * 40 + ":", "chosen": " gold ant .",
                                                               "rejected": " red ant ."})])
-    proc = subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", "train", "--method", "dpo", "--model",
-                           str(grammar["model"]), "--data", str(long), "--out", str(out), "--max-length", "32",
-                           "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    proc = _seq("train", "--method", "dpo", "--model", str(grammar["model"]), "--data", str(long), "--out", str(out),
+                "--max-length", "32", "--quiet")
     assert proc.returncode != 0 and f"{long}:2: field 'prompt': got 41 tokens" in proc.stderr.strip().splitlines()[-1]
     assert not out.exists()
 
@@ -432,8 +429,8 @@ def test_trl_comparison_fails_on_a_flipped_sign(trl_batch):
 # ---------------------------------------------------------------- the CLI, resume, config refusal
 
 
-def _seq(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pbrl.cli", "seq", *args], capture_output=True, text=True, cwd=cwd)
+def _seq(*args: str, cwd: Path = ROOT) -> CliResult:
+    return run_cli("seq", *args, cwd=cwd)
 
 
 def test_seq_train_resumes_bit_exactly(grammar, tmp_path):

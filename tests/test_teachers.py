@@ -145,32 +145,36 @@ def test_episodes_mode_uses_each_episode_once(ds):
     assert len(set(eps.tolist())) == 4
 
 
-def test_stratified_pairing_reaches_rare_high_returns(tmp_path):
-    rng = np.random.default_rng(0)
+@pytest.mark.learning
+def test_stratified_pairing_reaches_rare_high_returns(tmp_path, learned, learning_seed):
+    rng = np.random.default_rng(learning_seed)
     eps = [Episode(rng.standard_normal((50, 2)).astype(np.float32), rng.uniform(-1, 1, (50, 1)).astype(np.float32),
                    np.full(50, 10.0 if i == 0 else rng.uniform(0, 1), np.float32), False, np.zeros(2, np.float32))
            for i in range(40)]  # one episode in 40 has high return
     ds = TrajectoryDataset(write_trajectories(tmp_path / "s.h5", eps, env_id="Hopper-v5", behaviour_policy="s", seed=0))
     share = {}
     for pairing in ("uniform", "stratified"):  # (disagreement: below)
-        prefs = make_preferences(ds, pairs=2000, segment=10, pairing=pairing, seed=0)
+        prefs = make_preferences(ds, pairs=2000, segment=10, pairing=pairing, seed=learning_seed)
         share[pairing] = np.mean(np.concatenate([prefs.segments_a[:, 0], prefs.segments_b[:, 0]]) == 0)
-    assert share["uniform"] < 0.05 and share["stratified"] > 0.3
+    learned.check("stratified pairs' share of the rare episode", share["stratified"], ">", 0.3)
+    learned.check("uniform pairs' share of the rare episode", share["uniform"], "<", 0.05, bad=True)
 
 
-def test_disagreement_pairing_picks_close_calls(tmp_path):
+@pytest.mark.learning
+def test_disagreement_pairing_picks_close_calls(tmp_path, learned, learning_seed):
     """With a learnable reward (r = o_0 + a_0), the ensemble is unsure where returns are close."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(learning_seed)
     eps = []
     for _ in range(30):
         obs = rng.standard_normal((40, 2)).astype(np.float32)
         act = rng.uniform(-1, 1, (40, 1)).astype(np.float32)
         eps.append(Episode(obs, act, (obs[:, 0] + act[:, 0]).astype(np.float32), False, obs[-1]))
     ds = TrajectoryDataset(write_trajectories(tmp_path / "d.h5", eps, env_id="Hopper-v5", behaviour_policy="x", seed=0))
-    uniform = make_preferences(ds, pairs=400, segment=8, seed=0)
-    chosen = make_preferences(ds, pairs=400, segment=8, pairing="disagreement", seed=0, ensemble=fit_reward_ensemble)
+    uniform = make_preferences(ds, pairs=400, segment=8, seed=learning_seed)
+    chosen = make_preferences(ds, pairs=400, segment=8, pairing="disagreement", seed=learning_seed,
+                              ensemble=fit_reward_ensemble)
     gap = lambda p: np.abs(segment_returns(ds, p.segments_a) - segment_returns(ds, p.segments_b))[40:].mean()  # noqa: E731
-    assert gap(chosen) < 0.8 * gap(uniform)
+    learned.check("return gap of disagreement pairs / uniform pairs", gap(chosen) / gap(uniform), "<", 0.8)
 
 
 def test_models_are_passed_in_and_their_absence_is_one_line(tmp_path):

@@ -31,11 +31,11 @@ def two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=0):
     return str(write_preferences(tmp_path / "two.prefs.h5", prefs, ds, teacher={"name": "scripted"}, seed=seed))
 
 
-def config(agent, dataset, steps=300, **overrides):
+def config(agent, dataset, steps=300, seed=0, **overrides):
     sets = [f"train.{k}={v}" if k in ("lr", "batch_size", "checkpoint_every", "log_every", "eval_episodes")
             else f"agent.{k}={v}" for k, v in overrides.items()]
     return build_config(agent, dataset, scale="cpu", overrides=["train.eval_episodes=0", "agent.hidden_layers=[64, 64]", "train.device=cpu",
-                                                                  "train.log_every=50", *sets], steps=steps, seed=0)
+                                                                  "train.log_every=50", *sets], steps=steps, seed=seed)
 
 
 def mean_action(agent, n=256):
@@ -43,18 +43,22 @@ def mean_action(agent, n=256):
     return agent.act(obs).mean().item()
 
 
-def test_cpl_learns_the_preferred_behaviour_and_bc_does_not(tmp_path):
-    data = two_behaviour_dataset(tmp_path)
-    train(config("cpl", data, steps=400, bc_steps=100, dropout=0.0, lr=1e-3), tmp_path / "cpl", progress=False)
-    train(config("bc", data, steps=400, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
+@pytest.mark.learning
+def test_cpl_learns_the_preferred_behaviour_and_bc_does_not(tmp_path, learned, learning_seed):
+    data = two_behaviour_dataset(tmp_path, seed=learning_seed)
+    train(config("cpl", data, steps=400, seed=learning_seed, bc_steps=100, dropout=0.0, lr=1e-3), tmp_path / "cpl",
+          progress=False)
+    train(config("bc", data, steps=400, seed=learning_seed, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
     _, cpl, _ = load_run(tmp_path / "cpl", "cpu")
     _, bc, _ = load_run(tmp_path / "bc", "cpu")
-    assert mean_action(cpl) > 0.4, "CPL should act like the preferred (+0.6) behaviour"
-    assert abs(mean_action(bc)) < 0.3, "BC on all data should average the two behaviours"
+    # CPL acts like the preferred (+0.6) behaviour; BC on all data averages the two (the known-bad variant)
+    learned.check("CPL mean action", mean_action(cpl), ">", 0.3)
+    learned.check("BC |mean action|", abs(mean_action(bc)), "<", 0.3, bad=True)
 
 
-def test_bc_imitates_a_deterministic_expert(tmp_path):
-    rng = np.random.default_rng(0)
+@pytest.mark.learning
+def test_bc_imitates_a_deterministic_expert(tmp_path, learned, learning_seed):
+    rng = np.random.default_rng(learning_seed)
     w = np.array([[0.8], [-0.5], [0.3]], np.float32)
     eps = []
     for _ in range(20):
@@ -62,13 +66,13 @@ def test_bc_imitates_a_deterministic_expert(tmp_path):
         eps.append(Episode(obs, np.tanh(obs @ w).astype(np.float32), rng.standard_normal(30).astype(np.float32),
                            False, obs[-1], "expert"))
     ds = TrajectoryDataset(write_trajectories(tmp_path / "e.h5", eps, env_id="Hopper-v5", behaviour_policy="e", seed=0))
-    prefs = make_preferences(ds, pairs=200, segment=10, seed=0)
-    data = str(write_preferences(tmp_path / "e.prefs.h5", prefs, ds, teacher={}, seed=0))
-    train(config("bc", data, steps=600, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
+    prefs = make_preferences(ds, pairs=200, segment=10, seed=learning_seed)
+    data = str(write_preferences(tmp_path / "e.prefs.h5", prefs, ds, teacher={}, seed=learning_seed))
+    train(config("bc", data, steps=600, seed=learning_seed, dropout=0.0, lr=1e-3), tmp_path / "bc", progress=False)
     _, bc, _ = load_run(tmp_path / "bc", "cpu")
-    obs = torch.randn(500, 3)
+    obs = torch.randn(500, 3, generator=torch.Generator().manual_seed(learning_seed))
     err = (bc.act(obs) - torch.tanh(obs @ torch.as_tensor(w))).abs().mean().item()
-    assert err < 0.08, f"BC mean absolute action error {err:.3f}"
+    learned.check("BC mean absolute action error", err, "<", 0.08)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):

@@ -28,8 +28,6 @@ from pbrl.nets.diffusion import DiffusionPolicy
 from pbrl.nets.mlp import POLICY_HEADS
 from pbrl.nets.transformer import TransformerPolicy
 
-BATCH_KINDS = ("preferences", "transitions", "windows")
-
 
 @dataclass
 class AgentConfig:

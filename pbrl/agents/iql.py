@@ -3,6 +3,9 @@ V(s) is the τ-expectile of the target Q(s, a) over dataset actions (eq. 5), twi
 r + γ V(s′) (eq. 6) with a Polyak-averaged target, and the actor is advantage-weighted regression with clipped
 exp(β A) weights (eq. 7) under a cosine learning-rate schedule. Losses: :mod:`pbrl.core.offline_rl`.
 
+:class:`IQLCritic` is the critic alone (eqs. 5–6): IQL trains it beside its actor, and the regret teacher fits it by
+itself for its in-sample optimal value (:func:`pbrl.train.critics.fit_iql_critic`).
+
 ``iql-oracle`` runs it on the simulator's true reward: the ceiling every preference agent is reported against.
 ``iql-constant`` runs it with every reward 1: the control of Li et al. (2023, "Survival Instinct in Offline
 Reinforcement Learning"), which showed that pessimistic offline RL with a wrong reward can still learn a good
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 
 from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_policy
 from pbrl.core import awr_actor_loss, expectile_loss, td_target, twin_q_loss
@@ -43,26 +47,42 @@ class IQLConfig(PolicyConfig):
     actor_schedule: str = param("cosine", choices=("cosine", "constant"))
 
 
-class IQL(Agent):
+@dataclass(frozen=True)
+class IQLCriticLosses:
+    """The critic's two losses (scalars) on a batch of B transitions, and what the actor reuses (``[B]``)."""
+
+    value: Tensor       # the τ-expectile loss of V against the target Q (eq. 5)
+    critic: Tensor      # the twin Q's TD loss against r + γ V(s′) (eq. 6)
+    v: Tensor           # V(s)
+    advantage: Tensor   # min of the target Qs − V(s)
+
+
+class IQLCritic(Agent):
+    """IQL's critic without its actor: twin Q with a Polyak-averaged target, V the τ-expectile of the target Q.
+    Configured by :class:`IQLConfig` (its policy fields unused); trains on transitions with optimisers ``value`` and
+    ``critic``. :class:`IQL` is this plus the actor."""
+
     Config = IQLConfig
     batches = "transitions"
-    reward_source: ClassVar[str] = "true"   # true | learned (a reward model first) | constant (every reward 1)
     cfg: IQLConfig
 
     def __init__(self, cfg: IQLConfig, spec: DataSpec):
         super().__init__(cfg, spec)
-        self.policy = build_policy(cfg, spec)
-        norm = {"obs_mean": spec.obs_mean, "obs_std": spec.obs_std}
-        self.q = EnsembleQ(spec.obs_dim, spec.act_dim, members=2, hidden_layers=cfg.critic_layers, **norm)  # twin Q
-        self.value = ValueNet(spec.obs_dim, hidden_layers=cfg.critic_layers, **norm)
+        self.build()
+
+    def build(self) -> None:
+        """Make the networks (a subclass adds its own around these, in the order its seeded initialisation needs)."""
+        norm = {"obs_mean": self.spec.obs_mean, "obs_std": self.spec.obs_std}
+        layers = self.cfg.critic_layers
+        self.q = EnsembleQ(self.spec.obs_dim, self.spec.act_dim, members=2, hidden_layers=layers, **norm)  # twin Q
+        self.value = ValueNet(self.spec.obs_dim, hidden_layers=layers, **norm)
         self.freeze("q_target", copy.deepcopy(self.q))
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"value": OptimizerSpec(list(self.value.parameters())),
-                "critic": OptimizerSpec(list(self.q.parameters())),
-                "actor": OptimizerSpec(list(self.policy.parameters()), schedule=self.cfg.actor_schedule)}
+                "critic": OptimizerSpec(list(self.q.parameters()))}
 
-    def loss(self, batch: TransitionBatch, step: int) -> LossOutput:
+    def critic_losses(self, batch: TransitionBatch) -> IQLCriticLosses:
         c = self.cfg
         with torch.no_grad():
             target_q = self.q_target(batch.obs, batch.act).min(0).values                    # [B]
@@ -73,16 +93,43 @@ class IQL(Agent):
         target = td_target(batch.reward, batch.done, next_v, c.discount)
         q1, q2 = self.q(batch.obs, batch.act)
         critic_loss = twin_q_loss(q1, q2, target).mean()
-        log_prob = self.policy.log_prob(batch.obs, batch.act)
-        actor_loss = awr_actor_loss(log_prob, advantage, c.temperature, c.max_weight).mean()
-        return LossOutput({"value": value_loss, "critic": critic_loss, "actor": actor_loss},
-                          {"iql/value_loss": value_loss.detach(), "iql/critic_loss": critic_loss.detach(),
-                           "iql/actor_loss": actor_loss.detach(), "iql/v_mean": v.detach().mean(),
-                           "iql/advantage_mean": advantage.detach().mean()})
+        return IQLCriticLosses(value_loss, critic_loss, v, advantage)
+
+    def loss(self, batch: TransitionBatch, step: int) -> LossOutput:
+        losses = self.critic_losses(batch)
+        return LossOutput({"value": losses.value, "critic": losses.critic}, self.critic_metrics(losses))
+
+    @staticmethod
+    def critic_metrics(losses: IQLCriticLosses) -> dict[str, Tensor]:
+        return {"iql/value_loss": losses.value.detach(), "iql/critic_loss": losses.critic.detach(),
+                "iql/v_mean": losses.v.detach().mean(), "iql/advantage_mean": losses.advantage.detach().mean()}
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.cfg.target_update)
+
+
+class IQL(IQLCritic):
+    """The critic and the advantage-weighted actor (eq. 7) under a cosine learning-rate schedule."""
+
+    reward_source: ClassVar[str] = "true"   # true | learned (a reward model first) | constant (every reward 1)
+    cfg: IQLConfig
+
+    def build(self) -> None:
+        self.policy = build_policy(self.cfg, self.spec)  # before the critic: the seeded initialisation of every IQL run
+        super().build()
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {**super().optimizers(),
+                "actor": OptimizerSpec(list(self.policy.parameters()), schedule=self.cfg.actor_schedule)}
+
+    def loss(self, batch: TransitionBatch, step: int) -> LossOutput:
+        c = self.cfg
+        critic = self.critic_losses(batch)
+        log_prob = self.policy.log_prob(batch.obs, batch.act)
+        actor_loss = awr_actor_loss(log_prob, critic.advantage, c.temperature, c.max_weight).mean()
+        return LossOutput({"value": critic.value, "critic": critic.critic, "actor": actor_loss},
+                          {**self.critic_metrics(critic), "iql/actor_loss": actor_loss.detach()})
 
 
 class IQLConstant(IQL):

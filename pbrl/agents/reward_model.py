@@ -77,9 +77,11 @@ class RewardModel(Agent):
         return s[..., 0] - s[..., 1]
 
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
-        margin = self.margins(batch)
-        loss = logistic_link(margin, batch.label.expand_as(margin)).mean()
-        return LossOutput(loss, {"reward/accuracy": preference_accuracy(margin.detach(), batch.label)})
+        margin = self.margins(batch)                                              # [K, B]
+        losses = logistic_link(margin, batch.label.expand_as(margin))
+        if batch.weight is not None:  # a bootstrap per member (the labelling ensemble: pbrl.train.critics)
+            losses = losses * batch.weight
+        return LossOutput(losses.mean(), {"reward/accuracy": preference_accuracy(margin.detach(), batch.label)})
 
     @torch.no_grad()
     def window_reward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:

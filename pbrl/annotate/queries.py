@@ -133,8 +133,23 @@ def open_query_set(session_dir: Path, trajectories: TrajectoryDataset, **options
     return saved
 
 
+def segment_frames(trajectories: TrajectoryDataset, segment: tuple[int, int, int] | np.ndarray, *,
+                   size: int = 192) -> np.ndarray:
+    """``[T, size, size, 3]`` uint8 frames of segment ``(episode, start, length)`` of ``trajectories``, drawn from
+    its observations (:func:`pbrl.envs.render.observation_frames`)."""
+    from pbrl.envs.render import observation_frames
+
+    episode, start, length = (int(v) for v in segment)
+    offsets = trajectories.episode_offsets
+    if not 0 <= episode < len(offsets) - 1 or start < 0 or length < 1 or start + length > offsets[episode + 1] - offsets[episode]:
+        raise DatasetError(describe(str(trajectories.path), "segment", (episode, start, length),
+                                    "an (episode, start, length) inside the dataset's episodes"))
+    lo = int(offsets[episode]) + start
+    return observation_frames(trajectories.env_id, np.asarray(trajectories.observations[lo: lo + length]), size=size)
+
+
 def _render_segment(job: tuple[str, tuple[int, int, int], int, int, str]) -> str:
-    from pbrl.envs.render import segment_frames, write_video
+    from pbrl.envs.render import write_video
 
     dataset, segment, size, fps, out = job
     write_video(segment_frames(_worker_dataset(dataset), segment, size=size), out, fps=fps)
@@ -153,8 +168,8 @@ def _worker_dataset(path: str) -> TrajectoryDataset:
 def prepare_videos(query_set: QuerySet, video_dir: Path, *, workers: int = 1, progress: bool = True) -> int:
     """Render every segment of ``query_set`` not yet in ``video_dir`` (atomically, so an interrupted run leaves
     whole files only and resumes where it stopped). Returns how many were made."""
+    from pbrl.envs.gl import choose_gl
     from pbrl.envs.registry import get_env_spec
-    from pbrl.envs.render import choose_gl
 
     video_dir.mkdir(parents=True, exist_ok=True)
     todo = [(query_set.dataset, seg, query_set.size, query_set.fps, str(video_dir / video_name(seg)))

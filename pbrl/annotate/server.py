@@ -43,7 +43,7 @@ _VIDEO = re.compile(r"^/videos/(e\d+-s\d+-l\d+\.webm)$")
 
 
 class DisagreementPicker:
-    """Active querying: a reward-model ensemble (:class:`pbrl.train.critics.RewardEnsemble`) refitted in a
+    """Active querying: a reward-model ensemble (:func:`pbrl.train.critics.fit_reward_ensemble`) refitted in a
     background thread each time ``refit_every`` new decided labels arrived; the next query is the unanswered
     one on which the members' P(a ≻ b) varies most (Christiano et al., 2017). Until ``warmup`` labels exist,
     queries go in their (uniform random) order."""
@@ -84,14 +84,13 @@ class DisagreementPicker:
 
     def _fit(self) -> None:
         from pbrl.data.pairing import preference_spread
-        from pbrl.train.critics import RewardEnsemble
+        from pbrl.train.critics import fit_reward_ensemble
 
         seg_a, seg_b, label = self.log.decided()
         if len(seg_a) < self.warmup:
             return
-        ensemble = RewardEnsemble(self.trajectories, seed=self.seed + len(seg_a))
-        ensemble.fit(seg_a, seg_b, label, steps=200)
-        self.spread = preference_spread(self.trajectories, ensemble.step_rewards(), self.seg_a, self.seg_b)
+        rewards = fit_reward_ensemble(self.trajectories, seg_a, seg_b, label, self.seed + len(seg_a), steps=200)
+        self.spread = preference_spread(self.trajectories, rewards, self.seg_a, self.seg_b)
         self.fitted_on = len(seg_a)
 
     def order(self, open_ids: list[int]) -> list[int]:

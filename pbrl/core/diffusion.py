@@ -1,6 +1,13 @@
-"""Preference losses of diffusion and flow models: pure functions of per-sample denoising errors.
+"""Diffusion and flow models as pure functions of tensors: the noise schedules, the forward process, the DDIM and
+flow samplers (shared by the control diffusion policy, :mod:`pbrl.nets.diffusion`, and the image / video denoisers
+of :mod:`pbrl.sequence.diffusion`), and the preference losses of denoising errors.
 
-Notation: ``e = ‖target − net(x_t, t, c)‖²`` is a sample's mean squared denoising error (mean over every
+**The process.** ``x_t = a x₀ + s ε`` with, for the discrete-step parameterisations, ``a = √ᾱ_t``, ``s = √(1−ᾱ_t)``
+at an integer step t of a schedule ᾱ ``[train_steps]``, the network predicting ε (``epsilon``, Ho et al., 2020) or
+``v = √ᾱ ε − √(1−ᾱ) x₀`` (``v``, Salimans & Ho, 2022); for rectified flow (``flow``, Liu et al., 2023; SD3's
+convention) ``a = 1 − t``, ``s = t`` at a time t ∈ [0, 1], the network predicting the velocity ``ε − x₀``.
+
+**The losses.** ``e = ‖target − net(x_t, t, c)‖²`` is a sample's mean squared denoising error (mean over every
 non-batch dimension), ``e_θ`` the policy's and ``e_ref`` the frozen reference's on the *same* noise and timestep.
 The implicit reward of a sample is ``−(e_θ − e_ref)`` (Wallace et al., 2024, eq. 14: the per-step ELBO gap, up
 to the step weight), so a diffusion preference loss is a link (:mod:`pbrl.core.links`) applied to it.
@@ -10,6 +17,7 @@ All error tensors are ``[B]``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +25,152 @@ from torch import Tensor
 
 from pbrl.core.links import logistic_link
 
-__all__ = ["abc_loss", "clipped_ratio_dpo_loss", "diffusion_dpo_loss", "diffusion_implicit_reward", "dro_loss",
-           "gaussian_step_logp", "gradspo_score", "lambda_harmonic_reward", "rao_kupper_loss",
-           "reward_weighted_loss", "rpo_loss"]
+__all__ = ["PREDICTIONS", "abc_loss", "clipped_ratio_dpo_loss", "cosine_alpha_bar", "ddim_timesteps", "ddim_transition",
+           "diffusion_dpo_loss", "diffusion_implicit_reward", "dro_loss", "forward_coefficients", "gaussian_step_logp",
+           "gradspo_score", "lambda_harmonic_reward", "per_sample", "prediction_target", "rao_kupper_loss",
+           "reward_weighted_loss", "rpo_loss", "sample_chain", "scaled_linear_alpha_bar", "split_prediction",
+           "timestep_embedding"]
 
+PREDICTIONS = ("epsilon", "v", "flow")
+
+Guidance = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``guidance(x_t, t, x̂₀) -> Δ``, added to the network's prediction at every sampling step."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# noise schedules and time embeddings
+# ---------------------------------------------------------------------------------------------------------
+
+def cosine_alpha_bar(steps: int, s: float = 0.008) -> Tensor:
+    """ᾱ_k for k = 1..steps of the cosine schedule (Nichol & Dhariwal, 2021, eq. 17), with β_k clipped to 0.999,
+    float64 ``[steps]``."""
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    f = torch.cos((k / steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+def scaled_linear_alpha_bar(steps: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """ᾱ_k of Stable Diffusion's ``scaled_linear`` schedule (diffusers' DDPMScheduler as SD configures it: √β linear
+    from √0.00085 to √0.012), float64 ``[steps]``; its last ᾱ is about 0.0047."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def timestep_embedding(k: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of diffusion steps (or of ``1000 t``) ``[B] -> [B, dim]`` (Vaswani et al., 2017)."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10_000) * torch.arange(half, device=k.device, dtype=torch.float32) / max(half - 1, 1))
+    angle = k.float()[:, None] * freq[None]
+    return torch.cat([angle.sin(), angle.cos()], -1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the forward process and what the network predicts
+# ---------------------------------------------------------------------------------------------------------
+
+def per_sample(value: Tensor, like: Tensor) -> Tensor:
+    """A per-sample ``[B]`` coefficient as ``[B, 1, ...]`` in ``like``'s dtype, to broadcast over ``like [B, ...]``."""
+    return value.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def forward_coefficients(alpha_bar: Tensor | None, t: Tensor, like: Tensor, prediction: str = "epsilon"
+                         ) -> tuple[Tensor, Tensor]:
+    """``(a, s)`` with ``x_t = a x₀ + s ε``, each ``[B, 1, ...]`` to broadcast over ``like [B, ...]``: ``(√ᾱ_t,
+    √(1−ᾱ_t))`` at integer steps ``t [B]`` of ``alpha_bar [train_steps]``, or ``(1 − t, t)`` at flow times ``t [B]``
+    (``alpha_bar`` unused)."""
+    if prediction == "flow":
+        return per_sample(1 - t, like), per_sample(t, like)
+    ab = alpha_bar.to(like.device)[t]
+    return per_sample(ab.sqrt(), like), per_sample((1 - ab).sqrt(), like)
+
+
+def prediction_target(x0: Tensor, noise: Tensor, a: Tensor, s: Tensor, prediction: str) -> Tensor:
+    """What the network is trained to output at ``x_t = a x₀ + s ε``: ε, ``v = a ε − s x₀``, or the velocity
+    ``ε − x₀`` (flow). Shapes of ``x0``."""
+    if prediction == "epsilon":
+        return noise
+    if prediction == "flow":
+        return noise - x0
+    return a * noise - s * x0
+
+
+def split_prediction(out: Tensor, x: Tensor, a: Tensor, s: Tensor, prediction: str) -> tuple[Tensor, Tensor]:
+    """``(x̂₀, ε̂)`` from the network's output ``out`` at ``x = x_t``, with ``(a, s)`` of :func:`forward_coefficients`
+    at t. Shapes of ``x``."""
+    if prediction == "epsilon":
+        return (x - s * out) / a, out
+    if prediction == "flow":  # out = ε − x₀ and x = (1 − t) x₀ + t ε
+        return x - s * out, x + a * out
+    return a * x - s * out, s * x + a * out  # v: x₀ = √ᾱ x − √(1−ᾱ) v, ε = √(1−ᾱ) x + √ᾱ v
+
+
+# ---------------------------------------------------------------------------------------------------------
+# samplers
+# ---------------------------------------------------------------------------------------------------------
+
+def ddim_timesteps(train_steps: int, steps: int, device: torch.device | None = None) -> Tensor:
+    """The ``steps`` training steps a DDIM sampler visits, evenly spaced and descending, integers ``[steps]``."""
+    return torch.linspace(train_steps - 1, 0, steps, device=device).round().long()
+
+
+def sample_chain(predict: Callable[[Tensor, Tensor], Tensor], noise: Tensor, *, prediction: str,
+                 alpha_bar: Tensor | None = None, steps: int, clip: float | None = 1.0, guidance: Guidance | None = None,
+                 trajectory: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
+    """x₀ from ``x_T = noise [B, ...]``: DDIM (Song et al., 2021, eq. 12, η = 0) over ``steps`` evenly spaced
+    training steps of ``alpha_bar``, or ``steps`` Euler steps of the flow ODE from t = 1 to 0.
+
+    ``predict(x_t, t [B]) -> out`` is the network at step (or flow time) t; ``guidance(x_t, t, x̂₀) -> Δ`` is added
+    to ``out`` at every step, computed with gradients enabled; ``clip`` bounds every x̂₀ and the result. A
+    ``trajectory`` list receives ``(t [B], x_t, out)`` at every step. The only randomness is ``noise``."""
+    b, x = noise.shape[0], noise
+    flow = prediction == "flow"
+    if flow:
+        times = torch.linspace(1.0, 0.0, steps + 1, device=noise.device)
+    else:
+        times = ddim_timesteps(len(alpha_bar), steps, noise.device)
+    for i in range(len(times) - (1 if flow else 0)):
+        t = times[i].expand(b)
+        out = predict(x, t)
+        if guidance is not None:
+            x0_hat, _ = split_prediction(out, x, *forward_coefficients(alpha_bar, t, x, prediction), prediction)
+            with torch.enable_grad():
+                out = out + guidance(x, t, x0_hat)
+        if trajectory is not None:
+            trajectory.append((t, x, out))
+        if flow:
+            x = x + (times[i + 1] - times[i]) * out
+            continue
+        x0, eps = split_prediction(out, x, *forward_coefficients(alpha_bar, t, x, prediction), prediction)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        if i + 1 < len(times):
+            a, s = forward_coefficients(alpha_bar, times[i + 1].expand(b), x, prediction)
+            x = a * x0 + s * eps
+        else:
+            x = x0
+    return x.clamp(-clip, clip) if clip is not None else x
+
+
+def ddim_transition(alpha_bar: Tensor, out: Tensor, x: Tensor, t: Tensor, t_prev: Tensor, prediction: str, *,
+                    eta: float = 1.0, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One stochastic DDIM step (Song et al., 2021, eq. 12) from ``x_t`` to ``x_{t_prev}`` (``t_prev`` < 0: to x₀),
+    for ``epsilon`` or ``v`` outputs ``out``:
+    ``x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε̂ + σ z``, ``σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)``.
+    Returns ``(x_prev, mean, σ)`` with σ shaped to broadcast; ``noise`` is z (zeros when not given: the mean).
+    SPO's per-step policy is this Gaussian (its log-density: :func:`gaussian_step_logp`)."""
+    ab = alpha_bar.to(x.device)
+    ab_t = per_sample(ab[t], x)
+    ab_prev = per_sample(torch.where(t_prev >= 0, ab[t_prev.clamp(min=0)], torch.ones_like(ab[t])), x)
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).clamp(min=0).sqrt()
+    x0, eps = split_prediction(out, x, *forward_coefficients(alpha_bar, t, x, prediction), prediction)
+    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+    return (mean if noise is None else mean + sigma * noise), mean, sigma
+
+
+# ---------------------------------------------------------------------------------------------------------
+# preference losses of denoising errors
+# ---------------------------------------------------------------------------------------------------------
 
 def diffusion_implicit_reward(err_policy: Tensor, err_ref: Tensor, *, beta: float) -> Tensor:
     """``−β/2 · (e_θ − e_ref)`` ``[B]``: the score Diffusion-DPO compares (the ½ of the official code's

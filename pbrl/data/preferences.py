@@ -194,7 +194,9 @@ class PreferenceBatch:
     """A batch of B pairs of segments of length T.
 
     ``obs`` [B, 2, T, obs_dim], ``act`` [B, 2, T, act_dim], ``label`` [B] (1: segment 0 preferred),
-    ``mask`` [B, 2, T] (True on real steps), ``group`` [B], ``timestep`` [B, 2, T] (step within the episode).
+    ``mask`` [B, 2, T] (True on real steps), ``group`` [B], ``timestep`` [B, 2, T] (step within the episode),
+    ``weight`` [B] or [K, B] (each pair's weight in the loss, per ensemble member where K of them: a bootstrap's
+    counts; None: 1).
     """
 
     obs: Tensor
@@ -203,10 +205,11 @@ class PreferenceBatch:
     mask: Tensor
     group: Tensor
     timestep: Tensor | None = None
+    weight: Tensor | None = None
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
         return PreferenceBatch(*(None if getattr(self, k) is None else getattr(self, k).to(device, non_blocking=True)
-                                 for k in ("obs", "act", "label", "mask", "group", "timestep")))
+                                 for k in ("obs", "act", "label", "mask", "group", "timestep", "weight")))
 
 
 class PreferenceSampler(Sampler):

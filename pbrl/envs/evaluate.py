@@ -71,7 +71,7 @@ def evaluate(policy: BatchPolicy, env_name: str, *, episodes: int = 10, seed: in
 
 def record_videos(policy: BatchPolicy, env_name: str, out_dir: Path, episodes: int, seed: int) -> list[str]:
     """Render ``episodes`` episodes to ``out_dir/episode_<i>.mp4`` (needs imageio[ffmpeg] and a GL backend:
-    on a headless machine :func:`pbrl.envs.render.choose_gl` picks EGL or OSMesa, as `pbrl eval --video` does)."""
+    on a headless machine :func:`pbrl.envs.gl.choose_gl` picks EGL or OSMesa, as `pbrl eval --video` does)."""
     import imageio.v2 as imageio
 
     out_dir.mkdir(parents=True, exist_ok=True)

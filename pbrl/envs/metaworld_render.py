@@ -34,8 +34,8 @@ import pickle
 import mujoco
 import numpy as np
 
+from pbrl.envs.gl import choose_gl, rendering_env
 from pbrl.envs.registry import make_env
-from pbrl.envs.render import choose_gl, rendering_env
 from pbrl.errors import ConfigError, DatasetError, describe
 
 OBS_DIM = 39
@@ -329,7 +329,7 @@ class Reconstruction:
 
 def frames(env_id: str, observations: np.ndarray, size: int) -> np.ndarray:
     """``[T, size, size, 3]`` uint8 frames of Meta-World task ``env_id`` set to each of ``observations`` [T, 39],
-    seen from the fixed :data:`CAMERA` (the env is :func:`pbrl.envs.render.rendering_env`'s, kept for the next segment)."""
+    seen from the fixed :data:`CAMERA` (the env is :func:`pbrl.envs.gl.rendering_env`'s, kept for the next segment)."""
     observations = np.asarray(observations, dtype=np.float64)
     if observations.ndim != 2 or observations.shape[1] != OBS_DIM or len(observations) == 0:
         raise DatasetError(describe(env_id, "observations", observations.shape, f"[T, {OBS_DIM}] Meta-World observations"))

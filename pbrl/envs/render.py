@@ -1,71 +1,28 @@
-"""Frames of a stored segment, rendered from its observations alone, and segment videos for the annotation page.
+"""Frames drawn from observations alone, and videos of them (the annotation page's segment videos).
 
-Datasets keep observations, not simulator states, so each family rebuilds a drawable state from them:
+Datasets keep observations, not simulator states, so each family rebuilds a drawable state from them
+(:func:`observation_frames`; the annotation page cuts a dataset's segment and draws it: ``pbrl.annotate.queries``):
 
 - ``mujoco`` (gymnasium locomotion): the observation is ``qpos[k:] ++ qvel`` (the first ``k`` root positions
   are left out). The state is set from it; the left-out root position is integrated from the root velocity
   over the segment, so the body travels across the floor as it did.
 - ``metaworld`` and ``overcooked``: see :func:`metaworld_frames` and :func:`overcooked_frames`.
 
-Headless rendering needs a GL backend: :func:`choose_gl` tries ``MUJOCO_GL=egl`` and then ``osmesa`` (Debian's
-``libosmesa6``) in a child process and keeps the first that draws, unless ``MUJOCO_GL`` is already set.
+Headless rendering needs a GL backend: :func:`pbrl.envs.gl.choose_gl` picks EGL or OSMesa.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from pbrl.data.store import TrajectoryDataset
-from pbrl.envs.registry import get_env_spec, make_env
+from pbrl.envs.gl import choose_gl, rendering_env
+from pbrl.envs.registry import get_env_spec
 from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.io import atomic_path, commit_atomic
-
-GL_BACKENDS = ("egl", "osmesa")
-_PROBE = "import mujoco; c = mujoco.GLContext(8, 8); c.make_current(); c.free()"
-
-
-def choose_gl() -> str:
-    """Set ``MUJOCO_GL`` to the first backend in :data:`GL_BACKENDS` that makes a context here (tried in a
-    child process, since a failed backend can leave this one unusable); keep a value the user set."""
-    if os.environ.get("MUJOCO_GL"):
-        return os.environ["MUJOCO_GL"]
-    for backend in GL_BACKENDS:
-        env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
-        probe = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, timeout=120)
-        if probe.returncode == 0:
-            os.environ["MUJOCO_GL"] = backend
-            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
-            return backend
-    raise ConfigError(describe("MUJOCO_GL", "headless GL backend", f"none of {list(GL_BACKENDS)} works here",
-                               "EGL (a GPU driver) or OSMesa (apt-get install libosmesa6)"))
-
-
-_ENVS: dict[tuple[str, int], object] = {}
-
-
-def rendering_env(env_id: str, size: int):
-    """One ``rgb_array`` env per (env, frame size), kept: making a GL context costs more than a segment's frames.
-    They are closed at exit, while the GL library is still loaded."""
-    if (env_id, size) not in _ENVS:
-        env = make_env(env_id, render_mode="rgb_array", render_size=size)
-        env.reset(seed=0)
-        env.render()  # the GL context exists now, and so does the GL library's own exit handler
-        if not _ENVS:  # exit handlers run last-registered first: this one before the GL library shuts down
-            atexit.register(close_rendering_envs)
-        _ENVS[env_id, size] = env
-    return _ENVS[env_id, size]
-
-
-def close_rendering_envs() -> None:
-    while _ENVS:
-        _ENVS.popitem()[1].close()
 
 
 def mujoco_frames(env_id: str, observations: np.ndarray, size: int) -> np.ndarray:
@@ -103,17 +60,10 @@ def overcooked_frames(layout: str, observations: np.ndarray, size: int) -> np.nd
     return frames(layout, observations, size)
 
 
-def segment_frames(trajectories: TrajectoryDataset, segment: tuple[int, int, int] | np.ndarray, *,
-                   size: int = 192) -> np.ndarray:
-    """``[T, size, size, 3]`` uint8 frames of segment ``(episode, start, length)`` of ``trajectories``."""
-    episode, start, length = (int(v) for v in segment)
-    offsets = trajectories.episode_offsets
-    if not 0 <= episode < len(offsets) - 1 or start < 0 or length < 1 or start + length > offsets[episode + 1] - offsets[episode]:
-        raise DatasetError(describe(str(trajectories.path), "segment", (episode, start, length),
-                                    "an (episode, start, length) inside the dataset's episodes"))
-    lo = int(offsets[episode]) + start
-    observations = np.asarray(trajectories.observations[lo: lo + length])
-    spec = get_env_spec(trajectories.env_id)
+def observation_frames(env_id: str, observations: np.ndarray, *, size: int = 192) -> np.ndarray:
+    """``[T, size, size, 3]`` uint8 frames of env ``env_id`` (a preset name or a gymnasium id) set to each of
+    ``observations`` ``[T, obs_dim]``, drawn the way its family can (see the module docstring)."""
+    spec = get_env_spec(env_id)
     draw: dict[str, Callable[[], np.ndarray]] = {
         "mujoco": lambda: mujoco_frames(spec.id, observations, size),
         "metaworld": lambda: metaworld_frames(spec.id, observations, size),

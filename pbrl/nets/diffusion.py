@@ -14,7 +14,8 @@ denoised from Gaussian noise, conditioned on the last ``n_obs`` observations.
   mean error over draws: the surrogate for log π that CPL's chain score uses.
 
 Shapes: ``obs [B, n_obs, obs_dim]``, chunks ``[B, horizon, act_dim]``. Forwards hold no data-dependent Python
-control flow (the step loop of DDIM has a fixed length).
+control flow (the step loop of DDIM has a fixed length). The schedule, the forward process and the sampler are
+:mod:`pbrl.core.diffusion`'s pure functions, shared with the image / video denoisers of :mod:`pbrl.sequence`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pbrl.core.noise import cosine_alpha_bar, timestep_embedding
+from pbrl.core.diffusion import (
+    cosine_alpha_bar,
+    forward_coefficients,
+    prediction_target,
+    sample_chain,
+    timestep_embedding,
+)
 from pbrl.nets.mlp import ObsNormalizer, mlp
 
 PREDICTIONS = ("epsilon", "v")
@@ -165,26 +172,14 @@ class DiffusionPolicy(nn.Module):
     def from_unit(self, x: Tensor) -> Tensor:
         return x * self.act_half_range + self.act_center
 
-    def _coefficients(self, k: Tensor) -> tuple[Tensor, Tensor]:
-        ab = self.alpha_bar[k][:, None, None]
-        return ab.sqrt(), (1 - ab).sqrt()
-
-    def to_x0_eps(self, out: Tensor, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """(x̂₀, ε̂) from the network output at noisy ``x``."""
-        a, s = self._coefficients(k)
-        if self.prediction == "epsilon":
-            return (x - s * out) / a, out
-        return a * x - s * out, s * x + a * out  # v-prediction: x₀ = √ᾱ x − √(1−ᾱ) v, ε = √(1−ᾱ) x + √ᾱ v
-
     # -- training and scoring -----------------------------------------------------------------------------
     def denoising_error(self, obs: Tensor, chunk: Tensor, noise: Tensor, k: Tensor) -> Tensor:
         """‖target − network(x_k)‖² per sample ``[B]`` (mean over the chunk) at the given ``noise`` [B, H, da] and
         steps ``k`` [B]: call it on a policy and a frozen reference with the same noise and steps to compare them."""
-        a, s = self._coefficients(k)
         chunk = self.to_unit(chunk)
+        a, s = forward_coefficients(self.alpha_bar, k, chunk, self.prediction)
         x = a * chunk + s * noise
-        target = noise if self.prediction == "epsilon" else a * noise - s * chunk
-        return ((self.predict(x, k, obs) - target) ** 2).mean((-2, -1))
+        return ((self.predict(x, k, obs) - prediction_target(chunk, noise, a, s, self.prediction)) ** 2).mean((-2, -1))
 
     def loss(self, obs: Tensor, chunk: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The DDPM objective per sample ``[B]``: a uniform step and fresh noise for each sample."""
@@ -199,29 +194,15 @@ class DiffusionPolicy(nn.Module):
         return -torch.stack([self.loss(obs, chunk, generator) for _ in range(draws)]).mean(0)
 
     # -- sampling ------------------------------------------------------------------------------------------
-    def ddim_steps(self, steps: int | None = None) -> Tensor:
-        """The training-schedule steps DDIM visits, descending (``steps`` of them, evenly spaced)."""
-        n = steps or self.sample_steps
-        return torch.linspace(self.train_steps - 1, 0, n, device=self.alpha_bar.device).round().long()
-
     @torch.no_grad()
     def sample(self, obs: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None) -> Tensor:
-        """DDIM (η = 0) from ``noise`` [B, H, da] (drawn from ``generator`` when not given) -> action chunks within
-        the data's range."""
-        b = obs.shape[0]
-        x = noise if noise is not None else torch.randn(b, self.horizon, self.act_dim, device=obs.device,
+        """DDIM (η = 0) over ``steps`` (default ``sample_steps``) evenly spaced steps of the training schedule, from
+        ``noise`` [B, H, da] (drawn from ``generator`` when not given) -> action chunks within the data's range."""
+        x = noise if noise is not None else torch.randn(obs.shape[0], self.horizon, self.act_dim, device=obs.device,
                                                         generator=generator)
-        ks = self.ddim_steps(steps)
-        for i in range(len(ks)):
-            k = ks[i].expand(b)
-            x0, eps = self.to_x0_eps(self.predict(x, k, obs), x, k)
-            x0 = x0.clamp(-1.0, 1.0)
-            if i + 1 < len(ks):
-                a_next, s_next = self._coefficients(ks[i + 1].expand(b))
-                x = a_next * x0 + s_next * eps
-            else:
-                x = x0
+        x = sample_chain(lambda x_k, k: self.predict(x_k, k, obs), x, prediction=self.prediction,
+                         alpha_bar=self.alpha_bar, steps=steps or self.sample_steps, clip=1.0)
         return self.from_unit(x)
 
     def forward(self, obs: Tensor, noise: Tensor) -> Tensor:

@@ -30,7 +30,6 @@ __all__ = ["IndexSampler", "PairBatch", "PairSampler", "PreferencePair", "Tokeni
            "pad_sequences", "tokenize_pairs"]
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
-OPTIONAL_FIELDS = ("score_chosen", "score_rejected", "group", "weight", "preference")
 
 
 @dataclass(frozen=True)

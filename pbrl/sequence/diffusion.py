@@ -14,6 +14,9 @@ noise and timesteps: the scores the diffusion preference losses of :mod:`pbrl.co
   wrapped in :class:`DiffusersDenoiser`.
 - Sampling: DDIM (η = 0) for ``epsilon`` / ``v``, Euler steps of the ODE for ``flow``; an optional ``guidance``
   callable adds a term to each step's prediction (Flow-NRG's reward gradients).
+
+The process and the samplers are :mod:`pbrl.core.diffusion`'s pure functions (the control diffusion policy uses
+the same); :class:`NoiseSchedule` holds one parameterisation's ᾱ and hands them its fields.
 """
 
 from __future__ import annotations
@@ -28,11 +31,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pbrl.core.noise import cosine_alpha_bar, scaled_linear_alpha_bar, timestep_embedding
+from pbrl.core.diffusion import (
+    PREDICTIONS,
+    Guidance,
+    cosine_alpha_bar,
+    ddim_timesteps,
+    ddim_transition,
+    forward_coefficients,
+    prediction_target,
+    sample_chain,
+    scaled_linear_alpha_bar,
+    split_prediction,
+    timestep_embedding,
+)
 from pbrl.errors import ConfigError, describe
 from pbrl.io import atomic_write_text, write_folder
-
-PREDICTIONS = ("epsilon", "v", "flow")
 
 __all__ = ["PREDICTIONS", "SCHEDULES", "DiffusersDenoiser", "NoiseSchedule", "PairErrors", "SmallUNet", "ddim_step",
            "denoising_error", "load_denoiser", "load_pbrl_module", "pair_denoising_errors", "read_model_config", "sample",
@@ -40,11 +53,6 @@ __all__ = ["PREDICTIONS", "SCHEDULES", "DiffusersDenoiser", "NoiseSchedule", "Pa
 
 
 SCHEDULES = {"scaled_linear": scaled_linear_alpha_bar, "cosine": cosine_alpha_bar}
-
-
-def _per_sample(c: Tensor, x: Tensor) -> Tensor:
-    """A ``[B]`` coefficient shaped to broadcast over ``x`` ``[B, ...]``."""
-    return c.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
 
 class NoiseSchedule(nn.Module):
@@ -81,22 +89,14 @@ class NoiseSchedule(nn.Module):
 
     def coefficients(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(a, s)`` with ``x_t = a x₀ + s ε``, shaped like ``x``."""
-        if self.is_flow:
-            return _per_sample(1 - t, x), _per_sample(t, x)
-        ab = self.alpha_bar.to(x.device)[t]
-        return _per_sample(ab.sqrt(), x), _per_sample((1 - ab).sqrt(), x)
+        return forward_coefficients(self.alpha_bar, t, x, self.prediction)
 
     def noisy(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         a, s = self.coefficients(t, x0)
         return a * x0 + s * noise
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        if self.prediction == "epsilon":
-            return noise
-        if self.is_flow:
-            return noise - x0
-        a, s = self.coefficients(t, x0)
-        return a * noise - s * x0
+        return prediction_target(x0, noise, *self.coefficients(t, x0), self.prediction)
 
     def model_time(self, t: Tensor) -> Tensor:
         """What the network is given as its timestep."""
@@ -104,12 +104,7 @@ class NoiseSchedule(nn.Module):
 
     def to_x0_eps(self, out: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(x̂₀, ε̂)`` from the network's output at ``x_t``."""
-        if self.is_flow:
-            return x - _per_sample(t, x) * out, x + _per_sample(1 - t, x) * out
-        a, s = self.coefficients(t, x)
-        if self.prediction == "epsilon":
-            return (x - s * out) / a, out
-        return a * x - s * out, s * x + a * out
+        return split_prediction(out, x, *self.coefficients(t, x), self.prediction)
 
 
 def denoising_error(net: Callable[..., Tensor], schedule: NoiseSchedule, x0: Tensor, noise: Tensor, t: Tensor,
@@ -251,61 +246,31 @@ class DiffusersDenoiser(nn.Module):
 @torch.no_grad()
 def sample(net: Callable[..., Tensor], schedule: NoiseSchedule, cond: Tensor, shape: tuple[int, ...], *,
            steps: int = 20, generator: torch.Generator | None = None, noise: Tensor | None = None,
-           guidance: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, clip: float | None = 1.0,
+           guidance: Guidance | None = None, clip: float | None = 1.0,
            trajectory: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
     """Samples ``[B, *shape]`` from noise (``noise``, or drawn from ``generator``): DDIM η = 0 over ``steps`` evenly
-    spaced training steps, or ``steps`` Euler steps from t = 1 to 0 for flow. ``guidance(x_t, t, x̂₀) -> Δ`` is
-    added to ε̂ (DDIM) or to v̂ (flow) at every step, computed with gradients enabled; ``clip`` bounds x̂₀.
-    A ``trajectory`` list receives ``(t [B], x_t, prediction)`` at every step (Diffusion-DRO's replay)."""
-    b = cond.shape[0]
-    x = noise if noise is not None else torch.randn(b, *shape, device=cond.device, generator=generator)
-    if schedule.is_flow:
-        times = torch.linspace(1.0, 0.0, steps + 1, device=cond.device)
-    else:
-        times = sampling_times(schedule, steps, cond.device)
-    for i in range(len(times) - (1 if schedule.is_flow else 0)):
-        t = times[i].expand(b)
-        out = net(x, schedule.model_time(t), cond)
-        if guidance is not None:
-            x0_hat, _ = schedule.to_x0_eps(out, x, t)
-            with torch.enable_grad():
-                out = out + guidance(x, t, x0_hat)
-        if trajectory is not None:
-            trajectory.append((t, x, out))
-        if schedule.is_flow:
-            x = x + (times[i + 1] - times[i]) * out
-            continue
-        x0, eps = schedule.to_x0_eps(out, x, t)
-        if clip is not None:
-            x0 = x0.clamp(-clip, clip)
-        if i + 1 < len(times):
-            a, s = schedule.coefficients(times[i + 1].expand(b), x)
-            x = a * x0 + s * eps
-        else:
-            x = x0
-    return x.clamp(-clip, clip) if clip is not None else x
+    spaced training steps, or ``steps`` Euler steps from t = 1 to 0 for flow (:func:`pbrl.core.diffusion.sample_chain`).
+    ``guidance(x_t, t, x̂₀) -> Δ`` is added to ε̂ (DDIM) or to v̂ (flow) at every step, computed with gradients
+    enabled; ``clip`` bounds x̂₀. A ``trajectory`` list receives ``(t [B], x_t, prediction)`` at every step
+    (Diffusion-DRO's replay)."""
+    x = noise if noise is not None else torch.randn(cond.shape[0], *shape, device=cond.device, generator=generator)
+    return sample_chain(lambda x_t, t: net(x_t, schedule.model_time(t), cond), x, prediction=schedule.prediction,
+                        alpha_bar=schedule.alpha_bar, steps=steps, clip=clip, guidance=guidance, trajectory=trajectory)
 
 
 def sampling_times(schedule: NoiseSchedule, steps: int, device: torch.device | None = None) -> Tensor:
     """The ``steps`` training steps a DDIM sampler visits, descending (integers)."""
-    return torch.linspace(schedule.train_steps - 1, 0, steps, device=device).round().long()
+    return ddim_timesteps(schedule.train_steps, steps, device)
 
 
 def ddim_step(schedule: NoiseSchedule, out: Tensor, x: Tensor, t: Tensor, t_prev: Tensor, *, eta: float = 1.0,
               noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """One stochastic DDIM step (Song et al., 2021, eq. 12) from ``x_t`` to ``x_{t_prev}`` (``t_prev`` < 0: to x₀):
-    ``x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε̂ + σ z``, ``σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)``.
-    Returns ``(x_prev, mean, σ)`` with σ shaped to broadcast; ``noise`` is z (zeros when not given: the mean).
-    SPO's per-step policy is this Gaussian (its log-density: :func:`pbrl.core.gaussian_step_logp`)."""
+    """One stochastic DDIM step of ``schedule`` from ``x_t`` to ``x_{t_prev}`` (``t_prev`` < 0: to x₀):
+    :func:`pbrl.core.diffusion.ddim_transition`, ``(x_prev, mean, σ)``; ``noise`` is z (zeros when not given: the
+    mean). SPO's per-step policy is this Gaussian (its log-density: :func:`pbrl.core.gaussian_step_logp`)."""
     if schedule.is_flow:
         raise ConfigError(describe("ddim_step", "prediction", "'flow'", "'epsilon' or 'v' (a stochastic DDIM step)"))
-    ab = schedule.alpha_bar.to(x.device)
-    ab_t = _per_sample(ab[t], x)
-    ab_prev = _per_sample(torch.where(t_prev >= 0, ab[t_prev.clamp(min=0)], torch.ones_like(ab[t])), x)
-    sigma = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).clamp(min=0).sqrt()
-    x0, eps = schedule.to_x0_eps(out, x, t)
-    mean = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-    return (mean if noise is None else mean + sigma * noise), mean, sigma
+    return ddim_transition(schedule.alpha_bar, out, x, t, t_prev, schedule.prediction, eta=eta, noise=noise)
 
 
 def save_module(net: nn.Module, config: dict[str, Any], path: str | os.PathLike) -> None:

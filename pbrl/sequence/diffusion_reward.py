@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pbrl.core.diffusion import rao_kupper_loss
-from pbrl.core.noise import timestep_embedding
+from pbrl.core.diffusion import rao_kupper_loss, timestep_embedding
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.sequence.data import IndexSampler
 from pbrl.sequence.diffusion import NoiseSchedule, load_pbrl_module, save_module

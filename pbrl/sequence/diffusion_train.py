@@ -68,8 +68,16 @@ from pbrl.sequence.diffusion import (
     save_denoiser,
 )
 from pbrl.sequence.diffusion_reward import load_reward_model
-from pbrl.sequence.train import SectionedRunConfig, prepare_run_dir, resolve_device
-from pbrl.train.loop import LoopResult, TrainConfig, run_lock, run_loop
+from pbrl.sequence.train import SectionedRunConfig
+from pbrl.train.loop import (
+    LoopResult,
+    TrainConfig,
+    make_run_dir,
+    prepare_run_dir,
+    resolve_device,
+    run_lock,
+    run_loop,
+)
 
 DIFFUSION_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft", "sudo", "abc", "dro", "rpo", "flow_rwr", "spo",
                      "gradspo")
@@ -508,9 +516,9 @@ def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress
                                    "to take the shape from)"))
     check_model_fits(config, data, image_shape, cfg.data)
     preference = load_reward_model(cfg.method.preference_model) if cfg.method.name in ONLINE else None
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     with run_lock(out):
-        prepare_run_dir(cfg.to_dict(), out)
+        prepare_run_dir(out, cfg.to_dict())
         torch.manual_seed(cfg.train.seed)
         torch.set_num_threads(cfg.train.threads)
         device = resolve_device(cfg.train.device)

@@ -29,7 +29,7 @@ from pbrl.errors import ConfigError, describe
 from pbrl.io import atomic_write_text
 from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
 from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, train_diffusion, write_image_pairs
-from pbrl.sequence.train import prepare_run_dir
+from pbrl.train.loop import make_run_dir, prepare_run_dir
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images [N, ...], cond [N, D]) -> rewards [N]
 SELF_PLAY_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft")  # diffusion_sft: the winners only (RAFT-style)
@@ -59,9 +59,9 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
     if not 0.0 <= flip_rate < 0.5:
         raise ConfigError(describe("self_play", "flip_rate", flip_rate, "in [0, 0.5)"))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     # a resumed loop must make its pairs as the finished rounds did (more rounds may be asked for)
-    prepare_run_dir({"self_play": {"samples": samples, "sample_steps": sample_steps, "flip_rate": flip_rate}}, out)
+    prepare_run_dir(out, {"self_play": {"samples": samples, "sample_steps": sample_steps, "flip_rate": flip_rate}})
     data = load_image_pairs(cfg.data, "diffusion_sft")
     prompts = torch.unique(data.cond, dim=0)
     shape = tuple(cfg.image_shape) or tuple(data.chosen.shape[1:])

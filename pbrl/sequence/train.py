@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-import tomllib
 import torch
 from torch import nn
 
@@ -39,9 +37,9 @@ from pbrl.sequence.lm import (
     word_tokenizer,
 )
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
-from pbrl.train.loop import LoopResult, TrainConfig, run_lock, run_loop
+from pbrl.train.loop import LoopResult, TrainConfig, make_run_dir, prepare_run_dir, resolve_device, run_lock, run_loop
 
-__all__ = ["SectionedRunConfig", "SeqRunConfig", "load_model_and_tokenizer", "prepare_run_dir", "resolve_device", "train_sequence"]
+__all__ = ["SectionedRunConfig", "SeqRunConfig", "load_model_and_tokenizer", "train_sequence"]
 
 
 class SectionedRunConfig:
@@ -100,13 +98,6 @@ class SeqRunConfig(SectionedRunConfig):
         return self
 
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
@@ -136,22 +127,6 @@ def load_model_and_tokenizer(cfg: SeqRunConfig, out: Path, texts: list[str]) -> 
     return model, tokenizer, origin, built
 
 
-def prepare_run_dir(asked: dict[str, Any], out: Path) -> None:
-    """Write the run's resolved config to ``out/config.toml``, or check that a resumed run asks for the same."""
-    path = out / "config.toml"
-    if path.exists():
-        with open(path, "rb") as f:
-            stored = tomllib.load(f)
-        if stored != asked:
-            diffs = [f"{s}.{k}: stored {stored.get(s, {}).get(k)!r}, asked {asked[s].get(k)!r}"
-                     for s in asked for k in set(asked[s]) | set(stored.get(s, {}))
-                     if stored.get(s, {}).get(k) != asked[s].get(k)]
-            raise ConfigError(describe(str(path), "config", "; ".join(diffs[:4]),
-                                       "the same config to resume this run (or a new --out directory)"))
-        return
-    atomic_write_text(path, tomli_w.dumps(asked))
-
-
 def _frozen_model(path: str, device: torch.device) -> nn.Module:
     model, _, _ = load_causal_lm(path)
     for p in model.parameters():
@@ -176,9 +151,9 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
     policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
     data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # and a row too long here
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     with run_lock(out):
-        prepare_run_dir(cfg.to_dict(), out)
+        prepare_run_dir(out, cfg.to_dict())
         if built:
             tmp = out / f".tokenizer.{os.getpid()}.tmp"
             tokenizer.save_pretrained(tmp)

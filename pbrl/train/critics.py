@@ -2,6 +2,10 @@
 ``disagreement`` pairs. ``pbrl.data`` declares what it needs (:data:`pbrl.data.teachers.AdvantageCritic`,
 :data:`pbrl.data.pairing.EnsembleFit`) and never imports a network; ``pbrl data label`` passes these in.
 
+The IQL critic and the reward ensemble are the agents' own models and losses (:class:`pbrl.agents.iql.IQLCritic`,
+:class:`pbrl.agents.reward_model.RewardModel` on :class:`pbrl.nets.reward.RewardEnsemble`), trained by the shared
+loop's steps in memory (:func:`pbrl.train.loop.fit_in_memory`): nothing of a labelling fit is written to disk.
+
 The regret teacher's three critics (``Teacher.critic``), each giving ``A(s_t, a_t)`` for every row:
 
 - ``iql`` (:func:`iql_advantages`): IQL's critic without its actor (Kostrikov et al., 2021, eqs. 5–6), fitted in
@@ -15,19 +19,22 @@ The regret teacher's three critics (``Teacher.critic``), each giving ``A(s_t, a_
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import trange
 
-from pbrl.core import expectile_loss, logistic_link, td_target, twin_q_loss
+from pbrl.agents.base import DataSpec
+from pbrl.agents.iql import IQLConfig, IQLCritic
+from pbrl.agents.reward_model import RewardModel, RewardModelConfig
+from pbrl.data.preferences import PreferenceBatch, PreferenceDataset, PreferenceSampler
 from pbrl.data.store import TrajectoryDataset
 from pbrl.data.teachers import Teacher, advantages, discounted_returns_to_go
 from pbrl.data.transitions import TransitionSampler, returns_scale
 from pbrl.errors import ConfigError, DatasetError, describe
-from pbrl.nets.mlp import EnsembleQ, ValueNet, mlp
+from pbrl.nets.mlp import mlp
+from pbrl.train.loop import TrainConfig, fit_in_memory
 
 
 def fit_value_function(trajectories: TrajectoryDataset, *, gamma: float = 0.99, steps: int = 3000,
@@ -75,43 +82,32 @@ def _rows(fn, *arrays: np.ndarray, chunk: int = 8192) -> np.ndarray:
                            for i in range(0, n, chunk)]) if n else np.zeros(0)
 
 
+def observation_spec(trajectories: TrajectoryDataset) -> DataSpec:
+    """The dimensions and observation statistics a labelling model normalises with (std floored at 1e-3)."""
+    obs = torch.as_tensor(trajectories.observations)
+    return DataSpec(trajectories.obs_dim, trajectories.act_dim, obs.mean(0), obs.std(0) + 1e-3)
+
+
 def fit_iql_critic(trajectories: TrajectoryDataset, u: np.ndarray, *, gamma: float, steps: int, seed: int,
                    expectile: float = 0.7, batch_size: int = 256, hidden: tuple[int, ...] = (256, 256),
                    lr: float = 3e-4, target_update: float = 0.005) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IQL's critic without its actor, fitted in sample to the utility ``u``: twin Q with a Polyak target
-    (Kostrikov et al., 2021, eq. 6) and V the τ-expectile of the target Q (eq. 5); ``steps`` Adam steps, seeded
-    by ``seed`` without touching the global RNG. Trained on ``u`` × IQL's locomotion scale
-    ``1000 / (max − min episode return)``. Returns, in the units of ``u``: ``(Q(s_t, a_t) [N], V(s_t) [N],
-    V(final observation) [E])`` (Q: the smaller target critic)."""
+    """IQL's critic without its actor (:class:`pbrl.agents.iql.IQLCritic`), fitted in sample to the utility ``u``:
+    twin Q with a Polyak target (Kostrikov et al., 2021, eq. 6) and V the τ-expectile of the target Q (eq. 5);
+    ``steps`` Adam steps (no weight decay, no clipping), seeded by ``seed`` without touching the global RNG. Trained
+    on ``u`` × IQL's locomotion scale ``1000 / (max − min episode return)``. Returns, in the units of ``u``:
+    ``(Q(s_t, a_t) [N], V(s_t) [N], V(final observation) [E])`` (Q: the smaller target critic)."""
     scale = returns_scale(trajectories, u)
     sampler = TransitionSampler(trajectories, rewards=u, scale=scale, seed=seed)
-    obs = torch.as_tensor(trajectories.observations)
-    norm = {"obs_mean": obs.mean(0), "obs_std": obs.std(0) + 1e-3}
+    cfg = IQLConfig(critic_layers=list(hidden), discount=gamma, expectile=expectile, target_update=target_update)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(seed)
-        q = EnsembleQ(trajectories.obs_dim, trajectories.act_dim, hidden_layers=hidden, **norm)
-        value = ValueNet(trajectories.obs_dim, hidden_layers=hidden, **norm)
-    q_target = copy.deepcopy(q).requires_grad_(False)
-    opt_q, opt_v = torch.optim.Adam(q.parameters(), lr=lr), torch.optim.Adam(value.parameters(), lr=lr)
-    for _ in trange(steps, desc="iql critic", leave=False, disable=None):
-        b = sampler.sample(batch_size)
-        with torch.no_grad():
-            target_q = q_target(b.obs, b.act).min(0).values
-            next_v = value(b.next_obs)
-        value_loss = expectile_loss(target_q - value(b.obs), expectile).mean()
-        q1, q2 = q(b.obs, b.act)
-        critic_loss = twin_q_loss(q1, q2, td_target(b.reward, b.done, next_v, gamma)).mean()
-        opt_v.zero_grad()
-        value_loss.backward()
-        opt_v.step()
-        opt_q.zero_grad()
-        critic_loss.backward()
-        opt_q.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(q_target.parameters()), list(q.parameters()), target_update)
-    q_rows = _rows(lambda o, a: q_target(o, a).min(0).values, trajectories.observations, trajectories.actions)
-    v_rows = _rows(value, trajectories.observations)
-    v_final = _rows(value, trajectories.final_observations)
+        critic = IQLCritic(cfg, observation_spec(trajectories))
+    fit_in_memory(critic, lambda: sampler.sample(batch_size),
+                  TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0, grad_clip=0.0, seed=seed),
+                  progress=True, desc="iql critic")
+    q_rows = _rows(lambda o, a: critic.q_target(o, a).min(0).values, trajectories.observations, trajectories.actions)
+    v_rows = _rows(critic.value, trajectories.observations)
+    v_final = _rows(critic.value, trajectories.final_observations)
     return q_rows / scale, v_rows / scale, v_final / scale
 
 
@@ -192,53 +188,47 @@ def regret_advantages(trajectories: TrajectoryDataset, u: np.ndarray, teacher: T
     return critic[teacher.critic_name](trajectories, u, teacher)
 
 
-class RewardEnsemble:
-    """K MLP reward models r_k(s, a), each fitted by Bradley-Terry on segment sums to a bootstrap of the labels."""
+class BootstrappedPairs:
+    """Batches of labelled pairs for an ensemble of ``members`` reward models, each fitted to its own bootstrap of
+    the pairs (Christiano et al., 2017): a batch is drawn uniformly from all pairs and carries ``weight [K, B]``, how
+    often each member's resample holds each pair, so each member's expected loss is that of its resample."""
 
-    def __init__(self, trajectories: TrajectoryDataset, members: int = 3, hidden: int = 64, seed: int = 0):
-        self.gen = torch.Generator().manual_seed(seed)
-        x = np.concatenate([trajectories.observations, trajectories.actions], 1)
-        self.x = torch.as_tensor(x)
-        self.mean, self.std = self.x.mean(0), self.x.std(0) + 1e-3
-        self.offsets = torch.as_tensor(trajectories.episode_offsets)
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-            torch.manual_seed(seed)
-            self.models = [mlp(x.shape[1], 1, [hidden, hidden]) for _ in range(members)]
+    def __init__(self, sampler: PreferenceSampler, members: int, generator: torch.Generator):
+        pairs = len(sampler)
+        self.sampler = sampler
+        self.counts = torch.stack([torch.bincount(torch.randint(pairs, (pairs,), generator=generator), minlength=pairs)
+                                   for _ in range(members)]).float()                      # [K, P]
 
-    def _rows(self, seg: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        seg = torch.as_tensor(seg)
-        steps = torch.arange(int(seg[:, 2].max()))
-        mask = steps[None] < seg[:, 2:3]
-        rows = torch.where(mask, self.offsets[seg[:, 0]][:, None] + seg[:, 1:2] + steps[None], 0)
-        return rows, mask
-
-    def _segment_sum(self, model: torch.nn.Module, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (model((self.x[rows] - self.mean) / self.std).squeeze(-1) * mask).sum(-1)
-
-    def fit(self, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray, steps: int = 300, batch: int = 64) -> None:
-        ra, ma = self._rows(seg_a)
-        rb, mb = self._rows(seg_b)
-        y = torch.as_tensor(label, dtype=torch.float32)
-        for model in self.models:
-            boot = torch.randint(len(y), (len(y),), generator=self.gen)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            for _ in range(steps):
-                i = boot[torch.randint(len(boot), (min(batch, len(boot)),), generator=self.gen)]
-                margin = self._segment_sum(model, ra[i], ma[i]) - self._segment_sum(model, rb[i], mb[i])
-                loss = logistic_link(margin, y[i]).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-
-    @torch.no_grad()
-    def step_rewards(self) -> list[np.ndarray]:
-        return [m((self.x - self.mean) / self.std).squeeze(-1).double().numpy() for m in self.models]
+    def sample(self, batch_size: int) -> PreferenceBatch:
+        index = torch.randint(len(self.sampler), (batch_size,), generator=self.sampler.generator)
+        return dataclasses.replace(self.sampler.batch(index), weight=self.counts[:, index])
 
 
 def fit_reward_ensemble(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np.ndarray, label: np.ndarray,
-                        seed: int) -> list[np.ndarray]:
-    """:data:`pbrl.data.pairing.EnsembleFit`: each member's reward for every row ``[N]`` after fitting to the labels."""
-    ensemble = RewardEnsemble(trajectories, seed=seed)
-    ensemble.fit(seg_a, seg_b, label)
-    return ensemble.step_rewards()
+                        seed: int, *, steps: int = 300, members: int = 3, hidden: int = 64, batch_size: int = 64,
+                        lr: float = 1e-3) -> list[np.ndarray]:
+    """:data:`pbrl.data.pairing.EnsembleFit`: ``members`` MLP reward models r_k(s, a) (the ``iql-mr`` reward model:
+    :class:`pbrl.agents.reward_model.RewardModel`, Bradley-Terry on segment sums), each fitted to a bootstrap of the
+    labelled pairs ``(seg_a [P, 3], seg_b [P, 3], label [P])`` for ``steps`` Adam steps; seeded by ``seed`` without
+    touching the global RNG. Returns each member's reward for every row, ``[N]`` float64."""
+    prefs = PreferenceDataset(np.asarray(seg_a), np.asarray(seg_b), np.asarray(label, np.float32),
+                              np.zeros(len(label), np.int32))
+    generator = torch.Generator().manual_seed(seed)
+    pairs = BootstrappedPairs(PreferenceSampler(trajectories, prefs, seed=seed + 1), members, generator)
+    cfg = RewardModelConfig(model="mlp", members=members, hidden_layers=[hidden, hidden])
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = RewardModel(cfg, observation_spec(trajectories))
+    fit_in_memory(model, lambda: pairs.sample(batch_size),
+                  TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0, grad_clip=0.0, seed=seed),
+                  desc="reward ensemble")
+    return member_rewards(model, trajectories)
 
+
+@torch.no_grad()
+def member_rewards(model: RewardModel, trajectories: TrajectoryDataset, chunk: int = 65536) -> list[np.ndarray]:
+    """Each ensemble member's reward r_k(s_t, a_t) for every row: ``K`` arrays ``[N]`` float64."""
+    obs, act = trajectories.observations, trajectories.actions
+    rewards = [model.net(torch.as_tensor(obs[i:i + chunk]), torch.as_tensor(act[i:i + chunk])).double()
+               for i in range(0, len(obs), chunk)]                                             # [K, rows] each
+    return list(torch.cat(rewards, 1).numpy()) if rewards else [np.zeros(0)] * model.cfg.members

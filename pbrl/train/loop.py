@@ -11,12 +11,17 @@ It knows nothing of agents, environments or datasets: a *learner* is any ``nn.Mo
   switch that restarts an optimiser, e.g. CPL's BC -> CPL switch).
 
 Batches come from ``sample()``; objects whose state must survive a resume (samplers with their generators)
-are passed as ``stateful``. Control agents (``pbrl.train.trainer``) and sequence-level objectives run on it.
+are passed as ``stateful``. Control agents (``pbrl.train.trainer``) and sequence-level objectives run on it
+(:func:`run_loop`); models fitted in seconds inside another command, with no run directory, take the same steps
+in memory (:func:`fit_in_memory`: the labelling critics). The run directory's helpers are here too, for both
+kinds of run: :func:`resolve_device`, :func:`make_run_dir`, :func:`prepare_run_dir` (``config.toml``, a changed
+config refused on resume) and :func:`run_lock`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,21 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import tomli_w
+import tomllib
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
-from pbrl.errors import CheckpointError, NonFiniteError, RunLockedError, describe
+from pbrl.errors import CheckpointError, ConfigError, NonFiniteError, RunLockedError, describe
 from pbrl.fields import param
-from pbrl.io import LockHeld, atomic_path, commit_atomic, exclusive_lock
+from pbrl.io import LockHeld, atomic_path, atomic_write_text, commit_atomic, exclusive_lock
 
-__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "run_loop", "train_step"]
-
-
-class Learner(Protocol):
-    def optimizers(self) -> dict[str, OptimizerSpec]: ...
-    def loss(self, batch: Any, step: int) -> LossOutput: ...
+__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "fit_in_memory", "make_run_dir",
+           "prepare_run_dir", "resolve_device", "run_lock", "run_loop", "train_step"]
 
 
 class Stateful(Protocol):
@@ -68,6 +71,65 @@ class TrainConfig:
     eval_every: int = param(0, ge=0)            # evaluate every N steps (0: only at the end)
     eval_episodes: int = param(10, ge=0, le=100_000)  # episodes per evaluation
     eval_seed: int = param(100_000, ge=0, lt=2**31)  # env seeds eval_seed + i, apart from training seeds
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA, else MPS, else the CPU; ``cpu``, ``cuda[:N]`` and ``mps`` as named (``cuda`` where there is
+    none is one line of :class:`ConfigError`)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(describe("train.device", "device", "'cuda'", "'cpu' or 'auto' (no CUDA device here)"))
+    return torch.device(name)
+
+
+def make_run_dir(out: Path) -> None:
+    """``out`` as a directory, or one line saying why it cannot be (a file is there, a parent is a file, no
+    permission, a read-only disk)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(describe(str(out), "--out", "an existing file", "a run directory (new or a run's own)"))
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(describe(str(out), "--out", f"a path under the file {blocking}", "a directory path"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(describe(str(out), "--out", exc.strerror or type(exc).__name__,
+                                   "a directory this user can write to")) from None
+
+
+def prepare_run_dir(out: Path, asked: Mapping[str, Mapping[str, Any]], *,
+                    read: Callable[[Path], Mapping[str, Mapping[str, Any]]] | None = None) -> None:
+    """``out/config.toml``, the sections of fields a run depends on: written from ``asked`` for a new run (``None``
+    values left out: TOML has no null); for an existing run, refused in one line naming the first fields that
+    differ unless the stored config equals ``asked`` (a resume continues the run it started, never another).
+
+    ``read(path)`` reads the stored file as the caller's config does (the control runs' :class:`RunConfig` fills
+    the defaults a file of an older version lacks); plain TOML by default. Call it under :func:`run_lock`."""
+    path = out / "config.toml"
+    if path.exists():
+        if read is not None:
+            stored = read(path)
+        else:
+            with open(path, "rb") as f:
+                stored = tomllib.load(f)
+        if stored != asked:
+            sections = sorted(set(stored) | set(asked))
+            differ = [(s, k) for s in sections for k in sorted(set(stored.get(s, {})) | set(asked.get(s, {})))
+                      if stored.get(s, {}).get(k) != asked.get(s, {}).get(k)]
+            diffs = [f"{s}.{k}: stored {stored.get(s, {}).get(k)!r}, asked {asked.get(s, {}).get(k)!r}" for s, k in differ]
+            raise ConfigError(describe(str(path), "config", "; ".join(diffs[:4]),
+                                       "the same config to resume this run (or a new --out directory)"))
+        return
+    atomic_write_text(path, tomli_w.dumps({s: {k: v for k, v in fields.items() if v is not None}
+                                           for s, fields in asked.items()}))
 
 
 @contextmanager
@@ -267,6 +329,33 @@ def train_step(learner: nn.Module, loss_fn: Callable[[Any, int], LossOutput], ba
     if after_step is not None:
         after_step(step)
     return first, summed, sum(summed.values()), norms
+
+
+def fit_in_memory(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, *, progress: bool = False,
+                  desc: str = "fit") -> None:
+    """Train ``learner`` for ``cfg.steps`` steps of :func:`train_step` on batches from ``sample()``, keeping nothing on
+    disk: no checkpoints, no TensorBoard, no resume. For models fitted in seconds inside another command (the
+    labelling critics of ``pbrl data label``); whatever must be reproducible is seeded by the caller.
+
+    Every step's loss joins a non-finite flag kept on the device; :class:`NonFiniteError` at the end where one was
+    not finite, so no caller reads a model trained into NaN. The learner is left in eval mode."""
+    optimizers = Optimizers(learner.optimizers(), cfg)
+    reset_optimizers = getattr(learner, "reset_optimizers", None)
+    nonfinite: Tensor | None = None
+    learner.train()
+    for step in tqdm(range(cfg.steps), desc=desc, leave=False, disable=not progress or None):
+        if reset_optimizers is not None:
+            for name in reset_optimizers(step):
+                optimizers.reset(name)
+        batch = sample()
+        more = [sample() for _ in range(cfg.grad_accum - 1)]
+        _, _, total, _ = train_step(learner, learner.loss, batch, optimizers, step, amp=False, norms_wanted=False,
+                                    more_batches=more)
+        flag = ~torch.isfinite(total.detach())
+        nonfinite = flag if nonfinite is None else nonfinite | flag  # on the loss's device: no sync per step
+    learner.eval()
+    if nonfinite is not None and bool(nonfinite):
+        raise NonFiniteError(f"{desc}: loss: got a non-finite value, expected finite values (check the data)")
 
 
 def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, out: Path, *, device: torch.device,

@@ -26,21 +26,18 @@ from pbrl.envs.registry import make_env
 from pbrl.errors import CheckpointError, ConfigError, DatasetError, describe
 from pbrl.io import atomic_write_text
 from pbrl.train.config import RunConfig
-from pbrl.train.loop import Checkpoints, TrainConfig, load_weights, run_lock, run_loop
+from pbrl.train.loop import (  # resolve_device: pbrl.cli imports it from here too
+    Checkpoints,
+    TrainConfig,
+    load_weights,
+    make_run_dir,
+    prepare_run_dir,
+    resolve_device,
+    run_lock,
+    run_loop,
+)
 
 __all__ = ["Checkpoints", "actor_policy", "build_agent", "load_run", "train"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(describe("train.device", "device", "'cuda'", "'cpu' or 'auto' (no CUDA device here)"))
-    return torch.device(name)
 
 
 def finite_or_none(value: Any) -> Any:
@@ -145,40 +142,6 @@ def record_data(out: Path, files: dict[str, tuple[Path, str]]) -> None:
     path = out / "data.json"
     if not path.exists():
         write_json(path, {role: {"file": str(file), "sha256": sha} for role, (file, sha) in files.items()})
-
-
-def make_run_dir(out: Path) -> None:
-    """``out`` as a directory, or one line saying why it cannot be (a file is there, a parent is a file, no
-    permission, a read-only disk)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(describe(str(out), "--out", "an existing file", "a run directory (new or a run's own)"))
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(describe(str(out), "--out", f"a path under the file {blocking}", "a directory path"))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(describe(str(out), "--out", exc.strerror or type(exc).__name__,
-                                   "a directory this user can write to")) from None
-
-
-def prepare_run_dir(cfg: RunConfig, out: Path) -> RunConfig:
-    """Write ``out/config.toml`` for a new run; for an existing one, insist the config is the same."""
-    cfg_path = out / "config.toml"
-    if cfg_path.exists():
-        stored = RunConfig.load(cfg_path)
-        if stored.to_dict() != cfg.to_dict():
-            a, b = stored.to_dict(), cfg.to_dict()
-            diffs = [f"{s}.{k}: stored {a[s].get(k)!r}, asked {b[s].get(k)!r}"
-                     for s in a for k in set(a[s]) | set(b[s]) if a[s].get(k) != b[s].get(k)]
-            raise ConfigError(describe(str(cfg_path), "config", "; ".join(diffs[:4]),
-                                       "the same config to resume this run (or a new --out directory)"))
-        return stored
-    atomic_write_text(cfg_path, cfg.to_toml())
-    return cfg
 
 
 def split_pairs(prefs: PreferenceDataset, holdout: float, seed: int) -> tuple[PreferenceDataset, PreferenceDataset]:
@@ -345,7 +308,7 @@ def remove_unstarted(out: Path, before: set[Path] | None) -> None:
 def _train_in(cfg: RunConfig, data: LoadedDataset, files: dict[str, tuple[Path, str]], out: Path,
               device: torch.device, progress: bool, stop_at: int | None) -> dict[str, Any] | None:
     tc = cfg.train
-    cfg = prepare_run_dir(cfg, out)
+    prepare_run_dir(out, cfg.to_dict(), read=lambda path: RunConfig.load(path).to_dict())
     record_data(out, files)
     rewards, reward_summary = None, None
     if reward_source(cfg.agent) == "learned":

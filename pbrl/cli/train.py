@@ -1,0 +1,216 @@
+"""``pbrl train``, ``pbrl bench`` and ``pbrl eval``: train an agent from preferences, a grid of them, and evaluate a
+run in its simulator; ``pbrl curves`` and ``pbrl likelihood`` read what a run learned."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pbrl.cli.common import FORMATTER
+
+
+def run_settings(cfg, requested_scale: str) -> str:
+    """One line: the settings that change the method or the numbers, as resolved (all of them are in config.toml)."""
+    from pbrl.train.trainer import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    scale = cfg.scale + (f" (--scale auto: {'CUDA' if cfg.scale == 'paper' else 'no CUDA'} here)"
+                         if requested_scale == "auto" else "")
+    amp = "on" if cfg.train.amp and device.type == "cuda" else ("off" if not cfg.train.amp else "off (CPU)")
+    return (f"pbrl train: {cfg.agent} on {cfg.dataset}, preset {scale}, device {device}, bf16 autocast {amp}, "
+            f"torch.compile {'on' if cfg.train.compile else 'off'}, {cfg.train.steps} steps, seed {cfg.train.seed}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pbrl.train.config import build_config
+    from pbrl.train.trainer import train
+
+    cfg = build_config(args.agent, args.dataset, scale=args.scale, overrides=args.set or [], steps=args.steps,
+                       seed=args.seed, device=args.device, batch_size=args.batch_size)
+    from pbrl.data.registry import load_dataset
+
+    load_dataset(cfg.dataset, preferences=False)  # a missing dataset is its own one-line error, before the settings
+    print(run_settings(cfg, args.scale), file=sys.stderr)
+    if args.dry_run:
+        from pbrl.train.trainer import dry_run
+
+        print(json.dumps(dry_run(cfg)))
+        return 0
+    result = train(cfg, args.out, progress=not args.quiet)
+    print(json.dumps({k: result[k] for k in ("agent", "dataset", "normalized_score", "return_mean", "return_std",
+                                             "episodes", "seed", *(["success_rate"] if "success_rate" in result else []))}))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pbrl.errors import ConfigError, describe
+    from pbrl.train.bench import bench
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(describe("--seeds", "seeds", repr(args.seeds), "comma-separated integers, e.g. 0,1,2")) from None
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bench(agents, datasets, seeds, args.out, steps=args.steps, scale=args.scale, overrides=args.set or [],
+          ceiling_check=not args.no_ceiling_check, progress=not args.quiet, record=args.record,
+          report_only=args.report_only)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/results.csv, results.md, results.png")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.video:
+        from pbrl.envs.render import choose_gl
+
+        choose_gl()  # before mujoco is imported: EGL or OSMesa, whichever draws here
+    from pbrl.envs.evaluate import evaluate
+    from pbrl.train.trainer import actor_policy, load_run, write_json
+
+    cfg, agent, data = load_run(args.run_dir, args.device)
+    device = next(agent.parameters()).device
+    result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env,
+                      episodes=args.episodes, seed=args.seed, dims=(agent.spec.obs_dim, agent.spec.act_dim),
+                      video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video)
+    checkpoint = agent.checkpoint  # the one load_run read (a damaged newer one is skipped)
+    step = int(Path(checkpoint).stem.split("_")[-1])
+    result = {"agent": cfg.agent, "dataset": data.name, **{k: v for k, v in result.items() if k != "seed"},
+              "seed": cfg.train.seed, "eval_seed": args.seed, "checkpoint": checkpoint}
+    # the run's own eval.json stays as training wrote it; each evaluation setting gets its own file
+    env_tag = f"-{args.env}" if args.env else ""
+    out = Path(args.run_dir) / f"eval-step{step}{env_tag}-{args.episodes}ep-seed{args.seed}.json"
+    write_json(out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "returns"}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def report_file(option: str, path: str, suffixes: tuple[str, ...]) -> Path:
+    """A report's output file (``--png``, ``--json``): its folder must exist and its suffix fit. A report is made
+    to be regenerated, so an existing one is replaced, and the command says so."""
+    from pbrl.errors import ConfigError, describe
+
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(describe(option, "file", path, f"a {' or '.join(suffixes)} file"))
+    if not out.parent.is_dir():
+        raise ConfigError(describe(option, "folder", str(out.parent), "an existing folder"))
+    return out
+
+
+def wrote(path: Path, existed: bool) -> str:
+    return f"wrote {path}" + (" (replaced the old one)" if existed else "")
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from pbrl.train.curves import curves_table, plot_curves, read_curves
+
+    png = report_file("--png", args.png, (".png",)) if args.png else None
+    curves = read_curves(args.runs, args.tag)
+    print(curves_table(curves, args.tag))
+    if png is not None:
+        existed = png.exists()
+        plot_curves(curves, args.tag, png, args.title or args.tag)
+        print(wrote(png, existed))
+    return 0
+
+
+def cmd_likelihood(args: argparse.Namespace) -> int:
+    from pbrl.io import atomic_write_text
+    from pbrl.train.likelihood import format_likelihood, likelihood_report
+
+    out = report_file("--json", args.json, (".json",)) if args.json else None
+    report = likelihood_report(args.run_dir, args.labels)
+    print(format_likelihood(report, args.run_dir))
+    if out is not None:
+        existed = out.exists()
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        print(wrote(out, existed))
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser("train", help="train an agent from preferences (resumes when --out holds an unfinished run)",
+                        epilog="Presets live in agents/NAME.toml ([cpu] and [paper] scales). Any field can be "
+                        "overridden: --set agent.alpha=0.2 --set train.lr=3e-4", formatter_class=FORMATTER)
+    from pbrl.agents import AGENTS
+
+    tr.add_argument("--agent", required=True, help=f"one of {sorted(AGENTS)}")
+    tr.add_argument("--dataset", required=True, help="dataset name (datasets/NAME.toml) or preference .h5 path")
+    tr.add_argument("--steps", type=int, default=None, help="gradient steps (default: the preset's)")
+    tr.add_argument("--seed", type=int, default=None, help="seed for init, batches and dropout (default 0)")
+    tr.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the preset's)")
+    tr.add_argument("--out", required=True, help="run directory: config.toml, TensorBoard events, checkpoints/, eval.json")
+    tr.add_argument("--scale", default="auto", help="preset scale: cpu | paper | auto (paper on CUDA); CPL also "
+                    "cpu-locomotion | paper-locomotion (the D4RL recipe of cpl-human)")
+    tr.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--dry-run", action="store_true", help="validate the config, build the agent, run two steps in "
+                    "a temporary directory, write nothing (--out is not touched)")
+    tr.set_defaults(func=cmd_train)
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    from pbrl.agents import AGENTS
+
+    bn = sub.add_parser("bench", help="train an agent x dataset x seed grid (resumable); every score beside oracle IQL",
+                        epilog="example: pbrl bench --agents cpl,sft,bc,iql-mr,iql-pt,iql-oracle --datasets "
+                        "hopper-medium-replay-small --seeds 0,1,2 --out bench", formatter_class=FORMATTER)
+    bn.add_argument("--agents", required=True, help=f"comma-separated, from {sorted(AGENTS)}")
+    bn.add_argument("--datasets", required=True, help="comma-separated dataset names or .h5 paths")
+    bn.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    bn.add_argument("--steps", type=int, default=None, help="gradient steps for every agent (default: each preset's)")
+    bn.add_argument("--scale", default="cpu", help="preset scale: cpu | paper (CPL also cpu-locomotion, paper-locomotion)")
+    bn.add_argument("--set", action="append", metavar="[AGENT:]SECTION.KEY=VALUE",
+                    help="override a config field, for every agent or one (cpl:agent.alpha=0.2)")
+    bn.add_argument("--out", default="bench", help="results folder (default: bench/)")
+    bn.add_argument("--no-ceiling-check", action="store_true", help="skip oracle IQL at twice the budget")
+    bn.add_argument("--record", action="store_true", help="record the oracle score in each dataset's card (the demo "
+                    "shows it)")
+    bn.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished cells, name the "
+                    "missing ones")
+    bn.add_argument("--quiet", action="store_true", help="no progress bar")
+    bn.set_defaults(func=cmd_bench)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval-stepK-…-seedS.json")
+    ev.add_argument("run_dir", help="a directory written by `pbrl train`")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--seed", type=int, default=100_000, help="env i is seeded seed + i")
+    ev.add_argument("--env", default=None, help="evaluate in another env preset than the dataset's")
+    ev.add_argument("--video", type=int, default=0, metavar="N", help="also render N episodes to DIR/videos/")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_eval)
+
+
+def add_curves_parser(sub: argparse._SubParsersAction) -> None:
+    from pbrl.train.curves import DEFAULT_TAG
+
+    cv = sub.add_parser("curves", help="learning curves of `pbrl train` runs from their TensorBoard events: a markdown "
+                        "table (one column per evaluated step, the best and the last value) and a figure",
+                        formatter_class=FORMATTER, epilog="example: pbrl curves runs/cpl-s0 expert=runs/cpl-expert-s0 "
+                        "--png docs/curves.png; evaluations during training come from --set train.eval_every=2000")
+    cv.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, each optionally NAME=DIR (default "
+                    "name: the directory's last component)")
+    cv.add_argument("--tag", default=DEFAULT_TAG, help=f"the scalar to read (default {DEFAULT_TAG})")
+    cv.add_argument("--png", default=None, help="also draw the curves into this .png file (replaced if it exists)")
+    cv.add_argument("--title", default="", help="the figure's title (default: the tag)")
+    cv.set_defaults(func=cmd_curves)
+
+
+def add_likelihood_parser(sub: argparse._SubParsersAction) -> None:
+    lk = sub.add_parser("likelihood", help="what a trained policy's likelihood says about its dataset: mean per-step "
+                        "log π on each source policy's steps, and how often Σ log π agrees with each label set",
+                        formatter_class=FORMATTER, epilog="example: pbrl likelihood runs/cpl-s0 "
+                        "hopper-medium-replay-small --json runs/cpl-s0/likelihood.json")
+    lk.add_argument("run_dir", help="a `pbrl train` run of an agent with an MLP policy (bc, sft, cpl)")
+    lk.add_argument("labels", nargs="*", help="dataset names or preference files on the run's trajectories (default: "
+                    "the run's own)")
+    lk.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON (replaced if it "
+                    "exists)")
+    lk.set_defaults(func=cmd_likelihood)
