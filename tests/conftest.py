@@ -17,9 +17,10 @@ import torch  # noqa: E402
 
 from pbrl.data.store import Episode, write_trajectories  # noqa: E402
 
-# PBRL_TEST_THREADS: the margin study (scripts/diag/test_margins.py) reruns the learning tests with two threads, which
-# changes the order of torch's reductions: a second floating-point order, as another CPU would have. The trainers set
-# their own count (train.threads, 1 by default), so under the study every torch.set_num_threads call is pinned to it.
+# PBRL_TEST_THREADS: the margin study (scripts/diag/test_margins.py) reruns the learning tests in a second
+# floating-point order (two threads and MKL's compatible path), as another CPU would have. The
+# trainers set their own count (train.threads, 1 by default), so under the study every torch.set_num_threads call is
+# pinned to it.
 LEARNING_THREADS = int(os.environ.get("PBRL_TEST_THREADS", "1"))
 if "PBRL_TEST_THREADS" in os.environ:
     _set_num_threads = torch.set_num_threads

@@ -37,14 +37,6 @@ def small(agent, data, steps, extra=()):
         *SMALL.get(agent, []), *extra])
 
 
-def test_the_loop_imports_no_agent_env_or_dataset():
-    tree = ast.parse((Path(__file__).parents[1] / "pbrl" / "train" / "loop.py").read_text())
-    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    pbrl_modules = {m for m in modules if m and m.startswith("pbrl")}
-    assert pbrl_modules <= {"pbrl.io", "pbrl.errors", "pbrl.fields", "pbrl.core.training"}, pbrl_modules
-
-
 def test_data_never_imports_networks_or_the_training_side():
     for path in (Path(__file__).parents[1] / "pbrl" / "data").glob("*.py"):
         tree = ast.parse(path.read_text())

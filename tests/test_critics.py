@@ -49,7 +49,7 @@ def test_optimal_value_critic_ranks_the_better_policy_first_and_the_behaviour_cr
         agree[critic] = agreement(prefs.label, quality[prefs.segments_a[:, 0]], quality[prefs.segments_b[:, 0]])
     learned.check("IQL critic's agreement with the better policy", agree["iql"], ">", 0.9)
     # the known-bad variant: the behaviour's own value cancels each policy's return, its advantages average to zero
-    learned.check("behaviour critic's agreement with the better policy", agree["behaviour"], "<", 0.65, bad=True)
+    learned.check("behaviour critic's agreement with the better policy", agree["behaviour"], "<", 0.8, bad=True)
 
 
 @pytest.mark.slow

