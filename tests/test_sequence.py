@@ -493,15 +493,17 @@ def test_seq_cli_config_model_lora_and_tensorboard(grammar, tmp_path):
 @pytest.mark.slow
 @pytest.mark.learning
 def test_dpo_learns_the_preference_on_heldout_prompts(tmp_path, learned, learning_seed):
-    """SFT on the grammar first (the reference), then DPO and SFT-on-chosen at equal steps on noisy pairs (20 %
-    reversed). On held-out prompts DPO's samples carry the preferred word far more often than the reference's (about
-    20 %) and than SFT-on-chosen's (which imitates the label noise), keep the reference's grammar and stay within a
-    few nats of KL; with chosen and rejected swapped (the known-bad variant) the same run falls below the reference.
+    """SFT on the grammar first (the reference), then DPO (β = 0.3) and SFT-on-chosen at equal steps on noisy pairs
+    (20 % reversed). On held-out prompts DPO's samples carry the preferred word far more often than the reference's
+    (about 20 %); among grammatical samples, more often than SFT-on-chosen's (which imitates the label noise); DPO
+    keeps most of the reference's grammar and stays within a few nats of KL. With chosen and rejected swapped (the
+    known-bad variant) the same run falls below the reference.
 
-    The pairs are cut at ``max_length`` = 10 (prompt and six words): the end token that every completion shares
-    carries no preference, and with it DPO lowers its likelihood in both completions alike (likelihood
-    displacement, invisible to the loss) until the policy stops stopping, in about one run in five at these
-    settings; the reference keeps the end it learnt. Thresholds from scripts/diag/test_margins.py (DESIGN §7.8)."""
+    The pairs are cut at ``max_length`` = 10 (prompt and six words): the end token every completion shares carries
+    no preference, and with it in the loss DPO lowers its likelihood in both completions alike (likelihood
+    displacement, invisible to the loss) until the policy no longer stops, in about one run in five in our trials;
+    the policy keeps the reference's end. DPO still moves some mass off the grammar (nouns in adjective slots), so
+    the validity bound is loose. Thresholds from scripts/diag/test_margins.py (DESIGN §7.8)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pbrl.sequence.synthetic import evaluate_policy
@@ -527,16 +529,16 @@ def test_dpo_learns_the_preference_on_heldout_prompts(tmp_path, learned, learnin
         train_sequence(cfg, tmp_path / out, progress=False)
         return tmp_path / out / "model"
 
-    def measure(folder):
+    def measure(folder, kl=False):
         result = evaluate_policy(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder),
-                                 prompts, reference=reference, samples=16, seed=learning_seed)
+                                 prompts, reference=reference if kl else None, samples=16, seed=learning_seed)
         return {**result, "preferred_among_valid": result["preferred_valid"] / max(result["valid"], 1e-9)}
 
     sft = run(tmp_path / "gpt2.json", paths["sft"], "sft", "sft", 300, 5e-3, max_length=32)
     reference = AutoModelForCausalLM.from_pretrained(sft)
     prompts = json.loads(paths["heldout"].read_text())
     base = measure(sft)
-    dpo = measure(run(sft, paths["pairs"], "dpo", "dpo", 150, 2.5e-4))
+    dpo = measure(run(sft, paths["pairs"], "dpo", "dpo", 150, 2.5e-4), kl=True)
     sft_chosen = measure(run(sft, paths["pairs"], "sft-chosen", "sft", 150, 2.5e-4))
     bad = measure(run(sft, swapped, "dpo-swapped", "dpo", 150, 2.5e-4))
     context = {"sft": base, "dpo": dpo, "sft_chosen": sft_chosen, "swapped": bad}
