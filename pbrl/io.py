@@ -1,5 +1,5 @@
-"""Atomic file writes (readers see the old file or the whole new one, never a part) and an exclusive directory
-lock. Imports nothing of pbrl."""
+"""Atomic file writes (readers see the old file or the whole new one, never a part), an exclusive directory
+lock, and the progress report of long work (:class:`Progress`). Imports nothing of pbrl."""
 
 from __future__ import annotations
 
@@ -85,3 +85,78 @@ def exclusive_lock(directory: Path, name: str = ".lock") -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+class Progress:
+    """Progress of long work: a tqdm bar on a terminal; off one (a log file, nohup, CI) a plain line at least every
+    ``every`` seconds, ``desc: step/total (pct), rate/s, ETA``, so a run never sits silent until it ends. Disabled
+    entirely (``enabled=False``, the commands' ``--quiet``): nothing is printed.
+
+    Use like a bar: ``update(n)``, ``set_postfix_str(text)``, ``write(line)`` (a message that does not break the
+    bar), ``close()``; or as a context manager."""
+
+    def __init__(self, total: int | None, *, desc: str, initial: int = 0, enabled: bool = True, unit: str = "step",
+                 every: float = 30.0, stream=None) -> None:
+        import sys
+        import time
+
+        self.total, self.desc, self.n, self.unit, self.every = total, desc, initial, unit, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.postfix = ""
+        self._clock = time.monotonic
+        self._start, self._start_n = self._clock(), initial
+        self._last_line = self._start
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=self.stream)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and self._clock() - self._last_line >= self.every:
+            self._line()
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def write(self, line: str) -> None:
+        """A message on the progress stream (above the bar on a terminal); printed even with ``enabled=False``."""
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self, final_line: bool = False) -> None:
+        """Close the bar; off a terminal, ``final_line`` prints where the work ended (a line for short work too)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.enabled and final_line:
+            self._line()
+
+    def status(self) -> str:
+        elapsed = self._clock() - self._start
+        rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
+        done = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n}"
+        eta = ""
+        if self.total and rate > 0:
+            left = (self.total - self.n) / rate
+            eta = f", ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+        extra = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {done} {self.unit}s, {rate:.3g} {self.unit}s/s{eta}{extra}"
+
+    def _line(self) -> None:
+        self._last_line = self._clock()
+        print(self.status(), file=self.stream, flush=True)

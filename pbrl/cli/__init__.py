@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``pbrl`` command; a :class:`~pbrl.errors.PbrlError` becomes one line on stderr and exit code 2."""
+    """Run one ``pbrl`` command; a :class:`~pbrl.errors.PbrlError` (or an OS error no check foresaw) becomes one line
+    on stderr and exit code 2, Ctrl-C one line and exit code 130."""
     from pbrl.errors import PbrlError
 
     args = build_parser().parse_args(argv)
@@ -60,4 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PbrlError as exc:
         print(f"pbrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # runs checkpoint as they go and resume from the newest checkpoint; nothing half-written is left (atomic writes)
+        print(f"pbrl: interrupted: {args.command} stopped; files are as they were at the last complete write (a "
+              "training run resumes from its newest checkpoint with the same command)", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a disk-level failure no check foresaw (full disk, a path gone mid-run): one line too
+        where = exc.filename or args.command
+        print(f"pbrl: error: {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
         return 2

@@ -15,13 +15,16 @@ are passed as ``stateful``. Control agents (``pbrl.train.trainer``) and sequence
 (:func:`run_loop`); models fitted in seconds inside another command, with no run directory, take the same steps
 in memory (:func:`fit_in_memory`: the labelling critics). The run directory's helpers are here too, for both
 kinds of run: :func:`resolve_device`, :func:`make_run_dir`, :func:`prepare_run_dir` (``config.toml``, a changed
-config refused on resume) and :func:`run_lock`.
+config refused on resume), :func:`run_lock`, and :func:`run_directory`, which joins them with the data checksums
+(``data.json``) and the clean-up after a failed start.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -37,12 +40,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
-from pbrl.errors import CheckpointError, ConfigError, NonFiniteError, RunLockedError, describe
+from pbrl.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunLockedError, describe
 from pbrl.fields import param
-from pbrl.io import LockHeld, atomic_path, atomic_write_text, commit_atomic, exclusive_lock
+from pbrl.io import LockHeld, Progress, atomic_path, atomic_write_text, commit_atomic, exclusive_lock
 
-__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "fit_in_memory", "make_run_dir",
-           "prepare_run_dir", "resolve_device", "run_lock", "run_loop", "train_step"]
+__all__ = ["Checkpoints", "LossOutput", "OptimizerSpec", "Optimizers", "TrainConfig", "check_same_data", "fit_in_memory",
+           "make_run_dir", "prepare_run_dir", "record_data", "remove_unstarted", "resolve_device", "run_directory",
+           "run_lock", "run_loop", "train_step"]
 
 
 class Stateful(Protocol):
@@ -130,6 +134,66 @@ def prepare_run_dir(out: Path, asked: Mapping[str, Mapping[str, Any]], *,
         return
     atomic_write_text(path, tomli_w.dumps({s: {k: v for k, v in fields.items() if v is not None}
                                            for s, fields in asked.items()}))
+
+
+def check_same_data(out: Path, files: Mapping[str, tuple[Path, str]]) -> None:
+    """A run resumes only on the files it started on: refuse (before writing anything) where their sha256 changed.
+    ``files`` maps a role ("trajectories", "pairs", ...) to (path, sha256)."""
+    path = out / "data.json"
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    for role, (file, sha) in files.items():
+        before = recorded.get(role, {}).get("sha256")
+        if before is not None and before != sha:
+            raise DatasetError(describe(str(file), "sha256", sha[:16] + "…", f"{before[:16]}…, the {role} this run "
+                                        f"started on ({path}); train into a new --out to use the changed data"))
+
+
+def record_data(out: Path, files: Mapping[str, tuple[Path, str]]) -> None:
+    """``out/data.json``: the path and sha256 of every file the run reads (written once, at its start)."""
+    path = out / "data.json"
+    if not path.exists():
+        atomic_write_text(path, json.dumps({role: {"file": str(file), "sha256": sha}
+                                            for role, (file, sha) in files.items()}, indent=2) + "\n")
+
+
+RESUMABLE = ("step_*.pt", "eval.json")
+"""What makes a run directory worth keeping after a failure: a checkpoint or a finished evaluation."""
+
+
+def remove_unstarted(out: Path, before: set[Path] | None, resumable: tuple[str, ...] = RESUMABLE) -> None:
+    """After a failure, take back what this call wrote unless something resumable exists (``resumable``: glob
+    patterns searched under ``out``): a run that never got going leaves no directory to block the corrected
+    command. ``before`` is the directory's listing before the call (None: it did not exist)."""
+    if not out.is_dir() or any(next(out.rglob(pattern), None) is not None for pattern in resumable):
+        return
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in set(out.iterdir()) - before:
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_directory(out: Path, files: Mapping[str, tuple[Path, str]] | None = None, *,
+                  resumable: tuple[str, ...] = RESUMABLE) -> Iterator[Path]:
+    """The one way a command takes a run directory: ``out`` made (or refused in one line: :func:`make_run_dir`),
+    locked for this process (:func:`run_lock`), checked against the data files it started on (``files``, recorded in
+    ``data.json`` on first use), and, if the body fails before anything resumable exists, put back as it was (a
+    failed start leaves nothing that blocks the corrected command; Ctrl-C included)."""
+    out = Path(out)
+    before = set(out.iterdir()) if out.is_dir() else None
+    make_run_dir(out)
+    with run_lock(out):
+        try:
+            if files:
+                check_same_data(out, files)
+                record_data(out, files)
+            yield out
+        except BaseException:
+            remove_unstarted(out, before, resumable)
+            raise
 
 
 @contextmanager
@@ -408,7 +472,7 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
                           **(extra_state or {})})
 
     learner.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress or None, dynamic_ncols=True)
+    bar = Progress(cfg.steps, initial=step, desc=desc, enabled=progress)
     while step < end:
         t0 = time.perf_counter()
         if reset_optimizers is not None:
@@ -440,7 +504,7 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
             writer.add_scalar("time/sample_fraction", result.sample_time_s / max(result.train_time_s, 1e-9), step)
             for k, v in output.metrics.items():
                 writer.add_scalar(k, float(v), step)
-            bar.set_postfix(loss=f"{total.item():.3f}")
+            bar.set_postfix_str(f"loss={total.item():.3f}")
         if step % cfg.checkpoint_every == 0 or step == end:
             checkpoint()
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
@@ -449,7 +513,7 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
             evaluate(step, writer)
             learner.train()
         bar.update(1)
-    bar.close()
+    bar.close(final_line=True)
     writer.flush()
     writer.close()
     result.step = step

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,9 @@ from pbrl.train.loop import (  # resolve_device: pbrl.cli imports it from here t
     Checkpoints,
     TrainConfig,
     load_weights,
-    make_run_dir,
     prepare_run_dir,
     resolve_device,
-    run_lock,
+    run_directory,
     run_loop,
 )
 
@@ -124,24 +122,8 @@ def unit_range(r: np.ndarray) -> np.ndarray:
     return (r - lo) / (hi - lo) if hi > lo else np.zeros_like(r)
 
 
-def check_same_data(out: Path, files: dict[str, tuple[Path, str]]) -> None:
-    """A run resumes only on the files it started on: refuse (before writing anything) where their sha256 changed."""
-    path = out / "data.json"
-    if not path.exists():
-        return
-    recorded = json.loads(path.read_text())
-    for role, (file, sha) in files.items():
-        before = recorded.get(role, {}).get("sha256")
-        if before is not None and before != sha:
-            raise DatasetError(describe(str(file), "sha256", sha[:16] + "…", f"{before[:16]}…, the {role} this run "
-                                        f"started on ({path}); train into a new --out to use the changed data"))
 
 
-def record_data(out: Path, files: dict[str, tuple[Path, str]]) -> None:
-    """``out/data.json``: the path and sha256 of every file the run reads (written once, at its start)."""
-    path = out / "data.json"
-    if not path.exists():
-        write_json(path, {role: {"file": str(file), "sha256": sha} for role, (file, sha) in files.items()})
 
 
 def split_pairs(prefs: PreferenceDataset, holdout: float, seed: int) -> tuple[PreferenceDataset, PreferenceDataset]:
@@ -261,15 +243,8 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
     check_inputs(cfg, data)
     files = data.files()  # hashed once: a path-named dataset has no recorded sums
-    before = set(out.iterdir()) if out.is_dir() else None
-    make_run_dir(out)
-    with run_lock(out):
-        try:
-            check_same_data(out, files)
-            return _train_in(cfg, data, files, out, device, progress, stop_at)
-        except BaseException:
-            remove_unstarted(out, before)
-            raise
+    with run_directory(out, files):
+        return _train_in(cfg, data, out, device, progress, stop_at)
 
 
 def dry_run(cfg: RunConfig) -> dict[str, Any]:
@@ -293,23 +268,12 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
             "written": "nothing"}
 
 
-def remove_unstarted(out: Path, before: set[Path] | None) -> None:
-    """After a failure, take back what this call wrote unless something resumable exists (a checkpoint of the
-    agent or its reward model): a run that never got going leaves no directory to block the corrected command."""
-    if not out.is_dir() or any(out.rglob("step_*.pt")) or (out / "eval.json").exists():
-        return
-    if before is None:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for entry in set(out.iterdir()) - before:
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
-def _train_in(cfg: RunConfig, data: LoadedDataset, files: dict[str, tuple[Path, str]], out: Path,
+def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
               device: torch.device, progress: bool, stop_at: int | None) -> dict[str, Any] | None:
     tc = cfg.train
     prepare_run_dir(out, cfg.to_dict(), read=lambda path: RunConfig.load(path).to_dict())
-    record_data(out, files)
     rewards, reward_summary = None, None
     if reward_source(cfg.agent) == "learned":
         learned = learn_reward(cfg, data, out / "reward_model", device, progress)
