@@ -3,7 +3,7 @@ floating-point orders (one thread; two threads on other kernels, see SECOND_ORDE
 against its threshold.
 
     OMP_NUM_THREADS=1 python scripts/diag/test_margins.py [--seeds 0,1,2,3,4] [--threads 1,2] [-k EXPR] \
-        [--out runs/margins] [--table docs/testing.md]
+        [--out runs/margins] [--table docs/testing.md] [--table-only]
 
 Each (seed, threads) is one ``pytest -m learning`` run with ``PBRL_TEST_SEED`` / ``PBRL_TEST_THREADS`` set and
 ``PBRL_MARGINS_OUT`` pointing at a JSON lines file: the tests' ``learned.check(...)`` then records every quantity
@@ -92,9 +92,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "margins")
     p.add_argument("--table", type=Path, help="write the table into this markdown file between the markers "
                    "<!-- margins --> and <!-- /margins -->")
+    p.add_argument("--table-only", action="store_true", help="run nothing: tabulate the runs already under --out")
     args = p.parse_args()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", args.select or "all").strip("-")
-    for threads in map(int, args.threads.split(",")):
+    for threads in [] if args.table_only else map(int, args.threads.split(",")):
         for seed in map(int, args.seeds.split(",")):
             folder = args.out / slug
             folder.mkdir(parents=True, exist_ok=True)
