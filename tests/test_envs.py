@@ -47,6 +47,7 @@ def test_metaworld_scripted_policy_succeeds_and_random_does_not(task):
     scripted = metaworld_scripted_policy(spec)
     good = evaluate(lambda obs: np.stack([scripted(o) for o in obs]), task, episodes=3, seed=0)
     rng = np.random.default_rng(0)
-    bad = evaluate(lambda obs: rng.uniform(-1, 1, (len(obs), 4)), task, episodes=3, seed=0)
+    # one random episode is enough for the comparison: a random arm scores far below the scripted one on every seed
+    bad = evaluate(lambda obs: rng.uniform(-1, 1, (len(obs), 4)), task, episodes=1, seed=0)
     assert good["success_rate"] >= 2 / 3 and good["normalized_score"] > 70
     assert good["return_mean"] > bad["return_mean"]

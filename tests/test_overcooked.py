@@ -197,11 +197,20 @@ def test_human_conversion_counts_equal_the_dataframe(trials, split):
         assert all(g.observations.shape == (2, len(g.rewards), FEATURE_DIM) for g in games)
 
 
-def test_import_overcooked_cli(tmp_path, trials):
+@pytest.fixture(scope="module")
+def cramped_room(trials, tmp_path_factory) -> dict[str, Path]:
+    """cramped_room's human trials imported through the CLI, both splits (each import replays every step)."""
+    folder = tmp_path_factory.mktemp("cramped_room")
+    paths = {split: folder / f"{split}.h5" for split in ("train", "test")}
+    for split, path in paths.items():
+        assert pbrl(["data", "import-overcooked", "--layout", "cramped_room", "--split", split, "--out", str(path)]) == 0
+    return paths
+
+
+def test_import_overcooked_cli(cramped_room, trials):
     from pbrl.data.store import TrajectoryDataset
 
-    out = tmp_path / "cr-test.h5"
-    assert pbrl(["data", "import-overcooked", "--layout", "cramped_room", "--split", "test", "--out", str(out)]) == 0
+    out = cramped_room["test"]
     rows = trials["test"][trials["test"]["layout_name"] == "cramped_room"]
     with TrajectoryDataset(out) as ds:
         games = rows.groupby(["workerid_num", "round_num"]).ngroups
@@ -262,19 +271,17 @@ def test_ppo_resume_is_exact(tmp_path):
 
 
 @pytest.mark.learning
-def test_bc_human_model_beats_the_action_frequencies(tmp_path, trials, learned, learning_seed):
+def test_bc_human_model_beats_the_action_frequencies(tmp_path, cramped_room, learned, learning_seed):
     """BC on the train split predicts held-out (test split) human actions better than the train split's action
     frequencies (71 % of human steps are "stay", so accuracy says little: held-out log-likelihood)."""
     from pbrl.data.store import TrajectoryDataset
     from pbrl.train.overcooked import PolicyPartner, train_bc
 
-    for split in ("train", "test"):
-        pbrl(["data", "import-overcooked", "--layout", "cramped_room", "--split", split, "--out", str(tmp_path / f"{split}.h5")])
-    policy = PolicyPartner.load(train_bc(tmp_path / "bc", tmp_path / "train.h5", steps=1500, seed=learning_seed,
+    policy = PolicyPartner.load(train_bc(tmp_path / "bc", cramped_room["train"], steps=1500, seed=learning_seed,
                                            progress=False)).policy
-    with TrajectoryDataset(tmp_path / "train.h5") as ds:
+    with TrajectoryDataset(cramped_room["train"]) as ds:
         freq = ds.actions.mean(0)
-    with TrajectoryDataset(tmp_path / "test.h5") as ds:
+    with TrajectoryDataset(cramped_room["test"]) as ds:
         target = ds.actions.argmax(1)
         with torch.no_grad():
             probs = policy.get_distribution(torch.as_tensor(ds.observations)).distribution.probs.numpy()
