@@ -1,5 +1,6 @@
 """Atomic file writes (readers see the old file or the whole new one, never a part), an exclusive directory
-lock, and the progress report of long work (:class:`Progress`). Imports nothing of pbrl."""
+lock, the check of a file a command is about to write (:func:`output_file`), and the progress report of long work
+(:class:`Progress`). Imports of pbrl only :mod:`pbrl.errors`."""
 
 from __future__ import annotations
 
@@ -160,3 +161,30 @@ class Progress:
     def _line(self) -> None:
         self._last_line = self._clock()
         print(self.status(), file=self.stream, flush=True)
+
+
+def output_file(option: str, path: str | Path, *, suffixes: tuple[str, ...] = (), replace: bool = False,
+                owned: Callable[[Path], bool] | None = None) -> Path:
+    """A file a command is about to write, checked before any work starts: not a directory, in an existing folder
+    this user can write to, with one of ``suffixes``. An existing file is refused unless ``replace`` (a report made to
+    be regenerated) or ``owned(path)`` says it is this command's own output (then the caller resumes or replaces it);
+    an unrelated file is never overwritten."""
+    from pbrl.errors import ConfigError, describe  # a base module: io stays free of the rest of pbrl
+
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise ConfigError(describe(option, "file", str(path), f"a {' or '.join(suffixes)} file"))
+    if out.is_dir():
+        raise ConfigError(describe(option, "file", f"{path}, an existing directory", "a file path"))
+    parent = out.parent if str(out.parent) else Path(".")
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(describe(option, "file", f"{path}, under the file {blocking}", "a path in a folder"))
+    if not parent.is_dir():
+        raise ConfigError(describe(option, "folder", str(parent), "an existing folder"))
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(describe(option, "file", f"{path}, not writable by this user", "a place this user can write"))
+    if out.exists() and not replace and not (owned is not None and owned(out)):
+        raise ConfigError(describe(option, "file", f"{path}, which exists", "a new file (remove it, or choose another "
+                                   "name)"))
+    return out

@@ -33,6 +33,14 @@ from pbrl.nets.transformer import TransformerPolicy
 class AgentConfig:
     """Fields every agent has (none yet); agents subclass it."""
 
+    budget_phases: ClassVar[tuple[str, ...]] = ()
+    """Fields counted in steps *of the main budget* (``train.steps``), such as CPL's BC warm start: where ``--steps``
+    shortens the preset's budget, :func:`pbrl.train.config.build_config` scales them with it, so each phase keeps its
+    share. A stage trained before the budget, on its own steps (the reward model of ``iql-mr``), is not one."""
+    warm_start: ClassVar[str | None] = None
+    """The phase that trains something other than the agent's own objective (CPL: BC): a budget no longer than it
+    never reaches the objective, and the commands say so."""
+
 
 @dataclass
 class PolicyConfig(AgentConfig):

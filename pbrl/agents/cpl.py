@@ -11,6 +11,7 @@ pool of scored segments where every batch compares all its segments with each ot
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -37,6 +38,11 @@ class CPLConfig(BCConfig):
     warmup_steps: int = param(0, ge=0)       # linear learning-rate warm-up from the switch on (official code: 10k)
     regime: str = param("sparse", choices=REGIMES)  # sparse: labelled pairs | dense: scored segments, all pairs
     average: bool = False     # score with the mean log π over steps, not the sum (cpl-human's D4RL recipe)
+
+    # both phases are parts of train.steps (the BC steps come first, the warm-up follows the switch): a shorter
+    # --steps than the preset's shortens them in proportion, or a short run would be BC from start to end
+    budget_phases: ClassVar[tuple[str, ...]] = ("bc_steps", "warmup_steps")
+    warm_start: ClassVar[str | None] = "bc_steps"
 
 
 class CPL(BC):

@@ -94,7 +94,9 @@ class RewardModel(Agent):
 @dataclass
 class IQLMRConfig(IQLConfig):
     reward_model: str = param("mlp", choices=REWARD_MODELS)  # mlp | transformer
-    reward_steps: int = param(3000, ge=1)            # gradient steps of the reward model
+    # gradient steps of the reward model: a stage of its own before IQL's train.steps, so not one of the
+    # budget_phases (--steps sets IQL's budget; the reward model is fitted to its labels whatever that budget is)
+    reward_steps: int = param(3000, ge=1)
     reward_batch_size: int = param(64, ge=1)         # pairs per reward-model step
     reward_lr: float = param(3e-4, gt=0)
     reward_holdout: float = param(0.1, gt=0, lt=1)   # share of labelled pairs held out for the accuracy check

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from pbrl.cli import annotate, data, overcooked, seq, train
-from pbrl.cli.common import FORMATTER
+from pbrl.cli.common import FORMATTER, Parser
 from pbrl.cli.data import dataset_info
 
 __all__ = ["build_parser", "dataset_info", "main"]
@@ -32,7 +32,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, its groups in the order `pbrl --help` lists them."""
-    p = argparse.ArgumentParser(prog="pbrl", description="Offline preference-based RL: make datasets, train agents "
+    p = Parser(prog="pbrl", description="Offline preference-based RL: make datasets, train agents "
                                 "from preferences, evaluate them in simulators.", epilog=EXAMPLES,
                                 formatter_class=FORMATTER)
     from pbrl import __version__

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pbrl.io import output_file  # noqa: F401  (the commands' check of a file they will write; here for the CLI)
+
 FORMATTER = argparse.RawDescriptionHelpFormatter
 """Keeps the line breaks of the descriptions and epilogs that hold examples."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with every refusal on one line (argparse's own prints the usage block first): ``pbrl eval: error:
+    argument --episodes: got 0, expected an integer >= 1 (`pbrl eval --help` lists the options)``. Every subcommand's
+    parser is of this class too (argparse makes subparsers of the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def dataset_out(out: str, suffix: str) -> tuple[Path, Path | None]:
@@ -61,30 +71,3 @@ def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool
 
     parse.__name__ = f"number in {left}{low}, {high}{right}"
     return parse
-
-
-def output_file(option: str, path: str | Path, *, suffixes: tuple[str, ...] = (), replace: bool = False,
-                owned: Callable[[Path], bool] | None = None) -> Path:
-    """A file a command is about to write, checked before any work starts: not a directory, in an existing folder
-    this user can write to, with one of ``suffixes``. An existing file is refused unless ``replace`` (a report made to
-    be regenerated) or ``owned(path)`` says it is this command's own output (then the caller resumes or replaces it);
-    an unrelated file is never overwritten."""
-    from pbrl.errors import ConfigError, describe
-
-    out = Path(path)
-    if suffixes and out.suffix.lower() not in suffixes:
-        raise ConfigError(describe(option, "file", str(path), f"a {' or '.join(suffixes)} file"))
-    if out.is_dir():
-        raise ConfigError(describe(option, "file", f"{path}, an existing directory", "a file path"))
-    parent = out.parent if str(out.parent) else Path(".")
-    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(describe(option, "file", f"{path}, under the file {blocking}", "a path in a folder"))
-    if not parent.is_dir():
-        raise ConfigError(describe(option, "folder", str(parent), "an existing folder"))
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ConfigError(describe(option, "file", f"{path}, not writable by this user", "a place this user can write"))
-    if out.exists() and not replace and not (owned is not None and owned(out)):
-        raise ConfigError(describe(option, "file", f"{path}, which exists", "a new file (remove it, or choose another "
-                                   "name)"))
-    return out

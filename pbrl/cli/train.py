@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pbrl.cli.common import FORMATTER
+from pbrl.cli.common import FORMATTER, int_at_least
 
 
 def run_settings(cfg, requested_scale: str) -> str:
@@ -19,8 +19,11 @@ def run_settings(cfg, requested_scale: str) -> str:
     scale = cfg.scale + (f" (--scale auto: {'CUDA' if cfg.scale == 'paper' else 'no CUDA'} here)"
                          if requested_scale == "auto" else "")
     amp = "on" if cfg.train.amp and device.type == "cuda" else ("off" if not cfg.train.amp else "off (CPU)")
+    # a reward model is its own stage before the budget (not scaled by --steps): its steps are part of what runs
+    reward_steps = getattr(cfg.agent_config, "reward_steps", None)
+    stage = f" after {reward_steps} reward-model steps" if reward_steps else ""
     return (f"pbrl train: {cfg.agent} on {cfg.dataset}, preset {scale}, device {device}, bf16 autocast {amp}, "
-            f"torch.compile {'on' if cfg.train.compile else 'off'}, {cfg.train.steps} steps, seed {cfg.train.seed}")
+            f"torch.compile {'on' if cfg.train.compile else 'off'}, {cfg.train.steps} steps{stage}, seed {cfg.train.seed}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -33,6 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     load_dataset(cfg.dataset, preferences=False)  # a missing dataset is its own one-line error, before the settings
     print(run_settings(cfg, args.scale), file=sys.stderr)
+    for note in cfg.notes:  # phases scaled to a shorter --steps, a warm start that fills the budget
+        print(note, file=sys.stderr)
     if args.dry_run:
         from pbrl.train.trainer import dry_run
 
@@ -44,19 +49,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the items of a comma-separated option, blanks dropped (an empty list is
+    refused by the bench's plan, naming the option)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pbrl.errors import ConfigError, describe
     from pbrl.train.bench import bench
 
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = [int(s) for s in comma_list(args.seeds)]
     except ValueError:
         raise ConfigError(describe("--seeds", "seeds", repr(args.seeds), "comma-separated integers, e.g. 0,1,2")) from None
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    bench(agents, datasets, seeds, args.out, steps=args.steps, scale=args.scale, overrides=args.set or [],
-          ceiling_check=not args.no_ceiling_check, progress=not args.quiet, record=args.record,
-          report_only=args.report_only)
+    bench(comma_list(args.agents), comma_list(args.datasets), seeds, args.out, steps=args.steps, scale=args.scale,
+          overrides=args.set or [], ceiling_check=not args.no_ceiling_check, progress=not args.quiet,
+          record=args.record, report_only=args.report_only)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.csv, results.md, results.png")
     return 0
@@ -148,7 +157,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                     "cpu-locomotion | paper-locomotion (the D4RL recipe of cpl-human)")
     tr.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     tr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field")
-    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--quiet", action="store_true", help="no progress (a bar on a terminal, else a line every 30 s); "
+                    "warnings still print")
     tr.add_argument("--dry-run", action="store_true", help="validate the config, build the agent, run two steps in "
                     "a temporary directory, write nothing (--out is not touched)")
     tr.set_defaults(func=cmd_train)
@@ -173,17 +183,18 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "shows it)")
     bn.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished cells, name the "
                     "missing ones")
-    bn.add_argument("--quiet", action="store_true", help="no progress bar")
+    bn.add_argument("--quiet", action="store_true", help="no progress (bars on a terminal, else a line per cell and "
+                    "one every 30 s); warnings and moved cells still print")
     bn.set_defaults(func=cmd_bench)
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval-stepK-…-seedS.json")
     ev.add_argument("run_dir", help="a directory written by `pbrl train`")
-    ev.add_argument("--episodes", type=int, default=10)
-    ev.add_argument("--seed", type=int, default=100_000, help="env i is seeded seed + i")
+    ev.add_argument("--episodes", type=int_at_least(1), default=10)
+    ev.add_argument("--seed", type=int_at_least(0), default=100_000, help="env i is seeded seed + i")
     ev.add_argument("--env", default=None, help="evaluate in another env preset than the dataset's")
-    ev.add_argument("--video", type=int, default=0, metavar="N", help="also render N episodes to DIR/videos/")
+    ev.add_argument("--video", type=int_at_least(0), default=0, metavar="N", help="also render N episodes to DIR/videos/")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_eval)
 

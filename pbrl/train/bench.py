@@ -2,9 +2,14 @@
 
 Each cell is a ``pbrl train`` run in ``OUT/runs/<dataset>/<agent>/seed<seed>/``. A finished cell is reused only
 when its resolved config and its dataset's checksums match what the cell recorded (``cell.json``); a cell whose
-config changed is moved aside (``…​.stale-<hash>``) and trained again. An interrupted cell resumes from its
-checkpoint. Results: ``OUT/results.csv`` (one row per cell), ``OUT/results.md`` (mean ± std, ratio to
-``iql-oracle``, gap closed), ``OUT/results.png`` (bar chart).
+config or data changed is moved aside (``seed<seed>.stale-<time>``, said in one line with the changed values) and
+trained again. An interrupted cell resumes from its checkpoint. Results: ``OUT/results.csv`` (one row per cell),
+``OUT/results.md`` (mean ± std, ratio to ``iql-oracle``, gap closed), ``OUT/results.png`` (bar chart), each written
+atomically.
+
+One bench at a time per ``OUT``: a bench holds ``OUT``'s lock from its first write to its last (a second one is
+refused in one line before anything moves), and moves a stale cell only while holding that cell's own lock (a
+``pbrl train`` into it is refused the same way). ``--report-only`` reads the cells and takes no lock.
 
 The ceiling check (DESIGN §7.1): with ``iql-oracle`` in the grid, seed ``seeds[0]`` is also trained at twice the
 budget; the ceiling counts as converged where the 1× score is at least 0.9 of the 2× score.
@@ -18,10 +23,10 @@ import io
 import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,9 @@ from pbrl.agents import AGENTS
 from pbrl.data.preferences import sha256_file
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.errors import ConfigError, describe
-from pbrl.io import atomic_write_text
+from pbrl.io import Progress, atomic_write_text
 from pbrl.train.config import RunConfig, build_config
+from pbrl.train.loop import make_run_dir, run_directory, run_lock
 
 ORACLE = "iql-oracle"
 CONTROL = "iql-constant"  # the survival-instinct control (pbrl.agents.iql.IQLConstant)
@@ -50,6 +56,11 @@ class Cell:
     run_dir: Path
     checksum: str        # of the files the cell reads (see dataset_checksum)
     budget: str = "1x"   # 1x, or 2x for the ceiling check
+
+    @property
+    def name(self) -> str:
+        """``two bc seed 0``, ``two iql-oracle@2x seed 0``: how the bench's lines name the cell."""
+        return f"{self.dataset} {self.agent}{'@2x' if self.budget == '2x' else ''} seed {self.seed}"
 
 
 def cuda_available() -> bool:
@@ -115,11 +126,14 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
     agents the dataset cannot serve (no labels, no rewards), fail here with one line."""
     from pbrl.train.trainer import check_inputs, needs_preferences
 
+    for option, items in (("--agents", agents), ("--datasets", datasets), ("--seeds", seeds)):
+        check_grid_list(option, list(items))
     unknown = [a for a in agents if a not in AGENTS]
     if unknown:
         raise ConfigError(describe("--agents", "agent", repr(unknown[0]), f"one of {sorted(AGENTS)}"))
-    if not agents or not datasets or not seeds:
-        raise ConfigError(describe("pbrl bench", "grid", "an empty --agents, --datasets or --seeds", "at least one each"))
+    out_of_range = next((s for s in seeds if not 0 <= s < 2**63), None)  # train.seed's bounds, named as typed
+    if out_of_range is not None:
+        raise ConfigError(describe("--seeds", "seed", out_of_range, "integers >= 0 and < 2**63"))
     per_agent = parse_overrides(list(overrides))
     for name in per_agent:
         if name != "*" and name not in agents:
@@ -150,45 +164,105 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
     return cells, {data.name: data for data in loaded.values()}
 
 
+def check_grid_list(option: str, items: list[Any]) -> None:
+    """One axis of the grid: at least one item, each once (``--seeds 0,0`` would train and tabulate the same cell
+    twice), else one line naming the option."""
+    if not items:
+        raise ConfigError(describe(option, "list", "nothing", "at least one comma-separated item"))
+    repeated = next((item for i, item in enumerate(items) if item in items[:i]), None)
+    if repeated is not None:
+        raise ConfigError(describe(option, "list", f"{repeated!r} twice", "each item once"))
+
+
 def cell_identity(cell: Cell) -> dict[str, str]:
     return {"config_hash": config_hash(cell.cfg), "dataset_sha256": cell.checksum}
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object the bench wrote, or None where it is missing or unreadable (then the cell is not reused)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def same_identity(cell: Cell, meta: dict[str, Any] | None) -> bool:
+    """Whether the cell's recorded ``cell.json`` was made with this cell's config and data."""
+    want = cell_identity(cell)
+    return meta is not None and {k: meta.get(k) for k in want} == want
+
+
 def finished_result(cell: Cell) -> dict[str, Any] | None:
     """The cell's stored eval.json when it finished with the same config and data, else None (reads only)."""
-    meta_path = cell.run_dir / "cell.json"
-    if not meta_path.exists():
-        return None
-    meta = json.loads(meta_path.read_text())
-    want = cell_identity(cell)
-    eval_path = cell.run_dir / "eval.json"
-    if {k: meta.get(k) for k in want} == want and meta.get("finished") and eval_path.exists():
-        return json.loads(eval_path.read_text())
+    meta = read_json(cell.run_dir / "cell.json")
+    if same_identity(cell, meta) and meta.get("finished"):
+        return read_json(cell.run_dir / "eval.json")
     return None
 
 
-def prepare_cell(cell: Cell) -> dict[str, Any] | None:
+def config_changes(stored: dict[str, Any], asked: dict[str, Any], most: int = 4) -> list[str]:
+    """``["train.lr: stored 0.0003, asked 0.001", ...]``: the fields two resolved configs disagree on."""
+    changes = [f"{section}.{key}: stored {stored.get(section, {}).get(key)!r}, asked {asked.get(section, {}).get(key)!r}"
+               for section in sorted(set(stored) | set(asked))
+               for key in sorted(set(stored.get(section, {})) | set(asked.get(section, {})))
+               if stored.get(section, {}).get(key) != asked.get(section, {}).get(key)]
+    return changes[:most]
+
+
+def stale_reason(cell: Cell, meta: dict[str, Any] | None) -> str:
+    """Why a cell's folder cannot be reused: no record of it, other settings (the fields that changed, with stored and
+    asked values), or other data (the checksums)."""
+    if meta is None:
+        return "no cell.json recording how it was trained"
+    if meta.get("config_hash") != config_hash(cell.cfg):
+        stored_config = cell.run_dir / "config.toml"
+        try:
+            changes = config_changes(RunConfig.load(stored_config).to_dict(), cell.cfg.to_dict())
+        except (OSError, ValueError, ConfigError):  # never started training, or a config of an older version
+            changes = []
+        return "settings changed (" + ("; ".join(changes) or f"config hash {meta.get('config_hash')}, asked "
+                                       f"{config_hash(cell.cfg)}") + ")"
+    return f"its data changed (sha256 {str(meta.get('dataset_sha256'))[:16]}, now {cell.checksum})"
+
+
+def move_aside(cell: Cell, meta: dict[str, Any] | None, say: Callable[[str], None]) -> None:
+    """Move a stale cell's folder to ``seed<seed>.stale-<time>`` while holding the cell's own lock (a ``pbrl train``
+    into it is refused in one line, and nothing moves), then say which cell moved, why and where."""
+    reason = stale_reason(cell, meta)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stale = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{stamp}")
+    for n in range(2, 1000):  # two moves of one cell in the same second get their own folders
+        if not stale.exists():
+            break
+        stale = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{stamp}-{n}")
+    with run_lock(cell.run_dir):
+        os.rename(cell.run_dir, stale)
+    say(f"pbrl bench: {cell.name}: {reason}; moved the old cell to {stale}")
+
+
+def prepare_cell(cell: Cell, say: Callable[[str], None] = print) -> dict[str, Any] | None:
     """The cell's stored result when it is finished with the same config and data, else None after making the cell
     ready to train: an unfinished cell of the same config stays (it resumes), a stale one is moved aside."""
     done = finished_result(cell)
     if done is not None:
         return done
     meta_path = cell.run_dir / "cell.json"
-    want = cell_identity(cell)
-    if meta_path.exists() and {k: json.loads(meta_path.read_text()).get(k) for k in want} == want:
+    meta = read_json(meta_path)
+    if same_identity(cell, meta):
         return None
     if cell.run_dir.exists():
-        stale = cell.run_dir.with_name(f"{cell.run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(cell.run_dir), str(stale))
+        move_aside(cell, meta, say)
     cell.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta_path, json.dumps({**want, "finished": False}, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps({**cell_identity(cell), "finished": False}, indent=2) + "\n")
     return None
 
 
-def run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
+def run_cell(cell: Cell, progress: bool, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Reuse, resume or train one cell (its steps reported through the training loop's progress)."""
     from pbrl.train.trainer import train
 
-    done = prepare_cell(cell)
+    done = prepare_cell(cell, say)
     if done is not None:
         return {**done, "reused": True}
     t0 = time.perf_counter()
@@ -200,8 +274,7 @@ def run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
 
 
 def wall_time(cell: Cell) -> float | None:
-    path = cell.run_dir / "cell.json"
-    return json.loads(path.read_text()).get("wall_time_s") if path.exists() else None
+    return (read_json(cell.run_dir / "cell.json") or {}).get("wall_time_s")
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -371,28 +444,66 @@ def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dic
     return card_path
 
 
+RESULT_FILES = ("results.csv", "results.md", "results.png", "ceiling.json")
+
+
 def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | os.PathLike, *, steps: int | None = None,
           scale: str = "cpu", overrides: list[str] = (), ceiling_check: bool = True, progress: bool = True,
           record: bool = False, command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
     """Run (or reuse) every cell, then write results.csv / results.md / results.png into ``out``. With
-    ``report_only`` nothing is trained: the results hold the finished cells and name the missing ones."""
-    from tqdm.auto import tqdm
+    ``report_only`` nothing is trained: the results hold the finished cells and name the missing ones.
 
+    Everything is checked before the first write: the grid (:func:`plan`), then ``out`` and the result files in it
+    (one line each). A bench then holds ``out``'s lock to its end; where it fails before any cell has a checkpoint,
+    what it created is removed again (:func:`pbrl.train.loop.run_directory`)."""
     out = Path(out)
     command = command or "pbrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cells, loaded = plan(agents, datasets, seeds, out, steps=steps, scale=scale, overrides=overrides,
                          ceiling_check=ceiling_check)
+    for note in dict.fromkeys(note for cell in cells for note in cell.cfg.notes):  # once per agent, not per cell
+        print(note, file=sys.stderr)
+    if report_only:  # reads the cells only: no lock, so it can tabulate a bench that is still running
+        rows, ceiling_rows, missing = collect(cells, report_only=True, progress=progress)
+        if not rows:
+            raise ConfigError(describe(str(out), "finished cells", "none of the grid's " + str(len(cells)),
+                                       "at least one cell trained with this config (run without --report-only first)"))
+        make_run_dir(out)
+        check_result_files(out)
+        return write_results(out, rows, ceiling_rows, missing, loaded, record, command)
+    with run_directory(out):
+        check_result_files(out)
+        rows, ceiling_rows, missing = collect(cells, report_only=False, progress=progress)
+        return write_results(out, rows, ceiling_rows, missing, loaded, record, command)
+
+
+def check_result_files(out: Path) -> None:
+    """The files the bench writes at its end, checked before the first cell (a folder named ``results.csv`` would
+    otherwise fail the bench after all its training)."""
+    from pbrl.io import output_file
+
+    for name in RESULT_FILES:
+        output_file("--out", out / name, replace=True)  # the bench's own reports: replaced on every run
+
+
+def collect(cells: list[Cell], *, report_only: bool, progress: bool
+            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
+    """Every cell's result row, training the missing cells unless ``report_only``: (rows, the 2x ceiling rows per
+    dataset, the names of the cells not yet run). Progress: a bar over the cells on a terminal, off one a line per
+    cell and a status line at least every 30 s; inside a cell the training loop reports its steps."""
     rows, ceiling_rows, missing = [], {}, []
-    bar = tqdm(cells, desc="bench cells", disable=not progress or None, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
-        if report_only:
-            result = finished_result(cell)
-            if result is None:
-                missing.append(f"{cell.dataset} {cell.agent}{'@2x' if cell.budget == '2x' else ''} seed {cell.seed}")
-                continue
-        else:
-            result = run_cell(cell, progress=False)
+    bar = Progress(len(cells), desc="pbrl bench", unit="cell", enabled=progress)
+    for number, cell in enumerate(cells, 1):
+        bar.set_postfix_str(cell.name)
+        result = finished_result(cell)
+        if result is None and report_only:
+            missing.append(cell.name)
+            bar.update(1)
+            continue
+        if progress and not report_only:
+            reused = ": finished earlier with these settings, reused" if result is not None else ""
+            bar.write(f"pbrl bench: cell {number}/{len(cells)}: {cell.name}{reused}")
+        if result is None:
+            result = run_cell(cell, progress=progress, say=bar.write)
         row = {"dataset": cell.dataset, "agent": cell.agent, "seed": cell.seed, "steps": result["steps"],
                "scale": cell.cfg.scale, "normalized_score": result.get("normalized_score"),
                "success_rate": result.get("success_rate"),
@@ -404,10 +515,15 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
             ceiling_rows[cell.dataset] = row
         else:
             rows.append(row)
-    bar.close()
-    if not rows:
-        raise ConfigError(describe(str(out), "finished cells", "none of the grid's " + str(len(cells)),
-                                   "at least one cell trained with this config (run without --report-only first)"))
+        bar.update(1)
+    bar.close(final_line=not report_only)
+    return rows, ceiling_rows, missing
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], ceiling_rows: dict[str, dict[str, Any]], missing: list[str],
+                  loaded: dict[str, LoadedDataset], record: bool, command: str) -> list[dict[str, Any]]:
+    """Ratios, the ceiling check, and the result files (each written atomically); with ``record``, the oracle and
+    control scores in the datasets' cards. Returns the rows."""
     add_ratios(rows)
     ceiling = {}
     for d, row2 in ceiling_rows.items():
@@ -419,7 +535,6 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
         ceiling[d] = {"seed": row2["seed"], "score_1x": row1["normalized_score"], "steps_1x": row1["steps"],
                       "score_2x": row2["normalized_score"], "steps_2x": row2["steps"], "ratio": ratio,
                       "converged": ratio is not None and ratio >= 0.9}
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "results.csv")
     atomic_write_text(out / "ceiling.json", json.dumps(ceiling, indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown(rows, ceiling, command)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ class RunConfig:
     scale: str = "cpu"
     train: TrainConfig = field(default_factory=TrainConfig)
     agent_config: AgentConfig = field(default_factory=AgentConfig)
+    # what build_config resolved on the user's behalf, as warning lines for the commands to print (not stored:
+    # config.toml holds the resolved values themselves)
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": {"agent": self.agent, "dataset": self.dataset, "scale": self.scale},
@@ -148,6 +152,7 @@ def build_config(agent: str, dataset: str, *, scale: str = "auto", overrides: li
     preset = load_preset(agent, scale)
     cfg = RunConfig.from_dict({"run": {"agent": agent, "dataset": dataset, "scale": scale}, **preset},
                               f"agents/{agent}.toml [{scale}]")
+    preset_steps = cfg.train.steps
     origin = {}
     for key, value in train_fields.items():
         if value is not None:
@@ -156,4 +161,35 @@ def build_config(agent: str, dataset: str, *, scale: str = "auto", overrides: li
     for section, key, value in parsed:
         origin[f"{section}.{key}"] = "--set"
         _set_field(cfg, section, key, value, "--set")
-    return cfg.validate(lambda key: origin.get(key, f"agents/{agent}.toml [{scale}]"))
+    cfg.validate(lambda key: origin.get(key, f"agents/{agent}.toml [{scale}]"))
+    cfg.notes = fit_phases_to_budget(cfg, preset_steps, origin)
+    return cfg
+
+
+def fit_phases_to_budget(cfg: RunConfig, preset_steps: int, origin: dict[str, str]) -> list[str]:
+    """Scale the agent's phases inside the budget (``budget_phases``: CPL's BC warm start and learning-rate warm-up)
+    by ``train.steps / preset_steps`` where the user's budget is shorter than the preset's, so each keeps its share:
+    CPL's cpu preset gives 1,600 of 4,000 steps to BC, and ``--steps 200`` would otherwise be BC from start to end.
+    A longer budget keeps the preset's phases; a phase the user set with ``--set`` is theirs and never scaled.
+
+    Returns warning lines for the command to print: what was scaled, and a warm start that fills the whole budget."""
+    steps, agent_cfg = cfg.train.steps, cfg.agent_config
+    budget = f"--steps {steps}" if origin.get("train.steps") == "--steps" else f"--set train.steps={steps}"
+    scaled, names = [], []
+    if steps < preset_steps:
+        for name in type(agent_cfg).budget_phases:
+            before = getattr(agent_cfg, name)
+            after = math.floor(before * steps / preset_steps + 0.5)  # rounded half up, the same on every platform
+            if f"agent.{name}" not in origin and after != before:
+                setattr(agent_cfg, name, after)
+                scaled.append(f"agent.{name} {before} -> {after}")
+                names.append(name)
+    notes = []
+    if scaled:
+        notes.append(f"pbrl: warning: {cfg.agent}: {budget} shortens the {cfg.scale} preset's {preset_steps} steps; "
+                     f"its phases keep their share: {', '.join(scaled)} (--set agent.{names[0]}=N to choose yourself)")
+    warm_start = type(agent_cfg).warm_start
+    if warm_start is not None and getattr(agent_cfg, warm_start) >= steps:
+        notes.append(f"pbrl: warning: {cfg.agent}: agent.{warm_start} {getattr(agent_cfg, warm_start)} >= train.steps "
+                     f"{steps}: the whole run is its warm start, the {cfg.agent} objective never trains")
+    return notes

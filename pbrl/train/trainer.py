@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,8 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
     if episodes > 0:
         from torch.utils.tensorboard import SummaryWriter
 
+        if progress:  # the simulator's episodes can take minutes: a log says what the run is doing meanwhile
+            print(f"{cfg.agent} {data.name}: evaluating {episodes} episodes in {data.env}", file=sys.stderr, flush=True)
         with SummaryWriter(str(out)) as writer:
             evaluation = run_eval(result.step, writer)
     else:
