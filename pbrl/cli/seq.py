@@ -4,28 +4,104 @@ flow models (train, self-play), and the two synthetic tasks that exercise them (
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pbrl.cli.common import FORMATTER
+from pbrl.cli.common import FORMATTER, float_in, int_at_least
 
 
-def apply_sections(cfg: Any, overrides: dict[str, list[str]], set_args: list[str] | None) -> None:
-    """Apply ``KEY=VALUE`` overrides per section and every ``--set SECTION.KEY=VALUE`` to a run config of sections
-    run / method / train, then validate it."""
+def seed_value(text: str) -> int:
+    """An argparse ``type`` for ``--seed``: an integer in [0, 2**63) (torch's generators take no larger seed)."""
+    value = int_at_least(0)(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer >= 0 and < 2**63")
+    return value
+
+
+seed_value.__name__ = "seed"
+SEED = seed_value
+POSITIVE = float_in(0.0, math.inf, low_open=True, high_open=True)
+SHARE_REVERSED = float_in(0.0, 0.5, high_open=True)  # a share of labels reversed: 0.5 and above is no signal
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type`` for ``--device``: auto | cpu | cuda[:N] | mps (train.device's pattern)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", text) is None:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+device_name.__name__ = "device"
+
+
+def apply_sections(cfg: Any, flags: list[tuple[str, str, str]], set_args: list[str] | None) -> None:
+    """Apply the options the user typed (``(option, section, "KEY=VALUE")``) and every ``--set SECTION.KEY=VALUE`` to a
+    run config of sections run / method / train, then validate it. A value out of bounds is reported under the
+    option that set it (``--steps``, ``--set``); the method's fields go in together, since its cross-field check
+    (tgdpo's guide, …) needs the name and the ``--set`` values at once."""
     from pbrl.errors import ConfigError, describe
     from pbrl.fields import set_fields
     from pbrl.train.config import parse_override
 
+    overrides: dict[str, list[str]] = {"run": [], "method": [], "train": []}
     for text in set_args or []:
         section, _, _ = parse_override(text)
         if section not in overrides:
             raise ConfigError(describe("--set", "section", repr(section), "run, method or train"))
         overrides[section].append(text.split(".", 1)[1])
-    for section, target in (("run", cfg), ("method", cfg.method), ("train", cfg.train)):
-        set_fields(target, overrides[section], section=section)
+    targets = {"run": cfg, "method": cfg.method, "train": cfg.train}
+    for option, section, text in flags:
+        if section != "method":
+            set_fields(targets[section], [text], section=section, where=option)
+    method_flags = [text for _, section, text in flags if section == "method"]
+    set_fields(cfg.method, method_flags + overrides["method"], section="method",
+               where="--set" if overrides["method"] else "command line")
+    for section in ("run", "train"):
+        set_fields(targets[section], overrides[section], section=section)
     cfg.validate("command line")
+
+
+def flag_override(key: str, value: Any) -> str:
+    """``KEY=VALUE`` with the value in TOML (strings quoted)."""
+    return f"{key}={json.dumps(value)}" if isinstance(value, str) else f"{key}={value}"
+
+
+@contextmanager
+def library_bars_hidden(hidden: bool, libraries: tuple[str, ...]) -> Iterator[None]:
+    """With ``hidden`` (``--quiet``), switch off the progress bars of the Hugging Face ``libraries`` (transformers'
+    "Loading weights", "Writing model shards", …) for the command, and back on after it (``pbrl`` may run in a
+    process that goes on: the tests, a notebook)."""
+    switched = []
+    if hidden:
+        for name in libraries:
+            logging = importlib.import_module(f"{name}.utils.logging")
+            if logging.is_progress_bar_enabled():
+                logging.disable_progress_bar()
+                switched.append(logging)
+    try:
+        yield
+    finally:
+        for logging in switched:
+            logging.enable_progress_bar()
+
+
+def diffusers_model(model: str) -> tuple[str, ...]:
+    """``("diffusers",)`` when ``model`` names a diffusers class (its bars then need hiding), else ``()``: importing
+    diffusers only to silence it would cost seconds."""
+    from pbrl.errors import PbrlError
+    from pbrl.sequence.diffusion import read_model_config
+
+    try:
+        _, config = read_model_config(model)
+    except (PbrlError, OSError, ValueError):  # the loader reports a bad --model in its own line
+        return ()
+    return () if config.get("_class_name") == "SmallUNet" else ("diffusers",)
 
 
 def cmd_seq_train(args: argparse.Namespace) -> int:
@@ -46,7 +122,7 @@ def cmd_seq_train(args: argparse.Namespace) -> int:
         from pbrl.sequence.train import SeqRunConfig
 
         cfg = SeqRunConfig(model=args.model, data=args.data)
-    overrides = {"method": [f"name={args.method!r}"], "run": [], "train": []}
+    flags = [("--method", "method", flag_override("name", args.method))]
     for option, section, key in (("beta", "method", "beta"), ("loss_type", "method", "loss_type"),
                                  ("reference", "run", "reference"), ("max_length", "run", "max_length"),
                                  ("steps", "train", "steps"), ("batch_size", "train", "batch_size"),
@@ -54,14 +130,15 @@ def cmd_seq_train(args: argparse.Namespace) -> int:
                                  ("seed", "train", "seed"), ("device", "train", "device")):
         value = getattr(args, option)
         if value is not None:
-            overrides[section].append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
+            flags.append((f"--{option.replace('_', '-')}", section, flag_override(key, value)))
     if args.lora:
-        overrides["run"].append("lora=true")
+        flags.append(("--lora", "run", "lora=true"))
     if args.amp:
-        overrides["train"].append("amp=true")
-    apply_sections(cfg, overrides, args.set)
+        flags.append(("--amp", "train", "amp=true"))
+    apply_sections(cfg, flags, args.set)
     train = train_diffusion if diffusion else train_sequence_lazy
-    result = train(cfg, args.out, progress=not args.quiet)
+    with library_bars_hidden(args.quiet, diffusers_model(args.model) if diffusion else ("transformers",)):
+        result = train(cfg, args.out, progress=not args.quiet)
     print(json.dumps({"method": cfg.method.name, "step": result.step, "finished": result.finished,
                       "steps_per_s": result.steps_per_s, "model": str(Path(args.out) / "model")}))
     return 0
@@ -75,16 +152,26 @@ def train_sequence_lazy(cfg: Any, out: str, *, progress: bool) -> Any:
 
 
 def cmd_seq_grammar(args: argparse.Namespace) -> int:
+    from pbrl.errors import ConfigError, describe
     from pbrl.sequence.lm import word_tokenizer
-    from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config
+    from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, PROMPTS, VERBS, make_task, tiny_gpt2_config
+    from pbrl.train.loop import run_directory
 
-    task = make_task(seed=args.seed, train_prompts=args.prompts, flip=args.flip)
+    heldout = 100
+    if args.prompts + heldout > PROMPTS:
+        raise ConfigError(describe("--prompts", "training prompts", args.prompts,
+                                   f"at most {PROMPTS - heldout} (the grammar has {PROMPTS} prompts, {heldout} held out)"))
+    heads = 2
+    if args.width % heads:
+        raise ConfigError(describe("--width", "width", args.width, f"a multiple of the model's {heads} heads"))
     out = Path(args.out)
-    paths = task.write(out)
-    tokenizer = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
-    tokenizer.save_pretrained(out / "tokenizer")
-    config = tiny_gpt2_config(len(tokenizer), layers=args.layers, width=args.width)
-    (out / "gpt2-tiny.json").write_text(json.dumps(config, indent=2))
+    with run_directory(out, resumable=()):  # --out checked first; a failure leaves nothing half-written behind
+        task = make_task(seed=args.seed, train_prompts=args.prompts, heldout_prompts=heldout, flip=args.flip)
+        paths = task.write(out)
+        tokenizer = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
+        tokenizer.save_pretrained(out / "tokenizer")
+        config = tiny_gpt2_config(len(tokenizer), layers=args.layers, width=args.width, heads=heads)
+        (out / "gpt2-tiny.json").write_text(json.dumps(config, indent=2))
     print(json.dumps({k: str(v) for k, v in {**paths, "tokenizer": out / "tokenizer",
                                              "model_config": out / "gpt2-tiny.json"}.items()}))
     return 0
@@ -95,10 +182,13 @@ def cmd_seq_self_play(args: argparse.Namespace) -> int:
     from pbrl.sequence.self_play import load_reward_fn, self_play
 
     cfg = DiffusionRunConfig(model=args.model, data=args.data)
-    overrides = {"run": [], "method": [f"name={args.method!r}"], "train": [f"steps={args.steps}"]}
-    apply_sections(cfg, overrides, args.set)
-    rounds = self_play(cfg, load_reward_fn(args.reward), args.out, rounds=args.rounds, samples=args.samples,
-                       flip_rate=args.flip_rate, progress=not args.quiet)
+    flags = [("--method", "method", flag_override("name", args.method)),
+             ("--steps", "train", flag_override("steps", args.steps))]
+    apply_sections(cfg, flags, args.set)
+    reward = load_reward_fn(args.reward)
+    with library_bars_hidden(args.quiet, diffusers_model(args.model)):
+        rounds = self_play(cfg, reward, args.out, rounds=args.rounds, samples=args.samples, flip_rate=args.flip_rate,
+                           progress=not args.quiet, stop_without_pairs=True)
     for r in rounds:
         print(json.dumps(vars(r)))
     return 0
@@ -106,15 +196,19 @@ def cmd_seq_self_play(args: argparse.Namespace) -> int:
 
 def cmd_seq_shapes(args: argparse.Namespace) -> int:
     from pbrl.sequence.shapes import write_shapes_task
+    from pbrl.train.loop import run_directory
 
-    paths = write_shapes_task(args.out, seed=args.seed, images_per_prompt=args.images, pairs_per_prompt=args.pairs,
-                              flip_rate=args.flip)
+    with run_directory(Path(args.out), resumable=()):  # --out checked first; a failure leaves nothing behind
+        paths = write_shapes_task(args.out, seed=args.seed, images_per_prompt=args.images,
+                                  pairs_per_prompt=args.pairs, flip_rate=args.flip)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
 
 
 def add_seq_train_parser(sqs: argparse._SubParsersAction) -> None:
+    from pbrl.core.losses import DPO_LOSS_TYPES
     from pbrl.sequence.diffusion_train import DIFFUSION_METHODS
+    from pbrl.sequence.lm import REFERENCE_MODES
     from pbrl.sequence.objectives import METHODS
 
     st = sqs.add_parser("train", help="train a causal LM, or an image / video diffusion or flow model, on preference "
@@ -131,21 +225,24 @@ def add_seq_train_parser(sqs: argparse._SubParsersAction) -> None:
     st.add_argument("--data", required=True, help="pairs: JSON Lines or Parquet with prompt, chosen, rejected; for "
                     "diffusion methods an HDF5 file with cond, chosen, rejected (and weight, label, reward)")
     st.add_argument("--out", required=True, help="run directory: config.toml, TensorBoard events, checkpoints/, model/")
-    st.add_argument("--beta", type=float, default=None, help="β of the implicit reward (default 0.1)")
-    st.add_argument("--loss-type", default=None, help="DPO loss type for dpo / is_daa / rso (default sigmoid)")
-    st.add_argument("--reference", default=None, help="copy | cache | adapter | none (default copy)")
+    st.add_argument("--beta", type=POSITIVE, default=None, help="β of the implicit reward (default 0.1)")
+    st.add_argument("--loss-type", default=None, choices=DPO_LOSS_TYPES, metavar="TYPE",
+                    help="DPO loss type for dpo / is_daa / rso (default sigmoid): " + ", ".join(DPO_LOSS_TYPES))
+    st.add_argument("--reference", default=None, choices=REFERENCE_MODES, help="copy | cache | adapter | none "
+                    "(default copy)")
     st.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
-    st.add_argument("--max-length", type=int, default=None, help="prompt + completion tokens (default 128)")
-    st.add_argument("--steps", type=int, default=None, help="gradient steps (default 200)")
-    st.add_argument("--batch-size", type=int, default=None, help="pairs per micro-batch (default 8)")
-    st.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default 1)")
-    st.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4)")
-    st.add_argument("--seed", type=int, default=None, help="seed (default 0)")
-    st.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    st.add_argument("--max-length", type=int_at_least(2), default=None, help="prompt + completion tokens (default "
+                    "128); a row longer than the model's positions is refused")
+    st.add_argument("--steps", type=int_at_least(1), default=None, help="gradient steps (default 200)")
+    st.add_argument("--batch-size", type=int_at_least(1), default=None, help="pairs per micro-batch (default 8)")
+    st.add_argument("--grad-accum", type=int_at_least(1), default=None, help="micro-batches per step (default 1)")
+    st.add_argument("--lr", type=POSITIVE, default=None, help="AdamW learning rate (default 1e-4)")
+    st.add_argument("--seed", type=SEED, default=None, help="seed (default 0)")
+    st.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | mps")
     st.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     st.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                     help="override any field: run.*, method.* (e.g. method.tg_alpha=0.5), train.*")
-    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.add_argument("--quiet", action="store_true", help="no progress bars (Hugging Face's loading bars included)")
     st.set_defaults(func=cmd_seq_train)
 
 
@@ -153,20 +250,20 @@ def add_seq_task_parsers(sqs: argparse._SubParsersAction) -> None:
     sg = sqs.add_parser("grammar", help="write the synthetic grammar task: SFT data, noisy preference pairs, held-out "
                         "prompts, a word tokenizer and a tiny GPT-2 config", formatter_class=FORMATTER)
     sg.add_argument("--out", required=True)
-    sg.add_argument("--seed", type=int, default=0)
-    sg.add_argument("--prompts", type=int, default=300, help="training prompts")
-    sg.add_argument("--flip", type=float, default=0.2, help="share of preference labels reversed")
-    sg.add_argument("--layers", type=int, default=2)
-    sg.add_argument("--width", type=int, default=64)
+    sg.add_argument("--seed", type=SEED, default=0)
+    sg.add_argument("--prompts", type=int_at_least(1), default=300, help="training prompts")
+    sg.add_argument("--flip", type=SHARE_REVERSED, default=0.2, help="share of preference labels reversed")
+    sg.add_argument("--layers", type=int_at_least(1), default=2)
+    sg.add_argument("--width", type=int_at_least(2), default=64, help="embedding width (even: 2 heads)")
     sg.set_defaults(func=cmd_seq_grammar)
     sh = sqs.add_parser("shapes", help="write the synthetic 16x16 shapes task (the cross preferred over the square): "
                         "SFT images, noisy pairs (HDF5), held-out prompts and a SmallUNet config",
                         formatter_class=FORMATTER)
     sh.add_argument("--out", required=True)
-    sh.add_argument("--seed", type=int, default=0)
-    sh.add_argument("--images", type=int, default=100, help="SFT images per training prompt")
-    sh.add_argument("--pairs", type=int, default=50, help="preference pairs per training prompt")
-    sh.add_argument("--flip", type=float, default=0.2, help="share of preference labels reversed")
+    sh.add_argument("--seed", type=SEED, default=0)
+    sh.add_argument("--images", type=int_at_least(1), default=100, help="SFT images per training prompt")
+    sh.add_argument("--pairs", type=int_at_least(1), default=50, help="preference pairs per training prompt")
+    sh.add_argument("--flip", type=SHARE_REVERSED, default=0.2, help="share of preference labels reversed")
     sh.set_defaults(func=cmd_seq_shapes)
 
 
@@ -177,16 +274,18 @@ def add_self_play_parser(sqs: argparse._SubParsersAction) -> None:
                         "runs/shapes/pairs.h5 --reward pbrl.sequence.shapes:shape_reward --out runs/spro")
     sp.add_argument("--model", required=True, help="the starting model folder")
     sp.add_argument("--data", required=True, help="an HDF5 file whose cond rows are the prompts")
-    sp.add_argument("--reward", required=True, help="module:function (images, cond) -> [N], or a reward-model folder")
+    sp.add_argument("--reward", required=True, help="module:function f(images, cond) -> rewards [N] (checked on two "
+                    "of the data's images first), or a reward-model folder; a round in which every prompt's samples "
+                    "score alike makes no pair and stops the loop with an error")
     sp.add_argument("--out", required=True)
     sp.add_argument("--method", default="diffusion_dpo", choices=("diffusion_dpo", "flow_dpo", "diffusion_sft"),
                     help="the trainer of each round (diffusion_sft: the winners only, a RAFT-style baseline)")
-    sp.add_argument("--rounds", type=int, default=3)
-    sp.add_argument("--samples", type=int, default=8, help="samples per prompt per round")
-    sp.add_argument("--steps", type=int, default=200, help="training steps per round")
-    sp.add_argument("--flip-rate", type=float, default=0.0, help="a noisy annotator: share of pairs reversed")
+    sp.add_argument("--rounds", type=int_at_least(1), default=3)
+    sp.add_argument("--samples", type=int_at_least(2), default=8, help="samples per prompt per round")
+    sp.add_argument("--steps", type=int_at_least(1), default=200, help="training steps per round")
+    sp.add_argument("--flip-rate", type=SHARE_REVERSED, default=0.0, help="a noisy annotator: share of pairs reversed")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="run.*, method.*, train.*")
-    sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars or round lines")
     sp.set_defaults(func=cmd_seq_self_play)
 
 

@@ -311,7 +311,11 @@ def load_pbrl_module(path: str | os.PathLike, cls: type[nn.Module], *, seed: int
         raise ConfigError(describe(str(config_path), "_class_name", repr(config.get("_class_name")),
                                    repr(cls.__name__)))
     torch.manual_seed(seed)
-    net = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k != "_class_name"})
+    try:
+        net = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k != "_class_name"})
+    except (TypeError, ValueError) as exc:  # an unknown key, a width GroupNorm cannot split: one line, no traceback
+        raise ConfigError(describe(str(config_path), "config", str(exc).strip().splitlines()[0][:160],
+                                   f"the arguments of {cls.__name__}")) from None
     if Path(path).is_dir():
         net.load_state_dict(torch.load(Path(path) / "weights.pt", map_location="cpu", weights_only=True))
     return net, config

@@ -53,7 +53,7 @@ from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.fields import check_fields, param
 from pbrl.io import atomic_write_text
-from pbrl.sequence.data import IndexSampler
+from pbrl.sequence.data import IndexSampler, data_file
 from pbrl.sequence.diffusion import (
     PREDICTIONS,
     SCHEDULES,
@@ -68,16 +68,8 @@ from pbrl.sequence.diffusion import (
     save_denoiser,
 )
 from pbrl.sequence.diffusion_reward import load_reward_model
-from pbrl.sequence.train import SectionedRunConfig
-from pbrl.train.loop import (
-    LoopResult,
-    TrainConfig,
-    make_run_dir,
-    prepare_run_dir,
-    resolve_device,
-    run_lock,
-    run_loop,
-)
+from pbrl.sequence.train import SectionedRunConfig, evaluation_indices, final_metrics
+from pbrl.train.loop import LoopResult, TrainConfig, prepare_run_dir, resolve_device, run_directory, run_loop
 
 DIFFUSION_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft", "sudo", "abc", "dro", "rpo", "flow_rwr", "spo",
                      "gradspo")
@@ -499,7 +491,9 @@ class ImageBatches(IndexSampler):
 def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress: bool = True,
                     stop_at: int | None = None) -> LoopResult:
     """Train ``cfg`` into ``out`` (resuming an unfinished run there); the data are checked before anything is
-    written; the final model (the EMA when kept) lands in ``out/model``."""
+    written, their sha256 recorded (a resume on changed data is refused) and a failed start leaves ``out`` as it
+    was; the final model (the EMA when kept) lands in ``out/model``, the final loss and reward accuracy of the
+    trained policy in ``out/metrics.json``."""
     cfg.validate()
     out = Path(out)
     data = load_image_pairs(cfg.data, cfg.method.name)
@@ -516,8 +510,7 @@ def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress
                                    "to take the shape from)"))
     check_model_fits(config, data, image_shape, cfg.data)
     preference = load_reward_model(cfg.method.preference_model) if cfg.method.name in ONLINE else None
-    make_run_dir(out)
-    with run_lock(out):
+    with run_directory(out, data_file("pairs", cfg.data)):  # a failed start leaves out as it was
         prepare_run_dir(out, cfg.to_dict())
         torch.manual_seed(cfg.train.seed)
         torch.set_num_threads(cfg.train.threads)
@@ -541,13 +534,29 @@ def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress
             evaluate = _image_grid(learner, data.cond[:16].to(device), cfg.method.sample_steps)
         result = run_loop(learner, batches.sample, loop_cfg, out, device=device, stateful=stateful,
                           evaluate=evaluate, progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
-        if result.finished:
+        already_done = result.step == result.start_step and (out / "metrics.json").is_file()
+        if result.finished and not already_done:
             final = learner.ema if learner.ema is not None else policy
             save_denoiser(final, out / "model")
             atomic_write_text(out / "metrics.json", json.dumps({
                 "method": cfg.method.name, "steps": result.step, "pairs": len(data),
-                "steps_per_s": result.steps_per_s}, indent=2))
+                "steps_per_s": result.steps_per_s, **_final_metrics(learner, data, cfg, result.step, device)},
+                indent=2))
         return result
+
+
+NOT_EVALUATED = ("dro", *ONLINE)
+"""Objectives whose loss does not read the file's pairs (they train on the model's own samples): ``metrics.json``
+has no final loss or reward accuracy for them."""
+
+
+def _final_metrics(learner: DiffusionLearner, data: ImagePairs, cfg: DiffusionRunConfig, step: int,
+                   device: torch.device) -> dict[str, Any]:
+    """:func:`pbrl.sequence.train.final_metrics` on the first training pairs (seeded noise and times)."""
+    if cfg.method.name in NOT_EVALUATED:
+        return final_metrics(learner, [], pairs=len(data), step=step, seed=cfg.train.seed, device=device)
+    batches = (data.rows(index, device) for index in evaluation_indices(len(data), max(cfg.train.batch_size, 16)))
+    return final_metrics(learner, batches, pairs=len(data), step=step, seed=cfg.train.seed, device=device)
 
 
 def _enable_checkpointing(net: nn.Module) -> None:

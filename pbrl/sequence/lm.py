@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pbrl.errors import ConfigError, DatasetError, describe
-from pbrl.io import atomic_path, commit_atomic, write_folder
+from pbrl.io import Progress, atomic_path, commit_atomic, write_folder
 
 REFERENCE_MODES = ("copy", "cache", "adapter", "none")
 
@@ -225,8 +225,6 @@ def precompute_reference(model: nn.Module, data: Any, pad_id: int, *, path: Path
     """Summed log-probabilities of every pair's chosen and rejected completion under ``model`` (evaluation
     mode), stored at ``path`` with ``fingerprint``; an existing file with the same fingerprint is reused, one with
     another is refused (it belongs to another model or data). Returns ``{"chosen": [N], "rejected": [N]}``."""
-    from tqdm.auto import tqdm
-
     from pbrl.sequence.data import collate_pairs
 
     if path.is_file():
@@ -239,12 +237,16 @@ def precompute_reference(model: nn.Module, data: Any, pad_id: int, *, path: Path
     model.eval()
     chosen, rejected = [], []
     n = len(data)
-    for start in tqdm(range(0, n, batch_size), desc="reference log-probs", disable=not progress or None):
+    # a bar on a terminal, a status line at least every 30 s off one (a long cache must not look hung)
+    bar = Progress(n, desc="reference log-probs", unit="pair", enabled=progress)
+    for start in range(0, n, batch_size):
         batch = collate_pairs(data, torch.arange(start, min(start + batch_size, n)), pad_id).to(device)
         total = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask).total.cpu()
         c, r = total.chunk(2)
         chosen.append(c)
         rejected.append(r)
+        bar.update(len(c))
+    bar.close()
     model.train(was_training)
     result = {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -226,11 +226,10 @@ def train_online(model_dir: str, prompts: Sequence[str], rewards: Sequence[Rewar
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pbrl.sequence.lm import Reference
-    from pbrl.train.loop import TrainConfig, make_run_dir, run_lock, run_loop
+    from pbrl.train.loop import TrainConfig, run_directory, run_loop
 
     out_path = Path(out)
-    make_run_dir(out_path)
-    with run_lock(out_path):
+    with run_directory(out_path):  # locked; a failed start leaves out as it was
         torch.manual_seed(seed)
         policy = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)

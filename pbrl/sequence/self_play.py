@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -26,15 +27,17 @@ import torch
 from torch import Tensor, nn
 
 from pbrl.errors import ConfigError, describe
-from pbrl.io import atomic_write_text
+from pbrl.io import Progress, atomic_write_text
+from pbrl.sequence.data import data_file
 from pbrl.sequence.diffusion import NoiseSchedule, load_denoiser, sample
 from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, train_diffusion, write_image_pairs
-from pbrl.train.loop import make_run_dir, prepare_run_dir
+from pbrl.train.loop import prepare_run_dir, run_directory
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images [N, ...], cond [N, D]) -> rewards [N]
 SELF_PLAY_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft")  # diffusion_sft: the winners only (RAFT-style)
 
-__all__ = ["SELF_PLAY_METHODS", "RoundResult", "load_reward_fn", "select_checkpoint", "self_play"]
+__all__ = ["SELF_PLAY_METHODS", "RoundResult", "check_reward", "load_reward_fn", "score_samples", "select_checkpoint",
+           "self_play"]
 
 
 @dataclass
@@ -47,62 +50,144 @@ class RoundResult:
 
 
 def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike, *, rounds: int = 3,
-              samples: int = 8, sample_steps: int = 20, flip_rate: float = 0.0,
-              progress: bool = False) -> list[RoundResult]:
+              samples: int = 8, sample_steps: int = 20, flip_rate: float = 0.0, progress: bool = False,
+              stop_without_pairs: bool = False) -> list[RoundResult]:
     """Run ``rounds`` rounds from ``cfg.model`` on the prompts (unique ``cond`` rows) of ``cfg.data``; round r lives in
     ``out/round_r`` (its pairs, its training run). ``cfg.method.name`` is one of :data:`SELF_PLAY_METHODS`.
     ``flip_rate``: a noisy annotator's share of reversed pairs (each decided pair swapped with that probability,
-    drawn from the round's seeded generator)."""
+    drawn from the round's seeded generator).
+
+    Everything is checked before ``out`` is touched: the settings, the data, and ``reward`` by a call on two of the
+    file's images. ``out`` records the settings (``config.toml``: a resume asking for others is refused, more rounds
+    may be asked for) and the data's sha256 (``data.json``); a failed start leaves it as it was. A round whose
+    samples all score alike makes no pair: it hands its model on, or with ``stop_without_pairs`` (the CLI) stops
+    the loop with one :class:`ConfigError` line naming ``--reward`` (``rounds.json`` keeps the rounds done)."""
     if cfg.method.name not in SELF_PLAY_METHODS:
         raise ConfigError(describe("self_play", "method.name", repr(cfg.method.name),
                                    f"one of {list(SELF_PLAY_METHODS)}"))
     if not 0.0 <= flip_rate < 0.5:
         raise ConfigError(describe("self_play", "flip_rate", flip_rate, "in [0, 0.5)"))
+    for name, value, low in (("rounds", rounds, 1), ("samples", samples, 2), ("sample_steps", sample_steps, 1)):
+        if value < low:  # the CLI's argparse types refuse these first; library callers get the same line
+            raise ConfigError(describe("self_play", name, value, f"an integer >= {low}"))
+    cfg.validate()
     out = Path(out)
-    make_run_dir(out)
-    # a resumed loop must make its pairs as the finished rounds did (more rounds may be asked for)
-    prepare_run_dir(out, {"self_play": {"samples": samples, "sample_steps": sample_steps, "flip_rate": flip_rate}})
     data = load_image_pairs(cfg.data, "diffusion_sft")
+    check_reward(reward, data.chosen[:2], data.cond[:2])
     prompts = torch.unique(data.cond, dim=0)
     shape = tuple(cfg.image_shape) or tuple(data.chosen.shape[1:])
-    model = cfg.model
-    results = []
-    for r in range(rounds):
-        folder = out / f"round_{r}"
-        folder.mkdir(parents=True, exist_ok=True)
-        net, _ = load_denoiser(model)
-        net.eval()
-        repeated = prompts.repeat_interleave(samples, 0)
-        g = torch.Generator().manual_seed(cfg.train.seed * 1000 + r)
-        with torch.no_grad():
-            images = sample(net, NoiseSchedule(cfg.prediction, cfg.train_steps, schedule=cfg.noise_schedule),
-                            repeated, shape, steps=sample_steps, generator=g)
-            scores = reward(images, repeated).view(len(prompts), samples)
-        per_prompt = images.view(len(prompts), samples, *shape)
-        order = scores.argsort(1, descending=True)                      # [P, S], best first
-        k = samples // 2
-        top, bottom = order[:, :k], order[:, samples - k:].flip(1)       # the i-th best with the i-th worst
-        rows = torch.arange(len(prompts))[:, None].expand(-1, k)
-        decided = scores[rows, top] > scores[rows, bottom]               # equal rewards make no pair
-        if flip_rate > 0:
-            flipped = torch.rand(top.shape, generator=g) < flip_rate
-            top, bottom = torch.where(flipped, bottom, top), torch.where(flipped, top, bottom)
-        results.append(RoundResult(r, float(scores.mean()), int(decided.sum()), str(model), str(model)))
-        if not decided.any():  # every prompt's samples scored alike: nothing to learn from this round
+    settings = {"self_play": {"samples": samples, "sample_steps": sample_steps, "flip_rate": flip_rate}}
+    with run_directory(out, data_file("prompts", cfg.data), resumable=("step_*.pt", "rounds.json")):
+        # a resumed loop must make its pairs as the finished rounds did (more rounds may be asked for)
+        prepare_run_dir(out, {**settings, **cfg.to_dict()})
+        bar = Progress(rounds, desc="self-play", unit="round", enabled=progress)
+        model, results = cfg.model, []
+        for r in range(rounds):
+            if progress:  # sampling and scoring have no bar of their own: say what is under way
+                bar.write(f"self-play round {r + 1}/{rounds}: sampling {samples} images for each of "
+                          f"{len(prompts)} prompts ({sample_steps} steps) from {model}")
+            result = _play_round(cfg, reward, out, r, model, prompts, shape, samples=samples,
+                                 sample_steps=sample_steps, flip_rate=flip_rate, progress=progress)
+            if result.pairs == 0:
+                if stop_without_pairs:
+                    kept = f" ({out / 'rounds.json'} keeps the {r} round(s) done)" if r else ""
+                    raise ConfigError(describe("--reward", f"round {r}", f"the same reward for all {samples} "
+                                               f"samples of each of the {len(prompts)} prompts (no pair to train on)",
+                                               f"a reward that tells samples apart{kept}"))
+                if progress:
+                    bar.write(f"self-play round {r + 1}/{rounds}: every prompt's samples scored alike: no pair, "
+                              "the model is handed on untrained")
+            results.append(result)
+            model = result.result
             atomic_write_text(out / "rounds.json", json.dumps([vars(x) for x in results], indent=2))
-            continue
-        pairs_path = write_image_pairs(folder / "pairs.h5", cond=prompts[rows[decided]],
-                                       chosen=per_prompt[rows[decided], top[decided]],
-                                       rejected=per_prompt[rows[decided], bottom[decided]])
-        round_cfg = copy.deepcopy(cfg)
-        round_cfg.model, round_cfg.data = str(model), str(pairs_path)
-        round_cfg.train.seed = cfg.train.seed + r
-        run = folder / "run"
-        if not (run / "metrics.json").is_file():
-            train_diffusion(round_cfg, run, progress=progress)
-        model = results[-1].result = str(run / "model")
-        atomic_write_text(out / "rounds.json", json.dumps([vars(x) for x in results], indent=2))
+            bar.set_postfix_str(f"reward={result.reward_mean:.3g} pairs={result.pairs}")
+            bar.update(1)
+        bar.close(final_line=True)
     return results
+
+
+def _play_round(cfg: DiffusionRunConfig, reward: RewardFn, out: Path, r: int, model: str, prompts: Tensor,
+                shape: tuple[int, ...], *, samples: int, sample_steps: int, flip_rate: float,
+                progress: bool) -> RoundResult:
+    """Round ``r``: sample from ``model``, score, pair the i-th best with the i-th worst of each prompt, and train
+    on the pairs in ``out/round_r/run`` (skipped where that run has finished). ``out/round_r/pairs.h5`` is written
+    once: a resumed round trains on the pairs its run started on (its ``data.json`` holds their sha256)."""
+    folder = out / f"round_{r}"
+    folder.mkdir(parents=True, exist_ok=True)
+    net, _ = load_denoiser(model)
+    net.eval()
+    repeated = prompts.repeat_interleave(samples, 0)
+    g = torch.Generator().manual_seed((cfg.train.seed * 1000 + r) % 2**63)  # train.seed may be up to 2**63 − 1
+    with torch.no_grad():
+        images = sample(net, NoiseSchedule(cfg.prediction, cfg.train_steps, schedule=cfg.noise_schedule),
+                        repeated, shape, steps=sample_steps, generator=g)
+        scores = score_samples(reward, images, repeated).view(len(prompts), samples)
+    per_prompt = images.view(len(prompts), samples, *shape)
+    order = scores.argsort(1, descending=True)                      # [P, S], best first
+    k = samples // 2
+    top, bottom = order[:, :k], order[:, samples - k:].flip(1)       # the i-th best with the i-th worst
+    rows = torch.arange(len(prompts))[:, None].expand(-1, k)
+    decided = scores[rows, top] > scores[rows, bottom]               # equal rewards make no pair
+    if flip_rate > 0:
+        flipped = torch.rand(top.shape, generator=g) < flip_rate
+        top, bottom = torch.where(flipped, bottom, top), torch.where(flipped, top, bottom)
+    result = RoundResult(r, float(scores.mean()), int(decided.sum()), str(model), str(model))
+    if not decided.any():  # every prompt's samples scored alike: nothing to learn from this round
+        return result
+    pairs_path = folder / "pairs.h5"
+    if not pairs_path.is_file():
+        write_image_pairs(pairs_path, cond=prompts[rows[decided]], chosen=per_prompt[rows[decided], top[decided]],
+                          rejected=per_prompt[rows[decided], bottom[decided]])
+    round_cfg = copy.deepcopy(cfg)
+    round_cfg.model, round_cfg.data = str(model), str(pairs_path)
+    round_cfg.train.seed = cfg.train.seed + r
+    run = folder / "run"
+    if not (run / "metrics.json").is_file():
+        train_diffusion(round_cfg, run, progress=progress)
+    result.result = str(run / "model")
+    return result
+
+
+REWARD_SIGNATURE = "a function f(images [N, C, H, W] in [-1, 1], cond [N, D]) -> rewards [N] (a tensor)"
+
+
+def check_reward(reward: RewardFn, images: Tensor, cond: Tensor) -> None:
+    """Refuse, in one line naming ``--reward`` and the expected signature, a reward that cannot take
+    ``(images, cond)`` or does not give one finite number per image on them (two of the data's images)."""
+    name = getattr(reward, "__qualname__", None) or type(reward).__name__
+    if not callable(reward):
+        raise ConfigError(describe("--reward", "reward", f"{name} (not callable)", REWARD_SIGNATURE))
+    try:
+        signature = inspect.signature(reward)
+    except (TypeError, ValueError):  # some builtins and C extensions have none: the call below decides
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(images, cond)
+        except TypeError:
+            raise ConfigError(describe("--reward", "signature", f"{name}{signature}", REWARD_SIGNATURE)) from None
+    score_samples(reward, images, cond, name=name)
+
+
+def score_samples(reward: RewardFn, images: Tensor, cond: Tensor, *, name: str | None = None) -> Tensor:
+    """``reward(images, cond)`` as a float32 ``[N]`` tensor, or one line naming ``--reward`` where the call fails or
+    gives something else (a wrong shape, a non-number, NaN)."""
+    name = name or getattr(reward, "__qualname__", None) or type(reward).__name__
+    n = len(images)
+    try:
+        scores = torch.as_tensor(reward(images, cond), dtype=torch.float32)
+    except Exception as exc:  # the user's code: any failure is reported in one line, not a traceback
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ConfigError(describe("--reward", f"{name} on {n} images", f"{type(exc).__name__}: {detail}",
+                                   REWARD_SIGNATURE)) from None
+    if scores.numel() != n:
+        raise ConfigError(describe("--reward", f"{name} on {n} images", f"shape {list(scores.shape)}",
+                                   f"{n} rewards, {REWARD_SIGNATURE}"))
+    scores = scores.reshape(n).cpu()
+    if not torch.isfinite(scores).all():
+        raise ConfigError(describe("--reward", f"{name} on {n} images", f"{scores[~torch.isfinite(scores)][:3].tolist()}",
+                                   "finite rewards"))
+    return scores
 
 
 def select_checkpoint(run_dir: str | os.PathLike, start_model: str | os.PathLike, score: Callable[[nn.Module], float]
@@ -137,6 +222,7 @@ def load_reward_fn(spec: str) -> RewardFn:
 
     try:
         fn: Any = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(describe("--reward", "reward", repr(spec), f"an importable module:function ({e})")) from e
+    except Exception as e:  # ImportError, AttributeError, or any error the module raises on import: one line
+        raise ConfigError(describe("--reward", "reward", repr(spec),
+                                   f"an importable module:function ({type(e).__name__}: {e})")) from None
     return fn

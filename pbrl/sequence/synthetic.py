@@ -23,12 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from pbrl.errors import ConfigError, describe
 from pbrl.sequence.sampling import estimate_kl, sample_completions
 
 NOUNS = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu", "hen", "owl", "pig", "ram", "yak", "elk", "cod", "bat", "emu")
 ADJECTIVES = ("gold", "red", "big", "old", "shy", "wet", "odd", "tiny")
 VERBS = ("sees", "likes", "hugs", "finds", "hears", "calls")
 TARGET = "gold"
+PROMPTS = len(NOUNS) * (len(NOUNS) - 1) * (len(NOUNS) - 2)
+"""How many distinct prompts (ordered noun triples) the grammar has: training and held-out prompts together."""
 
 __all__ = ["GrammarTask", "BagOfWordsReward", "completion_is_valid", "completion_metrics",
            "evaluate_policy", "grammar_completion", "make_task",
@@ -87,7 +90,11 @@ class GrammarTask:
 
 def make_task(*, seed: int = 0, train_prompts: int = 300, heldout_prompts: int = 100, sft_per_prompt: int = 4,
               pairs_per_prompt: int = 4, flip: float = 0.2, annotators: int = 5, target: str = TARGET) -> GrammarTask:
-    """Prompts, SFT samples and noisy preference pairs of the grammar (see the module docstring)."""
+    """Prompts, SFT samples and noisy preference pairs of the grammar (see the module docstring). Asking for more
+    prompts than the grammar has (:data:`PROMPTS`) is refused, not silently cut."""
+    if train_prompts + heldout_prompts > PROMPTS:
+        raise ConfigError(describe("make_task", "train_prompts + heldout_prompts", train_prompts + heldout_prompts,
+                                   f"at most {PROMPTS} (the grammar's distinct prompts)"))
     rng = random.Random(seed)
     triples = list(itertools.permutations(NOUNS, 3))
     rng.shuffle(triples)

@@ -15,17 +15,18 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.fields import check_fields, param, set_fields
 from pbrl.io import atomic_write_text
-from pbrl.sequence.data import PairSampler, TokenizedPairs, load_pairs, tokenize_pairs
+from pbrl.sequence.data import PairSampler, TokenizedPairs, collate_pairs, data_file, load_pairs, tokenize_pairs
 from pbrl.sequence.lm import (
     REFERENCE_MODES,
     LoraSettings,
@@ -37,9 +38,10 @@ from pbrl.sequence.lm import (
     word_tokenizer,
 )
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
-from pbrl.train.loop import LoopResult, TrainConfig, make_run_dir, prepare_run_dir, resolve_device, run_lock, run_loop
+from pbrl.train.loop import LoopResult, TrainConfig, prepare_run_dir, resolve_device, run_directory, run_loop
 
-__all__ = ["SectionedRunConfig", "SeqRunConfig", "load_model_and_tokenizer", "train_sequence"]
+__all__ = ["SectionedRunConfig", "SeqRunConfig", "check_positions", "final_metrics", "load_model_and_tokenizer",
+           "train_sequence"]
 
 
 class SectionedRunConfig:
@@ -137,8 +139,9 @@ def _frozen_model(path: str, device: torch.device) -> nn.Module:
 def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool = True,
                    stop_at: int | None = None) -> LoopResult:
     """Train ``cfg`` into ``out`` (resuming an unfinished run there). Every row of the data is checked and
-    tokenised before anything is written (a bad row leaves ``out`` as it was); the final model lands in
-    ``out/model``."""
+    tokenised, and fits the model's positions, before training starts; the run directory records the data's
+    sha256 (a resume on changed data is refused) and a failed start leaves it as it was (:func:`run_directory`).
+    The final model lands in ``out/model``, the final loss and reward accuracy in ``out/metrics.json``."""
     cfg.validate()
     out = Path(out)
     pairs = load_pairs(cfg.data)  # a malformed row stops here
@@ -148,12 +151,13 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
             raise DatasetError(describe(lacking.where, "field 'preference'", "missing",
                                         "the empirical share of annotators preferring chosen, in (0, 1), on every "
                                         "row (iREPO regresses on its logit)"))
-    texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
-    policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
-    data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # and a row too long here
-    make_run_dir(out)
-    with run_lock(out):
-        prepare_run_dir(out, cfg.to_dict())
+    files = data_file("pairs", cfg.data)
+    with run_directory(out, files):
+        prepare_run_dir(out, cfg.to_dict())  # a resume asking for other settings stops here, naming them
+        texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
+        policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
+        data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # a prompt too long
+        check_positions(policy, data, pairs, cfg)
         if built:
             tmp = out / f".tokenizer.{os.getpid()}.tmp"
             tokenizer.save_pretrained(tmp)
@@ -167,7 +171,8 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
         if cfg.lora:
             policy = apply_lora(policy, LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
         policy.to(device)
-        reference = _reference(cfg, policy, data, tokenizer.pad_token_id, out, origin, device, progress)
+        reference = _reference(cfg, policy, data, tokenizer.pad_token_id, out, origin, files["pairs"][1], device,
+                               progress)
         frozen = {}
         if cfg.method.name == "tgdpo":
             frozen["guide"] = _frozen_model(cfg.method.guide, device)
@@ -178,24 +183,92 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
                               device=device)
         result = run_loop(learner, sampler.sample, cfg.train, out, device=device, stateful={"sampler": sampler},
                           progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
-        if result.finished:
-            save_model(policy, tokenizer, out / "model")
+        already_done = result.step == result.start_step and (out / "metrics.json").is_file()
+        if result.finished and not already_done:
+            batch_size = max(cfg.train.batch_size, 16)
+            batches = (collate_pairs(data, index, tokenizer.pad_token_id).to(device)
+                       for index in evaluation_indices(len(data), batch_size))
+            final = final_metrics(learner, batches, pairs=len(data), step=result.step, seed=cfg.train.seed,
+                                  device=device)
+            save_model(policy, tokenizer, out / "model")  # after the evaluation: it merges LoRA adapters away
             atomic_write_text(out / "metrics.json", json.dumps({
                 "method": cfg.method.name, "steps": result.step, "pairs": len(data),
-                "steps_per_s": result.steps_per_s, "truncated": data.truncated}, indent=2))
+                "steps_per_s": result.steps_per_s, "truncated": data.truncated, **final}, indent=2))
         return result
 
 
+def model_positions(model: nn.Module) -> int | None:
+    """How many positions a causal LM embeds (``max_position_embeddings``; GPT-2's ``n_positions``), or None."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(model: nn.Module, data: TokenizedPairs, pairs: list[Any], cfg: SeqRunConfig) -> None:
+    """Refuse, naming ``--max-length``, a row whose prompt + completion (already cut at ``max_length``) is longer
+    than the model's positions: the model would fail on its first batch (an index error deep in its embedding).
+    A ``max_length`` above the positions is fine while every row fits."""
+    positions = model_positions(model)
+    if positions is None or cfg.max_length <= positions:
+        return
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(data.prompt, data.chosen, data.rejected)]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > positions:
+        raise ConfigError(describe("--max-length", "max_length", cfg.max_length,
+                                   f"at most {positions}, the positions of the model {cfg.model} "
+                                   f"({pairs[longest].where} needs {lengths[longest]} tokens; longer rows are cut)"))
+
+
+FINAL_EVAL_PAIRS = 256
+"""How many training pairs (the file's first) the final loss and reward accuracy of ``metrics.json`` are taken on."""
+
+
+def evaluation_indices(pairs: int, batch_size: int) -> list[Tensor]:
+    """Row indices of the first :data:`FINAL_EVAL_PAIRS` pairs, in batches of ``batch_size``."""
+    n = min(pairs, FINAL_EVAL_PAIRS)
+    return [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def final_metrics(learner: nn.Module, batches: Iterable[Any], *, pairs: int, step: int, seed: int,
+                  device: torch.device) -> dict[str, Any]:
+    """The trained learner's objective (``final_loss``) and its implicit reward's accuracy (``reward_accuracy``:
+    the share of pairs whose chosen side it rewards more; None for objectives without one) on ``batches`` of the
+    training pairs, in eval mode, with the global RNG forked and seeded (a diffusion loss draws noise and times).
+    ``evaluated_on`` says which pairs: pbrl's sequence runs have no held-out pairs."""
+    was_training = learner.training
+    learner.eval()
+    loss_sum, loss_rows, accuracy_sum, accuracy_rows = 0.0, 0, 0.0, 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for batch in batches:
+            rows = len(batch["cond"]) if isinstance(batch, dict) else batch.pairs
+            output = learner.loss(batch, step)
+            loss_sum += float(output.loss) * rows
+            loss_rows += rows
+            accuracy = output.metrics.get("rewards/accuracies")
+            if accuracy is not None:
+                accuracy_sum += float(accuracy) * rows
+                accuracy_rows += rows
+    learner.train(was_training)
+    return {"final_loss": loss_sum / loss_rows if loss_rows else None,
+            "reward_accuracy": accuracy_sum / accuracy_rows if accuracy_rows else None,
+            "evaluated_on": f"training pairs: the first {loss_rows} of {pairs} (no held-out pairs)" if loss_rows
+            else "nothing (this objective is not evaluated on the file's pairs)"}
+
+
 def _reference(cfg: SeqRunConfig, policy: nn.Module, data: TokenizedPairs, pad_id: int, out: Path, origin: str,
-               device: torch.device, progress: bool) -> Reference:
+               data_sha256: str, device: torch.device, progress: bool) -> Reference:
     if cfg.reference == "none" or not cfg.method.uses_reference:  # sft / isq read no reference: none is built
         return Reference("none")
     if cfg.reference == "adapter":
         return Reference("adapter", policy=policy)
     if cfg.reference == "copy":
         return Reference.frozen_copy(policy)
-    data_digest = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()[:16]
-    fingerprint = _fingerprint(origin, data_digest, str(cfg.max_length), cfg.dtype)
+    fingerprint = _fingerprint(origin, data_sha256[:16], str(cfg.max_length), cfg.dtype)
     cached = precompute_reference(policy, data, pad_id, path=out / "ref_logps.pt", fingerprint=fingerprint,
                                   batch_size=max(cfg.train.batch_size, 16), device=device, progress=progress)
     return Reference("cache", cached={k: v.to(device) for k, v in cached.items()})
