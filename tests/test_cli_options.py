@@ -64,3 +64,28 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         raise SystemExit("usage: python -m tests.test_cli_options --write")
     write_snapshot()
+
+
+def test_the_parsers_names_are_the_packages():
+    """The choices the parser writes out (so that `pbrl --help` imports no torch) are the package's own."""
+    from pbrl.agents import AGENTS
+    from pbrl.cli import seq, train
+    from pbrl.core.losses import DPO_LOSS_TYPES
+    from pbrl.sequence.diffusion_train import DIFFUSION_METHODS
+    from pbrl.sequence.lm import REFERENCE_MODES
+    from pbrl.sequence.objectives import METHODS
+
+    assert sorted(train.AGENT_NAMES) == sorted(AGENTS)
+    assert (seq.LM_METHODS, seq.DIFFUSION_METHODS) == (tuple(METHODS), tuple(DIFFUSION_METHODS))
+    assert (seq.DPO_LOSS_TYPES, seq.REFERENCE_MODES) == (tuple(DPO_LOSS_TYPES), tuple(REFERENCE_MODES))
+
+
+def test_pbrl_help_imports_no_torch():
+    """`pbrl --help` (and every group's) answers without importing torch: building the parser stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pbrl.cli import build_parser; build_parser(); "
+            "sys.exit(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules) or 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pbrl.annotate.queries import Query, QuerySet
+from pbrl.data.formats import control_characters
 from pbrl.errors import DatasetError, describe
 
 CHOICES = ("a", "b", "equal", "skip")
@@ -55,9 +56,15 @@ def answer_line(query: Query, choice: str, annotator: str, group: int, timestamp
 
 
 def check_annotator(value: Any) -> str:
+    """The annotator's name of a request, stripped; 400 for no name, a long one, or one with control characters
+    or line breaks (it would break the labels' agreement table and every log line it is printed in)."""
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_ANNOTATOR_CHARS:
         raise RequestError(400, describe("request", "field 'annotator'", repr(value)[:80],
                                          f"a non-empty name of at most {MAX_ANNOTATOR_CHARS} characters"))
+    bad = control_characters(value.strip())
+    if bad:
+        raise RequestError(400, describe("request", "field 'annotator'", f"{value!r:.80} (control character "
+                                         f"{', '.join(bad)})", "a name without control characters or line breaks"))
     return value.strip()
 
 

@@ -281,11 +281,22 @@ def session_dir(labels: str | Path) -> Path:
     return labels.with_name(labels.stem + ".annotate")
 
 
+def owns_labels(labels: str | Path) -> bool:
+    """Whether an existing ``labels`` file is a session's own: empty, or beside the session folder whose query set
+    its rows answer (a restart then replays and checks them line by line). Any other file is not a labels file of
+    `pbrl annotate` and is refused before a folder or a video is made."""
+    labels = Path(labels)
+    return labels.stat().st_size == 0 or (session_dir(labels) / "queries.json").is_file()
+
+
 def start_session(dataset: str | Path, labels: str | Path, *, pairs: int, segment: int, pairing: str = "uniform",
                   seed: int = 0, candidates: int = 4, size: int = 192, fps: int = 30, group: int = 0,
                   annotator: str = "", workers: int = 1, progress: bool = True) -> Session:
     """Open (or resume) the session of ``labels``: lock its folder (one server per labels file), make or reload
-    its query set, render the videos not made yet, and replay the answers already given."""
+    its query set, replay the answers already given, and render the videos not made yet. Everything that can be
+    refused is checked before the first video; a first start refused before then leaves no folder behind."""
+    import shutil
+
     from pbrl.annotate.queries import open_query_set, prepare_videos
     from pbrl.data.registry import load_dataset
     from pbrl.errors import ConfigError, RunLockedError, describe
@@ -294,7 +305,9 @@ def start_session(dataset: str | Path, labels: str | Path, *, pairs: int, segmen
     labels = Path(labels)
     if labels.suffix != ".jsonl":
         raise ConfigError(describe("--out", "labels file", str(labels), "a .jsonl file (the labels format)"))
+    trajectories = load_dataset(dataset, preferences=False, option="dataset").trajectories
     folder = session_dir(labels)
+    made_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = exclusive_lock(folder, ".server.lock")
     try:
@@ -302,18 +315,25 @@ def start_session(dataset: str | Path, labels: str | Path, *, pairs: int, segmen
     except LockHeld as exc:
         raise RunLockedError(describe(str(labels), "session", f"served by {exc.holder}",
                                       "one server per labels file (several annotators share one server)")) from None
+    log = None
     try:
-        trajectories = load_dataset(dataset, preferences=False).trajectories
-        query_set = open_query_set(folder, trajectories, pairs=pairs, segment=segment, pairing=pairing, seed=seed,
-                                   candidates=candidates, size=size, fps=fps)
+        try:
+            query_set = open_query_set(folder, trajectories, pairs=pairs, segment=segment, pairing=pairing, seed=seed,
+                                       candidates=candidates, size=size, fps=fps)
+            log = LabelLog(labels, query_set)  # replays and checks the answers so far, before any video is made
+        except BaseException:
+            if made_folder:  # nothing of this start is worth keeping: the corrected command starts clean
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         prepare_videos(query_set, folder / "videos", workers=workers, progress=progress)
-        log = LabelLog(labels, query_set)
         picker = None
         if pairing == "disagreement":
             picker = DisagreementPicker(trajectories, query_set, log, warmup=max(2, pairs // 10), seed=seed)
             picker.refit()  # labels from before a restart count at once
         session = Session(query_set, log, folder / "videos", group=group, default_annotator=annotator, picker=picker)
     except BaseException:
+        if log is not None:
+            log.close()
         lock.__exit__(None, None, None)
         raise
     session._lock = lock

@@ -5,11 +5,60 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pbrl.cli import data_formats
-from pbrl.cli.common import FORMATTER, dataset_out, invoked_command
+from pbrl.cli.common import FORMATTER, dataset_out, float_in, int_at_least, invoked_command
+from pbrl.cli.data_formats import writable_dataset_out, writable_out
+
+ANY_NUMBER = float_in(-math.inf, math.inf, low_open=True, high_open=True)
+POSITIVE = float_in(0.0, math.inf, low_open=True, high_open=True)
+NON_NEGATIVE = float_in(0.0, math.inf, high_open=True)
+UNIT = float_in(0.0, 1.0)
+SEED = int_at_least(0)
+
+
+def noise_scales(text: str) -> tuple[float, ...]:
+    """``--noise 0.1,0.5,1.0``: comma-separated action-noise scales, each a finite number >= 0."""
+    scales = []
+    for part in text.split(","):
+        try:
+            scales.append(NON_NEGATIVE(part.strip()))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected comma-separated numbers >= 0") from None
+    return tuple(scales)
+
+
+def ranking_size(text: str) -> int:
+    """``--rank K``: 0 (pairs) or K >= 2 (a one-way ranking compares nothing)."""
+    value = int_at_least(0)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("got 1, expected 0 (pairs) or an integer >= 2")
+    return value
+
+
+def has_format(fmt: str) -> Callable[[Path], bool]:
+    """``owned`` of an output check: the file is a pbrl HDF5 file of format ``fmt`` (this command's own kind)."""
+    from pbrl.data.registry import pbrl_format
+
+    return lambda path: pbrl_format(path) == fmt
+
+
+def existing_refused(out: str, suffix: str, fmt: str, replace: bool, field: str, expected: str
+                     ) -> tuple[Path, Path | None]:
+    """``--out`` of `data make` / `data label`, checked before any work: an existing file of this command's own
+    kind (``fmt``) is replaced only with ``replace`` (else refused as ``field`` ... ``expected``); a directory, an
+    unrelated file or an unwritable place never."""
+    from pbrl.data.registry import pbrl_format
+    from pbrl.errors import ConfigError, describe
+
+    path, _ = dataset_out(out, suffix)
+    if path.is_file() and not replace and pbrl_format(path) == fmt:
+        raise ConfigError(describe("--out", field, f"{path} (exists)", expected))
+    return writable_dataset_out(out, suffix, owned=has_format(fmt) if replace else None)
 
 
 def cmd_data_make(args: argparse.Namespace) -> int:
@@ -18,14 +67,11 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     from pbrl.envs.registry import get_env_spec
 
     spec = get_env_spec(args.env)
-    path, card = dataset_out(args.out, ".h5")
-    if path.exists() and not args.overwrite:
-        from pbrl.errors import ConfigError, describe
-
-        raise ConfigError(describe("--out", "dataset file", f"{path} (exists)", "a new name (or pass --overwrite)"))
+    path, card = existing_refused(args.out, ".h5", "pbrl.trajectories", args.overwrite, "dataset file",
+                                  "a new name (or pass --overwrite)")
     command = invoked_command()
     if spec.family == "metaworld":
-        noise = tuple(float(x) for x in args.noise.split(","))
+        noise = args.noise
         make_metaworld_dataset(spec.name, out=path, seed=args.seed, noise=noise, transitions=args.transitions,
                                command=command, reversed_fraction=args.reversed)
         how = {"behaviour": "Meta-World scripted policy + Gaussian action noise", "noise": list(noise),
@@ -70,15 +116,12 @@ def cmd_data_label(args: argparse.Namespace) -> int:
     from pbrl.data.teachers import load_groups
     from pbrl.errors import ConfigError, describe
 
-    if args.pairs < 1 or args.segment < 1:
-        raise ConfigError(describe("--pairs/--segment", "value", f"{args.pairs}/{args.segment}", "positive integers"))
     teacher = teacher_from_args(args)
     groups = load_groups(args.groups, teacher) if args.groups else None
-    path, card = dataset_out(args.out, ".prefs.h5")
-    if path.exists() and not args.force:
-        raise ConfigError(describe("--out", "preference file", f"{path} (exists)", "a new name, or --force to replace "
-                                   "these labels (runs trained on them then refuse to resume)"))
-    data = load_dataset(args.dataset, preferences=False)
+    path, card = existing_refused(args.out, ".prefs.h5", "pbrl.preferences", args.force, "preference file",
+                                  "a new name, or --force to replace these labels (runs trained on them then refuse "
+                                  "to resume)")
+    data = load_dataset(args.dataset, preferences=False, option="dataset")
     if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
         raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/ "
                                    "(or a path to an .h5 file)"))
@@ -125,49 +168,84 @@ def cmd_data_agreement(args: argparse.Namespace) -> int:
     from pbrl.data.registry import load_dataset
     from pbrl.io import atomic_write_text
 
-    data = load_dataset(args.dataset, preferences=False)
-    prefs = import_labels(args.file, data.trajectories)
-    teacher = critic = None
+    # a previous report may be replaced (a report is made to be regenerated); any other file is refused
+    out = writable_out("--json", args.json, owned=is_agreement_report) if args.json else None
+    replacing = out is not None and out.exists()
     if args.teacher is None and (args.critic or args.expert or args.critic_steps is not None):
         from pbrl.errors import ConfigError, describe
 
         raise ConfigError(describe("--critic/--expert/--critic-steps", "option", "given without --teacher",
                                    "--teacher regret (or leave them out)"))
-    if args.teacher is not None:
+    teacher = teacher_from_args(args) if args.teacher is not None else None
+    data = load_dataset(args.dataset, preferences=False)
+    prefs = import_labels(args.file, data.trajectories)
+    critic = None
+    if teacher is not None:
         from pbrl.train.critics import regret_advantages
 
-        teacher, critic = teacher_from_args(args), regret_advantages
+        critic = regret_advantages
         if teacher.utility == "regret" and teacher.critic_name == "expert" and teacher.expert is None:
-            from pbrl.train.experts import with_dataset_expert
-
-            teacher = with_dataset_expert(data.trajectories, teacher, args.behaviour_dir)
+            teacher = trained_dataset_expert(data.trajectories, teacher, args)
     report = agreement_report(prefs, data.trajectories, teacher, critic=critic)
     print(format_agreement(report, Path(args.file).name))
-    if args.json:
-        atomic_write_text(args.json, json.dumps({"labels": str(args.file), "dataset": args.dataset, **report}, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if out is not None:
+        atomic_write_text(out, json.dumps({"labels": str(args.file), "dataset": args.dataset, **report}, indent=2) + "\n")
+        print(f"replaced the previous report {out}" if replacing else f"wrote {out}")
     return 0
 
 
-def dataset_info(name: str) -> dict[str, Any]:
+def is_agreement_report(path: Path) -> bool:
+    """Whether ``path`` holds a report `pbrl data agreement --json` wrote (which a new report may replace)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"labels", "dataset", "annotators", "pairwise"} <= report.keys()
+
+
+def trained_dataset_expert(trajectories, teacher, args: argparse.Namespace):
+    """``teacher`` with the dataset's own expert, which must be trained already: a report never starts hours of
+    policy training unasked (`pbrl data label ... --critic expert` trains or resumes it, as `pbrl data make` does)."""
+    import dataclasses
+
+    from pbrl.data.make import BehaviourRun
+    from pbrl.errors import ConfigError, describe
+    from pbrl.train.critics import dataset_expert
+
+    env, algo, steps, seed, directory = dataset_expert(trajectories, args.behaviour_dir)
+    done = BehaviourRun(directory, algo, env, seed).steps_done()
+    if done < steps or not (directory / "model.zip").exists():
+        raise ConfigError(describe("--critic expert", "expert", f"{directory} trained for {done:,} of {steps:,} "
+                                   "steps", f"a trained expert: `pbrl data label {args.dataset} --teacher regret "
+                                   f"--critic expert --behaviour-dir {args.behaviour_dir} ...` trains (or resumes) "
+                                   "it, for hours; or name one with --expert DIR"))
+    return dataclasses.replace(teacher, expert=str(directory))
+
+
+def dataset_info(name: str, option: str = "--dataset") -> dict[str, Any]:
     """:func:`pbrl.data.info.dataset_info` with the regret critic that user groups' consistency needs."""
     from pbrl.data.info import dataset_info as compute_info
     from pbrl.train.critics import regret_advantages
 
-    return compute_info(name, critic=regret_advantages)
+    return compute_info(name, critic=regret_advantages, option=option)
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     from pbrl.data.info import format_dataset_info
 
-    info = dataset_info(args.dataset)
+    info = dataset_info(args.dataset, option="dataset")
     print(json.dumps(info, indent=2) if args.json else format_dataset_info(info))
     return 0
 
 
 def cmd_data_topk(args: argparse.Namespace) -> int:
-    from pbrl.data.topk import write_top_dataset
+    from pbrl.data.topk import top_dataset_paths, write_top_dataset
 
+    # a directory, a path under a file, an unwritable place; existing files, nonsense numbers and a prefix with a
+    # suffix are refused by write_top_dataset (before it writes anything) in its own words
+    if not str(args.out).endswith((".h5", ".hdf5")):
+        for path in top_dataset_paths(args.out):
+            writable_out("--out", path, owned=lambda _existing: True)
     top = write_top_dataset(args.dataset, fraction=args.fraction, pairs=args.pairs, segment=args.segment, out=args.out)
     print(f"{top.episodes} episodes, {top.steps} steps, returns {top.return_min:.0f} to {top.return_max:.0f}: "
           f"wrote {top.trajectories} and {top.preferences}")
@@ -183,14 +261,19 @@ def add_make_parser(dsub: argparse._SubParsersAction) -> None:
     mk.add_argument("--algo", default="sac", choices=["sac", "ppo"], help="behaviour-policy trainer (default: sac)")
     mk.add_argument("--expert-algo", default=None, choices=["sac", "ppo"],
                     help="trainer of the expert policy of expert / medium-expert (default: --algo)")
-    mk.add_argument("--medium-steps", type=int, default=200_000, help="env steps to train the 'medium' policy")
-    mk.add_argument("--expert-steps", type=int, default=1_000_000, help="env steps to train the 'expert' policy")
-    mk.add_argument("--transitions", type=int, default=100_000, help="approximate size of the dataset in steps")
-    mk.add_argument("--noise", default="0.1,0.5,1.0", help="Meta-World: comma-separated action-noise scales")
-    mk.add_argument("--reversed", type=float, default=0.0, metavar="F", help="Meta-World: fraction of the steps "
-                    "from the reversed scripted policy (a bad operator: BC on the mixture falls short)")
+    mk.add_argument("--medium-steps", type=int_at_least(1), default=200_000,
+                    help="env steps to train the 'medium' policy")
+    mk.add_argument("--expert-steps", type=int_at_least(1), default=1_000_000,
+                    help="env steps to train the 'expert' policy")
+    mk.add_argument("--transitions", type=int_at_least(1), default=100_000,
+                    help="approximate size of the dataset in steps")
+    mk.add_argument("--noise", type=noise_scales, default="0.1,0.5,1.0",
+                    help="Meta-World: comma-separated action-noise scales")
+    mk.add_argument("--reversed", type=float_in(0.0, 1.0, high_open=True), default=0.0, metavar="F",
+                    help="Meta-World: fraction of the steps from the reversed scripted policy (a bad operator: BC on "
+                    "the mixture falls short)")
     mk.add_argument("--behaviour-dir", default="runs/behaviour", help="where behaviour policies are trained/cached")
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--seed", type=SEED, default=0)
     mk.add_argument("--out", required=True, help="dataset name (writes datasets/NAME.h5 + card) or a .h5 path")
     mk.add_argument("--overwrite", action="store_true", help="replace an existing dataset file")
     mk.set_defaults(func=cmd_data_make)
@@ -199,18 +282,22 @@ def add_make_parser(dsub: argparse._SubParsersAction) -> None:
 def add_label_parser(dsub: argparse._SubParsersAction) -> None:
     lb = dsub.add_parser("label", help="sample segment pairs and label them with a scripted teacher")
     lb.add_argument("dataset", help="dataset name (datasets/NAME.toml) or .h5 path")
-    lb.add_argument("--pairs", type=int, required=True, help="number of pairs to label")
-    lb.add_argument("--segment", type=int, default=64, help="segment length T in steps")
+    lb.add_argument("--pairs", type=int_at_least(1), required=True, help="number of pairs to label")
+    lb.add_argument("--segment", type=int_at_least(1), default=64, help="segment length T in steps")
     lb.add_argument("--teacher", default="scripted", choices=["scripted", "return", "regret"],
                     help="scripted/return: Bradley-Terry on the true segment return; regret: on the segment's summed "
                     "advantage Σ_t γ^t A(s_t, a_t) under --critic (CPL's assumption)")
     noise = lb.add_argument_group("noise (B-Pref models, combinable)")
-    noise.add_argument("--beta", type=float, default=None, help="stochastic: rationality β; omit: deterministic")
-    noise.add_argument("--mistake", type=float, default=0.0, help="mistake: flip each label with probability ε")
-    noise.add_argument("--skip-threshold", type=float, default=None, help="skip: no label when both scores are below")
-    noise.add_argument("--equal-margin", type=float, default=0.0, help="equal: label 0.5 when scores differ by less")
-    noise.add_argument("--myopic", type=float, default=1.0, help="myopic: weight step t of T by myopic^(T−1−t) in "
-                       "the preference (B-Pref's teacher_gamma; skip and equal use the unweighted scores)")
+    noise.add_argument("--beta", type=POSITIVE, default=None, help="stochastic: rationality β; omit: deterministic")
+    noise.add_argument("--mistake", type=float_in(0.0, 0.5), default=0.0,
+                       help="mistake: flip each label with probability ε")
+    noise.add_argument("--skip-threshold", type=ANY_NUMBER, default=None,
+                       help="skip: no label when both scores are below")
+    noise.add_argument("--equal-margin", type=NON_NEGATIVE, default=0.0,
+                       help="equal: label 0.5 when scores differ by less")
+    noise.add_argument("--myopic", type=float_in(0.0, 1.0, low_open=True), default=1.0,
+                       help="myopic: weight step t of T by myopic^(T−1−t) in the preference (B-Pref's teacher_gamma; "
+                       "skip and equal use the unweighted scores)")
     noise.add_argument("--gamma", type=float, default=None, help=argparse.SUPPRESS)  # renamed: refused in one line
     lb.add_argument("--critic", default=None, choices=["iql", "expert", "behaviour"],
                     help="regret: where the advantage comes from. iql (default): r + γV(s′) − V(s) with IQL's in-sample "
@@ -219,10 +306,10 @@ def add_label_parser(dsub: argparse._SubParsersAction) -> None:
                     "behaviour: a value fitted to the behaviour's own returns (weak: kept for comparison)")
     lb.add_argument("--expert", default=None, metavar="DIR", help="critic expert: a stable-baselines3 run directory "
                     "(runs/behaviour/ENV-ALGO-STEPS-sSEED with model.zip); implies --critic expert")
-    lb.add_argument("--critic-steps", type=int, default=None, help="gradient steps of the critic fit "
+    lb.add_argument("--critic-steps", type=int_at_least(1), default=None, help="gradient steps of the critic fit "
                     "(iql 20000, behaviour 3000)")
     lb.add_argument("--behaviour-dir", default="runs/behaviour", help="where `pbrl data make` keeps behaviour policies")
-    lb.add_argument("--discount", type=float, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
+    lb.add_argument("--discount", type=UNIT, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
     lb.add_argument("--groups", default=None, metavar="FILE", help="user groups (TOML [[group]] tables: share, "
                     "utility weights over reward terms, noise); every label carries its group id")
     lb.add_argument("--pairing", default="uniform", choices=["uniform", "stratified", "disagreement"],
@@ -230,8 +317,8 @@ def add_label_parser(dsub: argparse._SubParsersAction) -> None:
     lb.add_argument("--mode", default="segments", choices=["segments", "episodes"],
                     help="segments: any number of labels per episode; episodes: one label per pair of trajectories "
                     "(not the CPL paper's dense/sparse: those are agent.regime)")
-    lb.add_argument("--rank", type=int, default=0, metavar="K", help="ask K-way rankings (stored as pairs)")
-    lb.add_argument("--seed", type=int, default=0)
+    lb.add_argument("--rank", type=ranking_size, default=0, metavar="K", help="ask K-way rankings (stored as pairs)")
+    lb.add_argument("--seed", type=SEED, default=0)
     lb.add_argument("--force", action="store_true", help="replace an existing preference file")
     lb.add_argument("--out", required=True, help="name (datasets/NAME.prefs.h5 + card) or .h5 path")
     lb.set_defaults(func=cmd_data_label)
@@ -246,11 +333,11 @@ def add_agreement_parser(dsub: argparse._SubParsersAction) -> None:
                     help="compare each annotator with this teacher's noise-free preference (default: annotators only)")
     ag.add_argument("--critic", default=None, choices=["iql", "expert", "behaviour"], help="regret: as `pbrl data label`")
     ag.add_argument("--expert", default=None, metavar="DIR", help="regret, critic expert: as `pbrl data label`")
-    ag.add_argument("--critic-steps", type=int, default=None, help="regret: gradient steps of the critic fit")
+    ag.add_argument("--critic-steps", type=int_at_least(1), default=None, help="regret: gradient steps of the critic fit")
     ag.add_argument("--behaviour-dir", default="runs/behaviour", help="where `pbrl data make` keeps behaviour policies")
-    ag.add_argument("--discount", type=float, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
-    ag.add_argument("--myopic", type=float, default=1.0, help="weight step t of T by myopic^(T−1−t)")
-    ag.add_argument("--seed", type=int, default=0, help="seed of the regret critic's fit")
+    ag.add_argument("--discount", type=UNIT, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
+    ag.add_argument("--myopic", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="weight step t of T by myopic^(T−1−t)")
+    ag.add_argument("--seed", type=SEED, default=0, help="seed of the regret critic's fit")
     ag.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON")
     # the teacher is noise-free here: the noise options of `data label` are fixed
     ag.set_defaults(func=cmd_data_agreement, beta=None, mistake=0.0, skip_threshold=None, equal_margin=0.0, gamma=None)

@@ -4,10 +4,43 @@ human trials, and human labels as JSON Lines or CSV (the conversions live in :mo
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pbrl.cli.common import dataset_out, invoked_command
+from pbrl.cli.common import dataset_out, invoked_command, output_file
+
+
+def writable_out(option: str, path: str | Path, *, suffixes: tuple[str, ...] = (), replace: bool = False,
+                 owned: Callable[[Path], bool] | None = None, make_folders: bool = True) -> Path:
+    """:func:`~pbrl.cli.common.output_file` for the data commands, which make the folders of their output as
+    they write it (``--out runs/topbc/top0.1``): with ``make_folders``, a missing folder is fine where its nearest
+    existing ancestor is a folder this user can write to. Checked before any work, so nothing is left behind."""
+    from pbrl.errors import ConfigError, describe
+
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if make_folders and not parent.exists() and not parent.is_symlink():
+        ancestor = next(p for p in (*parent.parents, Path(".")) if p.exists())
+        if ancestor.is_dir():
+            if suffixes and out.suffix.lower() not in suffixes:
+                raise ConfigError(describe(option, "file", str(path), f"a {' or '.join(suffixes)} file"))
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise ConfigError(describe(option, "file", f"{path}, in {ancestor}, not writable by this user",
+                                           "a place this user can write"))
+            return out
+    return output_file(option, out, suffixes=suffixes, replace=replace, owned=owned)
+
+
+def writable_dataset_out(out: str, suffix: str, *, owned: Callable[[Path], bool] | None = None
+                         ) -> tuple[Path, Path | None]:
+    """:func:`~pbrl.cli.common.dataset_out` for ``--out``, both files checked before any work: the dataset file
+    (an existing one only where ``owned`` says it is this command's to replace) and its card (rewritten with it)."""
+    path, card = dataset_out(out, suffix)
+    writable_out("--out", path, owned=owned)
+    if card is not None:
+        writable_out("--out", card, replace=True)
+    return path, card
 
 
 def write_imported(args: argparse.Namespace, write: Callable[[Path], object], description: str) -> int:
@@ -15,11 +48,8 @@ def write_imported(args: argparse.Namespace, write: Callable[[Path], object], de
     from pbrl.data.registry import write_card
     from pbrl.data.store import TrajectoryDataset
     from pbrl.envs.registry import get_env_spec
-    from pbrl.errors import ConfigError, describe
 
-    path, card = dataset_out(args.out, ".h5")
-    if path.exists():
-        raise ConfigError(describe("--out", "dataset file", f"{path} (exists)", "a new name"))
+    path, card = writable_dataset_out(args.out, ".h5")
     write(path)
     if card is not None:
         with TrajectoryDataset(path) as ds:
@@ -42,6 +72,7 @@ def cmd_import_overcooked(args: argparse.Namespace) -> int:
     from pbrl.data.overcooked_trials import human_trials
     from pbrl.data.store import write_trajectories
 
+    writable_dataset_out(args.out, ".h5")  # an unusable --out is refused before the conversion replays every step
     trials = human_trials(args.layout, args.split, args.pickle)
 
     def write(path: Path) -> Path:
@@ -64,7 +95,7 @@ def cmd_export_minari(args: argparse.Namespace) -> int:
     from pbrl.data.formats import export_minari
     from pbrl.data.registry import load_dataset
 
-    data = load_dataset(args.dataset, preferences=False)
+    data = load_dataset(args.dataset, preferences=False, option="dataset")
     print(f"wrote {export_minari(data.trajectories, args.dataset_id, root=args.root)}")
     return 0
 
@@ -72,13 +103,9 @@ def cmd_export_minari(args: argparse.Namespace) -> int:
 def cmd_export_d4rl(args: argparse.Namespace) -> int:
     from pbrl.data.formats import export_d4rl
     from pbrl.data.registry import load_dataset
-    from pbrl.errors import ConfigError, describe
 
-    out = Path(args.out)
-    if out.exists() or not out.parent.is_dir():
-        raise ConfigError(describe("--out", "file", str(out), "a new file in an existing directory"
-                                   + (" (it exists)" if out.exists() else "")))
-    data = load_dataset(args.dataset, preferences=False)
+    out = writable_out("--out", args.out, make_folders=False)  # a second export to it is refused as it commits
+    data = load_dataset(args.dataset, preferences=False, option="dataset")
     print(f"wrote {export_d4rl(data.trajectories, out)}")
     return 0
 
@@ -89,11 +116,11 @@ def cmd_import_labels(args: argparse.Namespace) -> int:
     from pbrl.data.registry import load_dataset, write_card
     from pbrl.errors import ConfigError, describe
 
+    path, card = writable_dataset_out(args.out, ".prefs.h5")  # an existing file is never replaced
     data = load_dataset(args.dataset, preferences=False)
-    prefs = import_labels(args.file, data.trajectories)
-    path, card = dataset_out(args.out, ".prefs.h5")
     if card is not None and path.parent.resolve() != data.trajectories.path.parent.resolve():
         raise ConfigError(describe("--out", "name", args.out, "a name for a dataset whose trajectories live in datasets/"))
+    prefs = import_labels(args.file, data.trajectories)
     write_preferences(path, prefs, data.trajectories, teacher={"name": "human", "source": str(args.file)}, seed=0)
     if card is not None:
         write_card(card, {"name": args.out, "env": data.env, "trajectories": data.trajectories.path.name,
@@ -109,10 +136,11 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
     from pbrl.data.registry import load_dataset
     from pbrl.errors import DatasetError, describe
 
-    data = load_dataset(args.dataset)
+    out = writable_out("--out", args.out, suffixes=(".jsonl", ".csv"))  # an existing file is never replaced
+    data = load_dataset(args.dataset, option="dataset")
     if data.preferences is None:
         raise DatasetError(describe(args.dataset, "preferences", "none", "a dataset with labels"))
-    print(f"wrote {export_labels(data.preferences, args.out)}")
+    print(f"wrote {export_labels(data.preferences, out)}")
     return 0
 
 

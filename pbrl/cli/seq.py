@@ -15,6 +15,13 @@ from typing import Any
 
 from pbrl.cli.common import FORMATTER, float_in, int_at_least
 
+# The choices of `seq train`, written out so that building the parser (`pbrl --help`) imports no torch; the test
+# tests/test_cli_options.py::test_the_parsers_names_are_the_packages keeps them equal to the package's.
+LM_METHODS = ('dpo', 'ipo', 'rso', 'is_daa', 'tgdpo', 'tvkd', 'irepo', 'sft', 'isq')
+DIFFUSION_METHODS = ('diffusion_dpo', 'flow_dpo', 'diffusion_sft', 'sudo', 'abc', 'dro', 'rpo', 'flow_rwr', 'spo', 'gradspo')
+DPO_LOSS_TYPES = ('sigmoid', 'hinge', 'ipo', 'robust', 'sigmoid_norm', 'exo_pair', 'nca_pair', 'bco_pair', 'sppo_hard', 'apo_zero', 'apo_down', 'discopop')
+REFERENCE_MODES = ('copy', 'cache', 'adapter', 'none')
+
 
 def seed_value(text: str) -> int:
     """An argparse ``type`` for ``--seed``: an integer in [0, 2**63) (torch's generators take no larger seed)."""
@@ -106,7 +113,7 @@ def diffusers_model(model: str) -> tuple[str, ...]:
 
 def cmd_seq_train(args: argparse.Namespace) -> int:
     from pbrl.errors import ConfigError, describe
-    from pbrl.sequence.diffusion_train import DIFFUSION_METHODS, DiffusionRunConfig, train_diffusion
+    from pbrl.sequence.diffusion_train import DiffusionRunConfig, train_diffusion
 
     diffusion = args.method in DIFFUSION_METHODS
     if diffusion:
@@ -206,19 +213,14 @@ def cmd_seq_shapes(args: argparse.Namespace) -> int:
 
 
 def add_seq_train_parser(sqs: argparse._SubParsersAction) -> None:
-    from pbrl.core.losses import DPO_LOSS_TYPES
-    from pbrl.sequence.diffusion_train import DIFFUSION_METHODS
-    from pbrl.sequence.lm import REFERENCE_MODES
-    from pbrl.sequence.objectives import METHODS
-
     st = sqs.add_parser("train", help="train a causal LM, or an image / video diffusion or flow model, on preference "
                         "pairs (resumes when --out holds an unfinished run)", formatter_class=FORMATTER,
                         epilog="example: pbrl seq grammar --out runs/grammar && pbrl seq train --method sft --model "
                         "runs/grammar/gpt2-tiny.json --set run.tokenizer=runs/grammar/tokenizer --data "
                         "runs/grammar/sft.jsonl --out runs/sft;  pbrl seq shapes --out runs/shapes && pbrl seq train "
                         "--method diffusion_sft --model runs/shapes/unet.json --data runs/shapes/sft.h5 --out runs/ref")
-    st.add_argument("--method", required=True, choices=METHODS + DIFFUSION_METHODS,
-                    help="the objective: language models " + ", ".join(METHODS) + "; diffusion / flow models "
+    st.add_argument("--method", required=True, choices=LM_METHODS + DIFFUSION_METHODS,
+                    help="the objective: language models " + ", ".join(LM_METHODS) + "; diffusion / flow models "
                     + ", ".join(DIFFUSION_METHODS))
     st.add_argument("--model", required=True, help="a local model folder, or a config .json (new weights): a Hugging "
                     "Face causal LM; for diffusion methods pbrl's SmallUNet or a diffusers model class")

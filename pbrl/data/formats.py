@@ -16,7 +16,7 @@ b_episode       … the same three for segment b
 b_start
 b_length
 choice          ``a``, ``b``, ``equal``, ``skip``, or a probability in [0, 1] that a is preferred
-annotator       who answered (free text)
+annotator       who answered (free text, no control characters)
 group           annotator group, an integer >= 0 (optional, default 0)
 timestamp       when, ISO 8601 (optional)
 ==============  =========================================================================================
@@ -27,10 +27,12 @@ An import takes the whole file or nothing: every row is checked first, and the f
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
 import json
 import os
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ import numpy as np
 
 from pbrl.data.preferences import PreferenceDataset
 from pbrl.data.store import Episode, TrajectoryDataset, atomic_h5, atomic_write_text, open_h5, write_trajectories
-from pbrl.errors import DatasetError, describe
+from pbrl.errors import ConfigError, DatasetError, describe
 from pbrl.fields import short_repr
 
 LABEL_FIELDS = ("query_id", "a_episode", "a_start", "a_length", "b_episode", "b_start", "b_length", "choice",
@@ -115,16 +117,27 @@ def export_d4rl(trajectories: TrajectoryDataset, out: str | os.PathLike) -> Path
     ``timeouts``, ``next_observations``, ``infos/*``), atomically, for tools that read D4RL files (d3rlpy, CORL).
 
     ``timeouts`` marks the last step of every episode that did not terminate, so every episode boundary survives
-    the round trip (``read_d4rl`` gives back the same episodes)."""
+    the round trip (``read_d4rl`` gives back the same episodes). An existing ``out`` is never replaced, not even
+    one another export wrote while this one ran (ConfigError naming ``--out``)."""
     from pbrl.data.transitions import next_observations
 
     out = Path(out)
+    try:
+        _write_d4rl(trajectories, out, next_observations(trajectories))
+    except FileExistsError:
+        raise ConfigError(describe("--out", "file", f"{out}, which exists (written by another process while this "
+                                   "export ran)", "a new file (an export never replaces one)")) from None
+    return out
+
+
+def _write_d4rl(trajectories: TrajectoryDataset, out: Path, next_obs: np.ndarray) -> None:
+    """The D4RL arrays of :func:`export_d4rl`, committed only where ``out`` does not exist yet."""
     last = trajectories.episode_offsets[1:] - 1
     terminals = np.zeros(trajectories.num_transitions, bool)
     timeouts = np.zeros(trajectories.num_transitions, bool)
     terminals[last] = trajectories.terminations[last]
     timeouts[last] = ~trajectories.terminations[last]
-    with atomic_h5(out, "d4rl", 1) as f:
+    with atomic_h5(out, "d4rl", 1, replace=False) as f:
         f.attrs["env_id"] = trajectories.env_id
         f.attrs["source"] = trajectories.path.name
         f.create_dataset("observations", data=trajectories.observations.astype(np.float32))
@@ -132,10 +145,9 @@ def export_d4rl(trajectories: TrajectoryDataset, out: str | os.PathLike) -> Path
         f.create_dataset("rewards", data=trajectories.rewards.astype(np.float32))
         f.create_dataset("terminals", data=terminals)
         f.create_dataset("timeouts", data=timeouts)
-        f.create_dataset("next_observations", data=next_observations(trajectories).astype(np.float32))
+        f.create_dataset("next_observations", data=next_obs.astype(np.float32))
         for key in trajectories.info_keys:
             f.create_dataset(f"infos/{key}", data=trajectories.info(key).astype(np.float32))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,16 +360,60 @@ def _short_text(row: dict[str, Any], name: str, where: str) -> str:
     return text
 
 
+def control_characters(text: str) -> list[str]:
+    """The control characters and line or paragraph separators in ``text`` (Unicode categories Cc, Zl, Zp), as
+    ``repr`` shows them: a name holding one breaks every table and log line it is printed in."""
+    return sorted({repr(ch)[1:-1] for ch in text if unicodedata.category(ch) in ("Cc", "Zl", "Zp")})
+
+
+def _annotator(row: dict[str, Any], where: str) -> str:
+    name = _short_text(row, "annotator", where)
+    bad = control_characters(name)
+    if bad:
+        raise DatasetError(describe(where, "field 'annotator'", f"{short_repr(name)} (control character "
+                                    f"{', '.join(bad)})", "a name without control characters or line breaks"))
+    return name
+
+
+def _timestamp(row: dict[str, Any], where: str) -> str:
+    """The ``timestamp`` field: an ISO 8601 time, or empty when unknown."""
+    stamp = _short_text(row, "timestamp", where)
+    if stamp.strip():
+        try:
+            _dt.datetime.fromisoformat(stamp.strip())
+        except ValueError:
+            raise DatasetError(describe(where, "field 'timestamp'", short_repr(stamp), "an ISO 8601 time such as "
+                                        "2024-05-01T12:00:00Z (or nothing, when unknown)")) from None
+    return stamp
+
+
 def _is_undo(row: dict[str, Any]) -> bool:
     undo = row.get("undo")
     return undo is True or (isinstance(undo, str) and undo.strip().lower() in ("true", "1", "yes"))
+
+
+def without_self_pairs(records: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """Leave out answers that compare a segment with itself (a tie that teaches nothing and counts as agreement
+    by chance), with a warning naming their lines, as `pbrl data label` leaves out its own; all of them: one line."""
+    same = [r for r in records if r["segs"][0] == r["segs"][1]]
+    if not same:
+        return records
+    lines = ", ".join(str(r["line"]) for r in same[:10]) + (", ..." if len(same) > 10 else "")
+    if len(same) == len(records):
+        raise DatasetError(describe(f"{path}:{same[0]['line']}", "segments", "every answer's a and b are the same "
+                                    "segment (they compare a segment with itself)", "pairs of two different segments"))
+    print(f"pbrl: warning: {path}: left out {len(same)} of {len(records)} answers whose a and b are the same segment "
+          f"(a pair of a segment with itself; line{'s' if len(same) > 1 else ''} {lines})", file=sys.stderr)
+    return [r for r in records if r["segs"][0] != r["segs"][1]]
 
 
 def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> PreferenceDataset:
     """Read human labels (JSON Lines or CSV, see the module docstring) against ``trajectories``.
 
     Checks every row (fields, choice, segment inside its episode) before returning; the first bad row is
-    named as ``file:line``. One annotator answering the same pair of one query twice: the later answer wins,
+    named as ``file:line``: an annotator's name must hold no control characters, a timestamp must be ISO 8601
+    (or empty). Answers comparing a segment with itself are left out with a warning (all of them: refused). One
+    annotator answering the same pair of one query twice: the later answer wins,
     with a warning on stderr (two annotators' answers are both kept). An undo row
     (``{"query_id", "annotator", "undo": true}``, written by the annotation page) withdraws that annotator's
     last answer to that query.
@@ -375,7 +431,7 @@ def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> P
     for n, row in rows:
         where = f"{path}:{n}"
         if _is_undo(row):
-            qid, who = _short_text(row, "query_id", where), _short_text(row, "annotator", where)
+            qid, who = _short_text(row, "query_id", where), _annotator(row, where)
             answered = [i for i in by_query.get((qid, who), []) if records[i] is not None]
             if not answered:
                 raise DatasetError(describe(where, "undo", f"query {qid!r} by annotator {who!r}",
@@ -408,7 +464,7 @@ def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> P
                 raise DatasetError(describe(where, "field 'choice'", short_repr(choice),
                                             "'a', 'b', 'equal', 'skip' or a probability in [0, 1]"))
         g = _int(row.get("group") if row.get("group") not in (None, "") else 0, where, "group", high=2**31 - 1)
-        qid, who, stamp = (_short_text(row, k, where) for k in ("query_id", "annotator", "timestamp"))
+        qid, who, stamp = _short_text(row, "query_id", where), _annotator(row, where), _timestamp(row, where)
         key = (qid, who, tuple(sorted(segs)))  # one key for a pair shown either way round
         if key in by_pair and records[by_pair[key]] is not None:
             earlier = records[by_pair[key]]
@@ -419,7 +475,7 @@ def import_labels(path: str | os.PathLike, trajectories: TrajectoryDataset) -> P
         by_query.setdefault((qid, who), []).append(len(records))
         records.append({"line": n, "segs": segs, "label": value, "skip": skip, "group": g, "query": qid,
                         "annotator": who, "timestamp": stamp})
-    kept = [r for r in records if r is not None]
+    kept = without_self_pairs([r for r in records if r is not None], path)
     if not kept:
         raise DatasetError(describe(str(path), "labels", "none left after undo rows", "at least one label"))
     query_ids: dict[str, int] = {}

@@ -29,16 +29,17 @@ def recorded_groups(attrs: dict[str, Any]) -> list[Group] | None:
     return [Group(g["name"], g["share"], Teacher(**{k: v for k, v in g.items() if k in fields})) for g in recorded]
 
 
-def dataset_info(name: str, *, critic: AdvantageCritic | None = None) -> dict[str, Any]:
+def dataset_info(name: str, *, critic: AdvantageCritic | None = None, option: str = "--dataset") -> dict[str, Any]:
     """Size, return distribution and (when labelled) label statistics of the dataset ``name`` (a name in
     datasets/ or an .h5 path). ``critic`` computes regret advantages for the consistency table of labels made by
-    user groups (``pbrl.train.critics.regret_advantages``; data does not import train, so the caller passes it)."""
+    user groups (``pbrl.train.critics.regret_advantages``; data does not import train, so the caller passes it).
+    ``option`` names where the user gave ``name`` (see :func:`~pbrl.data.registry.load_dataset`)."""
     import numpy as np
 
     from pbrl.data.registry import load_dataset
     from pbrl.data.teachers import agreement, segment_returns, source_quality
 
-    data = load_dataset(name)
+    data = load_dataset(name, option=option)
     traj = data.trajectories
     returns = traj.episode_returns()
     info: dict[str, Any] = {

@@ -69,12 +69,25 @@ def is_hdf5(path: Path) -> bool:
         return False
 
 
-def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True) -> LoadedDataset:
+def pbrl_format(path: Path) -> str | None:
+    """The ``format`` attribute of the HDF5 file ``path`` (``pbrl.trajectories``, ``pbrl.preferences``, ...); None
+    for a file that is not HDF5 or has none. Tells a command's own earlier output from an unrelated file."""
+    if not is_hdf5(path):
+        return None
+    try:
+        return _file_format(path)
+    except DatasetError:
+        return None
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True,
+                 option: str = "--dataset") -> LoadedDataset:
     """Load a dataset by card name (``datasets/NAME.toml``), card path, or HDF5 file path (``.h5``, ``.hdf5`` or
     any name: an HDF5 file is recognised by its content).
 
     A preference file brings its trajectory file; a trajectory file alone has no preferences.
-    ``preferences=False`` opens (and checks) only the trajectories, e.g. to label them anew.
+    ``preferences=False`` opens (and checks) only the trajectories, e.g. to label them anew. ``option`` is how the
+    user gave the name (``--dataset``, or a command's positional ``dataset``): an unknown name is refused naming it.
     """
     s = str(name_or_path)
     path = Path(s)
@@ -100,7 +113,7 @@ def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True) -
                              preferences_path=path if prefs is not None else None)
     card_path = path if path.suffix == ".toml" else find_resource("datasets", f"{s}.toml")
     if card_path is None or not card_path.exists():
-        raise DatasetError(describe("--dataset", "dataset", repr(s),
+        raise DatasetError(describe(option, "dataset", repr(s),
                                     f"a card name in datasets/ ({', '.join(list_resources('datasets')) or 'none found'}) "
                                     "or a path to a .h5 file"))
     return load_card(card_path, preferences=preferences)

@@ -71,10 +71,30 @@ def open_h5(path: Path, expected: str) -> h5py.File:
                                     "a valid HDF5 file")) from None
 
 
+def commit_new(tmp: Path, path: Path) -> None:
+    """Put a finished temporary file in place of ``path`` only if no file is there: a hard link is created or
+    fails at once, so of two processes writing one path the second gets FileExistsError instead of silently
+    replacing the first one's file (a check before the work cannot see a file written meanwhile)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: the check and the move are then two steps
+        if path.exists():
+            raise FileExistsError(17, "File exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_h5(path: Path, fmt: str, version: int) -> Iterator[h5py.File]:
+def atomic_h5(path: Path, fmt: str, version: int, *, replace: bool = True) -> Iterator[h5py.File]:
     """An HDF5 file opened for writing at a temporary sibling of ``path``, moved into place only if the block
-    finishes; stamps ``format``, ``format_version``, ``pbrl_version`` and ``created``."""
+    finishes; stamps ``format``, ``format_version``, ``pbrl_version`` and ``created``. ``replace=False`` never
+    replaces an existing ``path`` (FileExistsError, see :func:`commit_new`)."""
     tmp = atomic_path(path)
     try:
         with h5py.File(tmp, "w") as f:
@@ -83,7 +103,10 @@ def atomic_h5(path: Path, fmt: str, version: int) -> Iterator[h5py.File]:
             f.attrs["pbrl_version"] = pbrl.__version__
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             yield f
-        commit_atomic(tmp, path)
+        if replace:
+            commit_atomic(tmp, path)
+        else:
+            commit_new(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

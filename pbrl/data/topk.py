@@ -57,7 +57,7 @@ def write_top_dataset(dataset: str, *, fraction: float, pairs: int, segment: int
     for path in (traj_path, prefs_path):
         if path.exists():
             raise ConfigError(describe("--out", "file", f"{path} (exists)", "a new prefix (nothing is replaced)"))
-    traj = load_dataset(dataset, preferences=False).trajectories
+    traj = load_dataset(dataset, preferences=False, option="dataset").trajectories
     returns = traj.episode_returns()
     keep = top_episodes(returns, fraction)
     longest = int(traj.episode_lengths[keep].max())

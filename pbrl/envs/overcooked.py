@@ -91,10 +91,16 @@ def make_mdp(layout: str, *, old_dynamics: bool = True):
     from overcooked.mdp import OvercookedGridworld
 
     redirect_planner_cache()
+    check_layout(layout)
+    return OvercookedGridworld.from_layout_name(layout, old_dynamics=old_dynamics)
+
+
+def check_layout(layout: str) -> None:
+    """ConfigError naming ``--layout`` and the known layouts unless the package ships ``layout`` (cheap: a command
+    checks it before it makes a run folder)."""
     known = layout_names()
     if layout not in known:
         raise ConfigError(describe("--layout", "Overcooked layout", repr(layout), f"one of {known}"))
-    return OvercookedGridworld.from_layout_name(layout, old_dynamics=old_dynamics)
 
 
 class _Terrain:

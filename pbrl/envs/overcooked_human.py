@@ -48,23 +48,58 @@ def trials_path(split: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "human_data" / f"clean_{split}_trials.pickle"
 
 
-class _Pandas1Unpickler(pickle.Unpickler):
-    """Unpickles DataFrames written by pandas 1.x: ``pandas.core.indexes.numeric`` (Int64Index, ...) is gone."""
+#: Every global (module, name) the trials pickles of overcooked-ai 1.1.0 name, and nothing else: unpickling calls
+#: what a pickle names, so any other global (``os.system``, ``builtins.eval``, ``numpy.load``, ``pandas.read_pickle``,
+#: ...) would let a ``--pickle`` file run code. Obtained by walking both files' opcodes with ``pickletools.genops``
+#: (GLOBAL, and STACK_GLOBAL with its two strings followed through MEMOIZE / BINGET); ``clean_train_trials.pickle``
+#: and ``clean_test_trials.pickle`` name the same eight.
+TRIALS_GLOBALS = frozenset({
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("pandas.core.frame", "DataFrame"),
+    ("pandas.core.indexes.base", "Index"),
+    ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas.core.indexes.numeric", "Int64Index"),
+    ("pandas.core.internals.managers", "BlockManager"),
+})
+
+
+class UnsafePickle(Exception):
+    """A pickle names a global outside :data:`TRIALS_GLOBALS` (refused before it is looked up, so never called)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.module, self.name = module, name
+
+
+class _TrialsUnpickler(pickle.Unpickler):
+    """Unpickles the trials DataFrames and nothing else: a global outside :data:`TRIALS_GLOBALS` raises
+    :class:`UnsafePickle`. DataFrames written by pandas 1.x name ``pandas.core.indexes.numeric`` (Int64Index), which
+    pandas 2 removed: it becomes today's ``Index``."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in TRIALS_GLOBALS:
+            raise UnsafePickle(module, name)
         if module == "pandas.core.indexes.numeric":
             module, name = "pandas.core.indexes.base", "Index"
         return super().find_class(module, name)
 
 
 def read_trials(path: str | Path):
-    """The trials DataFrame in ``path``, or DatasetError naming the file and what is wrong with it."""
+    """The trials DataFrame in ``path``, or DatasetError naming the file and what is wrong with it (a pickle that
+    names anything but the trials' own classes is refused unrun)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(describe(str(path), "file", "missing", "a human trials pickle (clean_train_trials.pickle)"))
     try:
         with open(path, "rb") as f:
-            df = _Pandas1Unpickler(f).load()
+            df = _TrialsUnpickler(f).load()
+    except UnsafePickle as unsafe:
+        allowed = ", ".join(f"{m}.{n}" for m, n in sorted(TRIALS_GLOBALS))
+        raise DatasetError(describe(str(path), "pickle global", f"{unsafe} (module {unsafe.module!r}, name "
+                                    f"{unsafe.name!r}; not loaded, since unpickling it could run code)",
+                                    f"only the trials pickle's own: {allowed}")) from None
     except Exception as exc:  # a pickle of anything else fails in many ways
         raise DatasetError(describe(str(path), "file", f"unreadable as a pickle ({exc.__class__.__name__})",
                                     "a pandas DataFrame of human trials")) from None

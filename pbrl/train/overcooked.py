@@ -7,10 +7,16 @@ Every PPO run lives in one folder:
   written atomically every ``checkpoint_every`` game steps at a rollout boundary; a run started again in the
   same folder resumes from the newest pair and gives the same numbers as an uninterrupted run;
 - ``model.zip`` (the final policy), ``curve.json`` (game steps, mean team sparse return per rollout), TensorBoard
-  events (SB3's scalars plus ``overcooked/sparse_return`` and ``overcooked/shaping_scale``), ``config.json``.
+  events (SB3's scalars plus ``overcooked/sparse_return`` and ``overcooked/shaping_scale``), ``config.json`` (the
+  settings: a resume with others is refused naming stored and asked values).
 
-Budgets are in **game steps** (one joint step of both players). Self-play trains on both seats, so it gets two
-samples per game step; a learner against a pool gets one.
+BC and hybrid runs add ``data.json`` (the sha256 of the files they read: a resume on changed data is refused). Every
+run takes its folder through :func:`pbrl.train.loop.run_directory`: checked inputs first, and a start that fails
+before anything resumable exists leaves no folder behind.
+
+Budgets are in **game steps** (one joint step of both players), rounded up to whole rollouts
+(:meth:`PPOConfig.whole_rollouts`). Self-play trains on both seats, so it gets two samples per game step; a learner
+against a pool gets one.
 """
 
 from __future__ import annotations
@@ -18,40 +24,72 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from pbrl.agents.hybrid import HybridConfig
-from pbrl.envs.overcooked import HORIZON, N_ACTIONS, TASK, OvercookedVecEnv, Policy, Utility, play
+from pbrl.envs.overcooked import HORIZON, N_ACTIONS, TASK, OvercookedVecEnv, Policy, Utility, check_layout, play
 from pbrl.errors import CheckpointError, ConfigError, DatasetError, describe
-from pbrl.io import atomic_path, atomic_write_text, commit_atomic
-from pbrl.train.loop import run_lock
+from pbrl.fields import check_fields, param
+from pbrl.io import Progress, atomic_path, atomic_write_text, commit_atomic
+from pbrl.train.loop import run_directory
+
+if TYPE_CHECKING:
+    from pbrl.data.registry import LoadedDataset
+
+PPO_RESUMABLE = ("ppo_*.state.pt", "model.zip")
+"""What makes a PPO run folder worth keeping after a failure (:func:`pbrl.train.loop.run_directory`)."""
+HYBRID_RESUMABLE = ("ppo_*.state.pt", "step_*.pt", "model.zip", "rounds.json")
+"""The same for a hybrid run: any phase's checkpoint or model, or the pre-trained policy's measured return."""
 
 
 @dataclass
 class PPOConfig:
-    """SB3 PPO for Overcooked (Carroll et al.'s recipe scaled to a CPU: featurised observations and an MLP)."""
+    """SB3 PPO for Overcooked (Carroll et al.'s recipe scaled to a CPU: featurised observations and an MLP); the
+    command line sets its fields with ``--set ppo.FIELD=VALUE``."""
 
-    n_games: int = 8                  # games stepped together
-    n_steps: int = HORIZON            # steps per rollout = the horizon, so rollouts end at episode boundaries
-    n_epochs: int = 8
-    minibatches: int = 4              # minibatches per epoch
-    lr: float = 5e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.98
-    ent_coef: float = 0.01
-    clip_range: float = 0.2
-    hidden: list[int] = field(default_factory=lambda: [128, 128])
-    shaping_horizon: float = 0.5      # the shaping term anneals from 1 to 0 over this fraction of the run
-    checkpoint_every: int = 96_000    # game steps between checkpoints (rounded up to whole rollouts)
+    n_games: int = param(8, ge=1)                  # games stepped together
+    n_steps: int = param(HORIZON, ge=1)            # steps per rollout = the horizon, so rollouts end at episode boundaries
+    n_epochs: int = param(8, ge=1)
+    minibatches: int = param(4, ge=1)              # minibatches per epoch
+    lr: float = param(5e-4, gt=0)
+    gamma: float = param(0.99, gt=0, le=1)
+    gae_lambda: float = param(0.98, ge=0, le=1)
+    ent_coef: float = param(0.01, ge=0)
+    clip_range: float = param(0.2, gt=0)
+    hidden: list[int] = param([128, 128], ge=1)
+    shaping_horizon: float = param(0.5, ge=0, le=1)  # the shaping term anneals from 1 to 0 over this fraction of the run
+    checkpoint_every: int = param(96_000, ge=1)    # game steps between checkpoints (rounded up to whole rollouts)
 
-    def check(self) -> None:
+    def check(self) -> tuple[str, Any, str] | None:
+        """Cross-field rules (:func:`pbrl.fields.check_fields`): rollouts of whole episodes, minibatches of at least
+        one sample."""
         if self.n_steps != HORIZON:
-            raise ConfigError(describe("ppo.n_steps", "value", self.n_steps, f"{HORIZON} (rollouts must end with episodes)"))
+            return "n_steps", self.n_steps, f"{HORIZON} (rollouts must end with episodes)"
+        if self.minibatches > self.rollout_game_steps:
+            return "minibatches", self.minibatches, f"at most n_steps x n_games = {self.rollout_game_steps}"
+        return None
+
+    @property
+    def rollout_game_steps(self) -> int:
+        """Game steps per rollout (self-play or against a pool alike): PPO updates after each."""
+        return self.n_steps * self.n_games
+
+    def whole_rollouts(self, game_steps: int) -> int:
+        """The game steps a budget of ``game_steps`` trains: rounded up to whole rollouts."""
+        return -(-game_steps // self.rollout_game_steps) * self.rollout_game_steps
+
+    def rounding_note(self, budget_name: str, game_steps: int) -> str | None:
+        """One warning line where ``game_steps`` (given as ``budget_name``) is not a whole number of rollouts."""
+        trained = self.whole_rollouts(game_steps)
+        if trained == game_steps:
+            return None
+        return (f"pbrl: warning: {budget_name} {game_steps}: trains {trained} game steps, rounded up to whole rollouts "
+                f"of {self.rollout_game_steps} ({self.n_games} games x {self.n_steps} steps; PPO updates after each)")
 
 
 class PolicyPartner:
@@ -127,12 +165,14 @@ class _PPORun:
         self.curve: list[list[float]] = []
         self.finished_returns: list[float] = []
         self.last_checkpoint = -1
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        self.progress_enabled = progress
+        self.progress: Progress | None = None
 
-            self.bar = tqdm(total=total_samples // self.samples_per_game_step, desc=f"ppo {out.name}",
-                            unit="step", dynamic_ncols=True)
+    def start_progress(self, samples: int) -> None:
+        """The progress report, from where this call starts (a resumed run counts from its checkpoint): a bar on a
+        terminal, a plain line at least every 30 s off one."""
+        self.progress = Progress(self.game_steps(self.total), desc=f"ppo {self.out.name}",
+                                 initial=self.game_steps(samples), enabled=self.progress_enabled)
 
     def shaping_scale(self, samples: int) -> float:
         horizon = self.cfg.shaping_horizon * self.total
@@ -148,10 +188,9 @@ class _PPORun:
         self.curve.append([steps, mean])
         model.logger.record("overcooked/sparse_return", mean)
         model.logger.record("overcooked/shaping_scale", self.env.shaping_scale)
-        if self.bar is not None:
-            self.bar.n = steps
-            self.bar.set_postfix(sparse=f"{mean:.1f}", refresh=False)
-            self.bar.refresh()
+        if self.progress is not None:
+            self.progress.set_postfix_str(f"sparse {mean:.1f}")
+            self.progress.update(steps - self.progress.n)
 
     def maybe_checkpoint(self, model) -> None:
         steps = self.game_steps(model.num_timesteps)
@@ -176,18 +215,32 @@ class _PPORun:
 
 
 def _claim_config(out: Path, config: dict[str, Any]) -> None:
-    """Write ``out/config.json``, or refuse in one line when the folder holds a run of other settings."""
+    """Write ``out/config.json``, or refuse in one line when the folder holds a run of other settings, naming the
+    stored and the asked value of the first that differ. Call it inside the run's :func:`run_directory`."""
     path = out / "config.json"
     wanted = json.loads(json.dumps(config))
     if path.exists():
         found = json.loads(path.read_text())
         if found != wanted:
             differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-            raise ConfigError(describe(str(path), f"settings {differ}", "those of another run",
+            raise ConfigError(describe(str(path), f"settings {differ}", "; ".join(_differences(found, wanted)[:4]),
                                        "the same settings to resume or reuse this run (or a new --out)"))
         return
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(wanted, indent=2))
+
+
+def _differences(stored: dict[str, Any], asked: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: stored X, asked Y`` for every differing key, sections (``ppo``, ``hybrid``) entered one level deep."""
+    out = []
+    for key in sorted(set(stored) | set(asked)):
+        before, now = stored.get(key), asked.get(key)
+        if before == now:
+            continue
+        if isinstance(before, dict) and isinstance(now, dict) and not prefix:
+            out += _differences(before, now, f"{key}.")
+        else:
+            out.append(f"{prefix}{key}: stored {before!r}, asked {now!r}")
+    return out
 
 
 def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -201,41 +254,47 @@ def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def train_ppo(out: str | Path, layout: str, game_steps: int, *, seed: int = 0, cfg: PPOConfig | None = None,
               partners: Sequence[Policy] | None = None, partner_names: Sequence[str] = (), utility: Utility = TASK,
-              init: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> Path | None:
+              init: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
+              budget_name: str = "--steps") -> Path | None:
     """Train (or resume) one PPO run in ``out``; returns ``out/model.zip``.
 
     ``stop_after`` (game steps) ends this call early with a checkpoint at the first rollout boundary at or past
     it and returns None; calling again resumes.
 
     ``partners=None`` is self-play; otherwise one learner seat per game against the pool. ``init`` starts from
-    another run's ``model.zip`` (the policy and value weights; a fresh optimiser)."""
+    another run's ``model.zip`` (the policy and value weights; a fresh optimiser). The budget is rounded up to whole
+    rollouts (:meth:`PPOConfig.whole_rollouts`), said in one line naming it as ``budget_name`` when training starts.
+
+    Everything is checked before ``out`` is made (the config's fields, the layout, ``init``), and a start that fails
+    before the first checkpoint leaves no folder behind (:func:`run_directory`)."""
 
     cfg = cfg or PPOConfig()
-    cfg.check()
+    check_fields(cfg, "ppo", "PPOConfig")
+    check_layout(layout)
+    init_policy = PolicyPartner.load(init).policy if init is not None else None
     out = Path(out)
     config = {"layout": layout, "game_steps": game_steps, "seed": seed, "ppo": asdict(cfg), "utility": asdict(utility),
               "partners": list(partner_names) if partners is not None else "self-play", "init": str(init or "")}
-    _claim_config(out, config)
-    final = out / "model.zip"
-    if final.exists():
-        return final
-    with run_lock(out):
-        return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, utility, init, progress, stop_after)
+    with run_directory(out, resumable=PPO_RESUMABLE):
+        _claim_config(out, config)
+        final = out / "model.zip"
+        if final.exists():
+            return final
+        return _train_ppo_in(out, layout, game_steps, seed, cfg, partners, utility, init_policy, progress, stop_after,
+                             budget_name)
 
 
 def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOConfig, partners, utility: Utility,
-                  init, progress: bool, stop_after: int | None) -> Path | None:
+                  init_policy, progress: bool, stop_after: int | None, budget_name: str) -> Path | None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import configure
 
     final = out / "model.zip"
-    if final.exists():  # finished while this call waited for nothing: the lock is exclusive, not a queue
-        return final
     torch.set_num_threads(1)
     env = OvercookedVecEnv(layout, cfg.n_games, partners=partners, utility=utility, seed=seed)
     samples_per_game_step = env.num_envs // cfg.n_games
     rollout = cfg.n_steps * env.num_envs
-    total = -(-game_steps * samples_per_game_step // rollout) * rollout  # whole rollouts
+    total = cfg.whole_rollouts(game_steps) * samples_per_game_step
     run = _PPORun(out, env, cfg, total, progress)
     loaded = _latest_checkpoint(out)
     if loaded is not None:
@@ -250,19 +309,23 @@ def _train_ppo_in(out: Path, layout: str, game_steps: int, seed: int, cfg: PPOCo
                     learning_rate=cfg.lr, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef,
                     clip_range=cfg.clip_range, policy_kwargs={"net_arch": list(cfg.hidden)}, seed=seed, verbose=0,
                     device="cpu")
-        if init is not None:
-            src = PolicyPartner.load(init).policy
-            model.policy.load_state_dict(src.state_dict())
+        if init_policy is not None:
+            model.policy.load_state_dict(init_policy.state_dict())
     model.set_logger(configure(str(out), ["tensorboard"]))
+    run.start_progress(model.num_timesteps)
+    note = cfg.rounding_note(budget_name, game_steps)
+    if note is not None:
+        run.progress.write(note)  # printed with --quiet too: the run trains more than was asked
     remaining = total - model.num_timesteps
     if stop_after is not None:
         stop = -(-stop_after * samples_per_game_step // rollout) * rollout
         remaining = min(remaining, max(0, stop - model.num_timesteps))
     t0 = time.perf_counter()
-    if remaining > 0:
-        model.learn(remaining, callback=_callback_class()(run), reset_num_timesteps=False)
-    if run.bar is not None:
-        run.bar.close()
+    try:
+        if remaining > 0:
+            model.learn(remaining, callback=_callback_class()(run), reset_num_timesteps=False)
+    finally:
+        run.progress.close(final_line=True)
     wall = time.perf_counter() - t0
     atomic_write_text(out / "curve.json", json.dumps({"game_steps": [c[0] for c in run.curve],
                                                       "sparse_return": [c[1] for c in run.curve],
@@ -319,27 +382,31 @@ def save_atomic(saveable, path: Path) -> Path:
 def train_bc(out: str | Path, dataset: str | Path, *, steps: int = 20_000, seed: int = 0, batch_size: int = 256,
              lr: float = 1e-3, hidden: Sequence[int] = (64, 64), progress: bool = True) -> Path:
     """Behaviour-clone a trajectory dataset (e.g. the human trials) into ``out/policy.pt`` on pbrl's loop
-    (checkpoints, exact resume, TensorBoard). Carroll et al.'s human model: a 64x64 MLP on features."""
-    out = Path(out)
-    _claim_config(out, {"dataset": str(dataset), "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr,
-                        "hidden": list(hidden)})
-    final = out / "policy.pt"
-    if final.exists():
-        return final
-    with run_lock(out):
-        return _train_bc_in(out, dataset, steps, seed, batch_size, lr, hidden, progress)
+    (checkpoints, exact resume, TensorBoard). Carroll et al.'s human model: a 64x64 MLP on features.
 
-
-def _train_bc_in(out: Path, dataset: str | Path, steps: int, seed: int, batch_size: int, lr: float,
-                 hidden: Sequence[int], progress: bool) -> Path:
-    from pbrl.agents.hybrid import PolicyCloning
+    The dataset is read and checked before ``out`` is made; the run resumes only on the file it started on (its
+    sha256 in ``data.json``)."""
     from pbrl.data.registry import load_dataset
+
+    out = Path(out)
+    data = load_dataset(str(dataset), preferences=False)
+    _check_discrete(data.trajectories, str(dataset))
+    with run_directory(out, data.files(), resumable=("step_*.pt", "policy.pt")):
+        _claim_config(out, {"dataset": str(dataset), "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr,
+                            "hidden": list(hidden)})
+        final = out / "policy.pt"
+        if final.exists():
+            return final
+        return _train_bc_in(out, data, steps, seed, batch_size, lr, hidden, progress)
+
+
+def _train_bc_in(out: Path, data: LoadedDataset, steps: int, seed: int, batch_size: int, lr: float, hidden: Sequence[int],
+                 progress: bool) -> Path:
+    from pbrl.agents.hybrid import PolicyCloning
     from pbrl.data.transitions import TransitionSampler
     from pbrl.train.loop import TrainConfig, run_loop
 
     final = out / "policy.pt"
-    data = load_dataset(str(dataset), preferences=False)
-    _check_discrete(data.trajectories, str(dataset))
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     policy = new_policy(hidden, lr)
@@ -396,42 +463,51 @@ def train_hybrid(out: str | Path, layout: str, pool_dirs: Sequence[str | Path], 
        human), then PPO against the pool in chunks of ``recovery_steps`` until the pool return is back to
        ``recovery_target`` of the pre-trained one (at most ``max_recovery_chunks``).
 
-    Every phase is a resumable run folder of its own; ``rounds.json`` records the return after each phase.
+    Every phase is a resumable run folder of its own; ``rounds.json`` records the return after each phase. The
+    configs, the layout, the pool, ``pretrained`` and the labelled pairs are checked before ``out`` is made; the run
+    resumes only on the files it started on (their sha256 in ``data.json``).
     """
+    from pbrl.data.registry import load_dataset
+
     cfg = cfg or HybridConfig()
     ppo = ppo or PPOConfig()
+    check_fields(cfg, "hybrid", "HybridConfig")
+    check_fields(ppo, "ppo", "PPOConfig")
+    check_layout(layout)
+    _pool_policies(pool_dirs, seed)  # each member loads, or one line naming it
+    if pretrained is not None and not (Path(pretrained) / "model.zip").is_file():
+        raise ConfigError(describe(str(pretrained), "--pretrained", "no model.zip in it",
+                                   "a PPO run folder trained against the pool (pbrl overcooked ppo --partners ...)"))
+    data = load_dataset(str(preferences), option="--preferences")
+    if data.preferences is None:
+        raise DatasetError(describe(str(preferences), "preferences", "none", "a labelled dataset (pbrl data label)"))
+    _check_discrete(data.trajectories, str(preferences))
     out = Path(out)
-    _claim_config(out, {"layout": layout, "pool": [str(d) for d in pool_dirs], "preferences": str(preferences),
-                        "hybrid": asdict(cfg), "ppo": asdict(ppo), "seed": seed, "eval_episodes": eval_episodes,
-                        "pretrained": str(pretrained or "")})
-    final = out / "model.zip"
-    if final.exists():
-        return final
-    with run_lock(out):
-        return _train_hybrid_in(out, layout, pool_dirs, preferences, cfg, ppo, seed, eval_episodes, pretrained,
-                                progress)
+    with run_directory(out, data.files(), resumable=HYBRID_RESUMABLE):
+        _claim_config(out, {"layout": layout, "pool": [str(d) for d in pool_dirs], "preferences": str(preferences),
+                            "hybrid": asdict(cfg), "ppo": asdict(ppo), "seed": seed, "eval_episodes": eval_episodes,
+                            "pretrained": str(pretrained or "")})
+        final = out / "model.zip"
+        if final.exists():
+            return final
+        return _train_hybrid_in(out, layout, pool_dirs, data, cfg, ppo, seed, eval_episodes, pretrained, progress)
 
 
-def _train_hybrid_in(out: Path, layout: str, pool_dirs: Sequence[str | Path], preferences: str | Path,
+def _train_hybrid_in(out: Path, layout: str, pool_dirs: Sequence[str | Path], data: LoadedDataset,
                      cfg: HybridConfig, ppo: PPOConfig, seed: int, eval_episodes: int, pretrained: str | Path | None,
                      progress: bool) -> Path:
     from stable_baselines3 import PPO
 
     from pbrl.agents.hybrid import HybridOffline
     from pbrl.data.preferences import PreferenceSampler
-    from pbrl.data.registry import load_dataset
     from pbrl.train.loop import TrainConfig, run_loop
 
     final = out / "model.zip"
-    data = load_dataset(str(preferences))
-    if data.preferences is None:
-        raise DatasetError(describe(str(preferences), "preferences", "none", "a labelled dataset (pbrl data label)"))
-    _check_discrete(data.trajectories, str(preferences))
     pool_names = [str(d) for d in pool_dirs]
     if pretrained is None:
         pretrained = out / "pretrain"
         train_ppo(pretrained, layout, cfg.pretrain_steps, seed=seed, cfg=ppo, partners=_pool_policies(pool_dirs, seed),
-                  partner_names=pool_names, progress=progress)
+                  partner_names=pool_names, progress=progress, budget_name="hybrid.pretrain_steps")
     current = Path(pretrained) / "model.zip"
     log_path = out / "rounds.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
@@ -469,7 +545,7 @@ def _train_hybrid_in(out: Path, layout: str, pool_dirs: Sequence[str | Path], pr
             cdir = rdir / f"recover{c + 1}"
             current = train_ppo(cdir, layout, cfg.recovery_steps, seed=seed * 1000 + r * 10 + c, cfg=recovery,
                                 partners=_pool_policies(pool_dirs, seed), partner_names=pool_names, init=current,
-                                progress=progress)
+                                progress=progress, budget_name="hybrid.recovery_steps")
             returns.append(pool_return(layout, PolicyPartner.load(current, seed=seed), _pool_policies(pool_dirs, seed + 7),
                                        episodes=eval_episodes))
             if returns[-1] >= target:
