@@ -10,6 +10,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from pbrl.envs.gl import size_shadow_map
 from pbrl.envs.registry import get_env_spec, make_env
 from pbrl.errors import ConfigError, describe
 
@@ -78,6 +79,7 @@ def record_videos(policy: BatchPolicy, env_name: str, out_dir: Path, episodes: i
     paths = []
     for i in range(episodes):
         env = make_env(env_name, seed=seed + i, render_mode="rgb_array")
+        size_shadow_map(env, max(getattr(env.unwrapped, "width", 0) or 0, getattr(env.unwrapped, "height", 0) or 0, 1))
         obs, _ = env.reset(seed=seed + i)
         if getattr(policy, "reset", None) is not None:
             policy.reset(np.ones(1, dtype=bool))

@@ -41,17 +41,23 @@ def choose_gl() -> str:
 _ENVS: dict[tuple[str, int], object] = {}
 
 
+def size_shadow_map(env, frame_size: int) -> None:
+    """Size a MuJoCo env's shadow map to its frames; call before the first render (the GL context allocates it).
+
+    MuJoCo draws the shadow map at its own resolution whatever the frame's (4096 x 4096 by default); four texels per
+    pixel keep the shadows as sharp at a fraction of the cost under software GL (Hopper, 64-px frames: 0.074 ->
+    0.038 s a frame, the same image). Other envs are left as they are."""
+    vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
+    if vis is not None:
+        vis.quality.shadowsize = min(int(vis.quality.shadowsize), max(1024, 4 * int(frame_size)))
+
+
 def rendering_env(env_id: str, size: int):
     """One ``rgb_array`` env per (env, frame size), kept: making a GL context costs more than a segment's frames.
     They are closed at exit, while the GL library is still loaded."""
     if (env_id, size) not in _ENVS:
         env = make_env(env_id, render_mode="rgb_array", render_size=size)
-        quality = getattr(getattr(env.unwrapped, "model", None), "vis", None)
-        if quality is not None:  # MuJoCo: before the GL context exists, which allocates the shadow map
-            # the shadow map is drawn at its own resolution whatever the frame's (MuJoCo's default 4096 x 4096);
-            # four texels per pixel keep the shadows as sharp in a small frame at half the cost of a frame under
-            # software GL (Hopper, 64 px: 0.074 -> 0.038 s a frame, the same image)
-            quality.quality.shadowsize = min(int(quality.quality.shadowsize), max(1024, 4 * size))
+        size_shadow_map(env, size)
         env.reset(seed=0)
         env.render()  # the GL context exists now, and so does the GL library's own exit handler
         if not _ENVS:  # exit handlers run last-registered first: this one before the GL library shuts down
