@@ -13,6 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in 16 MiB chunks: what a run records of its data files to refuse
+    resuming on changed ones, and what a dataset card records of its files."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def atomic_path(path: Path) -> Path:
     """A temporary sibling of ``path`` (same directory, so ``os.replace`` is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,40 +199,40 @@ def test_page_end_to_end_in_chromium_with_undo_crash_and_restart(tmp_path):
     from pbrl.cli import main
 
     out = tmp_path / "labels.jsonl"
-    server, url = start_cli_server(out, tmp_path / "server.log")
-    driver = chromium()
     shown: list[int] = []
+    driver = chromium()  # one browser for both servers: the crash and restart are the server's
     try:
-        driver.get(url)
-        for k, key in enumerate([Keys.ARROW_LEFT, Keys.ARROW_RIGHT, "e", Keys.ARROW_DOWN, "1"]):
-            wait_for(driver, f"document.getElementById('count').textContent === '{k} / 6'")
-            if k == 0:  # the segment videos decode and play in the browser
-                assert wait_for(driver, "document.getElementById('va').videoWidth") == 64
-                assert wait_for(driver, "document.getElementById('vb').currentTime > 0")
-            shown.append(int(driver.find_element("id", "query").text.split()[-1]))
-            press(driver, key)
-        wait_for(driver, "document.getElementById('count').textContent === '5 / 6'")
-        press(driver, "u")  # undo the fifth answer
-        wait_for(driver, "document.getElementById('count').textContent === '4 / 6'")
-        assert int(driver.find_element("id", "query").text.split()[-1]) == shown[4]
+        server, url = start_cli_server(out, tmp_path / "server.log")
+        try:
+            driver.get(url)
+            for k, key in enumerate([Keys.ARROW_LEFT, Keys.ARROW_RIGHT, "e", Keys.ARROW_DOWN, "1"]):
+                wait_for(driver, f"document.getElementById('count').textContent === '{k} / 6'")
+                if k == 0:  # the segment videos decode and play in the browser
+                    assert wait_for(driver, "document.getElementById('va').videoWidth") == 64
+                    assert wait_for(driver, "document.getElementById('vb').currentTime > 0")
+                shown.append(int(driver.find_element("id", "query").text.split()[-1]))
+                press(driver, key)
+            wait_for(driver, "document.getElementById('count').textContent === '5 / 6'")
+            press(driver, "u")  # undo the fifth answer
+            wait_for(driver, "document.getElementById('count').textContent === '4 / 6'")
+            assert int(driver.find_element("id", "query").text.split()[-1]) == shown[4]
+        finally:
+            server.send_signal(signal.SIGKILL)  # a crash, not a clean stop
+            server.wait()
+        server, url = start_cli_server(out, tmp_path / "server.log")
+        try:
+            driver.get(url)  # the restarted server (a new port): the page loads afresh from it
+            wait_for(driver, "document.getElementById('count').textContent === '4 / 6'")  # resumed
+            for k, key in enumerate([Keys.ARROW_RIGHT, "2"]):
+                wait_for(driver, f"document.getElementById('count').textContent === '{4 + k} / 6'")
+                shown.append(int(driver.find_element("id", "query").text.split()[-1]))
+                press(driver, key)
+            wait_for(driver, "document.getElementById('count').textContent === 'finished'")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait()
     finally:
         driver.quit()
-        server.send_signal(signal.SIGKILL)  # a crash, not a clean stop
-        server.wait()
-    server, url = start_cli_server(out, tmp_path / "server.log")
-    driver = chromium()
-    try:
-        driver.get(url)
-        wait_for(driver, "document.getElementById('count').textContent === '4 / 6'")  # resumed
-        for k, key in enumerate([Keys.ARROW_RIGHT, "2"]):
-            wait_for(driver, f"document.getElementById('count').textContent === '{4 + k} / 6'")
-            shown.append(int(driver.find_element("id", "query").text.split()[-1]))
-            press(driver, key)
-        wait_for(driver, "document.getElementById('count').textContent === 'finished'")
-    finally:
-        driver.quit()
-        server.send_signal(signal.SIGTERM)
-        server.wait()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r.get("undo", False) for r in rows] == [False] * 5 + [True] + [False] * 2
     assert rows[5]["query_id"] == shown[4]

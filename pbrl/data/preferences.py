@@ -24,7 +24,6 @@ Attributes: ``format``, ``format_version``, ``trajectories`` (file name, resolve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,17 +38,10 @@ from torch import Tensor
 from pbrl.data.sampling import Sampler
 from pbrl.data.store import TrajectoryDataset, atomic_h5, open_h5
 from pbrl.errors import DatasetError, describe
+from pbrl.io import sha256_file
 
 FORMAT = "pbrl.preferences"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -12,7 +12,6 @@ field, what was found and what was expected, so nothing half-loaded is trained o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,26 +25,18 @@ from torch import Tensor
 
 from pbrl.errors import DatasetError, describe
 from pbrl.fields import short_repr
+from pbrl.io import sha256_file
 
 __all__ = ["IndexSampler", "PairBatch", "PairSampler", "PreferencePair", "TokenizedPairs", "collate_pairs",
-           "data_file", "file_sha256", "load_pairs", "pad_sequences", "tokenize_pairs"]
+           "data_file", "load_pairs", "pad_sequences", "tokenize_pairs"]
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, read in 16 MiB chunks (a run records it to refuse resuming on changed data)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_file(role: str, path: str | os.PathLike) -> dict[str, tuple[Path, str]]:
     """``{role: (path, sha256)}``, the form :func:`pbrl.train.loop.run_directory` checks and records in
     ``data.json``."""
-    return {role: (Path(path), file_sha256(path))}
+    return {role: (Path(path), sha256_file(path))}
 
 
 @dataclass(frozen=True)
