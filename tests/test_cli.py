@@ -103,10 +103,13 @@ def test_eval_writes_videos(tmp_path):
     r = run_cli("train", "--agent", "bc", "--dataset", SHIPPED, "--steps", "5", "--out", str(out), "--scale", "cpu",
                 "--set", "train.eval_episodes=1", "--quiet")
     assert r.returncode == 0, r.stderr
-    r = run_cli("eval", str(out), "--episodes", "1", "--video", "1")
+    r = run_cli("eval", str(out), "--episodes", "1", "--video", "1", "--video-size", "96")
     assert r.returncode == 0, r.stderr
     video = out / "videos" / "episode_0.mp4"
     assert video.exists() and video.stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    assert imageio.mimread(video)[0].shape == (96, 96, 3)
     assert json.loads((out / "eval-step5-1ep-seed100000.json").read_text())["videos"] == [str(video)]
 
 

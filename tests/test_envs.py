@@ -45,9 +45,9 @@ def test_vectorised_evaluation_matches_a_plain_loop():
 def test_metaworld_scripted_policy_succeeds_and_random_does_not(task):
     spec = get_env_spec(task)
     scripted = metaworld_scripted_policy(spec)
-    good = evaluate(lambda obs: np.stack([scripted(o) for o in obs]), task, episodes=3, seed=0)
+    good = evaluate(lambda obs: np.stack([scripted(o) for o in obs]), task, episodes=2, seed=0)  # 3 of 3 at 3
     rng = np.random.default_rng(0)
     # one random episode is enough for the comparison: a random arm scores far below the scripted one on every seed
     bad = evaluate(lambda obs: rng.uniform(-1, 1, (len(obs), 4)), task, episodes=1, seed=0)
-    assert good["success_rate"] >= 2 / 3 and good["normalized_score"] > 70
+    assert good["success_rate"] == 1.0 and good["normalized_score"] > 70
     assert good["return_mean"] > bad["return_mean"]

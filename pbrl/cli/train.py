@@ -87,7 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = next(agent.parameters()).device
     result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env,
                       episodes=args.episodes, seed=args.seed, dims=(agent.spec.obs_dim, agent.spec.act_dim),
-                      video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video)
+                      video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video,
+                      video_size=args.video_size)
     checkpoint = agent.checkpoint  # the one load_run read (a damaged newer one is skipped)
     step = int(Path(checkpoint).stem.split("_")[-1])
     result = {"agent": cfg.agent, "dataset": data.name, **{k: v for k, v in result.items() if k != "seed"},
@@ -195,6 +196,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int_at_least(0), default=100_000, help="env i is seeded seed + i")
     ev.add_argument("--env", default=None, help="evaluate in another env preset than the dataset's")
     ev.add_argument("--video", type=int_at_least(0), default=0, metavar="N", help="also render N episodes to DIR/videos/")
+    ev.add_argument("--video-size", type=int_at_least(16), default=None, metavar="PX", help="the videos' width and "
+                    "height in pixels (default: the env's own, 480 for MuJoCo)")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_eval)
 

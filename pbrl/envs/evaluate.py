@@ -18,13 +18,15 @@ BatchPolicy = Callable[[np.ndarray], np.ndarray]  # obs [N, obs_dim] -> actions 
 
 
 def evaluate(policy: BatchPolicy, env_name: str, *, episodes: int = 10, seed: int = 0,
-             video_dir: str | os.PathLike | None = None, video_episodes: int = 0,
+             video_dir: str | os.PathLike | None = None, video_episodes: int = 0, video_size: int | None = None,
              dims: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run ``episodes`` episodes at once in a SyncVectorEnv (one env per episode, env i seeded ``seed + i``).
 
     Returns ``return_mean``, ``return_std``, ``returns``, ``normalized_score`` (of the mean return),
     ``normalized_score_std``, ``length_mean``, ``episodes``, and ``success_rate`` for Meta-World tasks.
     ``dims`` (observation, action sizes the policy was trained on) are checked against the environment's.
+    ``video_episodes`` more episodes are rendered to ``video_dir`` at ``video_size`` pixels square (None: the env's
+    own size).
     """
     spec = get_env_spec(env_name)
     envs = gym.vector.SyncVectorEnv([lambda i=i: make_env(spec.name, seed=seed + i) for i in range(episodes)])
@@ -66,19 +68,21 @@ def evaluate(policy: BatchPolicy, env_name: str, *, episodes: int = 10, seed: in
     if spec.family == "metaworld":
         result["success_rate"] = float(success.mean())
     if video_dir and video_episodes > 0:
-        result["videos"] = record_videos(policy, spec.name, Path(video_dir), video_episodes, seed)
+        result["videos"] = record_videos(policy, spec.name, Path(video_dir), video_episodes, seed, size=video_size)
     return result
 
 
-def record_videos(policy: BatchPolicy, env_name: str, out_dir: Path, episodes: int, seed: int) -> list[str]:
-    """Render ``episodes`` episodes to ``out_dir/episode_<i>.mp4`` (needs imageio[ffmpeg] and a GL backend:
+def record_videos(policy: BatchPolicy, env_name: str, out_dir: Path, episodes: int, seed: int, *,
+                  size: int | None = None) -> list[str]:
+    """Render ``episodes`` episodes to ``out_dir/episode_<i>.mp4``, ``size`` pixels square (None: the env's own; needs
+    imageio[ffmpeg] and a GL backend:
     on a headless machine :func:`pbrl.envs.gl.choose_gl` picks EGL or OSMesa, as `pbrl eval --video` does)."""
     import imageio.v2 as imageio
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(episodes):
-        env = make_env(env_name, seed=seed + i, render_mode="rgb_array")
+        env = make_env(env_name, seed=seed + i, render_mode="rgb_array", render_size=size)
         size_shadow_map(env, max(getattr(env.unwrapped, "width", 0) or 0, getattr(env.unwrapped, "height", 0) or 0, 1))
         obs, _ = env.reset(seed=seed + i)
         if getattr(policy, "reset", None) is not None:
