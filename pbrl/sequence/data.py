@@ -183,10 +183,13 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer: Any, *, max_lengt
     if eos is None:
         raise DatasetError(describe("tokenizer", "eos_token", None, "a tokenizer with an end-of-sequence token"))
     prompts, chosen, rejected, truncated = [], [], [], 0
-    for pair in pairs:
-        p_ids = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
-        pc = tokenizer(pair.prompt + pair.chosen, add_special_tokens=False)["input_ids"]
-        pr = tokenizer(pair.prompt + pair.rejected, add_special_tokens=False)["input_ids"]
+
+    def ids(texts: list[str]) -> list[list[int]]:  # one call per column: a fast tokenizer encodes the batch at once
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    columns = zip(ids([p.prompt for p in pairs]), ids([p.prompt + p.chosen for p in pairs]),
+                  ids([p.prompt + p.rejected for p in pairs]))
+    for pair, (p_ids, pc, pr) in zip(pairs, columns):
         start = min(_common_prefix(p_ids, pc), _common_prefix(p_ids, pr))
         if start >= max_length:
             raise DatasetError(describe(pair.where, "field 'prompt'", f"{start} tokens",
