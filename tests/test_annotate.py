@@ -180,7 +180,7 @@ def _browser_or_skip():
 
 def start_cli_server(out: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """`pbrl annotate` in its own process, as a user starts it; returns it and its URL."""
-    cmd = [sys.executable, "-m", "pbrl.cli", "annotate", str(DATASET), "--pairs", "6", "--segment", "12",
+    cmd = [sys.executable, "-m", "pbrl.cli", "annotate", str(DATASET), "--pairs", "6", "--segment", "6",
            "--size", "64", "--out", str(out), "--port", "0", "--annotator", "tester"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "a"), text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
