@@ -142,20 +142,3 @@ def learned(request) -> Learned:
 @pytest.fixture
 def learning_seed() -> int:
     return LEARNING_SEED
-
-
-# ---------------------------------------------------------------- the order the two workers take the modules in
-
-LONGEST_MODULES_FIRST = ("test_sequence.py", "test_diffusion.py", "test_annotate.py", "test_agents.py",
-                         "test_critics.py", "test_overcooked.py", "test_cli.py", "test_envs.py", "test_backbones.py",
-                         "test_hardening.py")
-"""The modules that take longest (`--durations=0`, docs/testing.md), in that order. `make test` runs
-`pytest -n 2 --dist loadscope`: whole modules go to the two workers in collection order, so a long module collected
-last (alphabetically, test_sequence.py comes late) keeps one worker busy while the other idles. Handing them out
-longest first lets the short modules fill the gaps (measured: 190 s -> see docs/testing.md)."""
-
-
-def pytest_collection_modifyitems(items):
-    """Longest modules first (LONGEST_MODULES_FIRST), the rest as collected; the order inside a module is kept."""
-    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
