@@ -70,7 +70,7 @@ def test_exact_resume_for_every_agent(tmp_path, agent):
 @pytest.mark.learning
 def test_iql_learns_the_rewarded_behaviour_where_bc_averages(tmp_path, learned, learning_seed):
     data = two_behaviour_dataset(tmp_path, seed=learning_seed)
-    train(config("iql-oracle", data, steps=400, seed=learning_seed, lr=1e-3), tmp_path / "iql", progress=False)
+    train(config("iql-oracle", data, steps=200, seed=learning_seed, lr=1e-3), tmp_path / "iql", progress=False)
     _, iql, _ = load_run(tmp_path / "iql", "cpu")
     # IQL with the true reward acts like the rewarded (+0.6) behaviour
     learned.check("oracle IQL mean action", mean_action(iql), ">", 0.4)
@@ -92,8 +92,8 @@ def test_sft_learns_the_preferred_segments(tmp_path, learned, learning_seed):
 @pytest.mark.learning
 def test_iql_with_a_learned_reward_learns_the_preferred_behaviour(tmp_path, learned, learning_seed):
     data = two_behaviour_dataset(tmp_path, seed=learning_seed)
-    cfg = config("iql-mr", data, steps=400, seed=learning_seed, lr=1e-3)
-    for key, value in (("reward_steps", 200), ("reward_hidden_layers", [32, 32]), ("reward_members", 2)):
+    cfg = config("iql-mr", data, steps=200, seed=learning_seed, lr=1e-3)
+    for key, value in (("reward_steps", 100), ("reward_hidden_layers", [32, 32]), ("reward_members", 2)):
         setattr(cfg.agent_config, key, value)
     result = train(cfg, tmp_path / "mr", progress=False)
     learned.check("reward model held-out accuracy", result["reward_model"]["holdout_accuracy"], ">", 0.9)

@@ -277,7 +277,7 @@ def test_bc_human_model_beats_the_action_frequencies(tmp_path, cramped_room, lea
     from pbrl.data.store import TrajectoryDataset
     from pbrl.train.overcooked import PolicyPartner, train_bc
 
-    policy = PolicyPartner.load(train_bc(tmp_path / "bc", cramped_room["train"], steps=1500, seed=learning_seed,
+    policy = PolicyPartner.load(train_bc(tmp_path / "bc", cramped_room["train"], steps=600, seed=learning_seed,
                                            progress=False)).policy
     with TrajectoryDataset(cramped_room["train"]) as ds:
         freq = ds.actions.mean(0)
