@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pbrl.cli import annotate, data, overcooked, seq, train
+from pbrl.cli import annotate, data, deploy, overcooked, seq, train
 from pbrl.cli.common import FORMATTER, Parser
 from pbrl.cli.data import dataset_info
 
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_eval_parser(sub)
     train.add_curves_parser(sub)
     train.add_likelihood_parser(sub)
+    deploy.add_export_parser(sub)
     return p
 
 

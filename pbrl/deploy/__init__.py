@@ -1,0 +1,93 @@
+"""The runtime of an exported policy (``pbrl export``): numpy and ONNX Runtime only, no torch, so it runs on a robot's
+computer, in a ROS 2 node or a plain control loop.
+
+    from pbrl.deploy import Policy
+
+    policy = Policy.load("exports/cpl")      # checks each model file's sha256 against metadata.json
+    policy.reset()                           # at the start of every episode
+    action = policy.act(observation)         # [obs_dim] -> [act_dim] (or [N, obs_dim] -> [N, act_dim])
+
+Every observation is checked (shape, a real dtype, finite values) with a one-line error; ONNX Runtime runs on one
+intra-op thread unless asked otherwise (a control loop wants a steady latency, not a shared pool). Of pbrl this
+imports only :mod:`pbrl.errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbrl.errors import ConfigError, DatasetError, describe
+
+__all__ = ["Policy"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Policy:
+    """An exported policy on ONNX Runtime. ``metadata`` is the export's ``metadata.json``."""
+
+    def __init__(self, session: Any, metadata: dict[str, Any], path: Path):
+        self.session, self.metadata, self.path = session, metadata, path
+        self.obs_dim, self.act_dim = int(metadata["obs_dim"]), int(metadata["act_dim"])
+        self.low = np.asarray(metadata["action_low"], dtype=np.float32)
+        self.high = np.asarray(metadata["action_high"], dtype=np.float32)
+
+    @classmethod
+    def load(cls, folder: str | Path, *, threads: int = 1) -> Policy:
+        """The export in ``folder``: ``metadata.json`` and ``policy.onnx``, whose sha256 must be the one recorded."""
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        meta_path, model_path = folder / "metadata.json", folder / "policy.onnx"
+        for path in (meta_path, model_path):
+            if not path.is_file():
+                raise ConfigError(describe(str(path), "file", "missing", "an export written by `pbrl export` "
+                                           "(--format onnx or both)"))
+        try:
+            metadata = json.loads(meta_path.read_text())
+            expected = metadata["model_sha256"]["policy.onnx"]
+            if metadata.get("kind") != "mlp":
+                raise ConfigError(describe(str(meta_path), "kind", repr(metadata.get("kind")), "'mlp'"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(describe(str(meta_path), "metadata", f"unreadable ({type(exc).__name__}: {exc})",
+                                        "the metadata.json `pbrl export` wrote")) from None
+        found = _sha256(model_path)
+        if found != expected:
+            raise DatasetError(describe(str(model_path), "sha256", found[:16] + "…", f"{expected[:16]}…, the model "
+                                        "this metadata.json describes (a changed or damaged file, or metadata "
+                                        "of another export)"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        return cls(session, metadata, folder)
+
+    def reset(self) -> None:
+        """Start an episode. An MLP policy keeps no state between steps; the call keeps loops backbone-agnostic."""
+
+    def act(self, obs: Any) -> np.ndarray:
+        """``obs [obs_dim]`` (or a batch ``[N, obs_dim]``) -> the action ``[act_dim]`` (``[N, act_dim]``), float32,
+        within the exported bounds."""
+        array = np.asarray(obs)
+        if array.dtype.kind not in "fiu":
+            raise ConfigError(describe("obs", "dtype", str(array.dtype), "real numbers"))
+        single = array.ndim == 1
+        batch = array[None] if single else array
+        if batch.ndim != 2 or batch.shape[1] != self.obs_dim:
+            raise ConfigError(describe("obs", "shape", tuple(array.shape), f"({self.obs_dim},) or (N, {self.obs_dim})"))
+        batch = batch.astype(np.float32, copy=False)
+        if not np.isfinite(batch).all():
+            raise ConfigError(describe("obs", "values", "non-finite (NaN or inf)", "finite numbers"))
+        action = self.session.run(None, {"obs": batch})[0]
+        return action[0] if single else action

@@ -1,0 +1,116 @@
+"""`pbrl export` and the torch-free runtime `pbrl.deploy` (issue 33, first part: MLP policies): the exported graph
+acts as the trained agent does, the runtime refuses what it cannot trust, and it imports without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_cli
+
+SHIPPED = "hopper-medium-replay-small"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """A 20-step BC run (tanh-Gaussian head: bounded actions) and its export in both formats."""
+    folder = tmp_path_factory.mktemp("export")
+    run = folder / "bc"
+    r = run_cli("train", "--agent", "bc", "--dataset", SHIPPED, "--steps", "20", "--out", str(run), "--scale", "cpu",
+                "--set", "train.eval_episodes=0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", str(run), "--out", str(folder / "exp"))
+    assert r.returncode == 0, r.stderr
+    return {"run": run, "export": folder / "exp"}
+
+
+def test_onnx_and_torchscript_act_as_the_agent_does(exported):
+    """ONNX Runtime (through pbrl.deploy) and TorchScript against the agent's own deterministic action, float32,
+    on 1,000 observations drawn around the dataset's: max abs difference <= 1e-5."""
+    from pbrl.deploy import Policy
+    from pbrl.train.trainer import load_run
+
+    _, agent, data = load_run(exported["run"], "cpu")
+    rng = np.random.default_rng(0)
+    obs = data.trajectories.observations[rng.choice(len(data.trajectories.observations), 1000)]
+    obs = (obs + 0.1 * rng.standard_normal(obs.shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = agent.act(torch.as_tensor(obs)).clamp(-1, 1).numpy()
+    policy = Policy.load(exported["export"])
+    assert np.abs(policy.act(obs) - expected).max() <= 1e-5
+    assert np.abs(policy.act(obs[0]) - expected[0]).max() <= 1e-5 and policy.act(obs[0]).shape == (3,)
+    scripted = torch.jit.load(str(exported["export"] / "policy.pt"))
+    with torch.no_grad():
+        assert np.abs(scripted(torch.as_tensor(obs)).numpy() - expected).max() <= 1e-5
+    meta = json.loads((exported["export"] / "metadata.json").read_text())
+    assert meta["kind"] == "mlp" and meta["obs_dim"] == 11 and meta["act_dim"] == 3 and meta["env_id"] == "Hopper-v5"
+    assert meta["control_rate_hz"] == pytest.approx(125.0) and meta["checkpoint"] == "step_00000020.pt"
+    assert set(meta["model_sha256"]) == {"policy.onnx", "policy.pt"} and meta["dataset_sha256"]["trajectories"]
+
+
+@pytest.mark.parametrize("obs, needle", [(np.zeros(5), "obs: shape: got (5,)"),
+                                         (np.full(11, np.nan), "obs: values: got non-finite"),
+                                         (np.array(["a"] * 11), "obs: dtype")])
+def test_the_runtime_refuses_bad_observations_in_one_line(exported, obs, needle):
+    from pbrl.deploy import Policy
+    from pbrl.errors import PbrlError
+
+    with pytest.raises(PbrlError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        Policy.load(exported["export"]).act(obs)
+
+
+def test_a_changed_model_or_missing_file_is_refused(exported, tmp_path):
+    import shutil
+
+    from pbrl.deploy import Policy
+    from pbrl.errors import PbrlError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported["export"], copy)
+    with open(copy / "policy.onnx", "r+b") as f:  # one byte flipped: a damaged or swapped model
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(PbrlError, match="policy.onnx: sha256: got"):
+        Policy.load(copy)
+    (copy / "policy.onnx").unlink()
+    with pytest.raises(PbrlError, match="policy.onnx: file: got missing"):
+        Policy.load(copy)
+
+
+def test_export_refuses_an_existing_out_and_a_run_without_a_checkpoint(exported, tmp_path):
+    before = sorted(p.name for p in exported["export"].iterdir())
+    r = run_cli("export", str(exported["run"]), "--out", str(exported["export"]))
+    assert r.returncode == 2 and "--out: folder" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in exported["export"].iterdir()) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.toml").write_text((exported["run"] / "config.toml").read_text())
+    r = run_cli("export", str(empty), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 2 and "checkpoint: got none" in r.stderr and not (tmp_path / "exp").exists()
+
+
+def test_the_runtime_imports_and_acts_without_torch(exported):
+    """pbrl.deploy on a machine without torch: a process where `import torch` raises loads and runs the export."""
+    code = ("import sys, importlib.abc\n"
+            "class NoTorch(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch is not installed here')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "import numpy as np\n"
+            "from pbrl.deploy import Policy\n"
+            f"p = Policy.load({str(exported['export'])!r})\n"
+            "p.reset()\n"
+            "a = p.act(np.zeros(11, dtype=np.float32))\n"
+            "assert a.shape == (3,) and 'torch' not in sys.modules\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
