@@ -114,3 +114,61 @@ def test_the_runtime_imports_and_acts_without_torch(exported):
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_readme_robot_loop_runs(exported):
+    """The README's robot-loop example, as printed there, on this export."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- robot-loop -->")[1].split("<!-- /robot-loop -->")[0]
+    code = block.split("```python")[1].split("```")[0].replace('"exports/cpl"', repr(str(exported["export"])))
+    exec(compile(code, "README.md (robot loop)", "exec"), {})
+
+
+def test_deploy_runs_the_loop_and_writes_its_log_and_report(exported, tmp_path):
+    log = tmp_path / "steps.jsonl"
+    r = run_cli("deploy", str(exported["export"]), "--env", "hopper", "--rate", "250", "--max-steps", "25",
+                "--log", str(log))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert 1 <= len(rows) <= 25 and all(-1 <= a <= 1 for row in rows for a in row["action"])
+    assert all(row["action_sent"] >= row["tick"] for row in rows)
+    report = json.loads((tmp_path / "steps.report.json").read_text())
+    assert report["steps"] == len(rows) and report["target_rate_hz"] == 250 and "p99" in report["inference_ms"]
+    assert "cadence: target 250 Hz" in r.stdout
+    r = run_cli("deploy", str(exported["export"]), "--env", "hopper", "--log", str(log))  # an existing log
+    assert r.returncode == 2 and "--log" in r.stderr
+
+
+def test_the_watchdog_sends_the_safe_action_at_the_deadline_while_inference_runs(exported, tmp_path):
+    """Inference slowed to 60 ms on steps 3 and 4 of a 50-Hz loop (20-ms deadlines): those ticks send the safe
+    action (zeros) at their deadline, before the late inference ends, and the misses are counted."""
+    import time
+
+    import gymnasium as gym
+
+    from pbrl.deploy import ControlLoop, Policy
+
+    policy = Policy.load(exported["export"])
+    calls = {"n": 0}
+    fast = policy.act
+
+    def slow_act(obs):
+        calls["n"] += 1
+        if calls["n"] in (4, 5):
+            time.sleep(0.06)
+        return fast(obs)
+
+    policy.act = slow_act
+    env = gym.make("Hopper-v5")
+    log = tmp_path / "steps.jsonl"
+    report = ControlLoop(policy, env, rate_hz=50, max_steps=12).run(1, seed=0, log=log)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    missed = [r for r in rows if r["missed"]]
+    assert report.missed_deadlines == len(missed) >= 2
+    for row in missed:
+        assert row["action"] == [0.0, 0.0, 0.0]  # the safe action
+        # at the deadline (20 ms; slack for a busy machine), not when the 60-ms inference ended
+        assert row["action_sent"] - row["tick"] <= 0.045
+    late_done = [r["inference_done"] for r in rows if r["inference_done"] is not None
+                 and r["step"] > missed[0]["step"]]
+    assert late_done and min(late_done) > missed[0]["action_sent"]  # inference was still running when it was sent

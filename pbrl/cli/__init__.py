@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_curves_parser(sub)
     train.add_likelihood_parser(sub)
     deploy.add_export_parser(sub)
+    deploy.add_deploy_parser(sub)
     return p
 
 

@@ -1,4 +1,5 @@
-"""``pbrl export``: a trained run's policy as one ONNX / TorchScript graph with its metadata, for ``pbrl.deploy``."""
+"""``pbrl export``: a trained run's policy as one ONNX / TorchScript graph with its metadata, for ``pbrl.deploy``;
+``pbrl deploy``: an export in a fixed-rate control loop with a watchdog, against a simulator standing in for the robot."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pbrl.cli.common import FORMATTER
+from pbrl.cli.common import FORMATTER, float_in, int_at_least
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -54,3 +55,47 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--format", default="both", choices=("onnx", "torchscript", "both"))
     ex.add_argument("--out", default=None, metavar="DIR", help="the export folder, new (default: RUN_DIR/export)")
     ex.set_defaults(func=cmd_export)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from pbrl.deploy import ControlLoop, Policy
+    from pbrl.envs.registry import make_env
+    from pbrl.io import atomic_write_text, output_file
+
+    log = output_file("--log", args.log or str(Path(args.export_dir) / "deploy.jsonl"), suffixes=(".jsonl",))
+    policy = Policy.load(args.export_dir)
+    rate = args.rate or policy.metadata.get("control_rate_hz")
+    if not rate:
+        from pbrl.errors import ConfigError, describe
+
+        raise ConfigError(describe("--rate", "rate", "none given and none in metadata.json", "the control rate in Hz"))
+    env = make_env(args.env)
+    try:
+        report = ControlLoop(policy, env, rate_hz=rate, safe_action=args.safe_action,
+                             max_steps=args.max_steps).run(args.episodes, seed=args.seed, log=log)
+    finally:
+        env.close()
+    summary = log.with_suffix(".report.json")
+    atomic_write_text(summary, json.dumps(report.__dict__, indent=2) + "\n")
+    print(report.line())
+    print(f"wrote {log} (one line a step) and {summary}")
+    return 0
+
+
+def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
+    dp = sub.add_parser("deploy", help="run an export in a fixed-rate control loop with a watchdog (the safe action at "
+                        "every missed deadline) against a simulator standing in for the robot; a JSONL log and a "
+                        "cadence report", formatter_class=FORMATTER,
+                        epilog="example: pbrl deploy exports/cpl --env hopper --rate 125 --episodes 2")
+    dp.add_argument("export_dir", help="a folder written by `pbrl export`")
+    dp.add_argument("--env", required=True, help="a pbrl env preset (hopper, button-press, ...) or a gymnasium id")
+    dp.add_argument("--rate", type=float_in(0.0, 100_000.0, low_open=True), default=None, metavar="HZ",
+                    help="control rate (default: the env's, from metadata.json)")
+    dp.add_argument("--episodes", type=int_at_least(1), default=1)
+    dp.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop an episode after this many steps")
+    dp.add_argument("--safe-action", default="zeros", choices=("zeros", "hold"), help="sent at a missed deadline or "
+                    "for a non-finite action: zeros (clipped to the bounds) or hold the last action")
+    dp.add_argument("--seed", type=int_at_least(0), default=100_000, help="env i is seeded seed + i")
+    dp.add_argument("--log", default=None, metavar="FILE", help="the step log, a new .jsonl (default: "
+                    "EXPORT_DIR/deploy.jsonl); the cadence report goes beside it (.report.json)")
+    dp.set_defaults(func=cmd_deploy)

@@ -91,3 +91,8 @@ class Policy:
             raise ConfigError(describe("obs", "values", "non-finite (NaN or inf)", "finite numbers"))
         action = self.session.run(None, {"obs": batch})[0]
         return action[0] if single else action
+
+
+from pbrl.deploy.loop import SAFE_ACTIONS, CadenceReport, ControlLoop  # noqa: E402  (the loop uses Policy's interface)
+
+__all__ += ["SAFE_ACTIONS", "CadenceReport", "ControlLoop"]
