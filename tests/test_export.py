@@ -172,3 +172,16 @@ def test_the_watchdog_sends_the_safe_action_at_the_deadline_while_inference_runs
     late_done = [r["inference_done"] for r in rows if r["inference_done"] is not None
                  and r["step"] > missed[0]["step"]]
     assert late_done and min(late_done) > missed[0]["action_sent"]  # inference was still running when it was sent
+
+
+def test_eval_of_the_export_gives_the_runs_returns_on_the_same_seeds(exported):
+    """`pbrl eval EXPORT_DIR` (ONNX Runtime) against `pbrl eval RUN_DIR` (PyTorch), 3 episodes on the same env seeds:
+    the same returns within 2 % (float differences may grow through the simulator's chaos)."""
+    r = run_cli("eval", str(exported["export"]), "--episodes", "3")
+    assert r.returncode == 0, r.stderr
+    ours = json.loads((exported["export"] / "eval-export-3ep-seed100000.json").read_text())
+    r = run_cli("eval", str(exported["run"]), "--episodes", "3")
+    assert r.returncode == 0, r.stderr
+    run = json.loads((exported["run"] / "eval-step20-3ep-seed100000.json").read_text())
+    assert ours["runtime"] == "onnxruntime" and len(ours["returns"]) == 3
+    np.testing.assert_allclose(ours["returns"], run["returns"], rtol=0.02)

@@ -80,6 +80,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from pbrl.envs.render import choose_gl
 
         choose_gl()  # before mujoco is imported: EGL or OSMesa, whichever draws here
+    if (Path(args.run_dir) / "metadata.json").is_file():  # an export (`pbrl export`): through the runtime
+        return eval_export(args)
     from pbrl.envs.evaluate import evaluate
     from pbrl.train.trainer import actor_policy, load_run, write_json
 
@@ -96,6 +98,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # the run's own eval.json stays as training wrote it; each evaluation setting gets its own file
     env_tag = f"-{args.env}" if args.env else ""
     out = Path(args.run_dir) / f"eval-step{step}{env_tag}-{args.episodes}ep-seed{args.seed}.json"
+    write_json(out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "returns"}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def eval_export(args: argparse.Namespace) -> int:
+    """``pbrl eval EXPORT_DIR``: the exported policy through ``pbrl.deploy`` (ONNX Runtime), on the env seeds a run's
+    own evaluation uses (env i seeded seed + i); the result goes into the export folder as ``eval-…json``."""
+    from pbrl.deploy import Policy
+    from pbrl.envs.evaluate import evaluate
+    from pbrl.errors import ConfigError, describe
+    from pbrl.train.trainer import write_json
+
+    policy = Policy.load(args.run_dir)
+    env = args.env or policy.metadata.get("env")
+    if not env:
+        raise ConfigError(describe("--env", "env", "none given and none in metadata.json", "an env preset to evaluate in"))
+    result = evaluate(lambda obs: policy.act(obs), env, episodes=args.episodes, seed=args.seed,
+                      dims=(policy.obs_dim, policy.act_dim),
+                      video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video,
+                      video_size=args.video_size)
+    meta = policy.metadata
+    result = {"agent": meta.get("agent"), "dataset": meta.get("dataset"), "export": str(args.run_dir),
+              **{k: v for k, v in result.items() if k != "seed"}, "eval_seed": args.seed,
+              "checkpoint": meta.get("checkpoint"), "runtime": "onnxruntime"}
+    env_tag = f"-{args.env}" if args.env else ""
+    out = Path(args.run_dir) / f"eval-export{env_tag}-{args.episodes}ep-seed{args.seed}.json"
     write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "returns"}, indent=2))
     print(f"wrote {out}")
@@ -191,7 +221,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained run in its simulator; writes DIR/eval-stepK-…-seedS.json")
-    ev.add_argument("run_dir", help="a directory written by `pbrl train`")
+    ev.add_argument("run_dir", help="a directory written by `pbrl train`, or an export (`pbrl export`): then the exported "
+                    "policy is evaluated through pbrl.deploy")
     ev.add_argument("--episodes", type=int_at_least(1), default=10)
     ev.add_argument("--seed", type=int_at_least(0), default=100_000, help="env i is seeded seed + i")
     ev.add_argument("--env", default=None, help="evaluate in another env preset than the dataset's")
