@@ -185,3 +185,38 @@ def test_eval_of_the_export_gives_the_runs_returns_on_the_same_seeds(exported):
     run = json.loads((exported["run"] / "eval-step20-3ep-seed100000.json").read_text())
     assert ours["runtime"] == "onnxruntime" and len(ours["returns"]) == 3
     np.testing.assert_allclose(ours["returns"], run["returns"], rtol=0.02)
+
+
+def test_a_transformer_policy_exports_with_its_window_and_acts_as_the_history_actor(tmp_path):
+    """A transformer BC run (context 8): through whole Hopper episodes, the runtime's own window (pbrl.deploy)
+    gives the evaluation's HistoryActor's actions within 1e-5 at every step, across a reset."""
+    import gymnasium as gym
+
+    from pbrl.deploy import Policy
+    from pbrl.train.trainer import actor_policy, load_run
+
+    run = tmp_path / "tf"
+    r = run_cli("train", "--agent", "bc", "--dataset", SHIPPED, "--steps", "10", "--out", str(run), "--scale", "cpu",
+                "--set", "train.eval_episodes=0", "--set", "agent.backbone=transformer", "--set", "agent.context=8",
+                "--set", "agent.seq_dim=32", "--set", "agent.seq_layers=1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", str(run), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 0, r.stderr
+    _, agent, _ = load_run(run, "cpu")
+    actor = actor_policy(agent, 1, torch.device("cpu"))
+    policy = Policy.load(tmp_path / "exp")
+    assert policy.context == 8
+    env = gym.make("Hopper-v5")
+    worst, steps = 0.0, 0
+    for episode in range(2):
+        obs, _ = env.reset(seed=episode)
+        policy.reset()
+        actor.reset(np.ones(1, dtype=bool))
+        for _ in range(40):
+            expected = np.clip(actor(obs[None].astype(np.float32))[0], -1, 1)
+            action = policy.act(obs)
+            worst, steps = max(worst, float(np.abs(action - expected).max())), steps + 1
+            obs, _, terminated, truncated, _ = env.step(expected)
+            if terminated or truncated:
+                break
+    assert steps > 16 and worst <= 1e-5

@@ -35,13 +35,16 @@ def _sha256(path: Path) -> str:
 
 
 class Policy:
-    """An exported policy on ONNX Runtime. ``metadata`` is the export's ``metadata.json``."""
+    """An exported policy on ONNX Runtime. ``metadata`` is the export's ``metadata.json``. A transformer policy keeps
+    its window between calls: call :meth:`reset` at each episode's start, and pass the same batch size every step."""
 
     def __init__(self, session: Any, metadata: dict[str, Any], path: Path):
         self.session, self.metadata, self.path = session, metadata, path
         self.obs_dim, self.act_dim = int(metadata["obs_dim"]), int(metadata["act_dim"])
         self.low = np.asarray(metadata["action_low"], dtype=np.float32)
         self.high = np.asarray(metadata["action_high"], dtype=np.float32)
+        self.context = int(metadata.get("context") or 0)  # a transformer's window; 0: no state between steps
+        self._window: dict[str, np.ndarray] | None = None
 
     @classmethod
     def load(cls, folder: str | Path, *, threads: int = 1) -> Policy:
@@ -57,8 +60,9 @@ class Policy:
         try:
             metadata = json.loads(meta_path.read_text())
             expected = metadata["model_sha256"]["policy.onnx"]
-            if metadata.get("kind") != "mlp":
-                raise ConfigError(describe(str(meta_path), "kind", repr(metadata.get("kind")), "'mlp'"))
+            if metadata.get("kind") not in ("mlp", "transformer"):
+                raise ConfigError(describe(str(meta_path), "kind", repr(metadata.get("kind")),
+                                           "'mlp' or 'transformer'"))
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetError(describe(str(meta_path), "metadata", f"unreadable ({type(exc).__name__}: {exc})",
                                         "the metadata.json `pbrl export` wrote")) from None
@@ -74,7 +78,19 @@ class Policy:
         return cls(session, metadata, folder)
 
     def reset(self) -> None:
-        """Start an episode. An MLP policy keeps no state between steps; the call keeps loops backbone-agnostic."""
+        """Start an episode: a transformer's window is emptied (an MLP policy keeps no state between steps)."""
+        self._window = None
+
+    def _window_for(self, n: int) -> dict[str, np.ndarray]:
+        """Each environment's last ``context`` observations, actions, timesteps and mask, as the evaluation's
+        ``HistoryActor`` keeps them (newest last; the newest action slot holds zeros until the action is taken)."""
+        if self._window is None or self._window["obs"].shape[0] != n:
+            k = self.context
+            self._window = {"obs": np.zeros((n, k, self.obs_dim), np.float32),
+                            "act": np.zeros((n, k, self.act_dim), np.float32),
+                            "timestep": np.zeros((n, k), np.int64), "mask": np.zeros((n, k), bool),
+                            "t": np.zeros(n, np.int64)}
+        return self._window
 
     def act(self, obs: Any) -> np.ndarray:
         """``obs [obs_dim]`` (or a batch ``[N, obs_dim]``) -> the action ``[act_dim]`` (``[N, act_dim]``), float32,
@@ -89,7 +105,16 @@ class Policy:
         batch = batch.astype(np.float32, copy=False)
         if not np.isfinite(batch).all():
             raise ConfigError(describe("obs", "values", "non-finite (NaN or inf)", "finite numbers"))
-        action = self.session.run(None, {"obs": batch})[0]
+        if not self.context:
+            action = self.session.run(None, {"obs": batch})[0]
+            return action[0] if single else action
+        w = self._window_for(len(batch))
+        for name, new in (("obs", batch), ("act", np.zeros((len(batch), self.act_dim), np.float32)),
+                          ("timestep", w["t"]), ("mask", np.ones(len(batch), bool))):
+            w[name] = np.concatenate([w[name][:, 1:], new[:, None].astype(w[name].dtype)], axis=1)
+        action, raw = self.session.run(None, {k: w[k] for k in ("obs", "act", "timestep", "mask")})
+        w["act"][:, -1] = raw  # the policy's own action goes back into the window, as HistoryActor's does
+        w["t"] = w["t"] + 1
         return action[0] if single else action
 
 

@@ -3,9 +3,11 @@ any ONNX Runtime) and / or TorchScript, beside ``metadata.json`` (spaces, bounds
 sha256, which the runtime checks).
 
 What is exported is what the evaluation actor runs: the agent's deterministic action (observation normalisation
-included: it is a buffer inside the network), clipped to the action bounds. This version exports MLP policies
-(``bc``, ``sft``, ``cpl`` and the IQL family's actor); a transformer policy (its context window) or a diffusion policy
-(its sampling loop) is refused in one line.
+included: it is a buffer inside the network), clipped to the action bounds. MLP policies (``bc``, ``sft``, ``cpl``, the
+IQL family's actor) export as ``obs [N, do] -> action [N, da]``; a transformer policy as its window, ``(obs [N, K, do],
+act [N, K, da], timestep [N, K], mask [N, K]) -> (action [N, da], raw [N, da])``, whose state (the last ``K`` steps)
+``pbrl.deploy`` keeps as the evaluation's ``HistoryActor`` does (``raw``, the unclipped action, goes back into the
+window, as there). A diffusion policy (its sampling loop) is refused in one line.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from pbrl.errors import ConfigError, describe
 from pbrl.io import write_folder
 
-__all__ = ["FORMATS", "BoundedAction", "export_policy", "policy_kind"]
+__all__ = ["FORMATS", "BoundedAction", "BoundedWindowAction", "export_policy", "policy_kind"]
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -43,6 +45,20 @@ class BoundedAction(nn.Module):
         return torch.maximum(torch.minimum(self.agent.act(obs), self.high), self.low)
 
 
+class BoundedWindowAction(nn.Module):
+    """A history policy's window -> (its action clipped to ``[low, high]``, the action itself)."""
+
+    def __init__(self, policy: nn.Module, low: Tensor, high: Tensor):
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("low", low.float())
+        self.register_buffer("high", high.float())
+
+    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        raw = self.policy(obs, act, timestep, mask)
+        return torch.maximum(torch.minimum(raw, self.high), self.low), raw
+
+
 def policy_kind(agent: nn.Module) -> str:
     """``mlp``, ``transformer`` (a history policy) or ``diffusion`` (an action-chunk policy)."""
     policy = getattr(agent, "policy", None)
@@ -53,16 +69,16 @@ def policy_kind(agent: nn.Module) -> str:
     return "mlp"
 
 
-def _onnx_bytes(module: nn.Module, example: Tensor) -> bytes:
+def _onnx_bytes(module: nn.Module, example: tuple[Tensor, ...], inputs: list[str], outputs: list[str]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter: onnxscript (the new one's need) is not required
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["obs"],
-                          output_names=["action"], dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}})
+        torch.onnx.export(module, example, buffer, dynamo=False, opset_version=OPSET, input_names=inputs,
+                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
     return buffer.getvalue()
 
 
-def _torchscript_bytes(module: nn.Module, example: Tensor) -> bytes:
+def _torchscript_bytes(module: nn.Module, example: tuple[Tensor, ...]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -79,9 +95,9 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
     env, checkpoint, config hash, ...) is stored beside the spaces and each model file's sha256."""
     out = Path(out)
     kind = policy_kind(agent)
-    if kind != "mlp":
-        raise ConfigError(describe("RUN_DIR", "policy", f"a {kind} policy", "an MLP policy (this version of `pbrl "
-                                   "export` does not yet unroll a transformer's window or a diffusion sampler)"))
+    if kind == "diffusion":
+        raise ConfigError(describe("RUN_DIR", "policy", "a diffusion policy", "an MLP or transformer policy (this "
+                                   "version of `pbrl export` does not yet unroll a diffusion sampler)"))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ConfigError(describe("--format", "format", unknown or "none", f"one or more of {list(FORMATS)}"))
@@ -89,15 +105,30 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
         raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
                                    "overwritten: remove it, or choose another)"))
     device = next(agent.parameters()).device
-    module = BoundedAction(agent, act_low.to(device), act_high.to(device)).eval()
-    example = torch.zeros(1, obs_dim, device=device)
+    low, high, act_dim = act_low.to(device), act_high.to(device), int(act_low.numel())
+    io_shapes: dict[str, Any] = {}
+    if kind == "mlp":
+        module: nn.Module = BoundedAction(agent, low, high).eval()
+        example: tuple[Tensor, ...] = (torch.zeros(1, obs_dim, device=device),)
+        inputs, outputs = ["obs"], ["action"]
+        io_shapes = {"inputs": {"obs": ["batch", obs_dim]}, "outputs": {"action": ["batch", act_dim]}}
+    else:
+        context = int(agent.policy.context)
+        module = BoundedWindowAction(agent.policy, low, high).eval()
+        example = (torch.zeros(1, context, obs_dim, device=device), torch.zeros(1, context, act_dim, device=device),
+                   torch.zeros(1, context, dtype=torch.long, device=device),
+                   torch.ones(1, context, dtype=torch.bool, device=device))
+        inputs, outputs = ["obs", "act", "timestep", "mask"], ["action", "raw"]
+        io_shapes = {"context": context,
+                     "inputs": {"obs": ["batch", context, obs_dim], "act": ["batch", context, act_dim],
+                                "timestep": ["batch", context], "mask": ["batch", context]},
+                     "outputs": {"action": ["batch", act_dim], "raw": ["batch", act_dim]}}
     with torch.no_grad():
-        blobs = {FILES["onnx"]: _onnx_bytes(module, example)} if "onnx" in formats else {}
+        blobs = {FILES["onnx"]: _onnx_bytes(module, example, inputs, outputs)} if "onnx" in formats else {}
         if "torchscript" in formats:
             blobs[FILES["torchscript"]] = _torchscript_bytes(module, example)
-    meta = {**(metadata or {}), "kind": kind, "obs_dim": int(obs_dim), "act_dim": int(act_low.numel()),
-            "action_low": [float(x) for x in act_low], "action_high": [float(x) for x in act_high],
-            "inputs": {"obs": ["batch", int(obs_dim)]}, "outputs": {"action": ["batch", int(act_low.numel())]},
+    meta = {**(metadata or {}), "kind": kind, "obs_dim": int(obs_dim), "act_dim": act_dim,
+            "action_low": [float(x) for x in act_low], "action_high": [float(x) for x in act_high], **io_shapes,
             "onnx_opset": OPSET if "onnx" in formats else None,
             "model_sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}}
 

@@ -24,13 +24,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # [B, H, T, d/H]
         attn_mask = None
         if key_mask is not None or causal:
-            allowed = torch.ones(t, t, dtype=torch.bool, device=x.device)
-            if causal:
-                allowed = torch.tril(allowed)
+            # the masks as comparisons of positions (not ones / tril / eye of bools): the same values, and an ONNX
+            # graph every runtime runs (ONNX Runtime has no bool EyeLike)
+            position = torch.arange(t, device=x.device)
+            allowed = position[None, :] <= position[:, None] if causal else torch.ones(t, t, dtype=torch.bool,
+                                                                                          device=x.device)
             allowed = allowed[None, None]
             if key_mask is not None:
                 # a query always sees itself, so padded rows stay finite (they are masked out downstream)
-                allowed = (allowed & key_mask[:, None, None, :]) | torch.eye(t, dtype=torch.bool, device=x.device)
+                allowed = (allowed & key_mask[:, None, None, :]) | (position[:, None] == position[None, :])
             attn_mask = allowed
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
