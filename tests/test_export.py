@@ -220,3 +220,26 @@ def test_a_transformer_policy_exports_with_its_window_and_acts_as_the_history_ac
             if terminated or truncated:
                 break
     assert steps > 16 and worst <= 1e-5
+
+
+def test_an_overcooked_ppo_policy_exports_and_samples_as_the_partner_does(tmp_path):
+    """An SB3 PPO policy of `pbrl overcooked ppo` (a tiny run): the export's probabilities equal SB3's within 1e-5 on
+    1,000 observations, and the runtime's sampled actions, on the same seed, are PolicyPartner's."""
+    pytest.importorskip("overcooked")
+    from pbrl.deploy import Policy
+    from pbrl.train.overcooked import PolicyPartner
+
+    run = tmp_path / "ppo"
+    r = run_cli("overcooked", "ppo", "--layout", "cramped_room", "--steps", "300", "--out", run, "--quiet",
+                "--set", "ppo.n_games=1", "--set", "ppo.n_epochs=1", "--set", "ppo.hidden=[8]")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", str(run), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 0, r.stderr
+    partner = PolicyPartner.load(run, seed=3)
+    policy = Policy.load(tmp_path / "exp", seed=3)
+    obs = np.random.default_rng(0).standard_normal((1000, policy.obs_dim)).astype(np.float32)
+    probs = policy.session.run(None, {"obs": obs})[0]
+    assert np.abs(probs - partner.probabilities(obs)).max() <= 1e-5
+    assert np.array_equal(policy.act(obs), partner(obs))
+    meta = json.loads((tmp_path / "exp" / "metadata.json").read_text())
+    assert meta["kind"] == "categorical" and meta["n_actions"] == 6 and meta["layout"] == "cramped_room"

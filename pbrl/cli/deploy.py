@@ -27,6 +27,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
                                    "overwritten: remove it, or choose another)"))
+    run = Path(args.run_dir)
+    if (run / "model.zip").is_file() or (run / "policy.pt").is_file():  # an Overcooked run (SB3)
+        return export_overcooked(run, out, formats)
     cfg, agent, data = load_run(args.run_dir, "cpu")
     obs_dim, act_dim = agent.spec.obs_dim, agent.spec.act_dim
     low, high, rate, env_id = -np.ones(act_dim), np.ones(act_dim), None, None
@@ -46,12 +49,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_overcooked(run: Path, out: Path, formats: tuple[str, ...]) -> int:
+    """``pbrl export`` of an Overcooked run (PPO's ``model.zip``, BC's ``policy.pt``): its SB3 policy's probabilities."""
+    import pbrl
+    from pbrl.data.preferences import sha256_file
+    from pbrl.export import export_sb3_policy
+    from pbrl.train.overcooked import load_policy
+
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    model = run / "model.zip" if (run / "model.zip").is_file() else run / "policy.pt"
+    metadata = {"pbrl_version": pbrl.__version__, "agent": f"overcooked {model.stem}", "env": "overcooked",
+                "layout": config.get("layout"), "source": str(model), "source_sha256": sha256_file(model)}
+    path = export_sb3_policy(load_policy(run), out, formats=formats, metadata=metadata)
+    print(json.dumps({"export": str(path), "files": sorted(p.name for p in path.iterdir())}))
+    return 0
+
+
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="a trained run's policy as one graph (ONNX and / or TorchScript) with "
                         "metadata.json, for the torch-free runtime pbrl.deploy", formatter_class=FORMATTER,
                         epilog="example: pbrl export runs/cpl --out exports/cpl; then in Python: "
                         "pbrl.deploy.Policy.load('exports/cpl').act(obs)")
-    ex.add_argument("run_dir", help="a directory written by `pbrl train` (MLP policies in this version)")
+    ex.add_argument("run_dir", help="a directory written by `pbrl train` (MLP or transformer policies) or by `pbrl "
+                    "overcooked ppo|bc|hybrid`")
     ex.add_argument("--format", default="both", choices=("onnx", "torchscript", "both"))
     ex.add_argument("--out", default=None, metavar="DIR", help="the export folder, new (default: RUN_DIR/export)")
     ex.set_defaults(func=cmd_export)

@@ -38,17 +38,24 @@ class Policy:
     """An exported policy on ONNX Runtime. ``metadata`` is the export's ``metadata.json``. A transformer policy keeps
     its window between calls: call :meth:`reset` at each episode's start, and pass the same batch size every step."""
 
-    def __init__(self, session: Any, metadata: dict[str, Any], path: Path):
+    def __init__(self, session: Any, metadata: dict[str, Any], path: Path, *, seed: int = 0,
+                 deterministic: bool = False):
         self.session, self.metadata, self.path = session, metadata, path
-        self.obs_dim, self.act_dim = int(metadata["obs_dim"]), int(metadata["act_dim"])
-        self.low = np.asarray(metadata["action_low"], dtype=np.float32)
-        self.high = np.asarray(metadata["action_high"], dtype=np.float32)
+        self.categorical = metadata["kind"] == "categorical"
+        self.obs_dim = int(metadata["obs_dim"])
+        self.act_dim = 1 if self.categorical else int(metadata["act_dim"])
+        self.low = None if self.categorical else np.asarray(metadata["action_low"], dtype=np.float32)
+        self.high = None if self.categorical else np.asarray(metadata["action_high"], dtype=np.float32)
+        # a discrete policy samples its action, as PolicyPartner does: u ~ U[0, 1) from this stream, the first
+        # action whose cumulative probability reaches u (deterministic: the most probable)
+        self.rng, self.deterministic = np.random.default_rng(seed), deterministic
         self.context = int(metadata.get("context") or 0)  # a transformer's window; 0: no state between steps
         self._window: dict[str, np.ndarray] | None = None
 
     @classmethod
-    def load(cls, folder: str | Path, *, threads: int = 1) -> Policy:
-        """The export in ``folder``: ``metadata.json`` and ``policy.onnx``, whose sha256 must be the one recorded."""
+    def load(cls, folder: str | Path, *, threads: int = 1, seed: int = 0, deterministic: bool = False) -> Policy:
+        """The export in ``folder``: ``metadata.json`` and ``policy.onnx``, whose sha256 must be the one recorded.
+        ``seed`` / ``deterministic``: how a discrete (Overcooked) policy picks its action."""
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -60,9 +67,9 @@ class Policy:
         try:
             metadata = json.loads(meta_path.read_text())
             expected = metadata["model_sha256"]["policy.onnx"]
-            if metadata.get("kind") not in ("mlp", "transformer"):
+            if metadata.get("kind") not in ("mlp", "transformer", "categorical"):
                 raise ConfigError(describe(str(meta_path), "kind", repr(metadata.get("kind")),
-                                           "'mlp' or 'transformer'"))
+                                           "'mlp', 'transformer' or 'categorical'"))
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetError(describe(str(meta_path), "metadata", f"unreadable ({type(exc).__name__}: {exc})",
                                         "the metadata.json `pbrl export` wrote")) from None
@@ -75,7 +82,7 @@ class Policy:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
-        return cls(session, metadata, folder)
+        return cls(session, metadata, folder, seed=seed, deterministic=deterministic)
 
     def reset(self) -> None:
         """Start an episode: a transformer's window is emptied (an MLP policy keeps no state between steps)."""
@@ -94,7 +101,7 @@ class Policy:
 
     def act(self, obs: Any) -> np.ndarray:
         """``obs [obs_dim]`` (or a batch ``[N, obs_dim]``) -> the action ``[act_dim]`` (``[N, act_dim]``), float32,
-        within the exported bounds."""
+        within the exported bounds; a discrete policy's action index (``[N]`` for a batch)."""
         array = np.asarray(obs)
         if array.dtype.kind not in "fiu":
             raise ConfigError(describe("obs", "dtype", str(array.dtype), "real numbers"))
@@ -105,6 +112,14 @@ class Policy:
         batch = batch.astype(np.float32, copy=False)
         if not np.isfinite(batch).all():
             raise ConfigError(describe("obs", "values", "non-finite (NaN or inf)", "finite numbers"))
+        if self.categorical:
+            probs = self.session.run(None, {"obs": batch})[0].astype(np.float64)
+            if self.deterministic:
+                action = probs.argmax(1)
+            else:
+                u = self.rng.random((len(probs), 1))
+                action = np.minimum((np.cumsum(probs, 1) < u).sum(1), probs.shape[1] - 1)
+            return action[0] if single else action
         if not self.context:
             action = self.session.run(None, {"obs": batch})[0]
             return action[0] if single else action

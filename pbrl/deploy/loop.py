@@ -70,6 +70,9 @@ class ControlLoop:
             raise ConfigError(describe("--rate", "rate", rate_hz, "a finite number of Hz > 0"))
         if safe_action not in SAFE_ACTIONS:
             raise ConfigError(describe("--safe-action", "safe action", repr(safe_action), f"one of {list(SAFE_ACTIONS)}"))
+        if getattr(policy, "low", None) is None:
+            raise ConfigError(describe("EXPORT_DIR", "policy", "a discrete (Overcooked) policy", "a continuous-action "
+                                       "policy for the control loop (call Policy.act in the game's own loop)"))
         self.policy, self.env, self.period = policy, env, 1.0 / float(rate_hz)
         self.rate_hz, self.safe_action, self.max_steps = float(rate_hz), safe_action, max_steps
         self.low = np.asarray(policy.low, dtype=np.float32)

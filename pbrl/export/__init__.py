@@ -7,7 +7,9 @@ included: it is a buffer inside the network), clipped to the action bounds. MLP 
 IQL family's actor) export as ``obs [N, do] -> action [N, da]``; a transformer policy as its window, ``(obs [N, K, do],
 act [N, K, da], timestep [N, K], mask [N, K]) -> (action [N, da], raw [N, da])``, whose state (the last ``K`` steps)
 ``pbrl.deploy`` keeps as the evaluation's ``HistoryActor`` does (``raw``, the unclipped action, goes back into the
-window, as there). A diffusion policy (its sampling loop) is refused in one line.
+window, as there). A diffusion policy (its sampling loop) is refused in one line. The SB3 actor-critic policies of the
+Overcooked commands (PPO, the hybrid agent, the BC human model) export as ``obs [N, do] -> probs [N, n_actions]``
+(:func:`export_sb3_policy`); the runtime samples from the probabilities as ``PolicyPartner`` does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from torch import Tensor, nn
 from pbrl.errors import ConfigError, describe
 from pbrl.io import write_folder
 
-__all__ = ["FORMATS", "BoundedAction", "BoundedWindowAction", "export_policy", "policy_kind"]
+__all__ = ["FORMATS", "BoundedAction", "BoundedWindowAction", "CategoricalProbs", "export_policy", "export_sb3_policy",
+           "policy_kind"]
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -57,6 +60,19 @@ class BoundedWindowAction(nn.Module):
     def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         raw = self.policy(obs, act, timestep, mask)
         return torch.maximum(torch.minimum(raw, self.high), self.low), raw
+
+
+class CategoricalProbs(nn.Module):
+    """An SB3 actor-critic policy's action probabilities: features -> actor latent -> action logits -> softmax."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: Tensor) -> Tensor:
+        p = self.policy
+        features = p.features_extractor(obs) if p.share_features_extractor else p.pi_features_extractor(obs)
+        return torch.softmax(p.action_net(p.mlp_extractor.forward_actor(features)), dim=-1)
 
 
 def policy_kind(agent: nn.Module) -> str:
@@ -129,6 +145,37 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
             blobs[FILES["torchscript"]] = _torchscript_bytes(module, example)
     meta = {**(metadata or {}), "kind": kind, "obs_dim": int(obs_dim), "act_dim": act_dim,
             "action_low": [float(x) for x in act_low], "action_high": [float(x) for x in act_high], **io_shapes,
+            "onnx_opset": OPSET if "onnx" in formats else None,
+            "model_sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}}
+
+    def write(tmp: Path) -> None:
+        for name, blob in blobs.items():
+            (tmp / name).write_bytes(blob)
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    return write_folder(out, write)
+
+
+def export_sb3_policy(policy: nn.Module, out: str | Path, *, formats: tuple[str, ...] = FORMATS,
+                      metadata: dict[str, Any] | None = None) -> Path:
+    """An SB3 ``ActorCriticPolicy`` over a discrete action space (the Overcooked runs' ``model.zip`` / ``policy.pt``) as
+    ``obs [N, do] -> probs [N, n_actions]``, written as :func:`export_policy` writes."""
+    out = Path(out)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(describe("--format", "format", unknown or "none", f"one or more of {list(FORMATS)}"))
+    if out.exists():
+        raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
+                                   "overwritten: remove it, or choose another)"))
+    obs_dim, n_actions = int(policy.observation_space.shape[0]), int(policy.action_space.n)
+    module = CategoricalProbs(policy).eval()
+    example = (torch.zeros(1, obs_dim),)
+    with torch.no_grad():
+        blobs = {FILES["onnx"]: _onnx_bytes(module, example, ["obs"], ["probs"])} if "onnx" in formats else {}
+        if "torchscript" in formats:
+            blobs[FILES["torchscript"]] = _torchscript_bytes(module, example)
+    meta = {**(metadata or {}), "kind": "categorical", "obs_dim": obs_dim, "n_actions": n_actions,
+            "inputs": {"obs": ["batch", obs_dim]}, "outputs": {"probs": ["batch", n_actions]},
             "onnx_opset": OPSET if "onnx" in formats else None,
             "model_sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}}
 
