@@ -83,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if (Path(args.run_dir) / "metadata.json").is_file():  # an export (`pbrl export`): through the runtime
         return eval_export(args)
     from pbrl.envs.evaluate import evaluate
-    from pbrl.train.trainer import actor_policy, load_run, write_json
+    from pbrl.train.trainer import actor_policy, load_run
 
     cfg, agent, data = load_run(args.run_dir, args.device)
     device = next(agent.parameters()).device
@@ -96,8 +96,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"agent": cfg.agent, "dataset": data.name, **{k: v for k, v in result.items() if k != "seed"},
               "seed": cfg.train.seed, "eval_seed": args.seed, "checkpoint": checkpoint}
     # the run's own eval.json stays as training wrote it; each evaluation setting gets its own file
+    return write_evaluation(args, f"step{step}", result)
+
+
+def write_evaluation(args: argparse.Namespace, what: str, result: dict) -> int:
+    """``DIR/eval-WHAT[-ENV]-Nep-seedS.json`` (one file per evaluation setting), and the result on stdout."""
+    from pbrl.train.trainer import write_json
+
     env_tag = f"-{args.env}" if args.env else ""
-    out = Path(args.run_dir) / f"eval-step{step}{env_tag}-{args.episodes}ep-seed{args.seed}.json"
+    out = Path(args.run_dir) / f"eval-{what}{env_tag}-{args.episodes}ep-seed{args.seed}.json"
     write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "returns"}, indent=2))
     print(f"wrote {out}")
@@ -110,7 +117,6 @@ def eval_export(args: argparse.Namespace) -> int:
     from pbrl.deploy import Policy
     from pbrl.envs.evaluate import evaluate
     from pbrl.errors import ConfigError, describe
-    from pbrl.train.trainer import write_json
 
     policy = Policy.load(args.run_dir)
     env = args.env or policy.metadata.get("env")
@@ -124,12 +130,7 @@ def eval_export(args: argparse.Namespace) -> int:
     result = {"agent": meta.get("agent"), "dataset": meta.get("dataset"), "export": str(args.run_dir),
               **{k: v for k, v in result.items() if k != "seed"}, "eval_seed": args.seed,
               "checkpoint": meta.get("checkpoint"), "runtime": "onnxruntime"}
-    env_tag = f"-{args.env}" if args.env else ""
-    out = Path(args.run_dir) / f"eval-export{env_tag}-{args.episodes}ep-seed{args.seed}.json"
-    write_json(out, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "returns"}, indent=2))
-    print(f"wrote {out}")
-    return 0
+    return write_evaluation(args, "export", result)
 
 
 def report_file(option: str, path: str, suffixes: tuple[str, ...]) -> Path:

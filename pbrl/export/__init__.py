@@ -75,6 +75,28 @@ class CategoricalProbs(nn.Module):
         return torch.softmax(p.action_net(p.mlp_extractor.forward_actor(features)), dim=-1)
 
 
+def _check_request(out: Path, formats: tuple[str, ...]) -> None:
+    """Refuse unknown formats and an existing ``out`` (an export is never overwritten), before any work."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(describe("--format", "format", unknown or "none", f"one or more of {list(FORMATS)}"))
+    if out.exists():
+        raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
+                                   "overwritten: remove it, or choose another)"))
+
+
+def _write_export(out: Path, blobs: dict[str, bytes], meta: dict[str, Any]) -> Path:
+    """``out/`` with the model files and ``metadata.json`` (each file's sha256 added), whole or not at all."""
+    meta = {**meta, "model_sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}}
+
+    def write(tmp: Path) -> None:
+        for name, blob in blobs.items():
+            (tmp / name).write_bytes(blob)
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    return write_folder(out, write)
+
+
 def policy_kind(agent: nn.Module) -> str:
     """``mlp``, ``transformer`` (a history policy) or ``diffusion`` (an action-chunk policy)."""
     policy = getattr(agent, "policy", None)
@@ -114,12 +136,7 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
     if kind == "diffusion":
         raise ConfigError(describe("RUN_DIR", "policy", "a diffusion policy", "an MLP or transformer policy (this "
                                    "version of `pbrl export` does not yet unroll a diffusion sampler)"))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ConfigError(describe("--format", "format", unknown or "none", f"one or more of {list(FORMATS)}"))
-    if out.exists():
-        raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
-                                   "overwritten: remove it, or choose another)"))
+    _check_request(out, formats)
     device = next(agent.parameters()).device
     low, high, act_dim = act_low.to(device), act_high.to(device), int(act_low.numel())
     io_shapes: dict[str, Any] = {}
@@ -145,15 +162,9 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
             blobs[FILES["torchscript"]] = _torchscript_bytes(module, example)
     meta = {**(metadata or {}), "kind": kind, "obs_dim": int(obs_dim), "act_dim": act_dim,
             "action_low": [float(x) for x in act_low], "action_high": [float(x) for x in act_high], **io_shapes,
-            "onnx_opset": OPSET if "onnx" in formats else None,
-            "model_sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}}
+            "onnx_opset": OPSET if "onnx" in formats else None}
 
-    def write(tmp: Path) -> None:
-        for name, blob in blobs.items():
-            (tmp / name).write_bytes(blob)
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-    return write_folder(out, write)
+    return _write_export(out, blobs, meta)
 
 
 def export_sb3_policy(policy: nn.Module, out: str | Path, *, formats: tuple[str, ...] = FORMATS,
@@ -161,12 +172,7 @@ def export_sb3_policy(policy: nn.Module, out: str | Path, *, formats: tuple[str,
     """An SB3 ``ActorCriticPolicy`` over a discrete action space (the Overcooked runs' ``model.zip`` / ``policy.pt``) as
     ``obs [N, do] -> probs [N, n_actions]``, written as :func:`export_policy` writes."""
     out = Path(out)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ConfigError(describe("--format", "format", unknown or "none", f"one or more of {list(FORMATS)}"))
-    if out.exists():
-        raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
-                                   "overwritten: remove it, or choose another)"))
+    _check_request(out, formats)
     obs_dim, n_actions = int(policy.observation_space.shape[0]), int(policy.action_space.n)
     module = CategoricalProbs(policy).eval()
     example = (torch.zeros(1, obs_dim),)
@@ -176,12 +182,6 @@ def export_sb3_policy(policy: nn.Module, out: str | Path, *, formats: tuple[str,
             blobs[FILES["torchscript"]] = _torchscript_bytes(module, example)
     meta = {**(metadata or {}), "kind": "categorical", "obs_dim": obs_dim, "n_actions": n_actions,
             "inputs": {"obs": ["batch", obs_dim]}, "outputs": {"probs": ["batch", n_actions]},
-            "onnx_opset": OPSET if "onnx" in formats else None,
-            "model_sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}}
+            "onnx_opset": OPSET if "onnx" in formats else None}
 
-    def write(tmp: Path) -> None:
-        for name, blob in blobs.items():
-            (tmp / name).write_bytes(blob)
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-    return write_folder(out, write)
+    return _write_export(out, blobs, meta)
