@@ -116,12 +116,24 @@ def test_the_runtime_imports_and_acts_without_torch(exported):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
-def test_the_readme_robot_loop_runs(exported):
-    """The README's robot-loop example, as printed there, on this export."""
+def test_the_readme_robot_loop_runs(exported, monkeypatch):
+    """The README's robot-loop example, as printed there, on this export: it loads this export, asks the policy for
+    an action at every one of its 1,000 steps, and sends the simulator finite actions within the bounds."""
+    from pbrl.deploy import Policy
+
+    sent: list[np.ndarray] = []
+    act = Policy.act
+    monkeypatch.setattr(Policy, "act", lambda self, obs: sent.append(act(self, obs)) or sent[-1])
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- robot-loop -->")[1].split("<!-- /robot-loop -->")[0]
     code = block.split("```python")[1].split("```")[0].replace('"exports/cpl"', repr(str(exported["export"])))
-    exec(compile(code, "README.md (robot loop)", "exec"), {})
+    namespace: dict = {}
+    exec(compile(code, "README.md (robot loop)", "exec"), namespace)
+    assert namespace["policy"].path == exported["export"]
+    assert len(sent) == 1000 and all(a.shape == (3,) and np.isfinite(a).all() for a in sent)
+    actions = np.stack(sent)
+    assert actions.min() >= -1 and actions.max() <= 1 and np.ptp(actions, axis=0).min() > 0  # they follow the state
+    assert namespace["observation"].shape == (11,)
 
 
 def test_deploy_runs_the_loop_and_writes_its_log_and_report(exported, tmp_path):

@@ -16,17 +16,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     import pbrl
     from pbrl.envs.registry import get_env_spec, make_env
-    from pbrl.export import FORMATS, export_policy
+    from pbrl.export import FORMATS, check_request, export_policy
     from pbrl.train.bench import config_hash
     from pbrl.train.trainer import load_run
 
     formats = FORMATS if args.format == "both" else (args.format,)
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
-    if out.exists():  # before the run is loaded: an export is never overwritten
-        from pbrl.errors import ConfigError, describe
-
-        raise ConfigError(describe("--out", "folder", f"{out}, which exists", "a new folder (exports are never "
-                                   "overwritten: remove it, or choose another)"))
+    check_request(out, formats)  # before the run is loaded: an export is never overwritten
     run = Path(args.run_dir)
     if (run / "model.zip").is_file() or (run / "policy.pt").is_file():  # an Overcooked run (SB3)
         return export_overcooked(run, out, formats)

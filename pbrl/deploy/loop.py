@@ -120,10 +120,11 @@ class ControlLoop:
                         except InferenceLate:
                             pass
                     sent_at = time.perf_counter()
+                    safe = not fresh or not np.isfinite(action).all()
                     if not fresh:
                         missed += 1
                         action = self._safe(last)
-                    elif not np.isfinite(action).all():
+                    elif safe:
                         nonfinite += 1
                         action = self._safe(last)
                     else:
@@ -138,7 +139,7 @@ class ControlLoop:
                             "episode": episode, "step": step, "tick": round(tick - start, 6),
                             "action_sent": round(sent_at - start, 6),
                             "inference_done": None if finished is None else round(finished - start, 6),
-                            "missed": not fresh, "safe": not fresh or not np.isfinite(action).all(),
+                            "missed": not fresh, "safe": safe,
                             "action": [float(a) for a in action], "reward": float(reward)}) + "\n")
                     last, step, steps = np.asarray(action, dtype=np.float32), step + 1, steps + 1
                     next_tick = deadline

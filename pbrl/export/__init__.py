@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from pbrl.errors import ConfigError, describe
 from pbrl.io import write_folder
 
-__all__ = ["FORMATS", "BoundedAction", "BoundedWindowAction", "CategoricalProbs", "export_policy", "export_sb3_policy",
-           "policy_kind"]
+__all__ = ["FORMATS", "BoundedAction", "BoundedWindowAction", "CategoricalProbs", "check_request", "export_policy",
+           "export_sb3_policy", "policy_kind"]
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -75,7 +75,7 @@ class CategoricalProbs(nn.Module):
         return torch.softmax(p.action_net(p.mlp_extractor.forward_actor(features)), dim=-1)
 
 
-def _check_request(out: Path, formats: tuple[str, ...]) -> None:
+def check_request(out: Path, formats: tuple[str, ...]) -> None:
     """Refuse unknown formats and an existing ``out`` (an export is never overwritten), before any work."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -136,7 +136,7 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
     if kind == "diffusion":
         raise ConfigError(describe("RUN_DIR", "policy", "a diffusion policy", "an MLP or transformer policy (this "
                                    "version of `pbrl export` does not yet unroll a diffusion sampler)"))
-    _check_request(out, formats)
+    check_request(out, formats)
     device = next(agent.parameters()).device
     low, high, act_dim = act_low.to(device), act_high.to(device), int(act_low.numel())
     io_shapes: dict[str, Any] = {}
@@ -172,7 +172,7 @@ def export_sb3_policy(policy: nn.Module, out: str | Path, *, formats: tuple[str,
     """An SB3 ``ActorCriticPolicy`` over a discrete action space (the Overcooked runs' ``model.zip`` / ``policy.pt``) as
     ``obs [N, do] -> probs [N, n_actions]``, written as :func:`export_policy` writes."""
     out = Path(out)
-    _check_request(out, formats)
+    check_request(out, formats)
     obs_dim, n_actions = int(policy.observation_space.shape[0]), int(policy.action_space.n)
     module = CategoricalProbs(policy).eval()
     example = (torch.zeros(1, obs_dim),)
