@@ -270,8 +270,9 @@ def test_ddim_recovers_both_modes_a_gaussian_cannot(learned, learning_seed):
 def test_chunk_actor_runs_n_action_steps_per_chunk_and_resets_one_env():
     calls = []
 
-    def sample(obs, generator):
+    def sample(obs, noise):
         calls.append(obs.shape[0])
+        assert noise.shape == (obs.shape[0], 4, 1)
         return torch.arange(4.0).view(1, 4, 1).expand(obs.shape[0], 4, 1) + 100 * len(calls)
 
     actor = ChunkActor(sample, 2, 3, 1, n_obs=2, horizon=4, n_action=2)

@@ -1,4 +1,4 @@
-"""`pbrl export` and the torch-free runtime `pbrl.deploy` (issue 33, first part: MLP policies): the exported graph
+"""`pbrl export` and the torch-free runtime `pbrl.deploy` (issue 33: MLP, transformer, diffusion and Overcooked SB3 policies): the exported graph
 acts as the trained agent does, the runtime refuses what it cannot trust, and it imports without torch."""
 
 from __future__ import annotations
@@ -199,10 +199,31 @@ def test_eval_of_the_export_gives_the_runs_returns_on_the_same_seeds(exported):
     np.testing.assert_allclose(ours["returns"], run["returns"], rtol=0.02)
 
 
+def side_by_side(actor, policy, *, episodes: int, max_steps: int) -> tuple[float, int, np.ndarray]:
+    """Hopper episodes (seeds 0, 1, ...) driven by the evaluation actor, the runtime ``policy`` asked at every step
+    too, both reset at each episode's start: (the largest action difference, steps, the last observation)."""
+    import gymnasium as gym
+
+    env = gym.make("Hopper-v5")
+    worst, steps = 0.0, 0
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=episode)
+        policy.reset()
+        actor.reset(np.ones(1, dtype=bool))
+        for _ in range(max_steps):
+            expected = np.clip(actor(obs[None].astype(np.float32))[0], -1, 1)
+            action = policy.act(obs)
+            worst, steps = max(worst, float(np.abs(action - expected).max())), steps + 1
+            obs, _, terminated, truncated, _ = env.step(expected)
+            if terminated or truncated:
+                break
+    env.close()
+    return worst, steps, obs
+
+
 def test_a_transformer_policy_exports_with_its_window_and_acts_as_the_history_actor(tmp_path):
     """A transformer BC run (context 8): through whole Hopper episodes, the runtime's own window (pbrl.deploy)
     gives the evaluation's HistoryActor's actions within 1e-5 at every step, across a reset."""
-    import gymnasium as gym
 
     from pbrl.deploy import Policy
     from pbrl.train.trainer import actor_policy, load_run
@@ -218,19 +239,7 @@ def test_a_transformer_policy_exports_with_its_window_and_acts_as_the_history_ac
     actor = actor_policy(agent, 1, torch.device("cpu"))
     policy = Policy.load(tmp_path / "exp")
     assert policy.context == 8
-    env = gym.make("Hopper-v5")
-    worst, steps = 0.0, 0
-    for episode in range(2):
-        obs, _ = env.reset(seed=episode)
-        policy.reset()
-        actor.reset(np.ones(1, dtype=bool))
-        for _ in range(40):
-            expected = np.clip(actor(obs[None].astype(np.float32))[0], -1, 1)
-            action = policy.act(obs)
-            worst, steps = max(worst, float(np.abs(action - expected).max())), steps + 1
-            obs, _, terminated, truncated, _ = env.step(expected)
-            if terminated or truncated:
-                break
+    worst, steps, _ = side_by_side(actor, policy, episodes=2, max_steps=40)
     assert steps > 16 and worst <= 1e-5
 
 
@@ -255,3 +264,103 @@ def test_an_overcooked_ppo_policy_exports_and_samples_as_the_partner_does(tmp_pa
     assert np.array_equal(policy.act(obs), partner(obs))
     meta = json.loads((tmp_path / "exp" / "metadata.json").read_text())
     assert meta["kind"] == "categorical" and meta["n_actions"] == 6 and meta["layout"] == "cramped_room"
+
+
+def diffusion_agent(*overrides: str):
+    """A BC agent with a small diffusion policy (horizon 8, 10 DDIM steps) at its initial weights: the exported
+    graph's equality does not depend on what the weights learned."""
+    from pbrl.data.registry import load_dataset
+    from pbrl.train.config import build_config
+    from pbrl.train.trainer import build_agent
+
+    torch.manual_seed(0)
+    cfg = build_config("bc", SHIPPED, scale="cpu", steps=1, overrides=[
+        "agent.backbone=diffusion", "agent.horizon=8", "agent.n_action=4", "train.eval_episodes=0", *overrides])
+    return build_agent(cfg, load_dataset(SHIPPED, preferences=False)).eval()
+
+
+def float64_chunks(policy, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """The same DDIM chain in float64: the yardstick of float32's own rounding."""
+    import copy
+
+    import pbrl.nets.diffusion as nets
+
+    embed = nets.timestep_embedding
+    policy64 = copy.deepcopy(policy).double()
+    try:  # the step embedding is built in float32 on purpose; here it follows the float64 chain
+        nets.timestep_embedding = lambda k, dim: embed(k, dim).double()
+        with torch.no_grad():
+            return policy64.sample(torch.as_tensor(obs).double(), noise=torch.as_tensor(noise).double()).numpy()
+    finally:
+        nets.timestep_embedding = embed
+
+
+def test_a_diffusion_policy_exports_its_whole_sampler_with_the_noise_as_input(tmp_path):
+    """The EMA policy's DDIM loop in one graph, ``(obs, noise) -> chunk``, over 1,000 observations with the same noise.
+    v-prediction (the U-Net denoiser, 4 DDIM steps: its unrolled export takes seconds a step): ONNX Runtime and TorchScript within 1e-5 of PyTorch. ε-prediction: the first DDIM step divides
+    by √ᾱ of the last training step (cosine schedule: √2.4e-7 ≈ 5e-4), so float32 rounding (the denoiser's outputs
+    agree within 1e-5) grows ~2,000× in any float32 runtime, PyTorch's own included: there (the MLP denoiser) the
+    ONNX export is held to PyTorch's own float32 error against the float64 chain, and TorchScript (the same kernels)
+    to 1e-5."""
+    import onnxruntime as ort
+
+    from pbrl.export import export_policy
+
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((1000, 2, 11)).astype(np.float32)
+    noise = rng.standard_normal((1000, 8, 3)).astype(np.float32)
+    for prediction, denoiser in (("v", ["agent.denoiser=unet1d", "agent.channels=[16, 32]", "agent.sample_steps=4"]),
+                                 ("epsilon", ["agent.hidden_layers=[64, 64]"])):
+        agent = diffusion_agent(f"agent.prediction={prediction}", *denoiser)
+        out = export_policy(agent, tmp_path / prediction, obs_dim=11, act_low=-torch.ones(3), act_high=torch.ones(3),
+                            metadata={"env": "hopper"})
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["kind"] == "diffusion" and meta["acting_module"] == "ema" and meta["n_action"] == 4
+        assert (meta["n_obs"], meta["horizon"], meta["sample_steps"]) == (2, 8, 4 if prediction == "v" else 10)
+        with torch.no_grad():
+            expected = agent.ema.sample(torch.as_tensor(obs), noise=torch.as_tensor(noise)).clamp(-1, 1).numpy()
+            scripted = torch.jit.load(str(out / "policy.pt"))(torch.as_tensor(obs), torch.as_tensor(noise)).numpy()
+        session = ort.InferenceSession(str(out / "policy.onnx"), providers=["CPUExecutionProvider"])
+        onnx = session.run(None, {"obs": obs, "noise": noise})[0]
+        if prediction == "v":
+            assert np.abs(onnx - expected).max() <= 1e-5 and np.abs(scripted - expected).max() <= 1e-5
+        else:
+            reference = float64_chunks(agent.ema, obs, noise)
+            torch_error = np.abs(expected - reference).max()
+            assert np.abs(onnx - reference).max() <= 2 * torch_error + 1e-6
+            assert np.abs(scripted - expected).max() <= 1e-5
+
+
+def test_a_diffusion_run_exports_and_acts_as_the_chunk_actor_on_the_same_seed(tmp_path):
+    """A diffusion BC run (horizon 8, 4 actions per chunk): through whole Hopper episodes the runtime's own ring, queue
+    and seeded noise streams give the evaluation's ChunkActor's actions within 1e-5 at every step, across a reset;
+    `pbrl eval EXPORT_DIR` gives the run's returns on the same seeds; bad noise is refused before any state changes."""
+
+    from pbrl.deploy import Policy
+    from pbrl.envs.evaluate import evaluate
+    from pbrl.errors import PbrlError
+    from pbrl.train.trainer import actor_policy, load_run
+
+    run = tmp_path / "diffusion"
+    r = run_cli("train", "--agent", "bc", "--dataset", SHIPPED, "--steps", "10", "--out", str(run), "--scale", "cpu",
+                "--set", "train.eval_episodes=0", "--set", "agent.backbone=diffusion", "--set", "agent.prediction=v",
+                "--set", "agent.hidden_layers=[64, 64]", "--set", "train.batch_size=8", "--set", "agent.horizon=8",
+                "--set", "agent.n_action=4", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", str(run), "--out", str(tmp_path / "exp"), "--format", "onnx")
+    assert r.returncode == 0, r.stderr
+    _, agent, _ = load_run(run, "cpu")
+    actor = actor_policy(agent, 1, torch.device("cpu"), seed=7)
+    policy = Policy.load(tmp_path / "exp", seed=7)
+    worst, steps, obs = side_by_side(actor, policy, episodes=2, max_steps=30)
+    assert steps > 12 and worst <= 1e-5
+    with pytest.raises(PbrlError, match=r"noise: array: got shape \(8, 2\)"):
+        policy.act(obs, noise=np.zeros((8, 2)))
+    policy.reset()
+    chunk = policy.act(obs, noise=np.zeros((8, 3)))  # the caller's noise: the chunk from zero noise, deterministic
+    assert np.array_equal(chunk, Policy.load(tmp_path / "exp", seed=99).act(obs, noise=np.zeros((1, 8, 3))))
+    r = run_cli("eval", str(tmp_path / "exp"), "--episodes", "2")
+    assert r.returncode == 0, r.stderr
+    ours = json.loads((tmp_path / "exp" / "eval-export-2ep-seed100000.json").read_text())
+    theirs = evaluate(actor_policy(agent, 2, torch.device("cpu"), 100_000), "hopper", episodes=2, seed=100_000)
+    np.testing.assert_allclose(ours["returns"], theirs["returns"], rtol=0.02)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pbrl.deploy.noise import ChunkNoise
+
 
 class Actor:
     def __init__(self, num_envs: int, *, seed: int = 0, device: torch.device | str = "cpu"):
@@ -80,14 +82,17 @@ class HistoryActor(Actor):
         return action
 
 
-ChunkSampler = Callable[[Tensor, torch.Generator], Tensor]
+ChunkSampler = Callable[[Tensor, Tensor], Tensor]
 
 
 class ChunkActor(Actor):
     """Receding-horizon execution of an action-chunk policy (Diffusion Policy): keeps each environment's last
-    ``n_obs`` observations, samples a chunk ``sample(obs [M, n_obs, do], generator) -> [M, H, da]`` for the
+    ``n_obs`` observations, samples a chunk ``sample(obs [M, n_obs, do], noise [M, H, da]) -> [M, H, da]`` for the
     environments whose queue is spent, and executes its first ``n_action`` actions before sampling again. A new
     episode's history is its first observation repeated. ``reset`` clears only the masked environments.
+
+    The noise comes from :class:`pbrl.deploy.noise.ChunkNoise`, one numpy stream per (seed, environment), which the
+    exported policy's runtime draws from too: an export evaluates as its run does on the same seed.
 
     Between chunks a call costs one copy of the observation and a Python index into the chunk: positions and
     pending resets live on the host (no device synchronisation), and the queue is replaced, never written in place,
@@ -104,6 +109,7 @@ class ChunkActor(Actor):
         self.actions = self.queue.unbind(1)
         self.pos = [n_action] * num_envs  # next action's index in each queue; n_action: spent, sample first
         self.fresh = set(range(num_envs))  # environments whose history restarts at the next observation
+        self.noise = ChunkNoise(seed, (horizon, act_dim))
 
     @property
     def obs(self) -> Tensor:
@@ -126,7 +132,8 @@ class ChunkActor(Actor):
     def _sample(self, need: list[int]) -> None:
         with torch.no_grad():
             rows = torch.tensor(need, device=self.device)
-            chunk = self.sample(self.obs[rows], self.generator).to(self.queue.dtype)
+            noise = torch.from_numpy(self.noise.draw(need)).to(self.device, self.queue.dtype)
+            chunk = self.sample(self.obs[rows], noise).to(self.queue.dtype)
         if len(need) == self.num_envs:
             self.queue = chunk
         else:

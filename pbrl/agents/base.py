@@ -79,8 +79,9 @@ def build_policy(cfg: PolicyConfig, spec: DataSpec) -> nn.Module:
         return DiffusionPolicy(spec.obs_dim, spec.act_dim, horizon=cfg.horizon or 16, n_obs=cfg.n_obs or 2,
                                denoiser=cfg.denoiser or "mlp", prediction=cfg.prediction or "epsilon",
                                train_steps=cfg.diffusion_steps or 100, sample_steps=cfg.sample_steps or 10,
-                               hidden_layers=cfg.hidden_layers, obs_mean=spec.obs_mean, obs_std=spec.obs_std,
-                               act_low=spec.act_low, act_high=spec.act_high)
+                               hidden_layers=cfg.hidden_layers, channels=tuple(cfg.channels or (64, 128)),
+                               obs_mean=spec.obs_mean, obs_std=spec.obs_std, act_low=spec.act_low,
+                               act_high=spec.act_high)
     if getattr(cfg, "backbone", None) == "transformer":
         return TransformerPolicy(spec.obs_dim, spec.act_dim, head=cfg.policy, dim=cfg.seq_dim or 128,
                                  layers=cfg.seq_layers or 2, heads=cfg.seq_heads or 4, context=cfg.context or 64,
@@ -156,6 +157,12 @@ class Agent(nn.Module):
         """Deterministic action for a batch of observations ``[N, obs_dim] -> [N, act_dim]`` (an MLP policy)."""
         return self.policy(obs)
 
+    def chunk_acting(self) -> tuple[nn.Module, int]:
+        """An action-chunk policy's acting module (the EMA copy where the agent keeps one) and how many of each
+        chunk's actions run before the next is sampled (``n_action``, default min(8, horizon))."""
+        policy = self.policy
+        return getattr(self, "ema", policy), getattr(self.cfg, "n_action", None) or min(8, policy.horizon)
+
     def actor(self, num_envs: int, seed: int = 0) -> Actor:
         """The evaluation actor for ``num_envs`` environments (its own generator, seeded with ``seed``): a sequence
         policy gets a :class:`HistoryActor` holding each environment's last ``context`` steps."""
@@ -165,9 +172,8 @@ class Agent(nn.Module):
             return HistoryActor(policy, num_envs, self.spec.obs_dim, self.spec.act_dim, policy.context, seed=seed,
                                 device=device)
         if getattr(policy, "is_chunked", False):
-            acting = getattr(self, "ema", policy)
-            n_action = getattr(self.cfg, "n_action", None) or min(8, policy.horizon)
-            return ChunkActor(lambda obs, gen: acting.sample(obs, generator=gen), num_envs, self.spec.obs_dim,
+            acting, n_action = self.chunk_acting()
+            return ChunkActor(lambda obs, noise: acting.sample(obs, noise=noise), num_envs, self.spec.obs_dim,
                               self.spec.act_dim, n_obs=policy.n_obs, horizon=policy.horizon, n_action=n_action,
                               seed=seed, device=device)
         return PolicyActor(self.act, num_envs, seed=seed, device=device)

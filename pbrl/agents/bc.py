@@ -30,6 +30,7 @@ class BCConfig(PolicyConfig):
     n_obs: int | None = param(None, ge=1, le=64)           # diffusion: observations of history (2)
     n_action: int | None = param(None, ge=1, le=1024)      # diffusion: actions run per chunk before resampling (8, at most the horizon)
     denoiser: str | None = param(None, choices=DENOISERS)  # diffusion: mlp (None) | unet1d
+    channels: list[int] | None = param(None, ge=8, le=8192)  # diffusion unet1d: widths per level ([64, 128]), multiples of 8
     prediction: str | None = param(None, choices=PREDICTIONS)  # diffusion: epsilon (None) | v
     diffusion_steps: int | None = param(None, ge=2, le=10_000)  # diffusion: DDPM training steps (100)
     sample_steps: int | None = param(None, ge=1, le=10_000)     # diffusion: DDIM steps at sampling (10)
@@ -40,8 +41,11 @@ class BCConfig(PolicyConfig):
             return "seq_heads", repr(self.seq_heads or 4), f"a divisor of seq_dim ({self.seq_dim or 128})"
         if self.n_action is not None and self.n_action > (self.horizon or 16):
             return "n_action", repr(self.n_action), f"at most the horizon ({self.horizon or 16})"
-        if self.backbone == "diffusion" and self.denoiser == "unet1d" and (self.horizon or 16) % 2:
-            return "horizon", repr(self.horizon), "an even chunk length for the unet1d denoiser"
+        levels = len(self.channels or (64, 128))
+        if self.backbone == "diffusion" and self.denoiser == "unet1d" and (self.horizon or 16) % 2 ** (levels - 1):
+            return "horizon", repr(self.horizon), f"a multiple of {2 ** (levels - 1)} for the unet1d denoiser"
+        if self.channels is not None and (not self.channels or any(c % 8 for c in self.channels)):
+            return "channels", repr(self.channels), "one or more widths, each a multiple of 8 (GroupNorm's 8 groups)"
         return super().check()
 
 

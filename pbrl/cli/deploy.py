@@ -66,7 +66,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
                         "metadata.json, for the torch-free runtime pbrl.deploy", formatter_class=FORMATTER,
                         epilog="example: pbrl export runs/cpl --out exports/cpl; then in Python: "
                         "pbrl.deploy.Policy.load('exports/cpl').act(obs)")
-    ex.add_argument("run_dir", help="a directory written by `pbrl train` (MLP or transformer policies) or by `pbrl "
+    ex.add_argument("run_dir", help="a directory written by `pbrl train` (MLP, transformer or diffusion policies) or by `pbrl "
                     "overcooked ppo|bc|hybrid`")
     ex.add_argument("--format", default="both", choices=("onnx", "torchscript", "both"))
     ex.add_argument("--out", default=None, metavar="DIR", help="the export folder, new (default: RUN_DIR/export)")

@@ -118,11 +118,13 @@ def eval_export(args: argparse.Namespace) -> int:
     from pbrl.envs.evaluate import evaluate
     from pbrl.errors import ConfigError, describe
 
-    policy = Policy.load(args.run_dir)
+    policy = Policy.load(args.run_dir, seed=args.seed)  # a diffusion policy's noise: the run's evaluation streams
     env = args.env or policy.metadata.get("env")
     if not env:
         raise ConfigError(describe("--env", "env", "none given and none in metadata.json", "an env preset to evaluate in"))
-    result = evaluate(lambda obs: policy.act(obs), env, episodes=args.episodes, seed=args.seed,
+    act = lambda obs: policy.act(obs)  # noqa: E731
+    act.reset = policy.reset  # type: ignore[attr-defined]  (a window or an action chunk restarts per episode)
+    result = evaluate(act, env, episodes=args.episodes, seed=args.seed,
                       dims=(policy.obs_dim, policy.act_dim),
                       video_dir=Path(args.run_dir) / "videos" if args.video else None, video_episodes=args.video,
                       video_size=args.video_size)

@@ -9,7 +9,8 @@ computer, in a ROS 2 node or a plain control loop.
 
 Every observation is checked (shape, a real dtype, finite values) with a one-line error; ONNX Runtime runs on one
 intra-op thread unless asked otherwise (a control loop wants a steady latency, not a shared pool). Of pbrl this
-imports only :mod:`pbrl.errors`.
+imports only :mod:`pbrl.errors` (and its own modules). A diffusion policy draws its initial noise from seeded numpy
+streams that the training-time evaluation draws from too (:mod:`pbrl.deploy.noise`), or takes it from the caller.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from pbrl.deploy.noise import ChunkNoise
 from pbrl.errors import ConfigError, DatasetError, describe
 
-__all__ = ["Policy"]
+__all__ = ["KINDS", "ChunkNoise", "Policy"]
+
+KINDS = ("mlp", "transformer", "diffusion", "categorical")  # what `pbrl export` writes (metadata.json's "kind")
 
 
 def _sha256(path: Path) -> str:
@@ -36,7 +40,8 @@ def _sha256(path: Path) -> str:
 
 class Policy:
     """An exported policy on ONNX Runtime. ``metadata`` is the export's ``metadata.json``. A transformer policy keeps
-    its window between calls: call :meth:`reset` at each episode's start, and pass the same batch size every step."""
+    its window between calls and a diffusion policy its observation ring and action chunk: call :meth:`reset` at
+    each episode's start, and pass the same batch size every step."""
 
     def __init__(self, session: Any, metadata: dict[str, Any], path: Path, *, seed: int = 0,
                  deterministic: bool = False):
@@ -51,11 +56,21 @@ class Policy:
         self.rng, self.deterministic = np.random.default_rng(seed), deterministic
         self.context = int(metadata.get("context") or 0)  # a transformer's window; 0: no state between steps
         self._window: dict[str, np.ndarray] | None = None
+        # an action-chunk (diffusion) policy: the last n_obs observations, the current chunk and the next action's
+        # index in it, per environment, kept as the evaluation's ChunkActor keeps them, and its noise streams
+        self.chunked = metadata["kind"] == "diffusion"
+        if self.chunked:
+            self.n_obs, self.horizon = int(metadata["n_obs"]), int(metadata["horizon"])
+            self.n_action = int(metadata["n_action"])
+            self.noise = ChunkNoise(seed, (self.horizon, self.act_dim))
+        self._chunks: dict[str, np.ndarray] | None = None
 
     @classmethod
     def load(cls, folder: str | Path, *, threads: int = 1, seed: int = 0, deterministic: bool = False) -> Policy:
         """The export in ``folder``: ``metadata.json`` and ``policy.onnx``, whose sha256 must be the one recorded.
-        ``seed`` / ``deterministic``: how a discrete (Overcooked) policy picks its action."""
+        ``seed``: the stream of a discrete (Overcooked) policy's choices and of a diffusion policy's noise (env i of a
+        batch draws from ``(seed, i)``, as the evaluation's ``ChunkActor`` does); ``deterministic``: a discrete
+        policy takes its most probable action."""
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -67,9 +82,9 @@ class Policy:
         try:
             metadata = json.loads(meta_path.read_text())
             expected = metadata["model_sha256"]["policy.onnx"]
-            if metadata.get("kind") not in ("mlp", "transformer", "categorical"):
+            if metadata.get("kind") not in KINDS:
                 raise ConfigError(describe(str(meta_path), "kind", repr(metadata.get("kind")),
-                                           "'mlp', 'transformer' or 'categorical'"))
+                                           f"one of {list(KINDS)}"))
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetError(describe(str(meta_path), "metadata", f"unreadable ({type(exc).__name__}: {exc})",
                                         "the metadata.json `pbrl export` wrote")) from None
@@ -84,9 +99,17 @@ class Policy:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
         return cls(session, metadata, folder, seed=seed, deterministic=deterministic)
 
-    def reset(self) -> None:
-        """Start an episode: a transformer's window is emptied (an MLP policy keeps no state between steps)."""
-        self._window = None
+    def reset(self, env_mask: Any = None) -> None:
+        """Start an episode, in every environment of the batch or where ``env_mask`` [N] is true: a transformer's
+        window is emptied; a diffusion policy's history restarts at the next observation and a new chunk is sampled
+        (its noise streams go on). An MLP policy keeps no state between steps."""
+        mask = slice(None) if env_mask is None else np.asarray(env_mask, dtype=bool)
+        if self._window is not None:
+            for name in ("obs", "act", "timestep", "mask", "t"):
+                self._window[name][mask] = 0
+        if self._chunks is not None:
+            self._chunks["pos"][mask] = self.n_action
+            self._chunks["fresh"][mask] = True
 
     def _window_for(self, n: int) -> dict[str, np.ndarray]:
         """Each environment's last ``context`` observations, actions, timesteps and mask, as the evaluation's
@@ -99,9 +122,11 @@ class Policy:
                             "t": np.zeros(n, np.int64)}
         return self._window
 
-    def act(self, obs: Any) -> np.ndarray:
+    def act(self, obs: Any, noise: Any = None) -> np.ndarray:
         """``obs [obs_dim]`` (or a batch ``[N, obs_dim]``) -> the action ``[act_dim]`` (``[N, act_dim]``), float32,
-        within the exported bounds; a discrete policy's action index (``[N]`` for a batch)."""
+        within the exported bounds; a discrete policy's action index (``[N]`` for a batch). ``noise`` (a diffusion
+        policy only): ``[horizon, act_dim]`` (``[N, horizon, act_dim]``), the initial noise of the chunks sampled at
+        this call, instead of the seeded streams'."""
         array = np.asarray(obs)
         if array.dtype.kind not in "fiu":
             raise ConfigError(describe("obs", "dtype", str(array.dtype), "real numbers"))
@@ -120,6 +145,9 @@ class Policy:
                 u = self.rng.random((len(probs), 1))
                 action = np.minimum((np.cumsum(probs, 1) < u).sum(1), probs.shape[1] - 1)
             return action[0] if single else action
+        if self.chunked:
+            action = self._act_chunked(batch, noise)
+            return action[0] if single else action
         if not self.context:
             action = self.session.run(None, {"obs": batch})[0]
             return action[0] if single else action
@@ -131,6 +159,36 @@ class Policy:
         w["act"][:, -1] = raw  # the policy's own action goes back into the window, as HistoryActor's does
         w["t"] = w["t"] + 1
         return action[0] if single else action
+
+    def _act_chunked(self, batch: np.ndarray, noise: Any) -> np.ndarray:
+        """Receding-horizon execution, as ``ChunkActor``: the ring of the last ``n_obs`` observations (a new
+        episode's first one repeated), a chunk sampled for each environment whose queue is spent, its next action."""
+        n, shape = len(batch), (self.horizon, self.act_dim)
+        if noise is not None:  # checked before any state changes
+            given = np.asarray(noise, dtype=np.float32)
+            if given.shape not in ((n, *shape), *((shape,) if n == 1 else ())) or not np.isfinite(given).all():
+                raise ConfigError(describe("noise", "array", f"shape {given.shape}" + (
+                    "" if np.isfinite(given).all() else " with non-finite values"),
+                    f"finite numbers of shape ({n}, {shape[0]}, {shape[1]})"))
+            noise = given.reshape(n, *shape)
+        c = self._chunks
+        if c is None or c["history"].shape[0] != n:
+            c = self._chunks = {"history": np.zeros((n, self.n_obs, self.obs_dim), np.float32),
+                                "queue": np.zeros((n, *shape), np.float32),
+                                "pos": np.full(n, self.n_action), "fresh": np.ones(n, bool)}
+        c["history"] = np.concatenate([c["history"][:, 1:], batch[:, None]], axis=1)
+        if c["fresh"].any():
+            c["history"][c["fresh"]] = batch[c["fresh"], None]
+            c["fresh"][:] = False
+        need = np.flatnonzero(c["pos"] >= self.n_action)
+        if need.size:
+            draw = self.noise.draw(need.tolist()) if noise is None else noise[need]
+            chunk = self.session.run(None, {"obs": c["history"][need], "noise": draw})[0]
+            c["queue"][need] = chunk
+            c["pos"][need] = 0
+        action = c["queue"][np.arange(n), c["pos"]]
+        c["pos"] += 1
+        return action
 
 
 from pbrl.deploy.loop import SAFE_ACTIONS, CadenceReport, ControlLoop  # noqa: E402  (the loop uses Policy's interface)

@@ -7,7 +7,10 @@ included: it is a buffer inside the network), clipped to the action bounds. MLP 
 IQL family's actor) export as ``obs [N, do] -> action [N, da]``; a transformer policy as its window, ``(obs [N, K, do],
 act [N, K, da], timestep [N, K], mask [N, K]) -> (action [N, da], raw [N, da])``, whose state (the last ``K`` steps)
 ``pbrl.deploy`` keeps as the evaluation's ``HistoryActor`` does (``raw``, the unclipped action, goes back into the
-window, as there). A diffusion policy (its sampling loop) is refused in one line. The SB3 actor-critic policies of the
+window, as there). A diffusion policy exports its acting module (the EMA copy) with its whole DDIM loop unrolled
+and the initial noise as an input, ``(obs [N, n_obs, do], noise [N, H, da]) -> chunk [N, H, da]``; the runtime keeps
+the observation ring and the action queue as ``ChunkActor`` does and draws the noise from the same seeded numpy
+streams (:mod:`pbrl.deploy.noise`). The SB3 actor-critic policies of the
 Overcooked commands (PPO, the hybrid agent, the BC human model) export as ``obs [N, do] -> probs [N, n_actions]``
 (:func:`export_sb3_policy`); the runtime samples from the probabilities as ``PolicyPartner`` does.
 """
@@ -27,7 +30,7 @@ from torch import Tensor, nn
 from pbrl.errors import ConfigError, describe
 from pbrl.io import write_folder
 
-__all__ = ["FORMATS", "BoundedAction", "BoundedWindowAction", "CategoricalProbs", "check_request", "export_policy",
+__all__ = ["FORMATS", "BoundedAction", "BoundedChunk", "BoundedWindowAction", "CategoricalProbs", "check_request", "export_policy",
            "export_sb3_policy", "policy_kind"]
 
 FORMATS = ("onnx", "torchscript")
@@ -60,6 +63,20 @@ class BoundedWindowAction(nn.Module):
     def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         raw = self.policy(obs, act, timestep, mask)
         return torch.maximum(torch.minimum(raw, self.high), self.low), raw
+
+
+class BoundedChunk(nn.Module):
+    """An action-chunk policy's sampler, unrolled: ``(obs [N, n_obs, do], noise [N, H, da]) -> chunk [N, H, da]``, the
+    fixed-length DDIM loop from the given noise, clipped to ``[low, high]``."""
+
+    def __init__(self, policy: nn.Module, low: Tensor, high: Tensor):
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("low", low.float())
+        self.register_buffer("high", high.float())
+
+    def forward(self, obs: Tensor, noise: Tensor) -> Tensor:
+        return torch.maximum(torch.minimum(self.policy(obs, noise), self.high), self.low)
 
 
 class CategoricalProbs(nn.Module):
@@ -120,7 +137,7 @@ def _torchscript_bytes(module: nn.Module, example: tuple[Tensor, ...]) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(module, example), buffer)
+        torch.jit.save(torch.jit.trace(module, example, check_trace=False), buffer)  # the tests compare outputs
     return buffer.getvalue()
 
 
@@ -133,9 +150,6 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
     env, checkpoint, config hash, ...) is stored beside the spaces and each model file's sha256."""
     out = Path(out)
     kind = policy_kind(agent)
-    if kind == "diffusion":
-        raise ConfigError(describe("RUN_DIR", "policy", "a diffusion policy", "an MLP or transformer policy (this "
-                                   "version of `pbrl export` does not yet unroll a diffusion sampler)"))
     check_request(out, formats)
     device = next(agent.parameters()).device
     low, high, act_dim = act_low.to(device), act_high.to(device), int(act_low.numel())
@@ -145,6 +159,19 @@ def export_policy(agent: nn.Module, out: str | Path, *, obs_dim: int, act_low: T
         example: tuple[Tensor, ...] = (torch.zeros(1, obs_dim, device=device),)
         inputs, outputs = ["obs"], ["action"]
         io_shapes = {"inputs": {"obs": ["batch", obs_dim]}, "outputs": {"action": ["batch", act_dim]}}
+    elif kind == "diffusion":
+        acting, n_action = agent.chunk_acting()
+        p = agent.policy
+        module = BoundedChunk(acting, low, high).eval()
+        example = (torch.zeros(1, p.n_obs, obs_dim, device=device), torch.zeros(1, p.horizon, act_dim, device=device))
+        inputs, outputs = ["obs", "noise"], ["chunk"]
+        io_shapes = {"n_obs": p.n_obs, "horizon": p.horizon, "n_action": int(n_action),
+                     "sample_steps": p.sample_steps, "prediction": p.prediction,
+                     "acting_module": "ema" if acting is not p else "policy",
+                     "noise": "standard normal, float32: numpy.random.default_rng([seed, env]).standard_normal("
+                              "[horizon, act_dim]) per chunk (pbrl.deploy.noise.ChunkNoise)",
+                     "inputs": {"obs": ["batch", p.n_obs, obs_dim], "noise": ["batch", p.horizon, act_dim]},
+                     "outputs": {"chunk": ["batch", p.horizon, act_dim]}}
     else:
         context = int(agent.policy.context)
         module = BoundedWindowAction(agent.policy, low, high).eval()

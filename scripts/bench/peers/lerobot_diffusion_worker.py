@@ -105,7 +105,7 @@ def main() -> None:
 
     ours.eval()
     theirs.eval()
-    actor = ChunkActor(lambda o, gen: ours.sample(o, generator=gen), 1, args.obs_dim, args.act_dim, n_obs=args.n_obs,
+    actor = ChunkActor(lambda o, noise: ours.sample(o, noise=noise), 1, args.obs_dim, args.act_dim, n_obs=args.n_obs,
                        horizon=args.horizon, n_action=args.n_action)
     actor.reset()
     theirs.reset()
