@@ -4,11 +4,13 @@ the evaluation actor; the loop's independence; exact resume for every agent; err
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pbrl.agents import AGENTS
 from pbrl.agents.actors import HistoryActor
@@ -383,3 +385,75 @@ def test_cpl_scores_a_tanh_gaussian_head_without_its_parameter_free_jacobian():
     expected = cpl_loss(reference[:, 0].float(), reference[:, 1].float(), torch.ones(4), alpha=0.1, gamma=1.0,
                         bias=0.5).mean()
     torch.testing.assert_close(agent.loss(batch, step=0).loss, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_censored_tanh_gaussian_scores_bound_actions_by_their_mass_beyond_the_bound():
+    """``agent.boundary=censored``: an action entry on the bound scores log P(tanh(u) beyond ±(1 − ε)) = log Φ(·),
+    an interior one its density, against scipy in float64; the MLP and transformer heads agree; a policy saturated
+    at the bound pays nearly nothing for bound actions, where the clamped density charges it several nats."""
+    from scipy import stats
+
+    from pbrl.nets.mlp import PolicyHead, TanhGaussianPolicy, tanh_gaussian_log_prob
+
+    torch.manual_seed(0)
+    policy = TanhGaussianPolicy(3, 2, hidden_layers=[16], boundary="censored").double()
+    obs = torch.randn(6, 5, 3, dtype=torch.float64)
+    act = (torch.rand(6, 5, 2, dtype=torch.float64) * 2 - 1)
+    act[:, :2, 0], act[:, 3, 1] = 1.0, -1.0
+    mu, log_std = (x.detach().numpy() for x in policy.distribution_params(obs))
+    a, eps = act.numpy(), policy.action_eps
+    c = np.arctanh(1 - eps)
+    u = np.arctanh(np.clip(a, -1 + eps, 1 - eps))
+    density = stats.norm.logpdf(u, mu, np.exp(log_std))
+    jacobian = np.log1p(-np.tanh(u) ** 2)
+    tail = np.where(a >= 1 - eps, stats.norm.logsf(c, mu, np.exp(log_std)), stats.norm.logcdf(-c, mu, np.exp(log_std)))
+    on_bound = np.abs(a) >= 1 - eps
+    expected_score = np.where(on_bound, tail, density).sum(-1)
+    expected = np.where(on_bound, tail, density - jacobian).sum(-1)
+    np.testing.assert_allclose(policy.score_log_prob(obs, act).detach().numpy(), expected_score, rtol=1e-10)
+    np.testing.assert_allclose(policy.log_prob(obs, act).detach().numpy(), expected, rtol=1e-10)
+    head = PolicyHead(4, 2, "tanh_gaussian", boundary="censored").double()
+    h = torch.randn(6, 5, 4, dtype=torch.float64)
+    loc, hls = head.params(h)
+    torch.testing.assert_close(head.score_log_prob(h, act),
+                               tanh_gaussian_log_prob(loc, hls, act, eps, "censored", jacobian=False))
+    # saturated at +1 (μ = 6, σ = 0.5): the censored score of a +1 action is ~0, the clamped density's ~ −10
+    mu_sat, ls_sat, one = torch.full((1, 1), 6.0), torch.full((1, 1), math.log(0.5)), torch.ones(1, 1)
+    assert tanh_gaussian_log_prob(mu_sat, ls_sat, one, eps, "censored", jacobian=False) > -0.01
+    assert tanh_gaussian_log_prob(mu_sat, ls_sat, one, eps, "clamp", jacobian=False) < -5
+    with pytest.raises(ValueError, match="boundary: got 'x'"):
+        TanhGaussianPolicy(3, 2, boundary="x")
+
+
+def test_cpl_with_a_bias_below_one_keeps_the_likelihood_of_both_segments_in_its_logit():
+    """CPL's logit A_a − λ A_b. At λ = 1 a constant added to every step's log π cancels and an uninformative pair
+    (the same segment on both sides, label ½) gives no gradient; at λ = ½ the constant shifts every logit by
+    (1 − λ)·α·T·c (float64, against the formula), and that pair pulls a Gaussian head's learned log σ (whatever its
+    label) by −(1 − λ)·α·Σ_t (1 − z²), z = (a − μ)/σ: actions at the mean sharpen σ."""
+    from pbrl.core import cpl_loss
+    from pbrl.nets.mlp import GaussianPolicy
+
+    gen = torch.Generator().manual_seed(0)
+    logp_a, logp_b = (-torch.rand(8, 12, generator=gen, dtype=torch.float64) * 3 for _ in range(2))
+    label = torch.rand(8, generator=gen, dtype=torch.float64)
+    c, alpha, t = -0.9189385332046727, 0.1, 12
+    torch.testing.assert_close(cpl_loss(logp_a + c, logp_b + c, label, bias=1.0), cpl_loss(logp_a, logp_b, label, bias=1.0))
+    lam = 0.5
+    a, b = alpha * logp_a.sum(1), alpha * logp_b.sum(1)
+    shift = (1 - lam) * alpha * t * c
+    expected = label * F.softplus(-(a - lam * b + shift)) + (1 - label) * F.softplus(-(b - lam * a + shift))
+    torch.testing.assert_close(cpl_loss(logp_a + c, logp_b + c, label, alpha=alpha, bias=lam), expected)
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 2, hidden_layers=[8]).double()
+    obs = torch.randn(4, 6, 3, dtype=torch.float64)
+    with torch.no_grad():
+        act = policy(obs)  # actions at the mean: z = 0
+    grads = {}
+    for bias in (1.0, 0.5):
+        policy.zero_grad()
+        logp = policy.score_log_prob(obs, act)
+        cpl_loss(logp, logp, torch.full((4,), 0.5, dtype=torch.float64), alpha=alpha, bias=bias).mean().backward()
+        grads[bias] = policy.log_std.grad.clone()
+    assert grads[1.0].abs().max() < 1e-12
+    assert (grads[0.5] > 0).all()  # descent lowers log σ on a pair that says nothing

@@ -25,7 +25,7 @@ from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, describe
 from pbrl.fields import param
 from pbrl.nets.diffusion import DiffusionPolicy
-from pbrl.nets.mlp import POLICY_HEADS
+from pbrl.nets.mlp import BOUNDARIES, POLICY_HEADS
 from pbrl.nets.transformer import TransformerPolicy
 
 
@@ -52,6 +52,9 @@ class PolicyConfig(AgentConfig):
     dropout: float = param(0.0, ge=0, lt=1)  # dropout after each hidden layer (CPL's paper: 0.25)
     log_std_min: float = param(-5.0, ge=-100, le=100)
     log_std_max: float = param(2.0, ge=-100, le=100)
+    # tanh_gaussian: how an action on the bound is scored: clamp (None; to ±0.999, its density) | censored (the
+    # probability mass beyond the bound: pbrl.nets.mlp.tanh_gaussian_log_prob)
+    boundary: str | None = param(None, choices=BOUNDARIES)
 
     def check(self) -> tuple[str, str, str] | None:
         if self.log_std_min >= self.log_std_max:
@@ -86,9 +89,10 @@ def build_policy(cfg: PolicyConfig, spec: DataSpec) -> nn.Module:
         return TransformerPolicy(spec.obs_dim, spec.act_dim, head=cfg.policy, dim=cfg.seq_dim or 128,
                                  layers=cfg.seq_layers or 2, heads=cfg.seq_heads or 4, context=cfg.context or 64,
                                  dropout=cfg.dropout, log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
-                                 obs_mean=spec.obs_mean, obs_std=spec.obs_std)
+                                 boundary=cfg.boundary or "clamp", obs_mean=spec.obs_mean, obs_std=spec.obs_std)
     return POLICY_HEADS[cfg.policy](spec.obs_dim, spec.act_dim, hidden_layers=cfg.hidden_layers, dropout=cfg.dropout,
                                     log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+                                    **({"boundary": cfg.boundary} if cfg.boundary else {}),
                                     obs_mean=spec.obs_mean, obs_std=spec.obs_std)
 
 

@@ -53,41 +53,66 @@ def tanh_log_det(u: Tensor) -> Tensor:
     return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
 
 
+BOUNDARIES = ("clamp", "censored")
+
+
+def tanh_gaussian_log_prob(mu: Tensor, log_std: Tensor, act: Tensor, action_eps: float, boundary: str = "clamp", *,
+                           jacobian: bool = True) -> Tensor:
+    """log π(a|s) of a tanh-Gaussian, summed over action dimensions: ``mu``, ``log_std``, ``act`` ``[..., act_dim]``
+    -> ``[...]``. ``jacobian=False`` leaves out the parameter-free tanh Jacobian (a preference score's form).
+
+    Actions on a bound (the simulator clipped them) have no finite pre-image under tanh. ``clamp`` moves them to
+    ±(1 − ε) and scores the density there (u = atanh(1 − ε) ≈ 3.8 for ε = 1e-3: a policy whose mean sits near the
+    bound, the one that produced them, still pays a large penalty). ``censored`` scores each such entry by the
+    probability the policy puts beyond ±(1 − ε) instead, the Tobit likelihood of a clipped action:
+    ``log Φ((μ − c)/σ)`` at +1 and ``log Φ((−c − μ)/σ)`` at −1, with ``c = atanh(1 − ε)``; it is at most 0, and near 0
+    once the policy saturates. Interior entries are scored by their density either way."""
+    normal_logp, u = pre_tanh_log_prob(mu, log_std, act, action_eps)
+    per_dim = normal_logp - tanh_log_det(u) if jacobian else normal_logp
+    if boundary == "censored":
+        c, std = math.atanh(1.0 - action_eps), log_std.exp()
+        per_dim = torch.where(act >= 1.0 - action_eps, torch.special.log_ndtr((mu - c) / std),
+                              torch.where(act <= -1.0 + action_eps, torch.special.log_ndtr((-c - mu) / std), per_dim))
+    elif boundary != "clamp":
+        raise ValueError(f"boundary: got {boundary!r}, expected one of {BOUNDARIES}")
+    return per_dim.sum(-1)
+
+
 class TanhGaussianPolicy(nn.Module):
     """π(a|s) = tanh(N(μ(s), σ(s)²)): an MLP trunk, a state-dependent log-std clamped to [log_std_min, log_std_max].
 
-    ``log_prob(obs [..., obs_dim], act [..., act_dim]) -> [...]`` includes the tanh Jacobian; dataset actions
-    are clipped to ``±(1 − action_eps)`` first, since actions on the bound have no finite pre-image.
+    ``log_prob(obs [..., obs_dim], act [..., act_dim]) -> [...]`` includes the tanh Jacobian; dataset actions on
+    the bound are clamped to ``±(1 − action_eps)`` (``boundary="clamp"``) or scored by the mass beyond it
+    (``"censored"``): :func:`tanh_gaussian_log_prob`.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, hidden_layers: Sequence[int] = (256, 256), dropout: float = 0.0,
                  log_std_min: float = -5.0, log_std_max: float = 2.0, action_eps: float = 1e-3,
-                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+                 boundary: str = "clamp", obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
         super().__init__()
         self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
                                         obs_std if obs_std is not None else torch.ones(obs_dim))
         self.net = mlp(obs_dim, 2 * act_dim, hidden_layers, dropout=dropout)
         self.act_dim = act_dim
         self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary: got {boundary!r}, expected one of {BOUNDARIES}")
+        self.boundary = boundary
 
     def distribution_params(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_std = self.net(self.normalizer(obs)).chunk(2, dim=-1)
         return mu, squash_log_std(log_std, self.log_std_min, self.log_std_max)
 
-    def _pre_tanh(self, obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
-        """(log N(atanh(a); μ(s), σ(s)²) per dimension, atanh(a)), both [..., act_dim]."""
-        mu, log_std = self.distribution_params(obs)
-        return pre_tanh_log_prob(mu, log_std, act, self.action_eps)
-
     def log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
-        normal_logp, u = self._pre_tanh(obs, act)
-        return (normal_logp - tanh_log_det(u)).sum(-1)
+        mu, log_std = self.distribution_params(obs)
+        return tanh_gaussian_log_prob(mu, log_std, act, self.action_eps, self.boundary)
 
     def score_log_prob(self, obs: Tensor, act: Tensor) -> Tensor:
         """``log π`` without the tanh Jacobian ``−Σ log(1 − a²)``, which has no parameters: the pre-tanh Gaussian
         density ``[...]``, as a preference score sums it (cpl-human scores CPL this way). Summed over a segment, the
         Jacobian would add a parameter-free offset of several nats per action on the bound to one side of a pair."""
-        return self._pre_tanh(obs, act)[0].sum(-1)
+        mu, log_std = self.distribution_params(obs)
+        return tanh_gaussian_log_prob(mu, log_std, act, self.action_eps, self.boundary, jacobian=False)
 
     def forward(self, obs: Tensor) -> Tensor:
         """Deterministic action ``tanh(μ(s))`` [..., act_dim]: what a robot runs and what is exported."""
@@ -147,7 +172,11 @@ class GaussianPolicy(nn.Module):
         z = (act - self(obs)) / log_std.exp()
         return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
-    score_log_prob = log_prob  # its constant −½ log 2π per dimension cancels between segments of equal length
+    # The score is the whole log π. Its constant −½ log 2π per dimension cancels in CPL's logit A_a − λ A_b only at
+    # λ = 1. For λ ≠ 1 the logit keeps (1 − λ)·α·Σ_t log π of a segment: the conservative pull towards the data that
+    # λ is for, which here holds −(1 − λ)·α·T·Σ_d (log σ_d + ½ log 2π): a fixed offset on every logit, and a pull on
+    # log σ that a pair exerts whatever its label (tests/test_agents.py measures both).
+    score_log_prob = log_prob
 
     def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mu = self(obs)
@@ -213,7 +242,7 @@ class PolicyHead(nn.Module):
     construction, so the forward has no data-dependent control flow and traces)."""
 
     def __init__(self, dim: int, act_dim: int, kind: str, *, log_std_min: float = -5.0, log_std_max: float = 2.0,
-                 action_eps: float = 1e-3):
+                 action_eps: float = 1e-3, boundary: str = "clamp"):
         super().__init__()
         if kind not in POLICY_HEADS:
             raise ValueError(f"policy head: got {kind!r}, expected one of {sorted(POLICY_HEADS)}")
@@ -222,6 +251,9 @@ class PolicyHead(nn.Module):
         if kind == "gaussian":
             self.log_std = nn.Parameter(torch.zeros(act_dim))
         self.log_std_min, self.log_std_max, self.action_eps = log_std_min, log_std_max, action_eps
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary: got {boundary!r}, expected one of {BOUNDARIES}")
+        self.boundary = boundary
 
     def params(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """(location, log σ) of the action distribution: tanh-mean for the deterministic and Gaussian heads (σ 1
@@ -246,15 +278,14 @@ class PolicyHead(nn.Module):
         if self.kind == "gaussian":
             z = (act - loc) / log_std.exp()
             return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        normal_logp, u = pre_tanh_log_prob(loc, log_std, act, self.action_eps)
-        return (normal_logp - tanh_log_det(u)).sum(-1)
+        return tanh_gaussian_log_prob(loc, log_std, act, self.action_eps, self.boundary)
 
     def score_log_prob(self, h: Tensor, act: Tensor) -> Tensor:
         """``log_prob`` without the tanh-Gaussian's parameter-free Jacobian (see TanhGaussianPolicy)."""
         if self.kind != "tanh_gaussian":
             return self.log_prob(h, act)
         loc, log_std = self.params(h)
-        return pre_tanh_log_prob(loc, log_std, act, self.action_eps)[0].sum(-1)
+        return tanh_gaussian_log_prob(loc, log_std, act, self.action_eps, self.boundary, jacobian=False)
 
     def sample(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
         loc, log_std = self.params(h)

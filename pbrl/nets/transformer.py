@@ -123,12 +123,12 @@ class TransformerPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, *, head: str = "deterministic", dim: int = 128, layers: int = 2,
                  heads: int = 4, context: int = 64, dropout: float = 0.0, max_timestep: int = 1000,
-                 log_std_min: float = -5.0, log_std_max: float = 2.0, obs_mean: Tensor | None = None,
-                 obs_std: Tensor | None = None):
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, boundary: str = "clamp",
+                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
         super().__init__()
         self.trunk = CausalTransformer(obs_dim, act_dim, dim=dim, layers=layers, heads=heads, max_timestep=max_timestep,
                                        dropout=dropout, obs_mean=obs_mean, obs_std=obs_std)
-        self.head = PolicyHead(dim, act_dim, head, log_std_min=log_std_min, log_std_max=log_std_max)
+        self.head = PolicyHead(dim, act_dim, head, log_std_min=log_std_min, log_std_max=log_std_max, boundary=boundary)
         self.obs_dim, self.act_dim, self.context = obs_dim, act_dim, context
 
     def features(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
