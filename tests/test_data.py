@@ -278,3 +278,23 @@ def test_metaworld_mixture_with_a_reversed_operator_ranks_it_last(tmp_path):
     with pytest.raises(ConfigError, match=r"--reversed: fraction: got 1.0, expected a value in \[0, 1\)"):
         make_metaworld_dataset("button-press", out=tmp_path / "x.h5", seed=0, noise=(0.1,), transitions=10,
                                reversed_fraction=1.0)
+
+
+def test_a_medium_noisy_mixture_is_one_policy_with_noise_at_each_scale(tmp_path):
+    """``--mixture medium-noisy``: the medium checkpoint's deterministic action plus N(0, σ²), clipped, an equal share
+    of the steps at each σ; at σ = 0 the actions are the policy's own."""
+    from pbrl.data.make import BehaviourRun, load_behaviour_policy, make_mujoco_dataset
+
+    path = make_mujoco_dataset("hopper", "medium-noisy", out=tmp_path / "n.h5", seed=0, algo="ppo", medium_steps=512,
+                               expert_steps=0, transitions=240, behaviour_dir=tmp_path / "b", noise=(0.0, 0.5))
+    ds = TrajectoryDataset(path)
+    sources = sorted(set(ds.episode_sources))
+    assert sources == ["medium-ppo+noise0", "medium-ppo+noise0.5"] and ds.metadata["noise"] == [0.0, 0.5]
+    lengths = ds.episode_lengths
+    assert all(lengths[[src == s for src in ds.episode_sources]].sum() >= 120 for s in sources)
+    policy = load_behaviour_policy(BehaviourRun(tmp_path / "b" / "hopper-ppo-512-s0", "ppo", "hopper", 0),
+                                   deterministic=True)
+    for episode, source in zip(ds, ds.episode_sources):
+        own = np.stack([policy(o) for o in episode.observations])
+        gap = np.abs(np.clip(own, -1, 1) - episode.actions).max()
+        assert (gap < 1e-6) if source.endswith("noise0") else (gap > 0.1)

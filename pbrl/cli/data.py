@@ -80,10 +80,11 @@ def cmd_data_make(args: argparse.Namespace) -> int:
         make_mujoco_dataset(spec.name, args.mixture, out=path, seed=args.seed, algo=args.algo,
                             medium_steps=args.medium_steps, expert_steps=args.expert_steps,
                             transitions=args.transitions, behaviour_dir=args.behaviour_dir, command=command,
-                            expert_algo=args.expert_algo)
+                            expert_algo=args.expert_algo, noise=args.noise)
         how = {"behaviour": f"stable-baselines3 {args.algo.upper()}", "mixture": args.mixture,
                "expert_algo": args.expert_algo or args.algo,
-               "medium_steps": args.medium_steps, "expert_steps": args.expert_steps}
+               "medium_steps": args.medium_steps, "expert_steps": args.expert_steps,
+               **({"noise": list(args.noise)} if args.mixture == "medium-noisy" else {})}
     if card is not None:
         write_card(card, {"name": args.out, "env": spec.name, "trajectories": path.name,
                           "description": f"{spec.id} " + (args.mixture if spec.family != "metaworld" else
@@ -257,7 +258,9 @@ def add_make_parser(dsub: argparse._SubParsersAction) -> None:
                          description="MuJoCo: train (or resume) a stable-baselines3 behaviour policy and roll out a "
                          "D4RL-style mixture. Meta-World: the task's scripted policy with Gaussian action noise.")
     mk.add_argument("--env", required=True, help="env preset (envs/*.toml) or gymnasium id, e.g. hopper, button-press")
-    mk.add_argument("--mixture", default="medium-replay", help="random | medium | medium-replay | medium-expert | expert")
+    mk.add_argument("--mixture", default="medium-replay", help="random | medium | medium-replay | medium-expert | "
+                    "expert | medium-noisy (the medium policy's deterministic action + Gaussian noise at each --noise "
+                    "scale: one suboptimal policy with noise, as CPL's data)")
     mk.add_argument("--algo", default="sac", choices=["sac", "ppo"], help="behaviour-policy trainer (default: sac)")
     mk.add_argument("--expert-algo", default=None, choices=["sac", "ppo"],
                     help="trainer of the expert policy of expert / medium-expert (default: --algo)")
@@ -268,7 +271,8 @@ def add_make_parser(dsub: argparse._SubParsersAction) -> None:
     mk.add_argument("--transitions", type=int_at_least(1), default=100_000,
                     help="approximate size of the dataset in steps")
     mk.add_argument("--noise", type=noise_scales, default="0.1,0.5,1.0",
-                    help="Meta-World: comma-separated action-noise scales")
+                    help="Meta-World and MuJoCo medium-noisy: comma-separated action-noise scales (an equal share of "
+                    "the steps at each)")
     mk.add_argument("--reversed", type=float_in(0.0, 1.0, high_open=True), default=0.0, metavar="F",
                     help="Meta-World: fraction of the steps from the reversed scripted policy (a bad operator: BC on "
                     "the mixture falls short)")

@@ -6,7 +6,11 @@ MuJoCo locomotion: behaviour policies trained with stable-baselines3 (SAC or PPO
 - ``medium``: rollouts of the policy at the end of a (short) training budget;
 - ``medium-replay``: every episode the learner saw while it was trained up to that budget (its replay);
 - ``expert``: rollouts of a policy trained for the expert budget;
-- ``medium-expert``: ``medium`` and ``expert`` concatenated.
+- ``medium-expert``: ``medium`` and ``expert`` concatenated;
+- ``medium-noisy``: the ``medium`` policy's deterministic action plus Gaussian noise N(0, σ²) (clipped to the
+  bounds), an equal share of the transitions at each σ of ``noise``: one suboptimal policy with action noise, the
+  way CPL's official code builds its datasets (``scripts/create_dataset.py --checkpoint … --noise σ`` of
+  jhejna/cpl), where ``medium-replay`` replays a learner whose own exploration shrinks as it improves.
 
 Meta-World: the benchmark's own scripted policies with Gaussian action noise at several scales, which
 gives a mixture of successful, slow and failed attempts.
@@ -25,13 +29,13 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
 
 from pbrl.data.store import Episode, atomic_path, atomic_write_text, write_trajectories
 from pbrl.envs.registry import EnvSpec, get_env_spec, make_env
 from pbrl.errors import ConfigError, describe
+from pbrl.io import Progress
 
-MIXTURES = ("random", "medium", "medium-replay", "medium-expert", "expert")
+MIXTURES = ("random", "medium", "medium-replay", "medium-expert", "expert", "medium-noisy")
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -80,7 +84,7 @@ def rollout(env_name: str, policy: PolicyFn, transitions: int, *, seed: int, sou
     env = RecordingWrapper(make_env(env_name, seed=seed), source)
     obs, _ = env.reset(seed=seed)
     steps = 0
-    with tqdm(total=transitions, desc=desc or f"rollout {source}", leave=False, disable=None) as bar:
+    with Progress(transitions, desc=desc or f"rollout {source}") as bar:
         while steps < transitions or len(env._rew) > 0:
             obs, _, term, trunc, _ = env.step(policy(obs))
             steps += 1
@@ -188,7 +192,7 @@ def train_behaviour(env_name: str, *, algo: str = "sac", steps: int, seed: int, 
                     **ppo["kwargs"])
     else:
         model = SAC("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, learning_starts=5_000)
-    with tqdm(total=steps, initial=done, desc=f"train {algo} on {env_name}", disable=None) as bar:
+    with Progress(steps, initial=done, desc=f"train {algo} on {env_name}") as bar:
         while done < steps:
             n = min(chunk, steps - done)
             model.learn(n, reset_num_timesteps=False, progress_bar=False)
@@ -208,7 +212,7 @@ def train_behaviour(env_name: str, *, algo: str = "sac", steps: int, seed: int, 
             atomic_write_text(run.progress_file, json.dumps(
                 {"steps": done, "episodes": len(recorder.episodes), "recent_return": float(np.mean(recent)) if recent else None}))
             bar.update(n)
-            bar.set_postfix(recent_return=f"{np.mean(recent):.0f}" if recent else "-")
+            bar.set_postfix_str(f"recent_return={np.mean(recent):.0f}" if recent else "recent_return=-")
     venv.close()
     return run
 
@@ -246,8 +250,9 @@ def subsample_episodes(episodes: list[Episode], transitions: int | None, seed: i
 
 def make_mujoco_dataset(env_name: str, mixture: str, *, out: str | os.PathLike, seed: int, algo: str,
                         medium_steps: int, expert_steps: int, transitions: int, behaviour_dir: str | os.PathLike,
-                        command: str = "", expert_algo: str | None = None) -> Path:
-    """Build one D4RL-style mixture for a MuJoCo task and write it to ``out``."""
+                        command: str = "", expert_algo: str | None = None,
+                        noise: tuple[float, ...] = (0.1, 0.3, 0.5)) -> Path:
+    """Build one D4RL-style mixture for a MuJoCo task and write it to ``out`` (``noise``: the σ of ``medium-noisy``)."""
     spec = get_env_spec(env_name)
     if mixture not in MIXTURES:
         raise ConfigError(describe("--mixture", "mixture", repr(mixture), f"one of {list(MIXTURES)}"))
@@ -257,10 +262,15 @@ def make_mujoco_dataset(env_name: str, mixture: str, *, out: str | os.PathLike, 
     if mixture == "random":
         episodes = rollout(spec.name, random_policy(spec.name, seed), transitions, seed=seed, source="random")
         policy_desc = "uniform random actions"
-    if mixture in ("medium", "medium-replay", "medium-expert"):
+    if mixture in ("medium", "medium-replay", "medium-expert", "medium-noisy"):
         run = train_behaviour(spec.name, algo=algo, steps=medium_steps, seed=seed,
                               directory=bdir / f"{spec.name}-{algo}-{medium_steps}-s{seed}")
-        if mixture == "medium-replay":
+        if mixture == "medium-noisy":
+            episodes = noisy_rollouts(spec.name, load_behaviour_policy(run, deterministic=True), noise, transitions,
+                                      seed=seed, source=f"medium-{algo}")
+            policy_desc = (f"stable-baselines3 {algo.upper()} after {medium_steps} steps, deterministic action + "
+                           f"N(0, sigma^2) noise, sigma in {list(noise)}")
+        elif mixture == "medium-replay":
             episodes = subsample_episodes(run.episodes(), transitions, seed)
             policy_desc = f"replay of stable-baselines3 {algo.upper()} trained for {medium_steps} steps"
         else:
@@ -274,8 +284,26 @@ def make_mujoco_dataset(env_name: str, mixture: str, *, out: str | os.PathLike, 
         policy_desc = (policy_desc + " + " if policy_desc else "") + f"stable-baselines3 {ealgo.upper()} after {expert_steps} steps"
     return write_trajectories(out, episodes, env_id=spec.id, behaviour_policy=policy_desc, seed=seed,
                               metadata={"mixture": mixture, "algo": algo, "expert_algo": expert_algo or algo,
-                                        "medium_steps": medium_steps,
-                                        "expert_steps": expert_steps, "command": command})
+                                        "medium_steps": medium_steps, "expert_steps": expert_steps,
+                                        **({"noise": list(noise)} if mixture == "medium-noisy" else {}),
+                                        "command": command})
+
+
+def noisy_rollouts(env_name: str, policy: PolicyFn, noise: tuple[float, ...], transitions: int, *, seed: int,
+                   source: str) -> list[Episode]:
+    """``policy(obs) + N(0, σ²)`` clipped to [−1, 1], ``transitions / len(noise)`` steps at each σ of ``noise`` (env
+    seed ``seed + 1000 i`` for the i-th σ; the noise from one stream seeded ``seed``); each episode's source is
+    ``{source}+noise{σ}``."""
+    rng = np.random.default_rng(seed)
+    episodes: list[Episode] = []
+    for i, sigma in enumerate(noise):
+        def act(obs: np.ndarray, sigma: float = sigma) -> np.ndarray:
+            a = np.asarray(policy(obs), np.float32)
+            return np.clip(a + sigma * rng.standard_normal(a.shape), -1, 1).astype(np.float32)
+
+        episodes += rollout(env_name, act, transitions // len(noise), seed=seed + 1000 * i,
+                            source=f"{source}+noise{sigma:g}")
+    return episodes
 
 
 def metaworld_scripted_policy(spec: EnvSpec) -> PolicyFn:

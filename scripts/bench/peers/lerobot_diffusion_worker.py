@@ -5,9 +5,11 @@ Equal work (DESIGN §7.4): LeRobot's ``DiffusionPolicy`` (1-D conv U-Net, FiLM) 
 a robot state and an environment state, half each: it asks for one of the two besides the state) and pbrl's
 ``DiffusionPolicy`` with its ``unet1d`` denoiser, the same widths (``--down-dims``), step-embedding size, kernel,
 groups, observation history, horizon, chunk execution, batch and DDIM steps; the parameter counts are printed and
-must agree within 5 %. Timed: one training step (forward, backward, AdamW) on the same batch, and ``select_action``
-(LeRobot) against pbrl's ``ChunkActor`` per call (a new chunk every ``n_action`` calls, so p50 and p99 differ).
-Prints one JSON object.
+must agree within 5 %. Timed: one training step (forward, backward, AdamW) on the same batch (skipped with
+``--steps 0``), and ``select_action`` (LeRobot) against pbrl's ``ChunkActor`` per call (a new chunk every ``n_action``
+calls, so p50 and p99 differ): ``--actions`` timed calls each, after ``--act-warmup`` untimed ones, split over
+``--act-rounds`` alternating rounds. ``scripts/bench/deploy.py --peer lerobot`` runs it with ``--steps 0`` and the
+sizes of its own unet1d export. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 
-def lerobot_policy(args):
+def lerobot_policy(args: argparse.Namespace) -> torch.nn.Module:
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
@@ -38,7 +41,7 @@ def lerobot_policy(args):
     return DiffusionPolicy(cfg)
 
 
-def pbrl_policy(args):
+def pbrl_policy(args: argparse.Namespace) -> torch.nn.Module:
     from pbrl.nets.diffusion import DiffusionPolicy
 
     return DiffusionPolicy(args.obs_dim, args.act_dim, horizon=args.horizon, n_obs=args.n_obs, denoiser="unet1d",
@@ -46,7 +49,7 @@ def pbrl_policy(args):
                            time_dim=args.time_dim)
 
 
-def time_steps(step, n: int, warmup: int) -> list[float]:
+def time_steps(step: Callable[[], object], n: int, warmup: int) -> list[float]:
     out = []
     for i in range(warmup + n):
         t0 = time.perf_counter()
@@ -67,8 +70,10 @@ def main() -> None:
     p.add_argument("--time-dim", type=int, default=128)
     p.add_argument("--ddim-steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--actions", type=int, default=80)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per library (0: no training timing)")
+    p.add_argument("--actions", type=int, default=80, help="timed select_action / ChunkActor calls per library")
+    p.add_argument("--act-warmup", type=int, default=0, help="untimed calls per library before each round")
+    p.add_argument("--act-rounds", type=int, default=1, help="alternating rounds the timed calls are split over")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -96,8 +101,8 @@ def main() -> None:
         loss.backward()
         opt_theirs.step()
 
-    train = {"pbrl": [], "lerobot": []}
-    for _ in range(2):  # alternating rounds, so drift on a shared machine hits both
+    train: dict[str, list[float]] = {"pbrl": [], "lerobot": []}
+    for _ in range(2 if args.steps > 0 else 0):  # alternating rounds, so drift on a shared machine hits both
         train["pbrl"] += time_steps(step_ours, args.steps, 2)
         train["lerobot"] += time_steps(step_theirs, args.steps, 2)
 
@@ -110,15 +115,26 @@ def main() -> None:
     actor.reset()
     theirs.reset()
     single = torch.randn(1, args.obs_dim, generator=g)
+    calls = {"pbrl": lambda: actor(single), "lerobot": lambda: theirs.select_action(as_lerobot(single))}
+    act: dict[str, list[float]] = {"pbrl": [], "lerobot": []}
+    rounds = max(1, args.act_rounds)
     with torch.no_grad():
-        act = {"pbrl": time_steps(lambda: actor(single), args.actions, 0),
-               "lerobot": time_steps(lambda: theirs.select_action(as_lerobot(single)), args.actions, 0)}
+        for r in range(rounds):  # alternating rounds, as for the training steps
+            n = args.actions // rounds + (r < args.actions % rounds)
+            for lib, call in calls.items():
+                act[lib] += time_steps(call, n, args.act_warmup)
     result = {"torch": torch.__version__, "params": {"pbrl": count(ours), "lerobot": count(theirs)}, "batch": args.batch,
-              "train_step_ms": {k: 1000 * statistics.median(v) for k, v in train.items()},
+              "settings": {k: getattr(args, k) for k in ("obs_dim", "act_dim", "n_obs", "horizon", "n_action",
+                                                          "down_dims", "time_dim", "ddim_steps", "actions",
+                                                          "act_warmup", "act_rounds")},
+              "train_step_ms": ({k: 1000 * statistics.median(v) for k, v in train.items()} if args.steps > 0 else None),
+              "act_calls": {k: len(v) for k, v in act.items()},
               "act_p50_ms": {k: 1000 * float(np.percentile(v, 50)) for k, v in act.items()},
-              "act_p99_ms": {k: 1000 * float(np.percentile(v, 99)) for k, v in act.items()}}
+              "act_p99_ms": {k: 1000 * float(np.percentile(v, 99)) for k, v in act.items()},
+              "act_max_ms": {k: 1000 * max(v) for k, v in act.items()}}
     result["param_ratio"] = result["params"]["pbrl"] / result["params"]["lerobot"]
-    result["train_speed_ratio"] = result["train_step_ms"]["lerobot"] / result["train_step_ms"]["pbrl"]
+    result["train_speed_ratio"] = (result["train_step_ms"]["lerobot"] / result["train_step_ms"]["pbrl"]
+                                   if args.steps > 0 else None)
     result["act_p50_ratio"] = result["act_p50_ms"]["lerobot"] / result["act_p50_ms"]["pbrl"]
     print(json.dumps(result))
 
