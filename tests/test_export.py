@@ -85,7 +85,7 @@ def test_a_changed_model_or_missing_file_is_refused(exported, tmp_path):
         Policy.load(copy)
 
 
-def test_export_refuses_an_existing_out_and_a_run_without_a_checkpoint(exported, tmp_path):
+def test_export_refuses_an_existing_out_a_run_without_a_checkpoint_and_a_missing_step(exported, tmp_path):
     before = sorted(p.name for p in exported["export"].iterdir())
     r = run_cli("export", str(exported["run"]), "--out", str(exported["export"]))
     assert r.returncode == 2 and "--out: folder" in r.stderr and "Traceback" not in r.stderr
@@ -95,6 +95,12 @@ def test_export_refuses_an_existing_out_and_a_run_without_a_checkpoint(exported,
     (empty / "config.toml").write_text((exported["run"] / "config.toml").read_text())
     r = run_cli("export", str(empty), "--out", str(tmp_path / "exp"))
     assert r.returncode == 2 and "checkpoint: got none" in r.stderr and not (tmp_path / "exp").exists()
+    r = run_cli("export", str(exported["run"]), "--checkpoint", "5", "--out", str(tmp_path / "exp"))
+    assert r.returncode == 2 and "--checkpoint: step: got 5, expected one of the run's checkpoints [20]" in r.stderr
+    assert not (tmp_path / "exp").exists()
+    r = run_cli("export", str(exported["run"]), "--checkpoint", "20", "--format", "onnx", "--out", str(tmp_path / "exp"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "exp" / "metadata.json").read_text())["checkpoint"] == "step_00000020.pt"
 
 
 def test_the_runtime_imports_and_acts_without_torch(exported):

@@ -25,8 +25,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_request(out, formats)  # before the run is loaded: an export is never overwritten
     run = Path(args.run_dir)
     if (run / "model.zip").is_file() or (run / "policy.pt").is_file():  # an Overcooked run (SB3)
+        if args.checkpoint is not None:
+            from pbrl.errors import ConfigError, describe
+
+            raise ConfigError(describe("--checkpoint", "step", args.checkpoint, "none for an Overcooked run (it "
+                                       "keeps its final policy only)"))
         return export_overcooked(run, out, formats)
-    cfg, agent, data = load_run(args.run_dir, "cpu")
+    cfg, agent, data = load_run(args.run_dir, "cpu", step=args.checkpoint)
     obs_dim, act_dim = agent.spec.obs_dim, agent.spec.act_dim
     low, high, rate, env_id = -np.ones(act_dim), np.ones(act_dim), None, None
     if data.env:
@@ -69,6 +74,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("run_dir", help="a directory written by `pbrl train` (MLP, transformer or diffusion policies) or by `pbrl "
                     "overcooked ppo|bc|hybrid`")
     ex.add_argument("--format", default="both", choices=("onnx", "torchscript", "both"))
+    ex.add_argument("--checkpoint", type=int_at_least(0), default=None, metavar="STEP",
+                    help="export the checkpoint of this step (default: the newest that loads)")
     ex.add_argument("--out", default=None, metavar="DIR", help="the export folder, new (default: RUN_DIR/export)")
     ex.set_defaults(func=cmd_export)
 

@@ -240,6 +240,18 @@ class Checkpoints:
                                            "a checkpoint written by pbrl (train into a new --out)"))
         return None
 
+    def load_step(self, step: int) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint of ``step`` with its state, or one line naming the steps there are (or that it is damaged)."""
+        path = self.directory / f"step_{step:08d}.pt"
+        if not path.is_file():
+            steps = [int(p.stem.split("_")[-1]) for p in self.all()]
+            raise ConfigError(describe("--checkpoint", "step", step, f"one of the run's checkpoints {steps}"))
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated zip, a pickle error, an empty file
+            raise CheckpointError(describe(str(path), "checkpoint", f"unreadable ({type(exc).__name__})",
+                                           "a checkpoint written by pbrl")) from None
+
     def all(self) -> list[Path]:
         return sorted(self.directory.glob("step_*.pt"))
 

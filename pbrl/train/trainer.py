@@ -323,15 +323,17 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
     return summary
 
 
-def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[RunConfig, Agent, LoadedDataset]:
-    """The config, the agent at its newest readable checkpoint (eval mode; ``agent.checkpoint`` names the file),
-    and the dataset of a run directory. A checkpoint with non-finite weights is refused."""
+def load_run(run_dir: str | os.PathLike, device: str = "auto", *, step: int | None = None
+             ) -> tuple[RunConfig, Agent, LoadedDataset]:
+    """The config, the agent at its newest readable checkpoint, or at ``step``'s (eval mode; ``agent.checkpoint``
+    names the file), and the dataset of a run directory. A checkpoint with non-finite weights is refused."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.toml"
     if not cfg_path.exists():
         raise ConfigError(describe(str(run_dir), "config.toml", "missing", "a run directory written by `pbrl train`"))
     cfg = RunConfig.load(cfg_path)
-    loaded = Checkpoints(run_dir / "checkpoints", 1).load_latest()
+    checkpoints = Checkpoints(run_dir / "checkpoints", 1)
+    loaded = checkpoints.load_latest() if step is None else checkpoints.load_step(step)
     if loaded is None:
         raise ConfigError(describe(str(run_dir / "checkpoints"), "checkpoint", "none", "at least one step_*.pt"))
     latest, state = loaded
