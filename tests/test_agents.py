@@ -49,6 +49,7 @@ def test_data_never_imports_networks_or_the_training_side():
 VARIANTS = {"cpl-dense": ["agent.regime=dense", "agent.bc_steps=5", "agent.warmup_steps=4", "agent.reset_optimizer=true"],
             "cpl-transformer": ["agent.backbone=transformer", "agent.seq_dim=16", "agent.seq_layers=1", "agent.seq_heads=2"],
             "bc-diffusion": ["agent.backbone=diffusion", "agent.horizon=4", "agent.diffusion_steps=20"],
+            "bc-transitions": ["agent.data=transitions"],
             "cpl-diffusion": ["agent.backbone=diffusion", "agent.horizon=4", "agent.diffusion_steps=20", "agent.bc_steps=5",
                               "agent.bc_weight=0.5"]}
 
@@ -457,3 +458,26 @@ def test_cpl_with_a_bias_below_one_keeps_the_likelihood_of_both_segments_in_its_
         grads[bias] = policy.log_std.grad.clone()
     assert grads[1.0].abs().max() < 1e-12
     assert (grads[0.5] > 0).all()  # descent lowers log σ on a pair that says nothing
+
+
+def test_bc_on_transitions_scores_every_step_alike_and_is_refused_where_it_has_no_meaning(tmp_path):
+    """``agent.data=transitions`` (D4RL's BC): uniform steps of the whole trajectories, −log π(a|s) of each (against
+    the deterministic head's −‖tanh(f(s)) − a‖², float64); refused for CPL, SFT and a transformer in one line."""
+    from pbrl.data.transitions import TransitionBatch
+
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    cfg = small("bc", data, 3, extra=["agent.data=transitions", "agent.policy=deterministic", "agent.dropout=0.0"])
+    loaded = load_dataset(data)
+    agent = build_agent(cfg, loaded).double()
+    assert agent.batch_kind() == "transitions"
+    batch = make_sampler(cfg, agent, loaded, torch.device("cpu")).sample(64)
+    assert isinstance(batch, TransitionBatch)
+    obs, act = batch.obs.double(), batch.act.double()
+    policy = agent.policy
+    mu = torch.tanh(policy.net((obs - policy.normalizer.mean.double()) / policy.normalizer.std.double()))
+    expected = ((mu - act) ** 2).sum(-1).mean()
+    torch.testing.assert_close(agent.loss(TransitionBatch(obs, act, batch.reward, batch.next_obs, batch.done), 0).loss,
+                               expected)
+    for agent_name, extra in (("cpl", []), ("sft", []), ("bc", ["agent.backbone=transformer"])):
+        with pytest.raises(ConfigError, match="agent.data: data: got 'transitions'"):
+            build_agent(small(agent_name, data, 3, extra=["agent.data=transitions", *extra]), loaded)

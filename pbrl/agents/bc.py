@@ -1,5 +1,7 @@
 """Behaviour cloning: maximise log π(a|s) on every step of every segment, preferences ignored. With the diffusion
-backbone: the DDPM objective on every action chunk of every segment, with EMA weights for acting."""
+backbone: the DDPM objective on every action chunk of every segment, with EMA weights for acting. With
+``agent.data=transitions``: on uniform steps of the whole trajectories instead (D4RL's BC), where the pairs' segments
+rarely hold an episode's first steps."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ from torch import Tensor
 
 from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_policy, masked_mean, steps_log_prob
 from pbrl.data.preferences import PreferenceBatch
+from pbrl.data.transitions import TransitionBatch
 from pbrl.errors import ConfigError, describe
 from pbrl.fields import param
 from pbrl.nets.diffusion import DENOISERS, PREDICTIONS, diffusion_windows
 
 BACKBONES = ("mlp", "transformer", "diffusion")
+BC_DATA = ("pairs", "transitions")
 
 
 @dataclass
@@ -35,6 +39,9 @@ class BCConfig(PolicyConfig):
     diffusion_steps: int | None = param(None, ge=2, le=10_000)  # diffusion: DDPM training steps (100)
     sample_steps: int | None = param(None, ge=1, le=10_000)     # diffusion: DDIM steps at sampling (10)
     ema: float | None = param(None, ge=0, lt=1)            # diffusion: EMA decay of the acting weights (0.995)
+    # bc only: pairs (None; every step of both segments of each labelled pair, CPL's step-for-step baseline) |
+    # transitions (every step of the trajectories, D4RL's BC: episode starts as often as any step)
+    data: str | None = param(None, choices=BC_DATA)
 
     def check(self) -> tuple[str, str, str] | None:
         if (self.seq_dim or 128) % (self.seq_heads or 4):
@@ -64,6 +71,9 @@ class BC(Agent):
             raise ConfigError(describe("agent.backbone", "backbone", repr(cfg.backbone),
                                        f"one of {list(self.backbones)} for this agent (a diffusion policy has no "
                                        "per-step likelihood to pick the preferred segment's steps with)"))
+        if cfg.data == "transitions" and (type(self) is not BC or (cfg.backbone or "mlp") != "mlp"):
+            raise ConfigError(describe("agent.data", "data", "'transitions'", "pairs for this agent and backbone "
+                                       "(transitions: agent bc with an MLP policy only)"))
         self.policy = build_policy(cfg, spec)
         if getattr(self.policy, "is_chunked", False):
             self.freeze("ema", copy.deepcopy(self.policy))  # the acting weights (Diffusion Policy keeps an EMA)
@@ -74,7 +84,13 @@ class BC(Agent):
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.policy.parameters()), 1.0 - decay)
 
-    def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
+    def batch_kind(self) -> str:
+        return "transitions" if self.cfg.data == "transitions" else type(self).batches
+
+    def loss(self, batch: PreferenceBatch | TransitionBatch, step: int) -> LossOutput:
+        if isinstance(batch, TransitionBatch):  # agent.data=transitions: −log π(a|s) of uniform steps
+            loss = -self.policy.log_prob(batch.obs, batch.act).mean()
+            return LossOutput(loss, {"bc/nll": loss.detach()})
         if getattr(self.policy, "is_chunked", False):
             p = self.policy
             obs, chunk, valid = diffusion_windows(batch.obs, batch.act, batch.mask, p.n_obs, p.horizon)

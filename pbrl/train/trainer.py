@@ -217,7 +217,7 @@ def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torc
             r = np.ones(data.trajectories.num_transitions, np.float32)
         else:
             r = data.trajectories.rewards
-        how = cfg.agent_config.reward_scale
+        how = getattr(cfg.agent_config, "reward_scale", None)  # BC on transitions uses no reward
         if how == "minmax-returns":  # Uni-RLHF's normalisation of relabelled rewards, applied to any reward
             r = unit_range(r)
         scale = returns_scale(data.trajectories, r) if how in ("returns", "minmax-returns") else 1.0
