@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
-
-from pbrl.deploy.noise import ChunkNoise
 
 
 class Actor:
@@ -91,8 +90,10 @@ class ChunkActor(Actor):
     environments whose queue is spent, and executes its first ``n_action`` actions before sampling again. A new
     episode's history is its first observation repeated. ``reset`` clears only the masked environments.
 
-    The noise comes from :class:`pbrl.deploy.noise.ChunkNoise`, one numpy stream per (seed, environment), which the
-    exported policy's runtime draws from too: an export evaluates as its run does on the same seed.
+    The noise comes from one numpy stream per (seed, environment), ``numpy.random.default_rng([seed, env])``, a chunk
+    its next ``standard_normal([horizon, act_dim], float32)``: the streams the exported policy's runtime draws from
+    (:mod:`pbrl.deploy.noise`, which may import nothing of this side), so an export evaluates as its run does on the
+    same seed (tests/test_export.py holds the two to 1e-5 over whole episodes).
 
     Between chunks a call costs one copy of the observation and a Python index into the chunk: positions and
     pending resets live on the host (no device synchronisation), and the queue is replaced, never written in place,
@@ -109,7 +110,7 @@ class ChunkActor(Actor):
         self.actions = self.queue.unbind(1)
         self.pos = [n_action] * num_envs  # next action's index in each queue; n_action: spent, sample first
         self.fresh = set(range(num_envs))  # environments whose history restarts at the next observation
-        self.noise = ChunkNoise(seed, (horizon, act_dim))
+        self.noise_seed, self.streams = seed, {}  # env -> its numpy noise stream
 
     @property
     def obs(self) -> Tensor:
@@ -129,10 +130,20 @@ class ChunkActor(Actor):
             past[rows] = obs[rows]
         self.fresh.clear()
 
+    def _noise(self, envs: list[int]) -> np.ndarray:
+        """The next initial noise of each listed environment's stream: ``[len(envs), horizon, act_dim]`` float32."""
+        shape = tuple(self.queue.shape[1:])
+        out = np.empty((len(envs), *shape), np.float32)
+        for row, env in enumerate(envs):
+            if env not in self.streams:
+                self.streams[env] = np.random.default_rng([self.noise_seed, env])
+            out[row] = self.streams[env].standard_normal(shape, dtype=np.float32)
+        return out
+
     def _sample(self, need: list[int]) -> None:
         with torch.no_grad():
             rows = torch.tensor(need, device=self.device)
-            noise = torch.from_numpy(self.noise.draw(need)).to(self.device, self.queue.dtype)
+            noise = torch.from_numpy(self._noise(need)).to(self.device, self.queue.dtype)
             chunk = self.sample(self.obs[rows], noise).to(self.queue.dtype)
         if len(need) == self.num_envs:
             self.queue = chunk

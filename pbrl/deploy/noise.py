@@ -1,6 +1,8 @@
-"""The initial noise of an action-chunk (diffusion) policy, drawn the same way in training-time evaluation
-(:class:`pbrl.agents.actors.ChunkActor`) and in the torch-free runtime (:class:`pbrl.deploy.Policy`): one numpy
-stream per (seed, environment index), so that an export and its run, on the same seed, sample the same chunks.
+"""The initial noise of an action-chunk (diffusion) policy in the torch-free runtime (:class:`pbrl.deploy.Policy`):
+one numpy stream per (seed, environment index), the streams the training-time evaluation's
+:class:`pbrl.agents.actors.ChunkActor` draws from too (each side keeps its own few lines, since the runtime imports
+nothing of pbrl but :mod:`pbrl.errors`; tests/test_export.py holds the two to 1e-5 over whole episodes), so that an
+export and its run, on the same seed, sample the same chunks.
 
 Numpy only (the runtime's rule): the stream is ``numpy.random.default_rng([seed, env])`` and each chunk is its next
 ``standard_normal(shape, float32)``. A stream does not restart at a new episode: the same seed gives the same
