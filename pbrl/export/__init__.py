@@ -38,45 +38,51 @@ OPSET = 17
 FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 
 
-class BoundedAction(nn.Module):
+class Bounded(nn.Module):
+    """The action bounds ``[act_dim]`` as buffers (they travel with the graph) and the clip to them."""
+
+    def __init__(self, low: Tensor, high: Tensor):
+        super().__init__()
+        self.register_buffer("low", low.float())
+        self.register_buffer("high", high.float())
+
+    def clip(self, action: Tensor) -> Tensor:
+        return torch.maximum(torch.minimum(action, self.high), self.low)
+
+
+class BoundedAction(Bounded):
     """``obs [N, obs_dim] -> action [N, act_dim]``: the agent's deterministic action clipped to ``[low, high]``."""
 
     def __init__(self, agent: nn.Module, low: Tensor, high: Tensor):
-        super().__init__()
+        super().__init__(low, high)
         self.agent = agent
-        self.register_buffer("low", low.float())
-        self.register_buffer("high", high.float())
 
     def forward(self, obs: Tensor) -> Tensor:
-        return torch.maximum(torch.minimum(self.agent.act(obs), self.high), self.low)
+        return self.clip(self.agent.act(obs))
 
 
-class BoundedWindowAction(nn.Module):
+class BoundedWindowAction(Bounded):
     """A history policy's window -> (its action clipped to ``[low, high]``, the action itself)."""
 
     def __init__(self, policy: nn.Module, low: Tensor, high: Tensor):
-        super().__init__()
+        super().__init__(low, high)
         self.policy = policy
-        self.register_buffer("low", low.float())
-        self.register_buffer("high", high.float())
 
     def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         raw = self.policy(obs, act, timestep, mask)
-        return torch.maximum(torch.minimum(raw, self.high), self.low), raw
+        return self.clip(raw), raw
 
 
-class BoundedChunk(nn.Module):
+class BoundedChunk(Bounded):
     """An action-chunk policy's sampler, unrolled: ``(obs [N, n_obs, do], noise [N, H, da]) -> chunk [N, H, da]``, the
     fixed-length DDIM loop from the given noise, clipped to ``[low, high]``."""
 
     def __init__(self, policy: nn.Module, low: Tensor, high: Tensor):
-        super().__init__()
+        super().__init__(low, high)
         self.policy = policy
-        self.register_buffer("low", low.float())
-        self.register_buffer("high", high.float())
 
     def forward(self, obs: Tensor, noise: Tensor) -> Tensor:
-        return torch.maximum(torch.minimum(self.policy(obs, noise), self.high), self.low)
+        return self.clip(self.policy(obs, noise))
 
 
 class CategoricalProbs(nn.Module):

@@ -20,13 +20,8 @@ Sizes are the presets' defaults (MLP 256×256; transformer width 128, 2 blocks, 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,11 +30,9 @@ from pbrl.data.pairing import make_preferences
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.train.config import build_config
 from pbrl.train.loop import Optimizers, train_step
+from pbrl.train.peers import run_lerobot_worker
 from pbrl.train.trainer import build_agent, make_sampler
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is scripts/bench/NAME.py)
-PEER_VENV = ROOT / ".bench-venvs" / "lerobot"
-PEER_WORKER = ROOT / "scripts" / "bench" / "peers" / "lerobot_diffusion_worker.py"
 BACKBONES = {"mlp": [], "transformer": ["agent.backbone=transformer"], "diffusion": ["agent.backbone=diffusion"]}
 
 
@@ -115,30 +108,8 @@ def bench_cell(agent_name: str, backbone: str, data: LoadedDataset, args, device
             "act_p99_ms": 1000 * float(np.percentile(latencies, 99)), "peak_mib": peak, "matrix_share": share}
 
 
-def peer_python() -> Path:
-    """The Python of LeRobot's own virtual environment (``.bench-venvs/lerobot``), made on first use."""
-    py = PEER_VENV / "bin" / "python"
-    if not py.exists() or subprocess.call([str(py), "-c", "import lerobot, h5py"], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL) != 0:
-        print(f"making {PEER_VENV} (lerobot 0.4.4 in its own venv) ...", flush=True)
-        subprocess.check_call([sys.executable, "-m", "venv", str(PEER_VENV)])
-        subprocess.check_call([str(py), "-m", "pip", "install", "-q", "lerobot==0.4.4", "h5py", "tomli-w"])
-    return py
-
-
-def run_peer_worker(*worker_args: str) -> dict:
-    """``scripts/bench/peers/lerobot_diffusion_worker.py`` in LeRobot's venv (pbrl's source on ``PYTHONPATH``, one
-    thread) with ``worker_args``: the JSON object it prints."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(peer_python()), str(PEER_WORKER), *worker_args], env=env, capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{PEER_WORKER.name} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def lerobot_peer(batch: int, steps: int) -> dict:
-    return run_peer_worker("--batch", str(batch), "--steps", str(steps))
+    return run_lerobot_worker("--batch", str(batch), "--steps", str(steps))
 
 
 def main() -> None:

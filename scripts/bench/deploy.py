@@ -429,12 +429,11 @@ def targets(results: dict[str, dict[str, Any]], infos: dict[str, dict[str, Any]]
 def lerobot_peer(bench: Bench, repeats: int, warmup: int, rounds: int) -> dict[str, Any]:
     """LeRobot's ``select_action`` and pbrl's ``ChunkActor`` per call in LeRobot's venv, at the unet1d export's
     sizes, as many chunks as this bench's per-call paths sample."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from backbones import run_peer_worker  # the venv helper of scripts/bench/backbones.py --peer lerobot
+    from pbrl.train.peers import run_lerobot_worker
 
     info = bench.info
     n_action = int(info["n_action"])
-    return run_peer_worker(
+    return run_lerobot_worker(
         "--steps", "0", "--obs-dim", str(info["obs_dim"]), "--act-dim", str(info["act_dim"]),
         "--n-obs", str(info["n_obs"]), "--horizon", str(info["horizon"]), "--n-action", str(n_action),
         "--down-dims", *(str(c) for c in info["channels"]), "--time-dim", str(info["time_dim"]),
