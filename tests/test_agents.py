@@ -481,3 +481,20 @@ def test_bc_on_transitions_scores_every_step_alike_and_is_refused_where_it_has_n
     for agent_name, extra in (("cpl", []), ("sft", []), ("bc", ["agent.backbone=transformer"])):
         with pytest.raises(ConfigError, match="agent.data: data: got 'transitions'"):
             build_agent(small(agent_name, data, 3, extra=["agent.data=transitions", *extra]), loaded)
+
+
+def test_iql_reads_raw_observations_in_every_network_when_asked():
+    """``agent.observations=raw`` (d3rlpy's default) gives the actor, twin Q and V the identity normaliser; the
+    default standardises each with the dataset's statistics (CORL)."""
+    from pbrl.agents.base import DataSpec
+    from pbrl.agents.iql import IQL, IQLConfig
+
+    spec = DataSpec(3, 2, torch.tensor([1.0, -2.0, 5.0]), torch.tensor([0.5, 2.0, 3.0]))
+    obs = torch.randn(7, 3)
+    for mode, mean, std in (("standardized", spec.obs_mean, spec.obs_std), ("raw", torch.zeros(3), torch.ones(3))):
+        agent = IQL(IQLConfig(hidden_layers=[8], critic_layers=[8], observations=mode), spec)
+        for net in (agent.policy, agent.q, agent.value, agent.q_target):
+            normalizers = [m for m in net.modules() if type(m).__name__ == "ObsNormalizer"]
+            assert normalizers, type(net).__name__
+            for n in normalizers:
+                torch.testing.assert_close(n(obs), (obs - mean) / std)

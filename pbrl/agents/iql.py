@@ -15,6 +15,7 @@ score means something only above this control."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,6 +46,9 @@ class IQLConfig(PolicyConfig):
     # minmax-returns: r min-max normalised to [0, 1] first (Uni-RLHF)
     reward_scale: str = param("returns", choices=REWARD_SCALES)
     actor_schedule: str = param("cosine", choices=("cosine", "constant"))
+    # standardized: (o − mean) / std over the dataset in every network (CORL) | raw: the observations as they come
+    # (d3rlpy's IQL default, no observation scaler). The oracle's ceiling is measured at both (docs/benchmarks.md).
+    observations: str = param("standardized", choices=("standardized", "raw"))
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class IQLCritic(Agent):
     cfg: IQLConfig
 
     def __init__(self, cfg: IQLConfig, spec: DataSpec):
+        if cfg.observations == "raw":  # the identity normaliser: every network, the export included, reads raw o
+            spec = dataclasses.replace(spec, obs_mean=torch.zeros_like(spec.obs_mean),
+                                       obs_std=torch.ones_like(spec.obs_std))
         super().__init__(cfg, spec)
         self.build()
 
