@@ -469,7 +469,7 @@ def test_bc_on_transitions_scores_every_step_alike_and_is_refused_where_it_has_n
     cfg = small("bc", data, 3, extra=["agent.data=transitions", "agent.policy=deterministic", "agent.dropout=0.0"])
     loaded = load_dataset(data)
     agent = build_agent(cfg, loaded).double()
-    assert agent.batch_kind() == "transitions"
+    assert type(agent).batch_specs(cfg.agent_config)["main"].kind == "transitions"
     batch = make_sampler(cfg, agent, loaded, torch.device("cpu")).sample(64)
     assert isinstance(batch, TransitionBatch)
     obs, act = batch.obs.double(), batch.act.double()

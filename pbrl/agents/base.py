@@ -1,15 +1,21 @@
 """What every agent declares; the trainer owns the rest (devices, logging, files, the loop).
 
 An agent is an ``nn.Module`` with
-- ``Config``: its config dataclass, and ``batches``: the batch kind it trains on (``preferences``,
-  ``transitions`` or ``windows``: see :mod:`pbrl.data.preferences` and :mod:`pbrl.data.transitions`;
-  ``batch_kind()`` may pick another from the config, e.g. CPL's dense regime trains on scored ``segments``);
+- ``Config``: its config dataclass, and ``batch_specs(cfg)``: the named batches it trains on, each a
+  :class:`BatchSpec` (a kind: ``preferences``, ``segments``, ``transitions`` or ``windows``, see
+  :mod:`pbrl.data.preferences` and :mod:`pbrl.data.transitions`; where its rewards come from; its size). The
+  trainer builds one sampler per name. One batch (the default: ``{"main": BatchSpec(cls.batches)}``) reaches
+  ``loss`` as itself; several reach it as ``{name: batch}`` (OPPO: trajectory windows and labelled pairs in one
+  step);
 - ``optimizers()``: named parameter groups with their optimiser settings and schedules (default: one
   optimiser, ``main``, over every trainable parameter);
 - ``loss(batch, step)``: a :class:`LossOutput`, one loss or one per optimiser;
 - per-step hooks: ``after_step(step)`` (target networks, EMA) and ``reset_optimizers(step)`` (phase switches);
 - frozen modules (``self.freeze(module)``: checkpointed, never optimised, always in eval mode);
 - ``actor(num_envs, seed)``: the evaluation actor (:mod:`pbrl.agents.actors`).
+
+What the dataset says beyond its batches (dimensions, observation statistics, per-trajectory label counts)
+reaches an agent through :class:`DataSpec`, so agents import only data's batch types.
 """
 
 from __future__ import annotations
@@ -28,6 +34,43 @@ from pbrl.nets.diffusion import DiffusionPolicy
 from pbrl.nets.mlp import BOUNDARIES, POLICY_HEADS
 from pbrl.nets.transformer import TransformerPolicy
 
+BATCH_KINDS = ("preferences", "segments", "transitions", "windows")
+REWARD_SOURCES = ("true", "constant", "learned")
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """One named batch an agent trains on; the trainer draws it from a sampler of its own every step.
+
+    ``kind``: ``preferences`` (labelled pairs, :class:`~pbrl.data.preferences.PreferenceBatch`), ``segments``
+    (scored segments, :class:`~pbrl.data.preferences.SegmentBatch`), ``transitions``
+    (:class:`~pbrl.data.transitions.TransitionBatch`) or ``windows`` (:class:`~pbrl.data.transitions.WindowBatch`).
+    ``rewards`` (transitions): ``true`` (the dataset's), ``constant`` (every reward 1), ``learned`` (a reward model
+    fitted to the labels first) or None (no reward used). ``reward_scale`` (transitions): ``returns`` |
+    ``minmax-returns`` | ``none``. ``context`` (windows): steps per window. ``batch_size``: items per step (None:
+    ``train.batch_size``). ``origin``: the config option that asked for this batch, named when the data cannot
+    serve it."""
+
+    kind: str
+    rewards: str | None = None
+    reward_scale: str = "none"
+    context: int | None = None
+    batch_size: int | None = None
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in BATCH_KINDS:
+            raise ConfigError(describe("batch spec", "kind", repr(self.kind), f"one of {list(BATCH_KINDS)}"))
+        if self.rewards is not None and self.rewards not in REWARD_SOURCES:
+            raise ConfigError(describe("batch spec", "rewards", repr(self.rewards), f"one of {list(REWARD_SOURCES)}"))
+        if self.kind == "windows" and not self.context:
+            raise ConfigError(describe("batch spec", "context", repr(self.context), "a window length for windows"))
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether this batch cannot be drawn without preference labels."""
+        return self.kind in ("preferences", "segments") or self.rewards == "learned"
+
 
 @dataclass
 class AgentConfig:
@@ -40,6 +83,14 @@ class AgentConfig:
     warm_start: ClassVar[str | None] = None
     """The phase that trains something other than the agent's own objective (CPL: BC): a budget no longer than it
     never reaches the objective, and the commands say so."""
+    stages: ClassVar[tuple[str, ...]] = ()
+    """Step counts of stages trained before the budget, on their own steps (the reward model's ``reward_steps``)."""
+
+    def shrink_for_dry_run(self) -> None:
+        """Every phase and stage that is on to one step, so that a two-step dry run crosses each switch."""
+        for name in (*self.budget_phases, *self.stages):
+            if getattr(self, name):
+                setattr(self, name, 1)
 
 
 @dataclass
@@ -122,9 +173,11 @@ class Agent(nn.Module):
         self.spec = spec
         self._frozen: list[str] = []
 
-    def batch_kind(self) -> str:
-        """The sampler this agent's config needs (``batches`` unless a config option changes it)."""
-        return type(self).batches
+    @classmethod
+    def batch_specs(cls, cfg: AgentConfig) -> dict[str, BatchSpec]:
+        """The named batches ``cfg`` trains on (one, ``main``, of kind ``batches``, unless the agent says more);
+        a classmethod, so that the trainer knows what data to load before it builds the agent."""
+        return {"main": BatchSpec(cls.batches)}
 
     # -- what the loop asks -------------------------------------------------------------------------------
     def optimizers(self) -> dict[str, OptimizerSpec]:

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_policy, masked_mean, steps_log_prob
+from pbrl.agents.base import (
+    Agent,
+    BatchSpec,
+    DataSpec,
+    LossOutput,
+    PolicyConfig,
+    build_policy,
+    masked_mean,
+    steps_log_prob,
+)
 from pbrl.data.preferences import PreferenceBatch
 from pbrl.data.transitions import TransitionBatch
 from pbrl.errors import ConfigError, describe
@@ -84,8 +93,11 @@ class BC(Agent):
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.policy.parameters()), 1.0 - decay)
 
-    def batch_kind(self) -> str:
-        return "transitions" if self.cfg.data == "transitions" else type(self).batches
+    @classmethod
+    def batch_specs(cls, cfg: BCConfig) -> dict[str, BatchSpec]:
+        if cfg.data == "transitions":  # no reward: BC reads (s, a) only
+            return {"main": BatchSpec("transitions", origin="agent.data=transitions")}
+        return super().batch_specs(cfg)
 
     def loss(self, batch: PreferenceBatch | TransitionBatch, step: int) -> LossOutput:
         if isinstance(batch, TransitionBatch):  # agent.data=transitions: −log π(a|s) of uniform steps

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pbrl.agents.base import LossOutput, steps_log_prob
+from pbrl.agents.base import BatchSpec, LossOutput, steps_log_prob
 from pbrl.agents.bc import BC, BCConfig, bc_loss
 from pbrl.core import cpl_loss, cpl_ranked_loss, cpl_score, preference_accuracy, ranked_accuracy
 from pbrl.core.training import OptimizerSpec
@@ -49,8 +49,11 @@ class CPL(BC):
     Config = CPLConfig
     cfg: CPLConfig
 
-    def batch_kind(self) -> str:
-        return "segments" if self.cfg.regime == "dense" else "preferences"
+    @classmethod
+    def batch_specs(cls, cfg: CPLConfig) -> dict[str, BatchSpec]:
+        if cfg.regime == "dense":
+            return {"main": BatchSpec("segments", origin="agent.regime=dense")}
+        return {"main": BatchSpec("preferences")}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"main": OptimizerSpec([p for p in self.parameters() if p.requires_grad],

@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pbrl.agents.base import Agent, DataSpec, LossOutput, PolicyConfig, build_policy
+from pbrl.agents.base import Agent, BatchSpec, DataSpec, LossOutput, PolicyConfig, build_policy
 from pbrl.core import awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.core.training import OptimizerSpec
 from pbrl.data.transitions import TransitionBatch
@@ -67,8 +67,12 @@ class IQLCritic(Agent):
     ``critic``. :class:`IQL` is this plus the actor."""
 
     Config = IQLConfig
-    batches = "transitions"
     cfg: IQLConfig
+    reward_source: ClassVar[str] = "true"   # true | learned (a reward model first) | constant (every reward 1)
+
+    @classmethod
+    def batch_specs(cls, cfg: IQLConfig) -> dict[str, BatchSpec]:
+        return {"main": BatchSpec("transitions", rewards=cls.reward_source, reward_scale=cfg.reward_scale)}
 
     def __init__(self, cfg: IQLConfig, spec: DataSpec):
         if cfg.observations == "raw":  # the identity normaliser: every network, the export included, reads raw o
@@ -119,7 +123,6 @@ class IQLCritic(Agent):
 class IQL(IQLCritic):
     """The critic and the advantage-weighted actor (eq. 7) under a cosine learning-rate schedule."""
 
-    reward_source: ClassVar[str] = "true"   # true | learned (a reward model first) | constant (every reward 1)
     cfg: IQLConfig
 
     def build(self) -> None:

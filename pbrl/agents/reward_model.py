@@ -11,6 +11,7 @@ ends there), min-max normalises the learned rewards to [0, 1] (Uni-RLHF), then r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -106,6 +107,7 @@ class IQLMRConfig(IQLConfig):
     reward_layers: int = param(1, ge=1, le=1024)
     reward_heads: int = param(4, ge=1, le=1024)
     reward_dropout: float = param(0.1, ge=0, lt=1)
+    stages: ClassVar[tuple[str, ...]] = ("reward_steps",)  # the reward model's fit, one step in a dry run
 
     def check(self) -> tuple[str, str, str] | None:
         if self.reward_dim % self.reward_heads:

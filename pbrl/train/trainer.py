@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from pbrl.agents import AGENTS, Agent
-from pbrl.agents.base import DataSpec
+from pbrl.agents.base import AgentConfig, BatchSpec, DataSpec
 from pbrl.agents.reward_model import RewardModel
 from pbrl.core import preference_accuracy
 from pbrl.data.preferences import PreferenceDataset, PreferenceSampler, ScoredSegmentSampler
 from pbrl.data.registry import LoadedDataset, load_dataset
+from pbrl.data.sampling import NamedSamplers, Sampler, derived_seed
 from pbrl.data.store import TrajectoryDataset
 from pbrl.data.transitions import TransitionSampler, WindowSampler, check_rewards, returns_scale
 from pbrl.envs.evaluate import evaluate
@@ -78,15 +79,19 @@ def actor_policy(agent: Agent, num_envs: int, device: torch.device, seed: int = 
     return policy
 
 
-def reward_source(agent: str) -> str | None:
-    """Where a transition agent's rewards come from: ``true``, ``learned`` (a reward model first), ``constant``."""
-    return getattr(AGENTS[agent], "reward_source", None)
+def batch_specs(agent: str, agent_cfg: AgentConfig | None = None) -> dict[str, BatchSpec]:
+    """The named batches agent ``agent`` declares for ``agent_cfg`` (default: its config's defaults)."""
+    cls = AGENTS[agent]
+    return cls.batch_specs(agent_cfg if agent_cfg is not None else cls.Config())
 
 
-def needs_preferences(agent: str) -> bool:
-    return AGENTS[agent].batches == "preferences" or reward_source(agent) == "learned"
+def reward_sources(specs: dict[str, BatchSpec]) -> set[str]:
+    """Where the declared transition batches' rewards come from: ``true``, ``constant``, ``learned``."""
+    return {s.rewards for s in specs.values() if s.rewards is not None}
 
 
+def needs_preferences(agent: str, agent_cfg: AgentConfig | None = None) -> bool:
+    return any(s.needs_labels for s in batch_specs(agent, agent_cfg).values())
 
 
 def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
@@ -96,16 +101,19 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
         raise DatasetError(describe(cfg.dataset, "action_space", f"discrete ({space.get('n')} one-hot actions)",
                                     "continuous actions for the control agents (Overcooked: `pbrl overcooked bc` or "
                                     "`pbrl overcooked hybrid`)"))
-    if needs_preferences(cfg.agent) and (data.preferences is None or len(data.preferences.used) == 0):
-        what = "a reward model" if reward_source(cfg.agent) == "learned" else f"agent {cfg.agent!r}"
+    specs = batch_specs(cfg.agent, cfg.agent_config)
+    sources = reward_sources(specs)
+    if any(s.needs_labels for s in specs.values()) and (data.preferences is None or len(data.preferences.used) == 0):
+        what = "a reward model" if "learned" in sources else f"agent {cfg.agent!r}"
         raise DatasetError(describe(cfg.dataset, "preferences", "none", f"preference labels for {what} "
                                     "(label the dataset with `pbrl data label`)"))
-    if reward_source(cfg.agent) == "true":
+    if "true" in sources:
         check_rewards(data.trajectories, data.trajectories.rewards, cfg.dataset)
-    if getattr(cfg.agent_config, "regime", None) == "dense" and data.preferences is not None and data.preferences.score_a is None:
-        raise DatasetError(describe(str(data.preferences_path or cfg.dataset), "'score_a'/'score_b'", "missing",
-                                    "the teacher's segment scores for agent.regime=dense (relabel with `pbrl data "
-                                    "label`; human labels have none: use agent.regime=sparse)"))
+    for spec in specs.values():
+        if spec.kind == "segments" and data.preferences is not None and data.preferences.score_a is None:
+            raise DatasetError(describe(str(data.preferences_path or cfg.dataset), "'score_a'/'score_b'", "missing",
+                                        f"the teacher's segment scores for {spec.origin or 'scored segments'} "
+                                        "(relabel with `pbrl data label`; human labels have none)"))
     if cfg.train.eval_episodes > 0:  # a policy the simulator cannot run is refused now, not after training
         env = make_env(data.env)
         env_dims = (env.observation_space.shape[0], env.action_space.shape[0])
@@ -202,29 +210,43 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
     return rewards, summary
 
 
+def build_sampler(spec: BatchSpec, data: LoadedDataset, device: torch.device, seed: int, where: str,
+                  rewards: np.ndarray | None = None) -> Sampler:
+    """The sampler of one declared batch; ``rewards`` [N]: a reward model's relabelling (``rewards="learned"``)."""
+    if spec.kind == "preferences":
+        return PreferenceSampler(data.trajectories, data.preferences, device=device, seed=seed)
+    if spec.kind == "segments":
+        return ScoredSegmentSampler(data.trajectories, data.preferences, device=device, seed=seed,
+                                    where=str(data.preferences_path or where))
+    if spec.kind == "windows":
+        return WindowSampler(data.trajectories, context=spec.context, device=device, seed=seed)
+    n = data.trajectories.num_transitions
+    if spec.rewards == "learned":
+        if rewards is None:
+            raise ConfigError(describe(where, "learned rewards", "none", "a reward model's relabelling first"))
+        r = rewards
+    elif spec.rewards == "constant":
+        r = np.ones(n, np.float32)
+    elif spec.rewards == "true":
+        r = data.trajectories.rewards
+    else:  # no reward read (BC on transitions)
+        r = np.zeros(n, np.float32)
+    if spec.reward_scale == "minmax-returns":  # Uni-RLHF's normalisation of relabelled rewards, applied to any reward
+        r = unit_range(r)
+    scale = returns_scale(data.trajectories, r) if spec.reward_scale in ("returns", "minmax-returns") else 1.0
+    return TransitionSampler(data.trajectories, rewards=r, scale=scale, device=device, seed=seed)
+
+
 def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torch.device,
-                 rewards: np.ndarray | None = None):
-    kind = agent.batch_kind()
-    if kind == "preferences":
-        return PreferenceSampler(data.trajectories, data.preferences, device=device, seed=cfg.train.seed)
-    if kind == "segments":
-        return ScoredSegmentSampler(data.trajectories, data.preferences, device=device, seed=cfg.train.seed,
-                                    where=str(data.preferences_path or cfg.dataset))
-    if kind == "transitions":
-        if rewards is not None:
-            r = rewards
-        elif reward_source(cfg.agent) == "constant":
-            r = np.ones(data.trajectories.num_transitions, np.float32)
-        else:
-            r = data.trajectories.rewards
-        how = getattr(cfg.agent_config, "reward_scale", None)  # BC on transitions uses no reward
-        if how == "minmax-returns":  # Uni-RLHF's normalisation of relabelled rewards, applied to any reward
-            r = unit_range(r)
-        scale = returns_scale(data.trajectories, r) if how in ("returns", "minmax-returns") else 1.0
-        return TransitionSampler(data.trajectories, rewards=r, scale=scale, device=device, seed=cfg.train.seed)
-    if kind == "windows":
-        return WindowSampler(data.trajectories, context=cfg.agent_config.context, device=device, seed=cfg.train.seed)
-    raise ConfigError(describe(cfg.agent, "batches", repr(kind), "preferences, segments, transitions or windows"))
+                 rewards: np.ndarray | None = None) -> Sampler | NamedSamplers:
+    """The sampler of each batch the agent declares: the one sampler itself, or several as :class:`NamedSamplers`
+    (each with a seed of its own, derived from ``train.seed``)."""
+    specs = type(agent).batch_specs(cfg.agent_config)
+    samplers = {name: build_sampler(spec, data, device, derived_seed(cfg.train.seed, i), cfg.dataset, rewards)
+                for i, (name, spec) in enumerate(specs.items())}
+    if len(samplers) == 1:
+        return next(iter(samplers.values()))
+    return NamedSamplers(samplers, {name: spec.batch_size for name, spec in specs.items()})
 
 
 def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop_at: int | None = None
@@ -241,7 +263,7 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     device = resolve_device(tc.device)
     if device.type == "cpu":
         torch.set_num_threads(tc.threads)
-    data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
+    data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent, cfg.agent_config))
     check_inputs(cfg, data)
     files = data.files()  # hashed once: a path-named dataset has no recorded sums
     with run_directory(out, files):
@@ -257,10 +279,7 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
 
     trial = copy.deepcopy(cfg)
     trial.train.steps, trial.train.eval_episodes, trial.train.log_every = 2, 0, 1
-    agent_cfg = trial.agent_config
-    for name, value in (("bc_steps", 1), ("warmup_steps", 1), ("reward_steps", 1)):
-        if getattr(agent_cfg, name, 0):
-            setattr(agent_cfg, name, value)
+    trial.agent_config.shrink_for_dry_run()
     with tempfile.TemporaryDirectory(prefix="pbrl-dry-run-") as tmp:
         summary = train(trial, Path(tmp) / "run", progress=False)
         _, agent, _ = load_run(Path(tmp) / "run", trial.train.device)
@@ -276,7 +295,7 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
     tc = cfg.train
     prepare_run_dir(out, cfg.to_dict(), read=lambda path: RunConfig.load(path).to_dict())
     rewards, reward_summary = None, None
-    if reward_source(cfg.agent) == "learned":
+    if "learned" in reward_sources(batch_specs(cfg.agent, cfg.agent_config)):
         learned = learn_reward(cfg, data, out / "reward_model", device, progress)
         if learned is None:
             return None
@@ -342,7 +361,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto", *, step: int | No
         raise CheckpointError(describe(str(latest), f"parameter {bad[0]!r}", "non-finite values",
                                        "finite weights (this checkpoint cannot be evaluated)"))
     dev = resolve_device(device)
-    data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent))
+    data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent, cfg.agent_config))
     agent = build_agent(cfg, data).to(dev)
     load_weights(agent, state, latest)
     agent.eval()
