@@ -140,3 +140,32 @@ def test_finished_run_is_not_trained_again(tmp_path):
     mtime = ckpt.stat().st_mtime_ns
     assert train(cfg, tmp_path / "run", progress=False) == first
     assert ckpt.stat().st_mtime_ns == mtime
+
+
+def test_one_backward_through_the_sum_of_the_losses_reaches_every_parameter_its_graph_touches():
+    """The loop's contract (``pbrl.train.loop``): each optimiser steps its own parameters with the whole gradient
+    of the summed losses, so a loss named for one optimiser moves another's parameters where its graph reaches
+    them (OPPO's triplet loss reaches the encoder and z*), and a detached input keeps it out."""
+    from pbrl.core.training import LossOutput, OptimizerSpec
+    from pbrl.train.loop import Optimizers, TrainConfig, train_step
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+            self.b = torch.nn.Parameter(torch.tensor([3.0, -1.0]))
+
+        def optimizers(self):
+            return {"first": OptimizerSpec([self.a]), "second": OptimizerSpec([self.b])}
+
+        def loss(self, detach, step):
+            b = self.b.detach() if detach else self.b
+            return LossOutput({"first": (self.a * b).sum(), "second": (self.b ** 2).sum()})
+
+    for detach in (False, True):
+        learner = Two()
+        a, b = learner.a.detach().clone(), learner.b.detach().clone()
+        optimizers = Optimizers(learner.optimizers(), TrainConfig(lr=1e-3, weight_decay=0.0, grad_clip=0.0))
+        train_step(learner, learner.loss, detach, optimizers, 0, amp=False, norms_wanted=False)
+        torch.testing.assert_close(learner.a.grad, b)
+        torch.testing.assert_close(learner.b.grad, 2 * b if detach else a + 2 * b)

@@ -5,8 +5,11 @@ device (no host sync per step; checked before every log, checkpoint and evaluati
 It knows nothing of agents, environments or datasets: a *learner* is any ``nn.Module`` that declares
 
 - ``optimizers() -> dict[str, OptimizerSpec]``: named parameter groups, each with its own optimiser;
-- ``loss(batch, step) -> LossOutput``: one loss, or one loss per optimiser name (their graphs must not share
-  gradients: each loss reaches only its own optimiser's parameters, as IQL's three do);
+- ``loss(batch, step) -> LossOutput``: one loss, or one loss per optimiser name. One backward runs through their
+  sum and each optimiser steps its own parameters with the whole gradient they received, so a loss moves every
+  parameter its graph reaches, whichever optimiser it is named for (OPPO's triplet loss reaches the encoder and
+  z*); a loss that must not move a parameter detaches it (IQL's actor reads the critic's advantage detached).
+  The names only group the losses for logging and select the optimisers (tested in ``tests/test_train.py``);
 - optionally ``after_step(step)`` (target networks, EMA) and ``reset_optimizers(step) -> list[str]`` (a phase
   switch that restarts an optimiser, e.g. CPL's BC -> CPL switch).
 
