@@ -106,6 +106,31 @@ def test_causal_trunk_encodes_a_whole_trajectory_at_its_last_real_step():
     assert not torch.allclose(trunk.encode(first, act, ts, mask), code, atol=1e-4)
 
 
+def test_a_contextual_transformer_policy_reads_its_latent_at_every_step_and_stays_causal():
+    """π(a | s, z): ``cond_dim`` > 0 adds a projection of each sequence's z to all its tokens; every step's feature
+    moves with z, none with later steps; a pair's windows ``[B, 2, T]`` take one z per window or one for all."""
+    torch.manual_seed(0)
+    policy = TransformerPolicy(OBS, ACT, dim=16, layers=2, heads=2, cond_dim=4).eval()
+    obs, act, ts, mask = window()
+    z = torch.randn(obs.shape[0], 4)
+    base = policy.features(obs, act, ts, mask, z)
+    other = policy.features(obs, act, ts, mask, z + 1.0)
+    assert (base - other).abs().amax(-1).min() > 1e-4          # every step of every window moved
+    t = 6
+    obs2 = obs.clone()
+    obs2[:, t + 1:] += 5.0
+    torch.testing.assert_close(policy.features(obs2, act, ts, mask, z)[:, : t + 1], base[:, : t + 1])
+    pairs = lambda x: torch.stack([x, x], 1)  # noqa: E731
+    shared = policy.log_prob(pairs(obs), pairs(act), pairs(ts), pairs(mask), z[0])          # one z for all
+    torch.testing.assert_close(shared[1, 0], policy.log_prob(obs, act, ts, mask, z[0].expand(len(z), 4))[1])
+    each = policy.log_prob(pairs(obs), pairs(act), pairs(ts), pairs(mask), pairs(z))       # one per window
+    torch.testing.assert_close(each[:, 1], policy.log_prob(obs, act, ts, mask, z))
+    with pytest.raises(ValueError, match=r"cond: got none, expected \[B, 4\]"):
+        policy.features(obs, act, ts, mask)
+    with pytest.raises(ValueError, match=r"expected none \(cond_dim 0\)"):
+        TransformerPolicy(OBS, ACT, dim=16, layers=1, heads=2).features(obs, act, ts, mask, z)
+
+
 def test_transformer_policy_save_load_round_trip_is_identical():
     torch.manual_seed(0)
     policy = TransformerPolicy(OBS, ACT, head="tanh_gaussian", dim=16, layers=1, heads=4).eval()

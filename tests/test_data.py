@@ -298,3 +298,35 @@ def test_a_medium_noisy_mixture_is_one_policy_with_noise_at_each_scale(tmp_path)
         own = np.stack([policy(o) for o in episode.observations])
         gap = np.abs(np.clip(own, -1, 1) - episode.actions).max()
         assert (gap < 1e-6) if source.endswith("noise0") else (gap > 0.1)
+
+
+def test_per_episode_win_counts_and_the_ids_a_preference_batch_carries(tmp_path):
+    """``episode_win_counts`` against a plain loop over the pairs (ties half to each side, skipped pairs
+    nowhere); a batch's ``pair`` and ``episode`` name the rows its segments were gathered from."""
+    from pbrl.data.preferences import episode_win_counts
+
+    ds = write_episodes(tmp_path / "t.h5", [30, 12, 25, 40])
+    prefs = make_preferences(ds, pairs=60, segment=6, seed=3)
+    rng = np.random.default_rng(0)
+    prefs.label = rng.choice([0.0, 0.5, 1.0, 0.3], len(prefs)).astype(np.float32)
+    prefs.skipped = rng.random(len(prefs)) < 0.2
+    wins, comparisons = np.zeros(4), np.zeros(4)
+    for i in range(len(prefs)):
+        if prefs.skipped[i]:
+            continue
+        for seg, p in ((prefs.segments_a[i], float(prefs.label[i])), (prefs.segments_b[i], 1 - float(prefs.label[i]))):
+            wins[seg[0]] += p
+            comparisons[seg[0]] += 1
+    got = episode_win_counts(prefs, ds.num_episodes)
+    np.testing.assert_allclose(got[0], wins, rtol=1e-12)
+    np.testing.assert_array_equal(got[1], comparisons)
+    sampler = PreferenceSampler(ds, prefs, seed=0)
+    batch = sampler.sample(16)
+    offsets = ds.episode_offsets
+    for b in range(16):
+        pair = int(batch.pair[b])
+        assert not prefs.skipped[pair] and float(batch.label[b]) == float(prefs.label[pair])
+        for side, seg in enumerate((prefs.segments_a[pair], prefs.segments_b[pair])):
+            assert int(batch.episode[b, side]) == seg[0]
+            np.testing.assert_array_equal(batch.obs[b, side, :seg[2]].numpy(),
+                                          ds.observations[offsets[seg[0]] + seg[1]:offsets[seg[0]] + seg[1] + seg[2]])

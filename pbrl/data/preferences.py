@@ -177,6 +177,18 @@ def read_preferences(path: str | os.PathLike, trajectories: TrajectoryDataset | 
     return prefs, trajectories
 
 
+def episode_win_counts(prefs: PreferenceDataset, num_episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode ``[E]`` float64: the summed chance of its segments to be preferred over the labelled pairs they
+    take part in (a label of 0.5 gives each side 0.5), and the number of those pairs. A pair of two segments of one
+    episode counts twice for it (once per side). Skipped pairs count for nothing."""
+    used = prefs.used
+    label = prefs.label[used].astype(np.float64)
+    episodes = np.concatenate([prefs.segments_a[used, 0], prefs.segments_b[used, 0]])
+    wins = np.bincount(episodes, np.concatenate([label, 1.0 - label]), minlength=num_episodes)
+    comparisons = np.bincount(episodes, minlength=num_episodes).astype(np.float64)
+    return wins, comparisons
+
+
 # ---------------------------------------------------------------------------------------------------------
 # batches for training
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +200,8 @@ class PreferenceBatch:
     ``obs`` [B, 2, T, obs_dim], ``act`` [B, 2, T, act_dim], ``label`` [B] (1: segment 0 preferred),
     ``mask`` [B, 2, T] (True on real steps), ``group`` [B], ``timestep`` [B, 2, T] (step within the episode),
     ``weight`` [B] or [K, B] (each pair's weight in the loss, per ensemble member where K of them: a bootstrap's
-    counts; None: 1).
+    counts; None: 1), ``pair`` [B] (each pair's row in the preference file), ``episode`` [B, 2] (the episode of
+    each segment: the index of the statistics in :class:`~pbrl.agents.base.DataSpec`).
     """
 
     obs: Tensor
@@ -198,10 +211,13 @@ class PreferenceBatch:
     group: Tensor
     timestep: Tensor | None = None
     weight: Tensor | None = None
+    pair: Tensor | None = None
+    episode: Tensor | None = None
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
         return PreferenceBatch(*(None if getattr(self, k) is None else getattr(self, k).to(device, non_blocking=True)
-                                 for k in ("obs", "act", "label", "mask", "group", "timestep", "weight")))
+                                 for k in ("obs", "act", "label", "mask", "group", "timestep", "weight", "pair",
+                                           "episode")))
 
 
 class PreferenceSampler(Sampler):
@@ -222,6 +238,8 @@ class PreferenceSampler(Sampler):
             raise DatasetError(describe(str(trajectories.path), "labelled pairs", 0, "at least one pair that is not skipped"))
         seg = torch.stack([torch.as_tensor(prefs.segments_a[used]), torch.as_tensor(prefs.segments_b[used])], 1).to(self.device)
         self.start = offsets[seg[..., 0]] + seg[..., 1]           # [P, 2] global row of each segment's first step
+        self.episode = seg[..., 0]                                 # [P, 2] episode of each segment
+        self.pair = torch.as_tensor(used, device=self.device)      # [P] row in the preference file
         self.first_timestep = seg[..., 1]                          # [P, 2] its step within the episode
         self.length = seg[..., 2]                                  # [P, 2]
         self.label = torch.as_tensor(prefs.label[used], device=self.device)
@@ -238,7 +256,8 @@ class PreferenceSampler(Sampler):
         mask = self.steps < self.length[index][..., None]                       # [B, 2, T]
         rows = torch.where(mask, self.start[index][..., None] + self.steps, 0)  # [B, 2, T]
         timestep = torch.where(mask, self.first_timestep[index][..., None] + self.steps, 0)
-        return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index], timestep)
+        return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index], timestep,
+                               pair=self.pair[index], episode=self.episode[index])
 
 
 @dataclass

@@ -53,22 +53,34 @@ class Block(nn.Module):
 
 class CausalTransformer(nn.Module):
     """Token t is (s_t, a_t) embedded plus a learned embedding of the episode timestep; returns one feature
-    per step, ``[B, T, dim]``, each a function of steps ≤ t only. ``mask`` [B, T] marks real steps."""
+    per step, ``[B, T, dim]``, each a function of steps ≤ t only. ``mask`` [B, T] marks real steps.
+
+    With ``cond_dim`` > 0 every sequence also takes a conditioning vector ``cond`` [B, cond_dim] (OPPO's latent
+    z), projected and added to each of its tokens, so every step's feature depends on it."""
 
     def __init__(self, obs_dim: int, act_dim: int, *, dim: int = 128, layers: int = 1, heads: int = 4,
                  max_timestep: int = 1000, dropout: float = 0.0, obs_mean: Tensor | None = None,
-                 obs_std: Tensor | None = None):
+                 obs_std: Tensor | None = None, cond_dim: int = 0):
         super().__init__()
         self.normalizer = ObsNormalizer(obs_mean if obs_mean is not None else torch.zeros(obs_dim),
                                         obs_std if obs_std is not None else torch.ones(obs_dim))
         self.embed = nn.Linear(obs_dim + act_dim, dim)
         self.time = nn.Embedding(max_timestep + 1, dim)
         self.max_timestep = max_timestep
+        self.cond_dim = cond_dim
+        if cond_dim > 0:
+            self.cond = nn.Linear(cond_dim, dim)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln = nn.LayerNorm(dim)
 
-    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor | None = None,
+                cond: Tensor | None = None) -> Tensor:
         x = self.embed(torch.cat([self.normalizer(obs), act], -1)) + self.time(timestep.clamp(0, self.max_timestep))
+        if (cond is None) != (self.cond_dim == 0):
+            raise ValueError(f"cond: got {'none' if cond is None else tuple(cond.shape)}, expected "
+                             f"{'none (cond_dim 0)' if self.cond_dim == 0 else f'[B, {self.cond_dim}]'}")
+        if cond is not None:
+            x = x + self.cond(cond)[:, None, :]
         for block in self.blocks:
             x = block(x, mask)
         return self.ln(x)
@@ -124,29 +136,32 @@ class TransformerPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, *, head: str = "deterministic", dim: int = 128, layers: int = 2,
                  heads: int = 4, context: int = 64, dropout: float = 0.0, max_timestep: int = 1000,
                  log_std_min: float = -5.0, log_std_max: float = 2.0, boundary: str = "clamp",
-                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None):
+                 obs_mean: Tensor | None = None, obs_std: Tensor | None = None, cond_dim: int = 0):
         super().__init__()
         self.trunk = CausalTransformer(obs_dim, act_dim, dim=dim, layers=layers, heads=heads, max_timestep=max_timestep,
-                                       dropout=dropout, obs_mean=obs_mean, obs_std=obs_std)
+                                       dropout=dropout, obs_mean=obs_mean, obs_std=obs_std, cond_dim=cond_dim)
         self.head = PolicyHead(dim, act_dim, head, log_std_min=log_std_min, log_std_max=log_std_max, boundary=boundary)
-        self.obs_dim, self.act_dim, self.context = obs_dim, act_dim, context
+        self.obs_dim, self.act_dim, self.context, self.cond_dim = obs_dim, act_dim, context, cond_dim
 
-    def features(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
-        """One feature per step ``[..., T, dim]``, each a function of that step's state and earlier steps only."""
+    def features(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
+        """One feature per step ``[..., T, dim]``, each a function of that step's state and earlier steps only (and of
+        the sequence's ``cond`` ``[..., cond_dim]`` where the policy is contextual: π(a | s, z))."""
         lead, t = obs.shape[:-2], obs.shape[-2]
         flat = lambda x, *tail: x.reshape(-1, t, *tail)  # noqa: E731
         a = flat(act, self.act_dim)
         previous = torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], 1)
-        h = self.trunk(flat(obs, self.obs_dim), previous, flat(timestep), flat(mask))
+        z = cond if cond is None or not self.cond_dim else cond.expand(*lead, self.cond_dim).reshape(-1, self.cond_dim)
+        h = self.trunk(flat(obs, self.obs_dim), previous, flat(timestep), flat(mask), z)
         return h.reshape(*lead, t, h.shape[-1])
 
-    def log_prob(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
-        """``log π(a_t | s_≤t, a_<t)`` per step ``[..., T]`` (padded steps give finite values to be masked out)."""
-        return self.head.log_prob(self.features(obs, act, timestep, mask), act)
+    def log_prob(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``log π(a_t | s_≤t, a_<t[, z])`` per step ``[..., T]`` (padded steps give finite values to be masked out)."""
+        return self.head.log_prob(self.features(obs, act, timestep, mask, cond), act)
 
-    def score_log_prob(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
-        return self.head.score_log_prob(self.features(obs, act, timestep, mask), act)
+    def score_log_prob(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor,
+                       cond: Tensor | None = None) -> Tensor:
+        return self.head.score_log_prob(self.features(obs, act, timestep, mask, cond), act)
 
-    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, obs: Tensor, act: Tensor, timestep: Tensor, mask: Tensor, cond: Tensor | None = None) -> Tensor:
         """The deterministic action of the last step of each window: ``[N, K, ...] -> [N, da]``."""
-        return self.head.mean(self.features(obs, act, timestep, mask)[..., -1, :])
+        return self.head.mean(self.features(obs, act, timestep, mask, cond)[..., -1, :])
