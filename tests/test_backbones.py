@@ -331,6 +331,44 @@ def test_chain_score_puts_one_elbo_term_per_chunk_and_shares_a_pairs_draw():
     assert not torch.equal(unshared[:, 0], unshared[:, 1])
 
 
+def test_a_policy_and_its_frozen_reference_score_on_one_draw_when_it_is_passed():
+    """``draw_chain`` then ``chain_log_prob(..., draw=)``: the draw made inside from a generator equals the one passed
+    from the same generator state; a copy of the policy scores identically on it, and a changed policy's score
+    moves by its own error alone, checked against the denoising errors computed by hand in float64."""
+    import copy
+
+    from pbrl.nets.diffusion import chain_log_prob, chunk_starts, draw_chain
+
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(OBS, ACT, horizon=4, n_obs=2, train_steps=20, hidden_layers=[16]).double()
+    reference = copy.deepcopy(policy)
+    obs, act, _, mask = window(b=3, t=12)
+    obs, act = obs.double(), act.double()
+    pair = lambda x: torch.stack([x, x + 0.1 * torch.randn_like(x)], 1) if x.is_floating_point() else torch.stack([x, x], 1)  # noqa: E731
+    o, a, m = pair(obs), pair(act), pair(mask)
+    draw = draw_chain(policy, (3, 2), 12, shared=(1,), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert draw.k.shape == (3, 1, 3) and draw.noise.shape == (3, 1, 3, 4, ACT)
+    inside, _ = chain_log_prob(policy, o, a, m, shared=(1,), generator=torch.Generator().manual_seed(5))
+    passed, chunk_mask = chain_log_prob(policy, o, a, m, draw=draw)
+    torch.testing.assert_close(inside, passed, rtol=0, atol=0)
+    torch.testing.assert_close(chain_log_prob(reference, o, a, m, draw=draw)[0], passed, rtol=0, atol=0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved, _ = chain_log_prob(policy, o, a, m, draw=draw)
+    hist, chunk, _ = diffusion_windows(o, a, m, policy.n_obs, policy.horizon)
+    hist, chunk = hist.view(3, 2, 12, *hist.shape[1:]), chunk.view(3, 2, 12, *chunk.shape[1:])
+    starts = chunk_starts(12, policy.horizon, "cpu")
+    for model, got in ((policy, moved), (reference, passed)):
+        for b in range(3):
+            for side in range(2):
+                rows = torch.arange(12)[starts]
+                err = model.denoising_error(hist[b, side, rows], chunk[b, side, rows], draw.noise[b, 0], draw.k[b, 0])
+                expected = -(policy.horizon * ACT) * err * chunk_mask[b, side, rows]
+                torch.testing.assert_close(got[b, side, rows], expected)
+    assert not torch.allclose(moved, passed)
+
+
 @pytest.mark.learning
 def test_cpl_on_a_diffusion_policy_learns_the_preferred_mode_bc_keeps_both(tmp_path, learned, learning_seed):
     data = two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=learning_seed)

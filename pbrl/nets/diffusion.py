@@ -20,6 +20,8 @@ control flow (the step loop of DDIM has a fixed length). The schedule, the forwa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -226,31 +228,58 @@ def diffusion_windows(obs: Tensor, act: Tensor, mask: Tensor, n_obs: int, horizo
     return hist.reshape(-1, n_obs, do), chunks.reshape(-1, horizon, da), valid.reshape(-1)
 
 
+@dataclass(frozen=True)
+class ChainDraw:
+    """One draw per chunk for :func:`chain_log_prob`: the diffusion step ``k`` ``[..., n]`` and the noise
+    ``[..., n, H, da]``, over the segments' leading dims (size 1 on dims that share a draw) and the ``n`` chunks."""
+
+    k: Tensor
+    noise: Tensor
+
+
+def chunk_starts(t: int, horizon: int, device: torch.device | str) -> Tensor:
+    """``[T]`` bool: the first step of each consecutive chunk of ``horizon`` steps."""
+    starts = torch.zeros(t, dtype=torch.bool, device=device)
+    starts[::horizon] = True
+    return starts
+
+
+def draw_chain(policy: DiffusionPolicy, lead: tuple[int, ...], t: int, *, shared: tuple[int, ...] = (),
+               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> ChainDraw:
+    """The (step, noise) draw of segments with leading dims ``lead`` and ``t`` steps; dims in ``shared`` draw once.
+    Pass it to :func:`chain_log_prob` for a policy and a frozen reference alike, so that their scores differ by
+    the models, not the draws (Diffusion-DPO; Diff-UAPA)."""
+    n = int(chunk_starts(t, policy.horizon, device).sum())
+    shape = tuple(1 if i in shared else d for i, d in enumerate(lead))
+    k = torch.randint(0, policy.train_steps, (*shape, n), device=device, generator=generator)
+    noise = torch.randn(*shape, n, policy.horizon, policy.act_dim, device=device, dtype=dtype, generator=generator)
+    return ChainDraw(k, noise)
+
+
 def chain_log_prob(policy: DiffusionPolicy, obs: Tensor, act: Tensor, mask: Tensor, *, shared: tuple[int, ...] = (),
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                   generator: torch.Generator | None = None, draw: ChainDraw | None = None) -> tuple[Tensor, Tensor]:
     """The chain score of segments under a diffusion policy: the segment is cut into consecutive chunks of
     ``policy.horizon`` steps (starting at step 0), and each chunk scores ``−(H · act_dim) × denoising error`` at one
     (step, noise) draw: the ELBO surrogate of its log-likelihood, summed over the chunk's elements so that it is
     on the scale of ``Σ_t log π(a_t|s_t)`` over its steps. The score sits at each chunk's first step.
 
     ``obs [..., T, do]``, ``act [..., T, da]``, ``mask [..., T]`` -> ``(score [..., T], chunk_mask [..., T])``: feed
-    them to the CPL losses as per-step log-probabilities and mask. Leading dims named in ``shared`` draw the same
-    noise and diffusion step (a pair's two segments, ``shared=(1,)``: their margin then compares the segments, not
-    the draws, as Diffusion-DPO scores policy and reference on one draw)."""
+    them to the CPL losses as per-step log-probabilities and mask. ``draw`` (:func:`draw_chain`) fixes the steps and
+    the noise; without it they are drawn here, once per leading dim, except that dims named in ``shared`` draw the
+    same (a pair's two segments, ``shared=(1,)``: their margin then compares the segments, not the draws)."""
     lead, t = obs.shape[:-2], obs.shape[-2]
     hist, chunk, valid = diffusion_windows(obs, act, mask, policy.n_obs, policy.horizon)
-    starts = torch.zeros(t, dtype=torch.bool, device=obs.device)
-    starts[:: policy.horizon] = True
+    starts = chunk_starts(t, policy.horizon, obs.device)
     chunk_mask = valid.view(*lead, t) & starts
     n = int(starts.sum())
-    draw_shape = tuple(1 if i in shared else d for i, d in enumerate(lead))
-    k = torch.randint(0, policy.train_steps, (*draw_shape, n), device=obs.device, generator=generator)
-    noise = torch.randn(*draw_shape, n, policy.horizon, policy.act_dim, device=obs.device, dtype=obs.dtype,
-                        generator=generator)
+    if draw is None:
+        draw = draw_chain(policy, tuple(lead), t, shared=shared, generator=generator, device=obs.device,
+                          dtype=obs.dtype)
     take = lambda x: x.view(-1, t, *x.shape[1:])[:, starts].reshape(*lead, n, *x.shape[1:])  # noqa: E731
     h, c = take(hist), take(chunk)                                                    # [..., n, n_obs, do], [..., n, H, da]
-    k = k.expand(*lead, n)
-    noise = noise.expand(*lead, n, policy.horizon, policy.act_dim)
+    k = draw.k.expand(*lead, n)
+    noise = draw.noise.expand(*lead, n, policy.horizon, policy.act_dim)
     flat = lambda x: x.reshape(-1, *x.shape[len(lead) + 1:])  # noqa: E731
     err = policy.denoising_error(flat(h), flat(c), flat(noise), k.reshape(-1)).view(*lead, n)
     score = torch.zeros(*lead, t, dtype=err.dtype, device=obs.device)
@@ -258,5 +287,5 @@ def chain_log_prob(policy: DiffusionPolicy, obs: Tensor, act: Tensor, mask: Tens
     return score * chunk_mask, chunk_mask
 
 
-__all__ = ["DENOISERS", "PREDICTIONS", "DiffusionPolicy", "MLPDenoiser", "UNet1dDenoiser", "cosine_alpha_bar",
-           "chain_log_prob", "diffusion_windows", "timestep_embedding"]
+__all__ = ["DENOISERS", "PREDICTIONS", "ChainDraw", "DiffusionPolicy", "MLPDenoiser", "UNet1dDenoiser",
+           "chain_log_prob", "chunk_starts", "cosine_alpha_bar", "diffusion_windows", "draw_chain", "timestep_embedding"]
