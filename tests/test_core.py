@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -272,3 +273,32 @@ def test_dpo_length_normalised_ipo_and_length_errors():
         dpo_loss(pc, pr, rc, rr, loss_type="ipo", chosen_lengths=lw)
     with pytest.raises(ValueError, match="'ipo' or 'sigmoid_norm'"):
         dpo_loss(pc, pr, rc, rr, loss_type="hinge", chosen_lengths=lw, rejected_lengths=ll)
+
+
+def test_triplet_link_and_the_norm_penalty_against_float64_and_torchs_triplet_loss():
+    """OPPO's link against a numpy float64 computation on random inputs (soft labels, a broadcast anchor), against
+    ``torch.nn.functional.triplet_margin_loss`` on hard labels (which adds 1e-6 inside its distances), and its
+    gradient direction: the anchor moves toward the preferred embedding."""
+    from pbrl.core import triplet_link, unit_norm_penalty
+
+    rng = np.random.default_rng(0)
+    anchor, za, zb = (rng.standard_normal(s) for s in ((8,), (64, 8), (64, 8)))
+    label = rng.choice([0.0, 1.0, 0.5, 0.3], 64)
+    d_a, d_b = np.linalg.norm(anchor - za, axis=-1), np.linalg.norm(anchor - zb, axis=-1)
+    want = label * np.maximum(d_a - d_b + 1.0, 0) + (1 - label) * np.maximum(d_b - d_a + 1.0, 0)
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    got = triplet_link(t(anchor), t(za), t(zb), t(label), margin=1.0)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    hard = label.round() == label
+    hard &= label != 0.5
+    pos = np.where(label[:, None] == 1.0, za, zb)[hard]
+    neg = np.where(label[:, None] == 1.0, zb, za)[hard]
+    peer = torch.nn.functional.triplet_margin_loss(t(np.broadcast_to(anchor, pos.shape).copy()), t(pos), t(neg),
+                                                   margin=1.0, reduction="none")
+    torch.testing.assert_close(got[torch.as_tensor(hard)], peer, rtol=0, atol=1e-5)
+    a = t(anchor).requires_grad_()
+    triplet_link(a, t(za[:1]), t(zb[:1]), t([1.0]), margin=100.0).sum().backward()
+    step = -a.grad
+    assert float(step @ t(za[0] - anchor)) > 0          # toward the preferred
+    z = rng.standard_normal((5, 3))
+    np.testing.assert_allclose(unit_norm_penalty(t(z)).numpy(), (np.linalg.norm(z, axis=-1) - 1) ** 2, rtol=1e-12)

@@ -10,8 +10,9 @@ from pbrl.core.links import (
     ranked_accuracy,
     robust_logistic_link,
     squared_link,
+    triplet_link,
 )
-from pbrl.core.losses import DPO_LOSS_TYPES, cpl_loss, cpl_ranked_loss, dpo_loss
+from pbrl.core.losses import DPO_LOSS_TYPES, cpl_loss, cpl_ranked_loss, dpo_loss, unit_norm_penalty
 from pbrl.core.offline_rl import advantage_weights, awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.core.scores import cpl_score, discount_weights, dpo_implicit_reward, masked_discounted_sum, segment_return
 
@@ -40,4 +41,6 @@ __all__ = [
     "robust_logistic_link",
     "segment_return",
     "squared_link",
+    "triplet_link",
+    "unit_norm_penalty",
 ]

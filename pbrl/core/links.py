@@ -67,6 +67,23 @@ def biased_logistic_link(score_a: Tensor, score_b: Tensor, label: Tensor, *, bia
     return y * F.softplus(-(score_a - bias * score_b)) + (1.0 - y) * F.softplus(-(score_b - bias * score_a))
 
 
+def triplet_link(anchor: Tensor, embedding_a: Tensor, embedding_b: Tensor, label: Tensor, *,
+                 margin: float = 1.0) -> Tensor:
+    """OPPO's preference link (Kang et al., 2023, the preference-modelling objective): a triplet margin loss (Schroff et al., 2015) in which the
+    anchor (the optimal context z*) should lie nearer the preferred item's embedding than the other's by ``margin``,
+    with Euclidean distances ``d_a = ‖z* − z_a‖``, ``d_b = ‖z* − z_b‖`` (the official code's
+    ``nn.TripletMarginLoss(margin=1, p=2)``, without its 1e-6 offset):
+    ``ℓ = y max(0, d_a − d_b + m) + (1 − y) max(0, d_b − d_a + m)``. A tie (y = 0.5) asks for equal distances
+    (its floor is m / 2; the official code leaves ties out, and so does :class:`pbrl.agents.oppo.OPPO`).
+
+    ``anchor`` ``[B, D]`` or ``[D]`` (broadcast), ``embedding_a``, ``embedding_b`` ``[B, D]``, ``label`` ``[B]`` ->
+    ``[B]``."""
+    d_a = torch.linalg.vector_norm(anchor - embedding_a, dim=-1)
+    d_b = torch.linalg.vector_norm(anchor - embedding_b, dim=-1)
+    y = label.to(d_a.dtype)
+    return y * F.relu(d_a - d_b + margin) + (1.0 - y) * F.relu(d_b - d_a + margin)
+
+
 def plackett_luce_link(scores: Tensor, ranking: Tensor) -> Tensor:
     """Plackett-Luce negative log-likelihood of a ranking of K items (Plackett, 1975).
 

@@ -154,3 +154,10 @@ def _pairwise_dpo_variant(loss_type: str, r_w: Tensor, r_l: Tensor, *, beta: flo
         return torch.sigmoid(beta * r_w) + 1 - torch.sigmoid(z)
     mix = torch.sigmoid(z / discopop_tau)  # discopop
     return (1 - mix) * -logsig(z) + mix * torch.exp(-z)
+
+
+def unit_norm_penalty(embedding: Tensor) -> Tensor:
+    """OPPO's regulariser on the trajectory encoder's embeddings (official code: ``MSE(‖z‖₂, 1)``): keeps them near
+    the unit sphere, where the triplet margin of 1 has a fixed meaning. ``[..., D]`` -> ``[...]``: ``(‖z‖ − 1)²``."""
+    return (torch.linalg.vector_norm(embedding, dim=-1) - 1.0) ** 2
+
