@@ -29,12 +29,15 @@ from pbrl.train.trainer import build_agent, learn_reward, load_run, make_sampler
 from tests.test_train import config, mean_action, two_behaviour_dataset
 
 SMALL = {"iql-mr": ["agent.reward_steps=30", "agent.reward_hidden_layers=[32, 32]", "agent.reward_members=2"],
-         "iql-pt": ["agent.reward_steps=20", "agent.reward_dim=16", "agent.reward_heads=2"]}
+         "iql-pt": ["agent.reward_steps=20", "agent.reward_dim=16", "agent.reward_heads=2"],
+         "oppo": ["agent.seq_dim=16", "agent.seq_layers=1", "agent.seq_heads=2", "agent.encoder_layers=1",
+                  "agent.context=4", "agent.z_dim=3", "agent.warmup_steps=5", "agent.pair_batch_size=8"]}
 
 
 def small(agent, data, steps, extra=()):
+    width = [] if agent == "oppo" else ["agent.hidden_layers=[32, 32]"]  # OPPO's transformers: SMALL's widths
     return build_config(agent, data, scale="cpu", steps=steps, seed=0, overrides=[
-        "train.eval_episodes=0", "agent.hidden_layers=[32, 32]", "train.device=cpu", "train.log_every=10",
+        "train.eval_episodes=0", *width, "train.device=cpu", "train.log_every=10",
         "train.batch_size=32", *(["agent.critic_layers=[32, 32]"] if agent.startswith("iql") else []),
         *SMALL.get(agent, []), *extra])
 

@@ -227,17 +227,21 @@ def side_by_side(actor, policy, *, episodes: int, max_steps: int) -> tuple[float
     return worst, steps, obs
 
 
-def test_a_transformer_policy_exports_with_its_window_and_acts_as_the_history_actor(tmp_path):
-    """A transformer BC run (context 8): through whole Hopper episodes, the runtime's own window (pbrl.deploy)
-    gives the evaluation's HistoryActor's actions within 1e-5 at every step, across a reset."""
+@pytest.mark.parametrize("agent, sets", [
+    ("bc", ["agent.backbone=transformer", "agent.seq_layers=1"]),
+    ("oppo", ["agent.seq_layers=1", "agent.encoder_layers=1", "agent.seq_heads=2"])])  # π(a | s, z*), z* folded in
+def test_a_transformer_policy_exports_with_its_window_and_acts_as_the_history_actor(tmp_path, agent, sets):
+    """A transformer run (context 8; BC, and OPPO's contextual policy): through whole Hopper episodes, the runtime's
+    own window (pbrl.deploy) gives the evaluation's HistoryActor's actions within 1e-5 at every step, across a
+    reset."""
 
     from pbrl.deploy import Policy
     from pbrl.train.trainer import actor_policy, load_run
 
     run = tmp_path / "tf"
-    r = run_cli("train", "--agent", "bc", "--dataset", SHIPPED, "--steps", "10", "--out", str(run), "--scale", "cpu",
-                "--set", "train.eval_episodes=0", "--set", "agent.backbone=transformer", "--set", "agent.context=8",
-                "--set", "agent.seq_dim=32", "--set", "agent.seq_layers=1", "--quiet")
+    r = run_cli("train", "--agent", agent, "--dataset", SHIPPED, "--steps", "10", "--out", str(run), "--scale", "cpu",
+                "--set", "train.eval_episodes=0", "--set", "agent.context=8", "--set", "agent.seq_dim=32",
+                *[arg for kv in sets for arg in ("--set", kv)], "--quiet")
     assert r.returncode == 0, r.stderr
     r = run_cli("export", str(run), "--out", str(tmp_path / "exp"))
     assert r.returncode == 0, r.stderr
