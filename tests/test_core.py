@@ -302,3 +302,24 @@ def test_triplet_link_and_the_norm_penalty_against_float64_and_torchs_triplet_lo
     assert float(step @ t(za[0] - anchor)) > 0          # toward the preferred
     z = rng.standard_normal((5, 3))
     np.testing.assert_allclose(unit_norm_penalty(t(z)).numpy(), (np.linalg.norm(z, axis=-1) - 1) ** 2, rtol=1e-12)
+
+
+def test_beta_prior_term_against_scipys_beta_density_in_float64():
+    """Diff-UAPA's MAP prior term is −log Beta(σ(s − s̄); α, β) (scipy.stats.beta.logpdf), clamped at eps; its
+    gradient pulls σ(s − s̄) toward the prior's mode (α − 1) / (α + β − 2)."""
+    from scipy.stats import beta as beta_dist
+
+    from pbrl.core import beta_prior_nll
+
+    rng = np.random.default_rng(1)
+    score, ref = rng.normal(0, 2, 50), rng.normal(0, 1, 50)
+    a, b = rng.uniform(0.5, 8, 50), rng.uniform(0.5, 8, 50)
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    got = beta_prior_nll(t(score), t(ref), t(a), t(b), eps=1e-4)
+    p = np.clip(1 / (1 + np.exp(-(score - ref))), 1e-4, 1 - 1e-4)
+    np.testing.assert_allclose(got.numpy(), -beta_dist.logpdf(p, a, b), rtol=1e-10)
+    s = t([0.0]).requires_grad_()
+    beta_prior_nll(s, 0.0, t([6.0]), t([2.0])).sum().backward()   # mode 5/6 > 0.5: raise the score
+    assert s.grad.item() < 0
+    flat = beta_prior_nll(t([3.0, -3.0]), 0.0, t([1.0, 1.0]), t([1.0, 1.0]))
+    torch.testing.assert_close(flat, torch.zeros(2, dtype=torch.float64))   # Beta(1, 1): no pull at all

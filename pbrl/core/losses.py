@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pbrl.core.links import biased_logistic_link, hinge_link, logistic_link, robust_logistic_link, squared_link
@@ -160,4 +161,21 @@ def unit_norm_penalty(embedding: Tensor) -> Tensor:
     """OPPO's regulariser on the trajectory encoder's embeddings (official code: ``MSE(‖z‖₂, 1)``): keeps them near
     the unit sphere, where the triplet margin of 1 has a fixed meaning. ``[..., D]`` -> ``[...]``: ``(‖z‖ − 1)²``."""
     return (torch.linalg.vector_norm(embedding, dim=-1) - 1.0) ** 2
+
+
+def beta_prior_nll(score: Tensor, reference: Tensor | float, alpha: Tensor, beta: Tensor, *,
+                   eps: float = 1e-4) -> Tensor:
+    """The prior term of Diff-UAPA's maximum a posteriori objective (Diff-UAPA, NeurIPS 2025, after UA-PbRL, Xu et
+    al., ICLR 2025): each trajectory's chance to be preferred, ``p = σ(score − reference)`` against a reference
+    score (the official code: the batch's), has an informative prior ``Beta(α, β)``; the term is its negative log
+    density ``−log Beta(p; α, β) = −(α − 1) log p − (β − 1) log(1 − p) + log B(α, β)``, with p kept in
+    ``[eps, 1 − eps]`` (the official code's clamp: no gradient beyond it). A trajectory compared often, with
+    consistent labels, has a sharp prior that holds its p where its record puts it; one rarely compared has
+    ``α ≈ β ≈ 1``, a flat prior that leaves it to the likelihood.
+
+    ``score`` ``[B]``, ``reference`` ``[B]`` or a scalar, ``alpha``, ``beta`` ``[B]`` (> 0) -> ``[B]``."""
+    bound = math.log(1.0 / eps - 1.0)                       # logit(1 − eps)
+    x = (score - reference).clamp(-bound, bound)
+    log_beta_fn = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    return -((alpha - 1.0) * F.logsigmoid(x) + (beta - 1.0) * F.logsigmoid(-x)) + log_beta_fn
 
