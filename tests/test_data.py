@@ -301,22 +301,25 @@ def test_a_medium_noisy_mixture_is_one_policy_with_noise_at_each_scale(tmp_path)
 
 
 def test_per_episode_win_counts_and_the_ids_a_preference_batch_carries(tmp_path):
-    """``episode_win_counts`` against a plain loop over the pairs (ties half to each side, skipped pairs
-    nowhere); a batch's ``pair`` and ``episode`` name the rows its segments were gathered from."""
-    from pbrl.data.preferences import episode_win_counts
+    """``episode_win_counts`` against a plain loop over the pairs, per annotator group (ties half to each side,
+    skipped pairs nowhere); a batch's ``pair`` and ``episode`` name the rows its segments were gathered from."""
+    from pbrl.data.preferences import episode_win_counts, label_groups
 
     ds = write_episodes(tmp_path / "t.h5", [30, 12, 25, 40])
     prefs = make_preferences(ds, pairs=60, segment=6, seed=3)
     rng = np.random.default_rng(0)
     prefs.label = rng.choice([0.0, 0.5, 1.0, 0.3], len(prefs)).astype(np.float32)
     prefs.skipped = rng.random(len(prefs)) < 0.2
-    wins, comparisons = np.zeros(4), np.zeros(4)
+    prefs.group = rng.choice([7, 2], len(prefs)).astype(np.int32)      # two annotator groups: rows 0 (2) and 1 (7)
+    wins, comparisons = np.zeros((2, 4)), np.zeros((2, 4))
     for i in range(len(prefs)):
         if prefs.skipped[i]:
             continue
+        g = 0 if prefs.group[i] == 2 else 1
         for seg, p in ((prefs.segments_a[i], float(prefs.label[i])), (prefs.segments_b[i], 1 - float(prefs.label[i]))):
-            wins[seg[0]] += p
-            comparisons[seg[0]] += 1
+            wins[g, seg[0]] += p
+            comparisons[g, seg[0]] += 1
+    np.testing.assert_array_equal(label_groups(prefs), [2, 7])
     got = episode_win_counts(prefs, ds.num_episodes)
     np.testing.assert_allclose(got[0], wins, rtol=1e-12)
     np.testing.assert_array_equal(got[1], comparisons)

@@ -116,10 +116,11 @@ class PolicyConfig(AgentConfig):
 @dataclass(frozen=True)
 class DataSpec:
     """What an agent may know of its data: dimensions, observation statistics ``[obs_dim]``, the range of the
-    actions ``[act_dim]``, and the labels' per-episode statistics ``[E]`` (float64; None where the run reads no
-    labels): ``episode_wins`` sums each episode's chance to be preferred over the labelled pairs it takes part in
-    (a tie gives each side 0.5), ``episode_comparisons`` counts those pairs (a Beta prior's α = wins, β =
-    comparisons − wins)."""
+    actions ``[act_dim]``, and the labels' statistics (None where the run reads no labels): ``label_groups`` ``[G]``
+    the annotator groups in ascending order, and per group and episode ``[G, E]`` (float64) ``episode_wins``, the
+    summed chance of the episode to be preferred over that group's labelled pairs it takes part in (a tie gives each
+    side 0.5), and ``episode_comparisons``, the number of those pairs (a Beta prior's α = wins, β = comparisons −
+    wins)."""
 
     obs_dim: int
     act_dim: int
@@ -127,6 +128,7 @@ class DataSpec:
     obs_std: Tensor
     act_low: Tensor | None = None
     act_high: Tensor | None = None
+    label_groups: Tensor | None = None
     episode_wins: Tensor | None = None
     episode_comparisons: Tensor | None = None
 

@@ -177,15 +177,26 @@ def read_preferences(path: str | os.PathLike, trajectories: TrajectoryDataset | 
     return prefs, trajectories
 
 
+def label_groups(prefs: PreferenceDataset) -> np.ndarray:
+    """The distinct annotator groups of the labelled pairs, ascending ``[G]`` (one group, 0, where none are named)."""
+    groups = np.unique(prefs.group[prefs.used])
+    return groups if len(groups) else np.zeros(1, prefs.group.dtype)
+
+
 def episode_win_counts(prefs: PreferenceDataset, num_episodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per episode ``[E]`` float64: the summed chance of its segments to be preferred over the labelled pairs they
-    take part in (a label of 0.5 gives each side 0.5), and the number of those pairs. A pair of two segments of one
-    episode counts twice for it (once per side). Skipped pairs count for nothing."""
+    """Per group (:func:`label_groups`' order) and episode, ``[G, E]`` float64: the summed chance of the episode's
+    segments to be preferred over the labelled pairs of that group they take part in (a label of 0.5 gives each side
+    0.5), and the number of those pairs. A pair of two segments of one episode counts twice for it (once per side).
+    Skipped pairs count for nothing."""
+    groups = label_groups(prefs)
     used = prefs.used
     label = prefs.label[used].astype(np.float64)
     episodes = np.concatenate([prefs.segments_a[used, 0], prefs.segments_b[used, 0]])
-    wins = np.bincount(episodes, np.concatenate([label, 1.0 - label]), minlength=num_episodes)
-    comparisons = np.bincount(episodes, minlength=num_episodes).astype(np.float64)
+    row = np.tile(np.searchsorted(groups, prefs.group[used]), 2)
+    flat = row * num_episodes + episodes
+    size = len(groups) * num_episodes
+    wins = np.bincount(flat, np.concatenate([label, 1.0 - label]), minlength=size).reshape(len(groups), num_episodes)
+    comparisons = np.bincount(flat, minlength=size).astype(np.float64).reshape(len(groups), num_episodes)
     return wins, comparisons
 
 

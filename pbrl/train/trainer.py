@@ -17,7 +17,13 @@ from pbrl.agents import AGENTS, Agent
 from pbrl.agents.base import AgentConfig, BatchSpec, DataSpec
 from pbrl.agents.reward_model import RewardModel
 from pbrl.core import preference_accuracy
-from pbrl.data.preferences import PreferenceDataset, PreferenceSampler, ScoredSegmentSampler, episode_win_counts
+from pbrl.data.preferences import (
+    PreferenceDataset,
+    PreferenceSampler,
+    ScoredSegmentSampler,
+    episode_win_counts,
+    label_groups,
+)
 from pbrl.data.registry import LoadedDataset, load_dataset
 from pbrl.data.sampling import NamedSamplers, Sampler, derived_seed
 from pbrl.data.store import TrajectoryDataset
@@ -60,12 +66,13 @@ def data_spec(trajectories: TrajectoryDataset, preferences: PreferenceDataset | 
     """The agent's view of its data; with ``preferences``, the labels' per-episode win counts too."""
     obs = trajectories.observations.astype(np.float64)
     act = trajectories.actions
-    wins = comparisons = None
+    groups = wins = comparisons = None
     if preferences is not None:
+        groups = torch.as_tensor(label_groups(preferences))
         wins, comparisons = (torch.as_tensor(x) for x in episode_win_counts(preferences, trajectories.num_episodes))
     return DataSpec(trajectories.obs_dim, trajectories.act_dim, torch.as_tensor(obs.mean(0)),
                     torch.as_tensor(obs.std(0) + 1e-3), torch.as_tensor(act.min(0)), torch.as_tensor(act.max(0)),
-                    episode_wins=wins, episode_comparisons=comparisons)
+                    label_groups=groups, episode_wins=wins, episode_comparisons=comparisons)
 
 
 def build_agent(cfg: RunConfig, data: LoadedDataset) -> Agent:
