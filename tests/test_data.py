@@ -333,3 +333,30 @@ def test_per_episode_win_counts_and_the_ids_a_preference_batch_carries(tmp_path)
             assert int(batch.episode[b, side]) == seg[0]
             np.testing.assert_array_equal(batch.obs[b, side, :seg[2]].numpy(),
                                           ds.observations[offsets[seg[0]] + seg[1]:offsets[seg[0]] + seg[1] + seg[2]])
+
+
+def test_group_rounds_draw_every_group_before_the_start_then_one_group_per_round_and_resume_exactly(tmp_path):
+    """Diff-UAPA's iterative alignment: before ``start`` every group, then round r from the r-th group only (the
+    last group after the last round); two draws per step under gradient accumulation; a restored state draws alike."""
+    import copy
+
+    from pbrl.data.preferences import GroupRounds
+
+    ds = write_episodes(tmp_path / "t.h5", [30, 12, 25, 40])
+    prefs = make_preferences(ds, pairs=90, segment=6, seed=3)
+    prefs.group = np.repeat([5, 1, 3], 30).astype(np.int32)
+    rounds = GroupRounds(ds, prefs, start=2, round_steps=3, draws_per_step=2, seed=0)
+    seen = []
+    for step in range(14):
+        for _ in range(2):
+            batch = rounds.sample(8)
+            seen.append((step, set(prefs.group[batch.pair.numpy()].tolist())))
+    for step, groups in seen:
+        expected = {1, 3, 5} if step < 2 else {[1, 3, 5][min((step - 2) // 3, 2)]}
+        assert groups <= expected and (step < 2 or groups == expected), (step, groups)
+    assert {g for step, groups in seen if step < 2 for g in groups} != set()
+    state = copy.deepcopy(rounds.state_dict())
+    a = rounds.sample(8)
+    rounds.load_state_dict(state)
+    b = rounds.sample(8)
+    assert torch.equal(a.pair, b.pair) and torch.equal(a.obs, b.obs)

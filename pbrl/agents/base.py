@@ -49,7 +49,8 @@ class BatchSpec:
     fitted to the labels first) or None (no reward used). ``reward_scale`` (transitions): ``returns`` |
     ``minmax-returns`` | ``none``. ``context`` (windows): steps per window. ``batch_size``: items per step (None:
     ``train.batch_size``). ``origin``: the config option that asked for this batch, named when the data cannot
-    serve it."""
+    serve it. ``rounds`` (preferences): ``(start, round_steps)``, one annotator group per round of ``round_steps``
+    steps from step ``start`` on, every group before (:class:`~pbrl.data.preferences.GroupRounds`)."""
 
     kind: str
     rewards: str | None = None
@@ -57,6 +58,7 @@ class BatchSpec:
     context: int | None = None
     batch_size: int | None = None
     origin: str = ""
+    rounds: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BATCH_KINDS:

@@ -239,7 +239,9 @@ class PreferenceSampler(Sampler):
     """
 
     def __init__(self, trajectories: TrajectoryDataset, prefs: PreferenceDataset, *, device: str | torch.device = "cpu",
-                 seed: int = 0):
+                 seed: int = 0, rows: np.ndarray | None = None):
+        """``rows`` [P]: each pair's row in the preference file, where ``prefs`` is a subset of it (default: its own
+        rows), so that a batch's ``pair`` names the file's row."""
         self.device = torch.device(device)
         self.obs = torch.as_tensor(trajectories.observations, device=self.device)
         self.act = torch.as_tensor(trajectories.actions, device=self.device)
@@ -250,7 +252,7 @@ class PreferenceSampler(Sampler):
         seg = torch.stack([torch.as_tensor(prefs.segments_a[used]), torch.as_tensor(prefs.segments_b[used])], 1).to(self.device)
         self.start = offsets[seg[..., 0]] + seg[..., 1]           # [P, 2] global row of each segment's first step
         self.episode = seg[..., 0]                                 # [P, 2] episode of each segment
-        self.pair = torch.as_tensor(used, device=self.device)      # [P] row in the preference file
+        self.pair = torch.as_tensor(used if rows is None else rows[used], device=self.device)  # [P] row in the file
         self.first_timestep = seg[..., 1]                          # [P, 2] its step within the episode
         self.length = seg[..., 2]                                  # [P, 2]
         self.label = torch.as_tensor(prefs.label[used], device=self.device)
@@ -269,6 +271,53 @@ class PreferenceSampler(Sampler):
         timestep = torch.where(mask, self.first_timestep[index][..., None] + self.steps, 0)
         return PreferenceBatch(self.obs[rows], self.act[rows], self.label[index], mask, self.group[index], timestep,
                                pair=self.pair[index], episode=self.episode[index])
+
+
+class GroupRounds:
+    """Labelled pairs one annotator group at a time (the iterative alignment of Diff-UAPA): draws for steps before
+    ``start`` come from every group; from ``start`` on, round r (``round_steps`` steps) draws from the r-th group in
+    ascending id order (:func:`label_groups`), and after the last round from the last group. The step is counted from
+    the draws (``draws_per_step`` per step: the loop's gradient-accumulation micro-batches); the count and every
+    generator are the state (exact resume). ``sample(batch_size) -> PreferenceBatch``."""
+
+    def __init__(self, trajectories: TrajectoryDataset, prefs: PreferenceDataset, *, start: int, round_steps: int,
+                 draws_per_step: int = 1, device: str | torch.device = "cpu", seed: int = 0):
+        from pbrl.data.sampling import derived_seed
+
+        if round_steps < 1:
+            raise DatasetError(describe("rounds", "steps per round", round_steps, "at least 1"))
+        self.start, self.round_steps, self.draws_per_step = start, round_steps, draws_per_step
+        self.groups = label_groups(prefs)
+        self.every = PreferenceSampler(trajectories, prefs, device=device, seed=seed)
+        self.by_group = []
+        for r, g in enumerate(self.groups):
+            rows = np.flatnonzero((prefs.group == g) & ~prefs.skipped)
+            self.by_group.append(PreferenceSampler(trajectories, prefs.subset(rows), device=device,
+                                                   seed=derived_seed(seed, 1 + r), rows=rows))
+        self.draws = 0
+        self.device = self.every.device
+
+    def round_at(self, step: int) -> int:
+        """The round of ``step``: −1 before ``start``, else the group's index (the last once every round is done)."""
+        return -1 if step < self.start else min((step - self.start) // self.round_steps, len(self.groups) - 1)
+
+    def __len__(self) -> int:
+        return len(self.every)
+
+    def sample(self, batch_size: int) -> PreferenceBatch:
+        r = self.round_at(self.draws // self.draws_per_step)
+        self.draws += 1
+        return (self.every if r < 0 else self.by_group[r]).sample(batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "every": self.every.state_dict(),
+                "by_group": [s.state_dict() for s in self.by_group]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draws = int(state["draws"])
+        self.every.load_state_dict(state["every"])
+        for s, st in zip(self.by_group, state["by_group"], strict=True):
+            s.load_state_dict(st)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pbrl.agents.base import AgentConfig, BatchSpec, DataSpec
 from pbrl.agents.reward_model import RewardModel
 from pbrl.core import preference_accuracy
 from pbrl.data.preferences import (
+    GroupRounds,
     PreferenceDataset,
     PreferenceSampler,
     ScoredSegmentSampler,
@@ -223,8 +224,13 @@ def learn_reward(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.d
 
 
 def build_sampler(spec: BatchSpec, data: LoadedDataset, device: torch.device, seed: int, where: str,
-                  rewards: np.ndarray | None = None) -> Sampler:
-    """The sampler of one declared batch; ``rewards`` [N]: a reward model's relabelling (``rewards="learned"``)."""
+                  rewards: np.ndarray | None = None, draws_per_step: int = 1) -> Sampler | GroupRounds:
+    """The sampler of one declared batch; ``rewards`` [N]: a reward model's relabelling (``rewards="learned"``);
+    ``draws_per_step``: the loop's draws per step (gradient accumulation), for samplers that follow the step."""
+    if spec.kind == "preferences" and spec.rounds is not None:
+        start, round_steps = spec.rounds
+        return GroupRounds(data.trajectories, data.preferences, start=start, round_steps=round_steps,
+                           draws_per_step=draws_per_step, device=device, seed=seed)
     if spec.kind == "preferences":
         return PreferenceSampler(data.trajectories, data.preferences, device=device, seed=seed)
     if spec.kind == "segments":
@@ -254,8 +260,8 @@ def make_sampler(cfg: RunConfig, agent: Agent, data: LoadedDataset, device: torc
     """The sampler of each batch the agent declares: the one sampler itself, or several as :class:`NamedSamplers`
     (each with a seed of its own, derived from ``train.seed``)."""
     specs = type(agent).batch_specs(cfg.agent_config)
-    samplers = {name: build_sampler(spec, data, device, derived_seed(cfg.train.seed, i), cfg.dataset, rewards)
-                for i, (name, spec) in enumerate(specs.items())}
+    samplers = {name: build_sampler(spec, data, device, derived_seed(cfg.train.seed, i), cfg.dataset, rewards,
+                                    cfg.train.grad_accum) for i, (name, spec) in enumerate(specs.items())}
     if len(samplers) == 1:
         return next(iter(samplers.values()))
     return NamedSamplers(samplers, {name: spec.batch_size for name, spec in specs.items()})
