@@ -12,7 +12,16 @@ from pbrl.core.links import (
     squared_link,
     triplet_link,
 )
-from pbrl.core.losses import DPO_LOSS_TYPES, beta_prior_nll, cpl_loss, cpl_ranked_loss, dpo_loss, unit_norm_penalty
+from pbrl.core.losses import (
+    DPO_LOSS_TYPES,
+    beta_elbo_loss,
+    beta_kl,
+    beta_prior_nll,
+    cpl_loss,
+    cpl_ranked_loss,
+    dpo_loss,
+    unit_norm_penalty,
+)
 from pbrl.core.offline_rl import advantage_weights, awr_actor_loss, expectile_loss, td_target, twin_q_loss
 from pbrl.core.scores import cpl_score, discount_weights, dpo_implicit_reward, masked_discounted_sum, segment_return
 
@@ -23,6 +32,8 @@ __all__ = [
     "td_target",
     "twin_q_loss",
     "DPO_LOSS_TYPES",
+    "beta_elbo_loss",
+    "beta_kl",
     "beta_prior_nll",
     "biased_logistic_link",
     "cpl_loss",

@@ -179,3 +179,32 @@ def beta_prior_nll(score: Tensor, reference: Tensor | float, alpha: Tensor, beta
     log_beta_fn = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
     return -((alpha - 1.0) * F.logsigmoid(x) + (beta - 1.0) * F.logsigmoid(-x)) + log_beta_fn
 
+
+def beta_kl(alpha: Tensor, beta: Tensor, prior_alpha: float = 1.0, prior_beta: float = 1.0) -> Tensor:
+    """``KL(Beta(α, β) ‖ Beta(α₀, β₀))`` in closed form, elementwise:
+    ``log B(α₀, β₀) − log B(α, β) + (α − α₀) ψ(α) + (β − β₀) ψ(β) + (α₀ − α + β₀ − β) ψ(α + β)``."""
+    a0 = torch.as_tensor(prior_alpha, dtype=alpha.dtype, device=alpha.device)
+    b0 = torch.as_tensor(prior_beta, dtype=alpha.dtype, device=alpha.device)
+    log_b = lambda a, b: torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)  # noqa: E731
+    return (log_b(a0, b0) - log_b(alpha, beta) + (alpha - a0) * torch.digamma(alpha) + (beta - b0) * torch.digamma(beta)
+            + (a0 - alpha + b0 - beta) * torch.digamma(alpha + beta))
+
+
+def beta_elbo_loss(alpha_a: Tensor, beta_a: Tensor, alpha_b: Tensor, beta_b: Tensor, label: Tensor, *,
+                   prior_alpha: float = 1.0, prior_beta: float = 1.0) -> Tensor:
+    """The variational fit of Diff-UAPA's Beta prior (its eq. 18): each segment's chance to be preferred φ has the
+    posterior ``q(φ | τ) = Beta(α_τ, β_τ)`` (a network's output); per pair, the negative ELBO
+    ``−[y (E_q log φ_a + E_q log(1 − φ_b)) + (1 − y) (E_q log φ_b + E_q log(1 − φ_a))] + KL(q_a ‖ p₀) + KL(q_b ‖ p₀)``
+    with ``E log φ = ψ(α) − ψ(α + β)``, ``E log(1 − φ) = ψ(β) − ψ(α + β)`` and the base ``p₀ = Beta(α₀, β₀)``
+    (the paper: Beta(1, 1)). A segment often preferred gets a large α, one often rejected a large β, one seldom
+    compared stays near the base.
+
+    ``alpha_a``, ``beta_a``, ``alpha_b``, ``beta_b``, ``label`` ``[B]`` (label: P(a preferred)) -> ``[B]``."""
+    y = label.to(alpha_a.dtype)
+    log_phi = lambda a, b: torch.digamma(a) - torch.digamma(a + b)  # noqa: E731
+    log_one_minus = lambda a, b: torch.digamma(b) - torch.digamma(a + b)  # noqa: E731
+    likelihood = (y * (log_phi(alpha_a, beta_a) + log_one_minus(alpha_b, beta_b))
+                  + (1.0 - y) * (log_phi(alpha_b, beta_b) + log_one_minus(alpha_a, beta_a)))
+    return (-likelihood + beta_kl(alpha_a, beta_a, prior_alpha, prior_beta)
+            + beta_kl(alpha_b, beta_b, prior_alpha, prior_beta))
+
