@@ -23,14 +23,16 @@ OPPO_SMALL = ["agent.seq_dim=32", "agent.seq_layers=1", "agent.seq_heads=2", "ag
 def noisy_pairs(tmp_path, seed: int, *, flip: float, swap: bool = False) -> str:
     """The two-behaviour task (preferred: a ≈ +0.6) with a share ``flip`` of its decided labels reversed (or all of
     them, ``swap``): SFT then clones a mixture, while the majority still places z*."""
-    data = two_behaviour_dataset(tmp_path, seed=seed)
+    folder = tmp_path / f"noisy-{flip}-{'swap' if swap else 'true'}"   # its own trajectories file, checksummed
+    folder.mkdir(exist_ok=True)
+    data = two_behaviour_dataset(folder, seed=seed)
     prefs, ds = read_preferences(data)
     rng = np.random.default_rng(seed + 100)
     decided = prefs.label != 0.5
     flipped = decided & (rng.random(len(prefs)) < flip)
     prefs.label = np.where(flipped ^ (decided & swap), 1.0 - prefs.label, prefs.label).astype(np.float32)
-    name = f"noisy-{flip}-{'swap' if swap else 'true'}.prefs.h5"
-    return str(write_preferences(tmp_path / name, prefs, ds, teacher={"name": "scripted", "flip": flip}, seed=seed))
+    return str(write_preferences(folder / "noisy.prefs.h5", prefs, ds, teacher={"name": "scripted", "flip": flip},
+                                 seed=seed))
 
 
 def rollout_mean_action(agent, seed: int, envs: int = 64, steps: int = 12) -> float:

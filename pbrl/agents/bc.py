@@ -78,8 +78,7 @@ class BC(Agent):
         super().__init__(cfg, spec)
         if (cfg.backbone or "mlp") not in self.backbones:
             raise ConfigError(describe("agent.backbone", "backbone", repr(cfg.backbone),
-                                       f"one of {list(self.backbones)} for this agent (a diffusion policy has no "
-                                       "per-step likelihood to pick the preferred segment's steps with)"))
+                                       f"one of {list(self.backbones)} for this agent"))
         if cfg.data == "transitions" and (type(self) is not BC or (cfg.backbone or "mlp") != "mlp"):
             raise ConfigError(describe("agent.data", "data", "'transitions'", "pairs for this agent and backbone "
                                        "(transitions: agent bc with an MLP policy only)"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pbrl.cli.common import FORMATTER, int_at_least
 
-AGENT_NAMES = ("bc", "cpl", "iql-constant", "iql-mr", "iql-oracle", "iql-pt", "oppo", "sft")
+AGENT_NAMES = ("bc", "cpl", "diff-uapa", "iql-constant", "iql-mr", "iql-oracle", "iql-pt", "oppo", "sft")
 """``pbrl.agents.AGENTS``'s names, written out so that building the parser (``pbrl --help``) imports no torch; a test
 keeps the two equal."""
 
