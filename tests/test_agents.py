@@ -30,6 +30,8 @@ from tests.test_train import config, mean_action, two_behaviour_dataset
 
 SMALL = {"iql-mr": ["agent.reward_steps=30", "agent.reward_hidden_layers=[32, 32]", "agent.reward_members=2"],
          "iql-pt": ["agent.reward_steps=20", "agent.reward_dim=16", "agent.reward_heads=2"],
+         "diff-uapa": ["agent.horizon=4", "agent.diffusion_steps=20", "agent.bc_steps=5", "agent.round_steps=6",
+                       "agent.prior_dim=16", "agent.prior_heads=2"],
          "oppo": ["agent.seq_dim=16", "agent.seq_layers=1", "agent.seq_heads=2", "agent.encoder_layers=1",
                   "agent.context=4", "agent.z_dim=3", "agent.warmup_steps=5", "agent.pair_batch_size=8"]}
 
@@ -53,6 +55,7 @@ VARIANTS = {"cpl-dense": ["agent.regime=dense", "agent.bc_steps=5", "agent.warmu
             "cpl-transformer": ["agent.backbone=transformer", "agent.seq_dim=16", "agent.seq_layers=1", "agent.seq_heads=2"],
             "bc-diffusion": ["agent.backbone=diffusion", "agent.horizon=4", "agent.diffusion_steps=20"],
             "bc-transitions": ["agent.data=transitions"],
+            "diff-uapa-counting": ["agent.prior=counting", "agent.bias=0.5"],
             "cpl-diffusion": ["agent.backbone=diffusion", "agent.horizon=4", "agent.diffusion_steps=20", "agent.bc_steps=5",
                               "agent.bc_weight=0.5"]}
 
@@ -60,7 +63,7 @@ VARIANTS = {"cpl-dense": ["agent.regime=dense", "agent.bc_steps=5", "agent.warmu
 @pytest.mark.parametrize("agent", [*sorted(AGENTS), *VARIANTS])
 def test_exact_resume_for_every_agent(tmp_path, agent):
     data = two_behaviour_dataset(tmp_path, episodes=10)
-    cfg = small(agent.split("-")[0] if agent in VARIANTS else agent, data, steps=24,
+    cfg = small(agent.rsplit("-", 1)[0] if agent in VARIANTS else agent, data, steps=24,
                 extra=["train.checkpoint_every=10", *VARIANTS.get(agent, [])])
     train(cfg, tmp_path / "straight", progress=False)
     assert train(cfg, tmp_path / "split", progress=False, stop_at=13) is None

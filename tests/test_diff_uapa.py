@@ -20,7 +20,8 @@ from tests.test_train import two_behaviour_dataset
 DIFFUSION = ["agent.backbone=diffusion", "agent.hidden_layers=[64, 64]", "agent.horizon=4", "agent.n_obs=1",
              "agent.diffusion_steps=20", "agent.sample_steps=20", "agent.dropout=0.0"]
 COMMON = ["train.eval_episodes=0", "train.device=cpu", "train.batch_size=16", "train.lr=1e-3", "train.log_every=50"]
-UAPA = ["agent.bc_steps=150", "agent.beta=0.5", "agent.prior_dim=16", "agent.prior_heads=2", "agent.round_steps=150"]
+UAPA = ["agent.bc_steps=150", "agent.beta=0.05", "agent.bias=0.5", "agent.prior_dim=16", "agent.prior_heads=2",
+        "agent.round_steps=450", "train.lr=3e-3"]
 
 
 def run(tmp_path, name, agent, data, steps, seed, sets):
@@ -59,15 +60,15 @@ def held_out_scores(agent, tmp_path, seed: int) -> tuple[float, float]:
 
 @pytest.mark.learning
 def test_diff_uapa_raises_the_preferred_segments_and_beats_diffusion_sft(tmp_path, learned, learning_seed):
-    """20 % of the decided labels reversed: after a BC warm start, alignment raises the held-out preferred segments'
+    """30 % of the decided labels reversed: after a BC warm start, alignment raises the held-out preferred segments'
     chain score and lowers the rejected ones', its samples act like the preferred behaviour (+0.6) above diffusion SFT
     on the preferred segments at equal steps (which clones the label noise), its drift from the reference stays
     small; with every label swapped it acts like the rejected behaviour."""
-    true = noisy_pairs(tmp_path, learning_seed, flip=0.2)
-    uapa = run(tmp_path, "uapa", "diff-uapa", true, 300, learning_seed, UAPA)
-    swapped = run(tmp_path, "swapped", "diff-uapa", noisy_pairs(tmp_path, learning_seed, flip=0.2, swap=True), 300,
+    true = noisy_pairs(tmp_path, learning_seed, flip=0.3)
+    uapa = run(tmp_path, "uapa", "diff-uapa", true, 600, learning_seed, UAPA)
+    swapped = run(tmp_path, "swapped", "diff-uapa", noisy_pairs(tmp_path, learning_seed, flip=0.3, swap=True), 600,
                   learning_seed, UAPA)
-    sft = run(tmp_path, "sft", "sft", true, 300, learning_seed, [])
+    sft = run(tmp_path, "sft", "sft", true, 600, learning_seed, ["train.lr=3e-3"])
     pref, rej = held_out_scores(uapa, tmp_path, learning_seed)
     learned.check("held-out preferred segments' chain score", pref, ">", 0.0)
     learned.check("held-out rejected segments' chain score", rej, "<", 0.0)
@@ -98,7 +99,7 @@ def test_the_prior_damps_a_group_that_contradicts_the_rest(tmp_path, learned, le
     so far, the second round pulls each segment toward the average instead of across it, so the policy keeps more of
     the preferred behaviour than the same alignment without a prior."""
     data = two_groups(tmp_path, learning_seed)
-    sets = [*UAPA, "agent.prior=counting", "agent.prior_update=rounds"]
+    sets = [*UAPA, "agent.prior=counting", "agent.prior_update=rounds", "agent.round_steps=150"]
     with_prior = run(tmp_path, "prior", "diff-uapa", data, 450, learning_seed, [*sets, "agent.prior_weight=1.0"])
     without = run(tmp_path, "none", "diff-uapa", data, 450, learning_seed, [*sets, "agent.prior=none"])
     learned.check("mean action with the prior minus without", sampled_mean_action(with_prior, learning_seed)

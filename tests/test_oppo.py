@@ -24,7 +24,7 @@ def noisy_pairs(tmp_path, seed: int, *, flip: float, swap: bool = False) -> str:
     """The two-behaviour task (preferred: a ≈ +0.6) with a share ``flip`` of its decided labels reversed (or all of
     them, ``swap``): SFT then clones a mixture, while the majority still places z*."""
     folder = tmp_path / f"noisy-{flip}-{'swap' if swap else 'true'}"   # its own trajectories file, checksummed
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     data = two_behaviour_dataset(folder, seed=seed)
     prefs, ds = read_preferences(data)
     rng = np.random.default_rng(seed + 100)

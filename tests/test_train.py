@@ -122,7 +122,7 @@ def test_config_overrides_and_errors():
     assert cfg.agent_config.bias == 0.5  # from agents/cpl.toml
     paper = build_config("cpl", "d", scale="paper")
     assert (paper.agent_config.hidden_layers, paper.train.batch_size, paper.agent_config.bc_steps) == ([512, 512], 96, 200_000)
-    with pytest.raises(ConfigError, match=r"--agent: agent: got 'nope', expected one of \['bc', 'cpl', 'iql-constant', 'iql-mr', 'iql-oracle', 'iql-pt', 'sft'\]"):
+    with pytest.raises(ConfigError, match=r"--agent: agent: got 'nope', expected one of \['bc', 'cpl', 'diff-uapa', 'iql-constant', 'iql-mr', 'iql-oracle', 'iql-pt', 'oppo', 'sft'\]"):
         build_config("nope", "d")
     with pytest.raises(ConfigError, match=r"agent.alhpa: got unknown field"):
         build_config("cpl", "d", overrides=["agent.alhpa=1"])

@@ -15,7 +15,7 @@ paper's eq. 12), and maximises the posterior of the labels:
   ``variational`` (the paper's eq. 18: a Beta network ``q(φ | τ)`` fitted by :func:`pbrl.core.beta_elbo_loss` on the
   labelled pairs during the warm start, and on each round's pairs where ``prior_update=rounds``), ``counting`` (the
   released code's estimate: α = Σ P(win), β = Σ (1 − P) of the segment's episode over the labels, from
-  :class:`~pbrl.agents.base.DataSpec`), or ``none``.
+  :class:`~pbrl.agents.base.DataSpec`, processed as that code does: :func:`counted_beta_parameters`), or ``none``.
 
 **Iterative alignment over user groups** (``rounds=groups``): after the warm start, one annotator group per round of
 ``round_steps`` steps, in ascending group id, the optimiser's moments reset at each round (the paper resets the
@@ -96,6 +96,20 @@ class BetaNetwork(nn.Module):
         return ab[:, 0].view(lead), ab[:, 1].view(lead)
 
 
+def counted_beta_parameters(wins: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+    """The released code's counting estimate of each episode's Beta prior (``update_beta_priori``): α = Σ P(win) + 1,
+    β = Σ (1 − P) + 1 over the labels, each clipped at its mean + 3 std over the episodes, then both mapped by one
+    affine map onto [1, 3], which keeps every prior broad (raw counts of a few dozen comparisons give a density
+    sharp enough to outweigh the likelihood: measured in docs/benchmarks.md). ``[E]`` float64 -> ``[E]`` each."""
+    alpha, beta = wins + 1.0, losses + 1.0
+    alpha = torch.minimum(alpha, alpha.mean() + 3 * alpha.std(unbiased=False))
+    beta = torch.minimum(beta, beta.mean() + 3 * beta.std(unbiased=False))
+    both = torch.cat([alpha, beta])
+    low, high = both.min(), both.max()
+    scale = 2.0 / (high - low) if high > low else torch.zeros_like(high)
+    return 1.0 + (alpha - low) * scale, 1.0 + (beta - low) * scale
+
+
 class DiffUAPA(BC):
     Config = DiffUAPAConfig
     backbones = ("diffusion",)
@@ -149,14 +163,17 @@ class DiffUAPA(BC):
             self.reference.load_state_dict(self.policy.state_dict())
 
     def prior_parameters(self, batch: PreferenceBatch, step: int) -> tuple[Tensor, Tensor]:
-        """α, β ``[B, 2]`` of each segment's Beta prior (before the +1 of the paper's Prop. 4.1)."""
+        """The Beta prior's parameters ``[B, 2]`` for each segment: the variational posterior's α + 1, β + 1 (the
+        paper's Prop. 4.1), or the released code's processed counts (:func:`counted_beta_parameters`)."""
         if self.cfg.prior == "variational":
             with torch.no_grad():
-                return self.beta_net(batch.obs, batch.act, batch.timestep, batch.mask)
+                alpha, beta = self.beta_net(batch.obs, batch.act, batch.timestep, batch.mask)
+            return alpha + 1.0, beta + 1.0
         seen = self.round_at(step) + 1 if self.cfg.prior_update == "rounds" else self.num_groups
-        wins = self.spec.episode_wins[:max(seen, 1)].sum(0).to(batch.obs)             # [E]
-        total = self.spec.episode_comparisons[:max(seen, 1)].sum(0).to(batch.obs)
-        return wins[batch.episode], (total - wins)[batch.episode]
+        wins = self.spec.episode_wins[:max(seen, 1)].sum(0)                               # [E]
+        total = self.spec.episode_comparisons[:max(seen, 1)].sum(0)
+        alpha, beta = counted_beta_parameters(wins, total - wins)
+        return alpha.to(batch.obs)[batch.episode], beta.to(batch.obs)[batch.episode]
 
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
         c = self.cfg
@@ -186,7 +203,7 @@ class DiffUAPA(BC):
         total = likelihood
         if c.prior != "none" and c.prior_weight > 0:
             alpha, beta = self.prior_parameters(batch, step)
-            prior = beta_prior_nll(score, score.detach().mean(), alpha + 1.0, beta + 1.0).mean()
+            prior = beta_prior_nll(score, score.detach().mean(), alpha, beta).mean()
             total = total + c.prior_weight * prior
             metrics["uapa/prior_nll"] = prior.detach()
         if c.bc_weight > 0:
