@@ -360,3 +360,27 @@ def test_group_rounds_draw_every_group_before_the_start_then_one_group_per_round
     rounds.load_state_dict(state)
     b = rounds.sample(8)
     assert torch.equal(a.pair, b.pair) and torch.equal(a.obs, b.obs)
+
+
+def test_reversal_rounds_relabel_the_same_pairs_per_group_and_flip_only_the_most_uncertain(tmp_path):
+    """Diff-UAPA's protocol: R copies of the pairs, group r each; only the chosen share of decided pairs (the
+    smallest teacher-score gaps) ever differ from the teacher, each flipped with the rate per group."""
+    from pbrl.data.pairing import reversal_rounds
+
+    ds = write_episodes(tmp_path / "t.h5", [60] * 20)
+    prefs = make_preferences(ds, pairs=2000, segment=6, seed=3, teacher=Teacher(utility="return"))
+    out = reversal_rounds(prefs, 4, share=0.2, rate=0.5, seed=0)
+    p = len(prefs)
+    assert len(out) == 4 * p and np.array_equal(out.group, np.repeat(np.arange(4), p))
+    decided = ~prefs.skipped & (prefs.label != 0.5)
+    gap = np.abs(prefs.score_a - prefs.score_b)
+    changed = np.zeros(p, bool)
+    for r in range(4):
+        labels = out.label[r * p:(r + 1) * p]
+        np.testing.assert_array_equal(out.segments_a[r * p:(r + 1) * p], prefs.segments_a)
+        diff = labels != prefs.label
+        assert np.array_equal(labels[diff], 1.0 - prefs.label[diff])
+        assert abs(diff.sum() / round(0.2 * decided.sum()) - 0.5) < 0.1          # each chosen pair: rate 0.5
+        changed |= diff
+    assert changed.sum() <= round(0.2 * decided.sum()) and not (changed & ~decided).any()
+    assert gap[changed].max() <= np.sort(gap[decided])[int(round(0.2 * decided.sum())) - 1] + 1e-12

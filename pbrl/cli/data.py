@@ -118,6 +118,9 @@ def cmd_data_label(args: argparse.Namespace) -> int:
     from pbrl.errors import ConfigError, describe
 
     teacher = teacher_from_args(args)
+    if args.rounds is not None and (args.groups or args.rank):
+        raise ConfigError(describe("--rounds", "option", args.rounds, "no --groups or --rank beside it (each round is "
+                                   "one group labelling every pair)"))
     groups = load_groups(args.groups, teacher) if args.groups else None
     path, card = existing_refused(args.out, ".prefs.h5", "pbrl.preferences", args.force, "preference file",
                                   "a new name, or --force to replace these labels (runs trained on them then refuse "
@@ -136,6 +139,11 @@ def cmd_data_label(args: argparse.Namespace) -> int:
                              pairing=args.pairing, mode=args.mode, rank=args.rank, seed=args.seed,
                              critic=regret_advantages, ensemble=fit_reward_ensemble)
     how = {"teacher": teacher.as_dict(), "pairing": args.pairing, "mode": args.mode, "rank": args.rank}
+    if args.rounds is not None:
+        from pbrl.data.pairing import reversal_rounds
+
+        prefs = reversal_rounds(prefs, args.rounds, share=args.reverse_share, rate=args.reverse_rate, seed=args.seed)
+        how["rounds"] = {"groups": args.rounds, "reverse_share": args.reverse_share, "reverse_rate": args.reverse_rate}
     if groups:
         how["groups"] = [{"name": g.name, "share": g.share, **g.teacher.params()} for g in groups]
     write_preferences(path, prefs, data.trajectories, teacher=how, seed=args.seed)
@@ -150,6 +158,9 @@ def cmd_data_label(args: argparse.Namespace) -> int:
         kept = {k: data.card[k] for k in ("oracle", "control") if k in data.card}  # of the trajectories, not the labels
         labels = describe_labels(teacher, groups, pairs=args.pairs, segment=args.segment, rank=args.rank,
                                  pairing=args.pairing, mode=args.mode, seed=args.seed)
+        if args.rounds is not None:
+            labels += (f" Relabelled by {args.rounds} groups in rounds: the {args.reverse_share:.0%} most uncertain "
+                       f"decided pairs reversed by each group with probability {args.reverse_rate}.")
         write_card(card, {"name": args.out, "env": data.env, "trajectories": data.trajectories.path.name,
                           "preferences": path.name, "description": data.card.get("description", ""),
                           "labels": labels, "made": made, **kept})
@@ -316,6 +327,14 @@ def add_label_parser(dsub: argparse._SubParsersAction) -> None:
     lb.add_argument("--discount", type=UNIT, default=None, help="discount inside a segment (return: 1, regret: 0.99)")
     lb.add_argument("--groups", default=None, metavar="FILE", help="user groups (TOML [[group]] tables: share, "
                     "utility weights over reward terms, noise); every label carries its group id")
+    rounds = lb.add_argument_group("rounds of user groups (Diff-UAPA's noise protocol)")
+    rounds.add_argument("--rounds", type=int_at_least(1), default=None, metavar="R",
+                        help="label the same pairs once per group, R groups (group r = round r)")
+    rounds.add_argument("--reverse-share", type=UNIT, default=0.2,
+                        help="with --rounds: the share of decided pairs, the most uncertain by teacher score, that a "
+                        "group may reverse (the paper: 0.2)")
+    rounds.add_argument("--reverse-rate", type=UNIT, default=0.5,
+                        help="with --rounds: each group reverses each of them with this probability (the paper: 0.5)")
     lb.add_argument("--pairing", default="uniform", choices=["uniform", "stratified", "disagreement"],
                     help="how pairs are chosen (see pbrl.data.pairing)")
     lb.add_argument("--mode", default="segments", choices=["segments", "episodes"],

@@ -215,3 +215,32 @@ def teacher_scores(trajectories: TrajectoryDataset, seg_a: np.ndarray, seg_b: np
             score_a[rows] = g.teacher.scores(trajectories, seg_a[rows], utilities[gi])
             score_b[rows] = g.teacher.scores(trajectories, seg_b[rows], utilities[gi])
     return {"score_a": score_a, "score_b": score_b}
+
+
+def reversal_rounds(prefs: PreferenceDataset, rounds: int, *, share: float, rate: float, seed: int
+                    ) -> PreferenceDataset:
+    """Diff-UAPA's noise protocol: the same pairs labelled by ``rounds`` user groups (group r = round r), where the
+    ``share`` of the decided pairs whose teacher scores lie closest (the most uncertain) are chosen once, and each
+    group reverses each chosen pair's label with probability ``rate`` on its own draw. The official code moves a
+    chosen pair's votes by a truncated-normal amount with mean ``rate``; here a label flips whole (a hard label
+    either way). Needs the teacher's scores (``score_a``/``score_b``); skipped pairs stay skipped in every round.
+    Returns ``rounds × P`` pairs, round by round."""
+    if prefs.score_a is None or prefs.score_b is None:
+        raise DatasetError(describe("--rounds", "teacher scores", "missing", "a scripted teacher's labels"))
+    rng = np.random.default_rng([seed, 7919])
+    decided = np.flatnonzero(~prefs.skipped & (prefs.label != 0.5))
+    gap = np.abs(prefs.score_a[decided] - prefs.score_b[decided])
+    chosen = decided[np.argsort(gap, kind="stable")[:int(round(share * len(decided)))]]
+    copies = []
+    for r in range(rounds):
+        copy = prefs.subset(np.arange(len(prefs)))
+        flip = chosen[rng.random(len(chosen)) < rate]
+        copy.label = copy.label.copy()
+        copy.label[flip] = 1.0 - copy.label[flip]
+        copy.group = np.full(len(prefs), r, dtype=np.int32)
+        copy.query = copy.query + r * len(prefs)
+        copies.append(copy)
+    cat = lambda name: None if getattr(prefs, name) is None else np.concatenate([getattr(c, name) for c in copies])  # noqa: E731
+    return PreferenceDataset(cat("segments_a"), cat("segments_b"), cat("label"), cat("group"), skipped=cat("skipped"),
+                             query=cat("query"), annotator=cat("annotator"), timestamp=cat("timestamp"),
+                             score_a=cat("score_a"), score_b=cat("score_b"), attrs=dict(prefs.attrs))
