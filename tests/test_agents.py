@@ -534,3 +534,13 @@ def test_an_agent_declaring_several_batches_draws_each_from_its_own_sampler(tmp_
         assert torch.equal(first[name].obs, again[name].obs), name
     seeds = {name: s.generator.initial_seed() for name, s in sampler.samplers.items()}
     assert seeds["pairs"] == cfg.train.seed != seeds["windows"]
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_every_agent_runs_a_one_step_budget_from_its_cpu_preset(tmp_path, agent):
+    """``--steps 1`` against the cpu preset: phases scaled to the budget (a phase that must last a step keeps one),
+    one step trained, a checkpoint written."""
+    data = two_behaviour_dataset(tmp_path, episodes=6)
+    cfg = build_config(agent, data, scale="cpu", steps=1, seed=0, overrides=[
+        "train.eval_episodes=0", "train.device=cpu", *SMALL.get(agent, [])])
+    assert train(cfg, tmp_path / "run", progress=False)["steps"] == 1

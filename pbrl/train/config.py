@@ -177,9 +177,12 @@ def fit_phases_to_budget(cfg: RunConfig, preset_steps: int, origin: dict[str, st
     budget = f"--steps {steps}" if origin.get("train.steps") == "--steps" else f"--set train.steps={steps}"
     scaled, names = [], []
     if steps < preset_steps:
+        lowest = {f.name: int(f.metadata["bounds"].ge or 0) for f in dataclasses.fields(agent_cfg)
+                  if "bounds" in f.metadata}
         for name in type(agent_cfg).budget_phases:
             before = getattr(agent_cfg, name)
             after = math.floor(before * steps / preset_steps + 0.5)  # rounded half up, the same on every platform
+            after = max(after, lowest.get(name, 0))                  # a phase that must last a step keeps one
             if f"agent.{name}" not in origin and after != before:
                 setattr(agent_cfg, name, after)
                 scaled.append(f"agent.{name} {before} -> {after}")
