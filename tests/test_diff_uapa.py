@@ -65,9 +65,10 @@ def test_diff_uapa_raises_the_preferred_segments_and_beats_diffusion_sft(tmp_pat
     on the preferred segments at equal steps (which clones the label noise), its drift from the reference stays
     small; with every label swapped it acts like the rejected behaviour."""
     true = noisy_pairs(tmp_path, learning_seed, flip=0.3)
-    uapa = run(tmp_path, "uapa", "diff-uapa", true, 600, learning_seed, UAPA)
+    sets = [*UAPA, "agent.prior_update=once"]  # the Beta network fitted in the warm start (the paper's Diff-UAPA-C)
+    uapa = run(tmp_path, "uapa", "diff-uapa", true, 600, learning_seed, sets)
     swapped = run(tmp_path, "swapped", "diff-uapa", noisy_pairs(tmp_path, learning_seed, flip=0.3, swap=True), 600,
-                  learning_seed, UAPA)
+                  learning_seed, sets)
     sft = run(tmp_path, "sft", "sft", true, 600, learning_seed, ["train.lr=3e-3"])
     pref, rej = held_out_scores(uapa, tmp_path, learning_seed)
     learned.check("held-out preferred segments' chain score", pref, ">", 0.0)
