@@ -384,3 +384,12 @@ def test_reversal_rounds_relabel_the_same_pairs_per_group_and_flip_only_the_most
         changed |= diff
     assert changed.sum() <= round(0.2 * decided.sum()) and not (changed & ~decided).any()
     assert gap[changed].max() <= np.sort(gap[decided])[int(round(0.2 * decided.sum())) - 1] + 1e-12
+
+
+def test_the_cards_label_sentence_names_a_discount_that_was_asked_for():
+    from pbrl.data.labelling import describe_labels
+
+    say = lambda teacher: describe_labels(teacher, None, pairs=10, segment=8, rank=0, pairing="uniform",  # noqa: E731
+                                          mode="segments", seed=0)
+    assert "discount 1 inside a segment" in say(Teacher(utility="regret", critic="iql", discount=1.0))
+    assert "discount" not in say(Teacher(utility="regret", critic="iql"))

@@ -45,8 +45,9 @@ def describe_labels(teacher: Teacher, groups: list[Group] | None, *, pairs: int,
                                                + (f", {teacher.expert}" if teacher.critic_name == "expert" else "") + ")"
                                                if teacher.utility == "regret" else ""))
     what = f"{pairs} {f'{rank}-way rankings' if rank else 'pairs'} of {segment}-step segments"
+    within = "" if teacher.discount is None else f", discount {teacher.discount:g} inside a segment"
     noise = [f"{name} {value}" for name, value in (
         ("beta", teacher.beta), ("mistake", teacher.mistake), ("skip below", teacher.skip_threshold),
         ("equal within", teacher.equal_margin), ("myopic", teacher.myopic)) if value not in (None, 0.0, 1.0)]
-    return (f"{what}, {pairing} pairing ({mode}), labelled by {who}"
+    return (f"{what}, {pairing} pairing ({mode}), labelled by {who}{within}"
             + (f", noise: {', '.join(noise)}" if noise else ", no noise") + f"; seed {seed}.")
