@@ -125,6 +125,11 @@ class DiffUAPA(BC):
                                         heads=cfg.prior_heads, obs_mean=spec.obs_mean, obs_std=spec.obs_std)
         groups = spec.label_groups
         self.num_groups = 1 if groups is None else len(groups)
+        if cfg.prior == "counting":  # α, β [G, E] per number of groups met, computed once (not per step)
+            wins, total = spec.episode_wins.cumsum(0), spec.episode_comparisons.cumsum(0)
+            counted = [counted_beta_parameters(wins[g], total[g] - wins[g]) for g in range(len(wins))]
+            self.register_buffer("counted_alpha", torch.stack([a for a, _ in counted]).float(), persistent=False)
+            self.register_buffer("counted_beta", torch.stack([b for _, b in counted]).float(), persistent=False)
 
     @classmethod
     def batch_specs(cls, cfg: DiffUAPAConfig) -> dict[str, BatchSpec]:
@@ -170,10 +175,8 @@ class DiffUAPA(BC):
                 alpha, beta = self.beta_net(batch.obs, batch.act, batch.timestep, batch.mask)
             return alpha + 1.0, beta + 1.0
         seen = self.round_at(step) + 1 if self.cfg.prior_update == "rounds" else self.num_groups
-        wins = self.spec.episode_wins[:max(seen, 1)].sum(0)                               # [E]
-        total = self.spec.episode_comparisons[:max(seen, 1)].sum(0)
-        alpha, beta = counted_beta_parameters(wins, total - wins)
-        return alpha.to(batch.obs)[batch.episode], beta.to(batch.obs)[batch.episode]
+        row = max(seen, 1) - 1                                                            # groups 0..row met
+        return self.counted_alpha[row][batch.episode], self.counted_beta[row][batch.episode]
 
     def loss(self, batch: PreferenceBatch, step: int) -> LossOutput:
         c = self.cfg
