@@ -13,10 +13,12 @@ Stages:
   proxies  one PPO human proxy per style, trained against the self-play pool with its event-weighted utility;
            their event counts side by side
   data     rollouts of the pool's policies (and their early checkpoints) with each proxy, labelled by the proxy's
-           style through pbrl's teachers; the real human trajectories labelled by every style (groups = styles)
+           style through pbrl's teachers; the balanced-roles set (the pool with every proxy in equal parts, labelled
+           by each style); the real human trajectories labelled by every style (groups = styles)
   agents   per seed: PPO_BC, the hybrid agent per style (pre-trained against the pool once per seed), and two
            controls: the same loop on coin-flip labels, and the pre-trained agent given the hybrid's online steps
-           without the offline epochs
+           without the offline epochs (``--offline-data balanced``: the hybrid and its coin-flip control on the
+           balanced-roles set instead)
   eval     every agent with every proxy and the held-out human model: team return and preference score
 
 Writes ``OUT/LAYOUT/`` (runs, datasets, ``results.json``, ``sp-curve.png``) and prints markdown tables.
@@ -188,6 +190,26 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
         if not coin.exists():
             pbrl(["data", "label", str(traj), "--pairs", str(pairs), "--segment", str(segment), "--groups", str(groups),
                   "--mistake", "0.5", "--seed", "0", "--out", str(coin)])
+    if len(styles) > 1:  # balanced roles: each pool policy with every proxy in equal parts, so cloning has no default
+        balanced = data_dir / "with-all.h5"
+        if not balanced.exists():
+            proxies = {name: PolicyPartner.load(root / f"proxy-{name}", seed=78 + k) for k, name in enumerate(styles)}
+            games = 12 // len(styles)
+            episodes = []
+            for i, (src, path) in enumerate(ai):
+                for name, proxy in proxies.items():
+                    result = play(layout, PolicyPartner.load(path, seed=100 + i), proxy, episodes=games, record=True)
+                    episodes += rollout_episodes(result, source=f"{src} with {name}")
+            write_trajectories(balanced, episodes, env_id=f"Overcooked-{layout}",
+                               behaviour_policy=f"pool policies with each proxy ({', '.join(styles)}) in equal parts",
+                               seed=0, metadata={"layout": layout, "partner": ",".join(f"proxy-{n}" for n in styles),
+                                                 "action_space": {"type": "discrete", "n": 6, "encoding": "one-hot"}})
+        for name in styles:
+            for suffix, mistake in (("", []), ("-coin", ["--mistake", "0.5"])):
+                prefs = data_dir / f"with-all-{name}{suffix}.prefs.h5"
+                if not prefs.exists():
+                    pbrl(["data", "label", str(balanced), "--pairs", str(pairs), "--segment", str(segment), "--groups",
+                          str(data_dir / f"style-{name}.toml"), *mistake, "--seed", "0", "--out", str(prefs)])
     # the real human trajectories, labelled by every style at once (one group per style)
     human_groups = data_dir / "styles-human.toml"
     human_groups.write_text(groups_toml([STYLES[n] for n in styles], seat="partner"))
@@ -201,21 +223,28 @@ def stage_data(root: Path, layout: str, seeds, styles, pairs: int, segment: int,
 
 
 def stage_agents(root: Path, layout: str, seeds, agent_seeds, steps: int, styles, hybrid_overrides: dict,
-                 results: dict, coin: bool = True) -> None:
+                 results: dict, coin: bool = True, offline_data: str = "matching") -> None:
     pool = pool_dirs(root, seeds)
+    # matching: the offline rollouts are the pool's play with the style's own proxy (data/with-STYLE);
+    # balanced: with every proxy in equal parts (data/with-all), labelled by the style, so cloning has no default role
+    data, tag = (("with-{}", "") if offline_data == "matching" else ("with-all-{}", "all-"))
     for s in agent_seeds:
-        bc = PolicyPartner.load(root / f"bc-train-s{s}", seed=300 + s)
-        train_ppo(root / f"ppo-bc-s{s}", layout, steps, seed=s, partners=[bc], partner_names=[f"bc-train-s{s}"])
         pre = root / f"hybrid-pretrain-s{s}"
         partners = [PolicyPartner.load(d, seed=400 + s + 10 * i) for i, d in enumerate(pool)]
         train_ppo(pre, layout, steps, seed=s, partners=partners, partner_names=[str(d) for d in pool])
+        if offline_data == "matching":
+            bc = PolicyPartner.load(root / f"bc-train-s{s}", seed=300 + s)
+            train_ppo(root / f"ppo-bc-s{s}", layout, steps, seed=s, partners=[bc], partner_names=[f"bc-train-s{s}"])
         for name in styles:
             cfg = HybridConfig(pretrain_steps=steps, **hybrid_overrides)
-            hybrid = root / f"hybrid-{name}-s{s}"
-            train_hybrid(hybrid, layout, pool, root / "data" / f"with-{name}.prefs.h5", cfg=cfg, seed=s, pretrained=pre)
+            hybrid = root / f"hybrid-{tag}{name}-s{s}"
+            prefs = root / "data" / f"{data.format(name)}.prefs.h5"
+            train_hybrid(hybrid, layout, pool, prefs, cfg=cfg, seed=s, pretrained=pre)
             if coin:  # label control: the same loop on coin-flip labels of the same rollouts
-                train_hybrid(root / f"hybrid-{name}-coin-s{s}", layout, pool, root / "data" / f"with-{name}-coin.prefs.h5",
-                             cfg=cfg, seed=s, pretrained=pre)
+                train_hybrid(root / f"hybrid-{tag}{name}-coin-s{s}", layout, pool,
+                             root / "data" / f"{data.format(name)}-coin.prefs.h5", cfg=cfg, seed=s, pretrained=pre)
+            if offline_data != "matching":
+                continue  # the online-steps control is the matching data's (the same pre-trained agent)
             # the control: the same pre-trained agent given the same online steps, without the offline epochs
             chunks = sum(len(r["after_recovery"]) for r in json.loads((hybrid / "rounds.json").read_text())["rounds"])
             partners = [PolicyPartner.load(d, seed=700 + s + 10 * i) for i, d in enumerate(pool)]
@@ -232,6 +261,8 @@ def stage_eval(root: Path, layout: str, seeds, styles, episodes: int, results: d
         agents[f"hybrid ({n})"] = lambda s, n=n: root / f"hybrid-{n}-s{s}"
         agents[f"hybrid ({n}), coin-flip labels"] = lambda s, n=n: root / f"hybrid-{n}-coin-s{s}"
         agents[f"pool PPO, hybrid's online steps ({n})"] = lambda s, n=n: root / f"pool-ppo-{n}-s{s}"
+        agents[f"hybrid ({n}), balanced roles"] = lambda s, n=n: root / f"hybrid-all-{n}-s{s}"
+        agents[f"hybrid ({n}), balanced roles, coin-flip labels"] = lambda s, n=n: root / f"hybrid-all-{n}-coin-s{s}"
     table = {}
     for agent, where in agents.items():
         for partner, style in partners.items():
@@ -267,6 +298,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=10_000, help="labelled pairs per style (one offline epoch = all)")
     p.add_argument("--segment", type=int, default=100, help="segment length of the labelled pairs")
     p.add_argument("--hybrid", action="append", default=[], metavar="KEY=VALUE", help="HybridConfig override")
+    p.add_argument("--offline-data", default="matching", choices=["matching", "balanced"],
+                   help="the hybrid's offline rollouts: the pool with the style's own proxy (matching), or with every "
+                        "proxy in equal parts (balanced: both roles equally frequent, so cloning has no default)")
     p.add_argument("--no-coin-control", action="store_true", help="skip the hybrid on coin-flip labels (the label control)")
     p.add_argument("--stages", nargs="+", default=["speed", "gate", "human", "proxies", "data", "agents", "eval"])
     p.add_argument("--out", default="runs/overcooked")
@@ -298,7 +332,7 @@ def main() -> None:
             stage_data(root, args.layout, args.seeds, args.styles, args.pairs, args.segment, results)
         elif stage == "agents":
             stage_agents(root, args.layout, args.seeds, args.agent_seeds or args.seeds, args.steps, args.styles, overrides,
-                         results, coin=not args.no_coin_control)
+                         results, coin=not args.no_coin_control, offline_data=args.offline_data)
         elif stage == "eval":
             stage_eval(root, args.layout, args.seeds, args.styles, args.episodes, results)
         else:

@@ -4,7 +4,7 @@
         --configs bias=0.5 bias=1.0 [--root runs/overcooked/cramped_room] [--pretrained hybrid-pretrain-s0]
 
 For each label file (``true``: ``data/with-STYLE.prefs.h5``, ``coin``: ``data/with-STYLE-coin.prefs.h5``, from
-``scripts/bench/overcooked_ai.py``) and each HybridConfig override set (comma-separated ``key=value``), runs
+``scripts/bench/overcooked_ai.py``; ``--data balanced``: ``data/with-all-STYLE*.prefs.h5``, the pool with every proxy) and each HybridConfig override set (comma-separated ``key=value``), runs
 ``offline_epochs`` of :class:`pbrl.agents.hybrid.HybridOffline` from the pre-trained agent and prints the agent's
 return, preference score, potting and deliveries with each proxy (10 episodes) and its return with the pool (4
 episodes per member). Nothing is written outside a temporary folder.
@@ -36,6 +36,9 @@ def main() -> None:
     p.add_argument("--style", default="cook", choices=sorted(STYLES))
     p.add_argument("--labels", nargs="+", default=["true", "coin"], choices=["true", "coin"])
     p.add_argument("--pretrained", default="hybrid-pretrain-s0")
+    p.add_argument("--data", default="matching", choices=["matching", "balanced"],
+                   help="matching: data/with-STYLE (the pool with the style's proxy); balanced: data/with-all-STYLE "
+                        "(the pool with every proxy in equal parts)")
     p.add_argument("--configs", nargs="+", default=["bias=0.5", "bias=1.0"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="the pool's self-play seeds")
     args = p.parse_args()
@@ -48,7 +51,8 @@ def main() -> None:
           + " | pool return |\n|---|---|" + "---|" * len(STYLES) + "---|")
     for labels in args.labels:
         suffix = "" if labels == "true" else f"-{labels}"
-        data = load_dataset(root / "data" / f"with-{args.style}{suffix}.prefs.h5")
+        stem = f"with-{args.style}" if args.data == "matching" else f"with-all-{args.style}"
+        data = load_dataset(root / "data" / f"{stem}{suffix}.prefs.h5")
         for spec in args.configs:
             cfg = HybridConfig()
             set_fields(cfg, [kv for kv in spec.split(",") if kv], section="hybrid", where="--configs")
@@ -71,7 +75,7 @@ def main() -> None:
                 e = r.ego_events.mean(0)
                 cells.append(f"{r.returns.mean():.0f}, {np.nanmean(r.preference):.2f}, "
                              f"{e[EVENT_INDEX['potting_onion']]:.1f}, {e[EVENT_INDEX['soup_delivery']]:.1f}")
-            print(f"| {args.style}, {labels} | {spec} ({steps} steps) | " + " | ".join(cells)
+            print(f"| {args.style}, {labels}, {args.data} | {spec} ({steps} steps) | " + " | ".join(cells)
                   + f" | {pool_return(args.layout, ego, pool, episodes=4):.1f} |", flush=True)
 
 
