@@ -51,6 +51,7 @@ def test_bench_resumes_after_a_kill_and_reruns_a_changed_cell(tmp_path, monkeypa
     assert (first / "eval.json").stat().st_mtime_ns == mtime
     assert [(r["agent"], r["seed"]) for r in rows] == [("bc", 0), ("bc", 1), ("iql-oracle", 0), ("iql-oracle", 1)]
     assert all(r["steps"] == 10 for r in rows)
+    assert rows[0]["settings"] == SETS[:-1] and rows[-1]["settings"] == [*SETS[:-1], "agent.critic_layers=[16, 16]"]  # per agent, for the card
     # a second run changes nothing
     calls.clear()
     bench(["bc", "iql-oracle"], [data], [0, 1], out, steps=10, overrides=SETS, progress=False)
@@ -174,13 +175,16 @@ def test_record_stores_the_oracle_and_the_survival_control_in_the_card(tmp_path,
     (tmp_path / "datasets").mkdir()
     card = tmp_path / "datasets" / "x.toml"
     card.write_text('name = "x"\nenv = "hopper"\ntrajectories = "x.h5"\n')
-    rows = [{"dataset": "x", "agent": a, "seed": k, "normalized_score": v, "steps": 50, "scale": "cpu"}
+    raw = ["agent.observations=raw"]
+    rows = [{"dataset": "x", "agent": a, "seed": k, "normalized_score": v, "steps": 50, "scale": "cpu",
+             "settings": raw if a == "iql-oracle" else []}
             for a, k, v in (("iql-oracle", 0, 40.0), ("iql-oracle", 1, 50.0), ("iql-constant", 0, 80.0), ("bc", 0, 10.0))]
     assert bench_mod.record_in_card(SimpleNamespace(name="x"), rows, None, "cmd") == card
     written = tomllib.loads(card.read_text())
     assert written["oracle"]["normalized_score"] == 45.0 and written["oracle"]["per_seed"] == [40.0, 50.0]
     assert written["oracle"]["exceeded_by"] == ["iql-constant (80.0)"]
     assert written["control"]["agent"] == "iql-constant" and written["control"]["normalized_score"] == 80.0
+    assert written["oracle"]["settings"] == raw and written["control"]["settings"] == []  # the preset it was measured at
     assert written["name"] == "x" and written["trajectories"] == "x.h5"
 
 

@@ -56,6 +56,7 @@ class Cell:
     run_dir: Path
     checksum: str        # of the files the cell reads (see dataset_checksum)
     budget: str = "1x"   # 1x, or 2x for the ceiling check
+    settings: tuple[str, ...] = ()  # the agent's --set overrides (KEY=VALUE), as the card records its oracle's preset
 
     @property
     def name(self) -> str:
@@ -151,13 +152,14 @@ def plan(agents: list[str], datasets: list[str], seeds: list[int], out: Path, *,
                                    overrides=["train.device=cpu", *sets] if scale == "cpu" else sets)
                 check_inputs(cfg, loaded[d])
                 checksum = dataset_checksum(loaded[d], needs_preferences(a))
-                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / cell_name / a / f"seed{s}", checksum))
+                cells.append(Cell(loaded[d].name, a, s, cfg, out / "runs" / cell_name / a / f"seed{s}", checksum,
+                                  settings=tuple(sets)))
             if a == ORACLE and ceiling_check:
                 base = next(c for c in cells if c.dataset == loaded[d].name and c.agent == a and c.seed == seeds[0])
                 cfg2 = RunConfig.from_dict(base.cfg.to_dict())
                 cfg2.train.steps *= 2
                 cells.append(Cell(loaded[d].name, a, seeds[0], cfg2, base.run_dir.parent.with_name(f"{a}@2x") /
-                                  f"seed{seeds[0]}", base.checksum, "2x"))
+                                  f"seed{seeds[0]}", base.checksum, "2x", base.settings))
     names = [data.name for data in loaded.values()]
     if len(set(names)) != len(names):
         raise ConfigError(describe("--datasets", "dataset names", names, "distinct names"))
@@ -412,7 +414,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dict[str, Any] | None,
                    command: str) -> Path | None:
     """Store this bench's oracle IQL score (``[oracle]``) and, where it ran, the survival control's (``[control]``)
-    in the dataset's card, for the demo to show."""
+    in the dataset's card, for the demo to show; ``settings`` names the agent's ``--set`` overrides (the preset the
+    oracle was measured at, e.g. d3rlpy's defaults ``agent.observations=raw``), empty for the shipped preset."""
     import tomli_w
     import tomllib
 
@@ -431,7 +434,8 @@ def record_in_card(data: LoadedDataset, rows: list[dict[str, Any]], ceiling: dic
         card[table] = {"agent": agent, "normalized_score": statistics.fmean(scores),
                        "normalized_score_std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
                        "per_seed": scores, "seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"],
-                       "scale": mine[0]["scale"], "command": command, "pbrl_version": pbrl.__version__}
+                       "scale": mine[0]["scale"], "settings": list(mine[0].get("settings", [])), "command": command,
+                       "pbrl_version": pbrl.__version__}
         recorded = True
     if "oracle" in card and any(r["agent"] == ORACLE and r["dataset"] == data.name for r in rows):
         if ceiling:
@@ -510,7 +514,7 @@ def collect(cells: list[Cell], *, report_only: bool, progress: bool
                "holdout_accuracy": (result.get("reward_model") or {}).get("holdout_accuracy"),
                "wall_time_s": wall_time(cell), "steps_per_s": result.get("steps_per_s"),
                "config_hash": config_hash(cell.cfg), "dataset_sha256": cell.checksum,
-               "pbrl_version": pbrl.__version__}
+               "pbrl_version": pbrl.__version__, "settings": list(cell.settings)}
         if cell.budget == "2x":
             ceiling_rows[cell.dataset] = row
         else:
