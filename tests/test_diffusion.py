@@ -288,7 +288,10 @@ def test_shapes_judge_is_exact_and_prompts_are_split():
         kinds, valid, iou = classify_shapes(render_shapes([kind] * len(prompts), prompts, generator=g), prompts)
         assert set(kinds) == {kind} and valid.all() and (iou == 1).all()
     noise = torch.rand(24, 1, 16, 16, generator=g) * 2 - 1
-    assert not classify_shapes(noise, prompts)[1].any()
+    kinds, valid, _ = classify_shapes(noise, prompts)
+    assert not valid.any() and set(kinds) == {"none"}  # no shape is no square (issue 37: the old tie-break)
+    blank = -torch.ones(24, 1, 16, 16)
+    assert set(classify_shapes(blank, prompts)[0]) == {"none"}
     # the prompt must be followed: another size or another brightness is not valid
     crosses = render_shapes(["cross"] * 24, prompts, generator=g)
     other_size = [((h - 2) % 3 + 3, b) for h, b in prompts]
@@ -492,6 +495,21 @@ def test_self_play_rounds_and_checkpoint_selection(shapes_task, tmp_path):
         self_play(cfg, brightness, tmp_path / "noisy", rounds=2, samples=8, sample_steps=2, flip_rate=0.2)
     with pytest.raises(ConfigError, match=r"flip_rate: got 0.5, expected in \[0, 0.5\)"):
         self_play(cfg, brightness, tmp_path / "bad", rounds=1, flip_rate=0.5)
+    # the controls keep the samples and break the signal; epochs size each round by its own pairs
+    swapped = self_play(cfg, brightness, tmp_path / "swapped", rounds=1, samples=8, sample_steps=2, labels="swapped",
+                        epochs=2.0)
+    reversed_pairs = load_image_pairs(tmp_path / "swapped/round_0/pairs.h5", "diffusion_dpo")
+    assert (margin(reversed_pairs) < 0).all()
+    assert swapped[0].steps == math.ceil(2.0 * swapped[0].pairs / cfg.train.batch_size) and \
+        json.loads((tmp_path / "swapped/round_0/run/metrics.json").read_text())["steps"] == swapped[0].steps
+    self_play(cfg, brightness, tmp_path / "random", rounds=1, samples=8, sample_steps=2, labels="random", epochs=1.0)
+    coin = margin(load_image_pairs(tmp_path / "random/round_0/pairs.h5", "diffusion_dpo"))
+    assert (coin < 0).any() and (coin > 0).any()
+    with pytest.raises(ConfigError, match=r"labels: got 'shuffled', expected one of \['reward', 'swapped', 'random'\]"):
+        self_play(cfg, brightness, tmp_path / "bad", rounds=1, labels="shuffled")
+    with pytest.raises(ConfigError, match=r"epochs: got 0.0, expected a number > 0"):
+        self_play(cfg, brightness, tmp_path / "bad", rounds=1, epochs=0.0)
+    assert not (tmp_path / "bad").exists()
     cfg.method.name = "spo"
     with pytest.raises(ConfigError, match=r"method.name: got 'spo', expected one of \['diffusion_dpo'"):
         self_play(cfg, brightness, tmp_path / "spo", rounds=1, samples=3, sample_steps=2)

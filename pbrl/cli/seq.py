@@ -195,7 +195,7 @@ def cmd_seq_self_play(args: argparse.Namespace) -> int:
     reward = load_reward_fn(args.reward)
     with library_bars_hidden(args.quiet, diffusers_model(args.model)):
         rounds = self_play(cfg, reward, args.out, rounds=args.rounds, samples=args.samples, flip_rate=args.flip_rate,
-                           progress=not args.quiet, stop_without_pairs=True)
+                           labels=args.labels, epochs=args.epochs, progress=not args.quiet, stop_without_pairs=True)
     for r in rounds:
         print(json.dumps(vars(r)))
     return 0
@@ -280,12 +280,19 @@ def add_self_play_parser(sqs: argparse._SubParsersAction) -> None:
                     "of the data's images first), or a reward-model folder; a round in which every prompt's samples "
                     "score alike makes no pair and stops the loop with an error")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--method", default="diffusion_dpo", choices=("diffusion_dpo", "flow_dpo", "diffusion_sft"),
+    sp.add_argument("--method", default="diffusion_dpo", choices=("diffusion_dpo", "flow_dpo", "diffusion_sft", "abc"),
                     help="the trainer of each round (diffusion_sft: the winners only, a RAFT-style baseline)")
     sp.add_argument("--rounds", type=int_at_least(1), default=3)
     sp.add_argument("--samples", type=int_at_least(2), default=8, help="samples per prompt per round")
-    sp.add_argument("--steps", type=int_at_least(1), default=200, help="training steps per round")
+    length = sp.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int_at_least(1), default=200, help="training steps per round")
+    length.add_argument("--epochs", type=float_in(0.0, 1000.0, low_open=True), default=None,
+                        help="passes over each round's own pairs instead of a fixed --steps (ceil(E · pairs / batch) "
+                        "steps; the official Diffusion-DPO recipe: about 5)")
     sp.add_argument("--flip-rate", type=SHARE_REVERSED, default=0.0, help="a noisy annotator: share of pairs reversed")
+    sp.add_argument("--labels", default="reward", choices=("reward", "swapped", "random"),
+                    help="reward: the reward's order; the controls keep the samples and break the signal: swapped "
+                    "(every pair reversed), random (each pair reversed with probability 0.5)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="run.*, method.*, train.*")
     sp.add_argument("--quiet", action="store_true", help="no progress bars or round lines")
     sp.set_defaults(func=cmd_seq_self_play)

@@ -142,6 +142,7 @@ class DiffusionRunConfig(SectionedRunConfig):
     t_min: float = param(0.0, ge=0, lt=1)         # train on times in [t_min, t_max] of the process (fractions)
     t_max: float = param(1.0, gt=0, le=1)
     ema_decay: float = param(0.0, ge=0, lt=1)     # > 0: keep an EMA of the policy; it becomes the final model
+    warmup_steps: int = param(0, ge=0)            # linear learning-rate warm-up (official Diffusion-DPO: 500)
     gradient_checkpointing: bool = False          # recompute activations in the backward pass (less memory)
     sample_every: int = param(0, ge=0)            # TensorBoard image grid of samples every N steps (0: never)
     image_shape: list[int] = field(default_factory=list)  # [C, H, W] or [C, T, H, W]; empty: the data's images'
@@ -284,9 +285,11 @@ class DiffusionLearner(nn.Module):
     are state too (``sampler_copy`` is registered; ``replay`` is loop state)."""
 
     def __init__(self, policy: nn.Module, reference: nn.Module, schedule: NoiseSchedule, method: DiffusionMethodConfig,
-                 *, ema_decay: float = 0.0, image_shape: tuple[int, ...] = (), preference: nn.Module | None = None):
+                 *, ema_decay: float = 0.0, image_shape: tuple[int, ...] = (), preference: nn.Module | None = None,
+                 warmup_steps: int = 0):
         super().__init__()
         self.policy, self.schedule, self.method, self.ema_decay = policy, schedule, method, ema_decay
+        self.warmup_steps = warmup_steps
         self.image_shape = image_shape
         self.frozen = {"reference": reference}  # a plain dict: not registered, not checkpointed
         if preference is not None:
@@ -302,7 +305,8 @@ class DiffusionLearner(nn.Module):
         return self.frozen["reference"]
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"policy": OptimizerSpec([p for p in self.policy.parameters() if p.requires_grad])}
+        return {"policy": OptimizerSpec([p for p in self.policy.parameters() if p.requires_grad],
+                                        warmup_steps=self.warmup_steps)}
 
     def after_step(self, step: int) -> None:
         if self.ema is not None:
@@ -522,7 +526,8 @@ def train_diffusion(cfg: DiffusionRunConfig, out: str | os.PathLike, *, progress
         schedule = NoiseSchedule(cfg.prediction, cfg.train_steps, schedule=cfg.noise_schedule,
                                  t_range=(cfg.t_min, cfg.t_max)).to(device)
         learner = DiffusionLearner(policy, reference, schedule, cfg.method, ema_decay=cfg.ema_decay,
-                                   image_shape=image_shape, preference=preference.to(device) if preference else None)
+                                   image_shape=image_shape, preference=preference.to(device) if preference else None,
+                                   warmup_steps=cfg.warmup_steps)
         batches = ImageBatches(data, cfg.train.batch_size, seed=cfg.train.seed, device=device)
         stateful: dict[str, Any] = {"sampler": batches}
         if cfg.method.name == "dro":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from pbrl.sequence.diffusion_train import DiffusionRunConfig, load_image_pairs, 
 from pbrl.train.loop import prepare_run_dir, run_directory
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images [N, ...], cond [N, D]) -> rewards [N]
-SELF_PLAY_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft")  # diffusion_sft: the winners only (RAFT-style)
+# diffusion_sft: the winners only (RAFT-style); abc: each image classified against the reference (both of a pair)
+SELF_PLAY_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft", "abc")
+SELF_PLAY_LABELS = ("reward", "swapped", "random")  # the controls: every pair reversed, or each with probability 0.5
 
-__all__ = ["SELF_PLAY_METHODS", "RoundResult", "check_reward", "load_reward_fn", "score_samples", "select_checkpoint",
+__all__ = ["SELF_PLAY_LABELS", "SELF_PLAY_METHODS", "RoundResult", "check_reward", "load_reward_fn", "score_samples", "select_checkpoint",
            "self_play"]
 
 
@@ -47,15 +50,21 @@ class RoundResult:
     pairs: int
     model: str                  # the model the round sampled from and trained
     result: str                 # the model after the round (the same one when no pair was made)
+    steps: int = 0              # the round's training steps (0 when no pair was made)
 
 
 def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike, *, rounds: int = 3,
-              samples: int = 8, sample_steps: int = 20, flip_rate: float = 0.0, progress: bool = False,
-              stop_without_pairs: bool = False) -> list[RoundResult]:
+              samples: int = 8, sample_steps: int = 20, flip_rate: float = 0.0, labels: str = "reward",
+              epochs: float | None = None, progress: bool = False, stop_without_pairs: bool = False
+              ) -> list[RoundResult]:
     """Run ``rounds`` rounds from ``cfg.model`` on the prompts (unique ``cond`` rows) of ``cfg.data``; round r lives in
     ``out/round_r`` (its pairs, its training run). ``cfg.method.name`` is one of :data:`SELF_PLAY_METHODS`.
     ``flip_rate``: a noisy annotator's share of reversed pairs (each decided pair swapped with that probability,
-    drawn from the round's seeded generator).
+    drawn from the round's seeded generator). ``labels``: ``reward`` (the reward's order), or a control that keeps
+    the samples and the pairing and breaks the signal: ``swapped`` (every pair reversed: the objective must move the
+    other way) or ``random`` (each pair reversed with probability 0.5: it must not move). ``epochs``: each round
+    trains ``ceil(epochs · pairs / batch_size)`` steps on its own pairs (the official Diffusion-DPO recipe runs about
+    5 passes), instead of ``cfg.train.steps`` whatever the number of pairs.
 
     Everything is checked before ``out`` is touched: the settings, the data, and ``reward`` by a call on two of the
     file's images. ``out`` records the settings (``config.toml``: a resume asking for others is refused, more rounds
@@ -67,6 +76,10 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
                                    f"one of {list(SELF_PLAY_METHODS)}"))
     if not 0.0 <= flip_rate < 0.5:
         raise ConfigError(describe("self_play", "flip_rate", flip_rate, "in [0, 0.5)"))
+    if labels not in SELF_PLAY_LABELS:
+        raise ConfigError(describe("self_play", "labels", repr(labels), f"one of {list(SELF_PLAY_LABELS)}"))
+    if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
+        raise ConfigError(describe("self_play", "epochs", epochs, "a number > 0 (passes over each round's pairs)"))
     for name, value, low in (("rounds", rounds, 1), ("samples", samples, 2), ("sample_steps", sample_steps, 1)):
         if value < low:  # the CLI's argparse types refuse these first; library callers get the same line
             raise ConfigError(describe("self_play", name, value, f"an integer >= {low}"))
@@ -76,7 +89,8 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
     check_reward(reward, data.chosen[:2], data.cond[:2])
     prompts = torch.unique(data.cond, dim=0)
     shape = tuple(cfg.image_shape) or tuple(data.chosen.shape[1:])
-    settings = {"self_play": {"samples": samples, "sample_steps": sample_steps, "flip_rate": flip_rate}}
+    settings = {"self_play": {"samples": samples, "sample_steps": sample_steps, "flip_rate": flip_rate,
+                              "labels": labels, **({"epochs": epochs} if epochs is not None else {})}}
     with run_directory(out, data_file("prompts", cfg.data), resumable=("step_*.pt", "rounds.json")):
         # a resumed loop must make its pairs as the finished rounds did (more rounds may be asked for)
         prepare_run_dir(out, {**settings, **cfg.to_dict()})
@@ -87,7 +101,8 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
                 bar.write(f"self-play round {r + 1}/{rounds}: sampling {samples} images for each of "
                           f"{len(prompts)} prompts ({sample_steps} steps) from {model}")
             result = _play_round(cfg, reward, out, r, model, prompts, shape, samples=samples,
-                                 sample_steps=sample_steps, flip_rate=flip_rate, progress=progress)
+                                 sample_steps=sample_steps, flip_rate=flip_rate, labels=labels, epochs=epochs,
+                                 progress=progress)
             if result.pairs == 0:
                 if stop_without_pairs:
                     kept = f" ({out / 'rounds.json'} keeps the {r} round(s) done)" if r else ""
@@ -107,8 +122,8 @@ def self_play(cfg: DiffusionRunConfig, reward: RewardFn, out: str | os.PathLike,
 
 
 def _play_round(cfg: DiffusionRunConfig, reward: RewardFn, out: Path, r: int, model: str, prompts: Tensor,
-                shape: tuple[int, ...], *, samples: int, sample_steps: int, flip_rate: float,
-                progress: bool) -> RoundResult:
+                shape: tuple[int, ...], *, samples: int, sample_steps: int, flip_rate: float, labels: str,
+                epochs: float | None, progress: bool) -> RoundResult:
     """Round ``r``: sample from ``model``, score, pair the i-th best with the i-th worst of each prompt, and train
     on the pairs in ``out/round_r/run`` (skipped where that run has finished). ``out/round_r/pairs.h5`` is written
     once: a resumed round trains on the pairs its run started on (its ``data.json`` holds their sha256)."""
@@ -128,8 +143,9 @@ def _play_round(cfg: DiffusionRunConfig, reward: RewardFn, out: Path, r: int, mo
     top, bottom = order[:, :k], order[:, samples - k:].flip(1)       # the i-th best with the i-th worst
     rows = torch.arange(len(prompts))[:, None].expand(-1, k)
     decided = scores[rows, top] > scores[rows, bottom]               # equal rewards make no pair
-    if flip_rate > 0:
-        flipped = torch.rand(top.shape, generator=g) < flip_rate
+    rate = {"reward": flip_rate, "swapped": 1.0, "random": 0.5}[labels]
+    if rate > 0:
+        flipped = torch.rand(top.shape, generator=g) < rate
         top, bottom = torch.where(flipped, bottom, top), torch.where(flipped, top, bottom)
     result = RoundResult(r, float(scores.mean()), int(decided.sum()), str(model), str(model))
     if not decided.any():  # every prompt's samples scored alike: nothing to learn from this round
@@ -141,6 +157,9 @@ def _play_round(cfg: DiffusionRunConfig, reward: RewardFn, out: Path, r: int, mo
     round_cfg = copy.deepcopy(cfg)
     round_cfg.model, round_cfg.data = str(model), str(pairs_path)
     round_cfg.train.seed = cfg.train.seed + r
+    if epochs is not None:
+        round_cfg.train.steps = max(1, math.ceil(epochs * int(decided.sum()) / cfg.train.batch_size))
+    result.steps = round_cfg.train.steps
     run = folder / "run"
     if not (run / "metrics.json").is_file():
         train_diffusion(round_cfg, run, progress=progress)

@@ -8,9 +8,10 @@
 - The position is free (uniform over the centres that keep the shape inside): the diversity a preference method
   should keep.
 - :func:`classify_shapes` is the exact judge: it binarises a sample at −0.5 and finds the template (kind × every
-  centre, at the prompt's size) of highest IoU. A sample is ``valid`` when that IoU is at least 0.8 and its
-  shape's mean pixel is within 0.1 of the prompt's brightness (the prompt is followed); its ``kind`` is the
-  template's.
+  centre, at the prompt's size) of highest IoU. Its ``kind`` is that template's where the IoU is at least 0.8, else
+  ``"none"`` (a blank, noise or a smear is no shape: before issue 37 the tie-break named it a square, so the
+  preferred share fell whenever validity fell). A sample is ``valid`` when it has a kind and its shape's mean pixel
+  is within 0.1 of the prompt's brightness (the prompt is followed).
 - Preference: the cross is preferred; :func:`make_shape_pairs` reverses a share of the labels (annotator noise).
 """
 
@@ -29,6 +30,7 @@ from pbrl.io import atomic_write_text
 SIZE = 16
 KINDS = ("square", "cross")
 PREFERRED = "cross"
+NO_SHAPE = "none"  # the judge's kind for a sample that matches no template
 HALF_SIZES = (3, 4, 5)
 BRIGHTNESS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 VALID_IOU = 0.8
@@ -36,7 +38,7 @@ BRIGHTNESS_TOLERANCE = 0.1
 
 Prompt = tuple[int, float]
 
-__all__ = ["KINDS", "PREFERRED", "ShapePairs", "classify_shapes", "heldout_prompts", "image_diversity",
+__all__ = ["KINDS", "NO_SHAPE", "PREFERRED", "ShapePairs", "classify_shapes", "heldout_prompts", "image_diversity",
            "condition_prompts", "make_shape_pairs", "prompt_condition", "render_shapes", "shape_reward", "shape_row", "train_prompts",
            "write_shapes_task"]
 
@@ -91,7 +93,9 @@ def render_shapes(kinds: list[str], prompts: list[Prompt], *, generator: torch.G
 
 
 def classify_shapes(images: Tensor, prompts: list[Prompt]) -> tuple[list[str], Tensor, Tensor]:
-    """The exact judge: ``(kinds, valid [N] bool, best IoU [N])`` for images ``[N, 1, 16, 16]`` and their prompts."""
+    """The exact judge: ``(kinds, valid [N] bool, best IoU [N])`` for images ``[N, 1, 16, 16]`` and their prompts;
+    a kind is one of :data:`KINDS`, or ``"none"`` where no template reaches an IoU of ``VALID_IOU`` (at that IoU a
+    cross and a square never tie: a cross covers at most 0.67 of its box)."""
     on = images[:, 0] > -0.5
     half = torch.tensor([p[0] for p in prompts])
     bright = torch.tensor([float(p[1]) for p in prompts])
@@ -109,7 +113,9 @@ def classify_shapes(images: Tensor, prompts: list[Prompt]) -> tuple[list[str], T
             best, best_kind = torch.where(better, iou, best), torch.where(better, k, best_kind)
     shape_mean = (images[:, 0] * on).flatten(1).sum(1) / on.flatten(1).sum(1).clamp(min=1)
     bright_ok = (shape_mean - (2 * bright - 1)).abs() <= 2 * BRIGHTNESS_TOLERANCE
-    return [KINDS[k] for k in best_kind.tolist()], (best >= VALID_IOU) & bright_ok, best
+    shaped = best >= VALID_IOU
+    kinds = [KINDS[k] if ok else NO_SHAPE for k, ok in zip(best_kind.tolist(), shaped.tolist())]
+    return kinds, shaped & bright_ok, best
 
 
 def image_diversity(images: Tensor, groups: int) -> float:

@@ -40,7 +40,6 @@ import tomli_w
 import tomllib
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
 from pbrl.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunLockedError, describe
@@ -422,7 +421,8 @@ def fit_in_memory(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfi
     reset_optimizers = getattr(learner, "reset_optimizers", None)
     nonfinite: Tensor | None = None
     learner.train()
-    for step in tqdm(range(cfg.steps), desc=desc, leave=False, disable=not progress or None):
+    bar = Progress(cfg.steps, desc=desc, enabled=progress)  # off a terminal: a line every 30 s, not silence
+    for step in range(cfg.steps):
         if reset_optimizers is not None:
             for name in reset_optimizers(step):
                 optimizers.reset(name)
@@ -432,6 +432,8 @@ def fit_in_memory(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfi
                                     more_batches=more)
         flag = ~torch.isfinite(total.detach())
         nonfinite = flag if nonfinite is None else nonfinite | flag  # on the loss's device: no sync per step
+        bar.update()
+    bar.close()
     learner.eval()
     if nonfinite is not None and bool(nonfinite):
         raise NonFiniteError(f"{desc}: loss: got a non-finite value, expected finite values (check the data)")

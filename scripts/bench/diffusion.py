@@ -25,6 +25,10 @@ Stages:
   spro_beta  seed 0: self-play with Diffusion-DPO at β 1,000 and 20,000 (ε), 1,000 and 300 (v)
   spro_v  self-play with Diffusion-DPO and SFT on a v-prediction model (its own reference)
   dro_clean  seed 0: Diffusion-DRO and SFT with clean winners as the expert
+  retest  issue 37: Diffusion-DPO and ABC on their own samples under the official recipe's shape (32 samples per
+          prompt: hundreds of pairs per round, 5 epochs, a warm-up, β 5,000 and 50,000), swapped- and random-label
+          controls, SFT on the same winners; cross / square / invalid reported apart, the check on the preferred
+          share among valid samples, and every model's drift of x̂₀ at the first sampling step from the reference
 
 The protocol every stage shares (the task, the references, a run trained once, the measure) is
 :mod:`pbrl.sequence.shapes_bench`. Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints
@@ -78,6 +82,7 @@ from pbrl.sequence.shapes_bench import (
     reference,
     references,
     train,
+    x0_drift,
 )
 from pbrl.stages import ms, print_table, record, run_stages
 from pbrl.train.loop import TrainConfig
@@ -593,10 +598,102 @@ def stage_rpo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     return results
 
 
+RETEST_SAMPLES = 32   # samples per training prompt and round: up to 16 pairs per prompt, about 250-290 per round
+RETEST_EPOCHS = 5     # passes over each round's pairs (the official Diffusion-DPO recipe: about 5 over 851k pairs)
+RETEST_WARMUP = 20    # linear warm-up steps of each round (the official: 500 of about 2,000)
+RETEST = [  # (label, method, labels, β); SFT on the winners ignores β
+    ("SFT on the winners", "diffusion_sft", "reward", 0.0),
+    ("Diffusion-DPO, β 5,000", "diffusion_dpo", "reward", 5000.0),
+    ("Diffusion-DPO, β 50,000", "diffusion_dpo", "reward", 50000.0),
+    ("Diffusion-DPO, β 50,000, swapped labels", "diffusion_dpo", "swapped", 50000.0),
+    ("Diffusion-DPO, β 50,000, random labels", "diffusion_dpo", "random", 50000.0),
+    ("ABC, β 5,000", "abc", "reward", 5000.0),
+    ("ABC, β 50,000", "abc", "reward", 50000.0),
+]
+RETEST_KEYS = ("cross", "square", "invalid", "preferred_among_valid", "valid", "diversity", "drift")
+
+
+def retest_run(out: Path, seed: int, method: str, labels: str, beta: float) -> dict[str, Any]:
+    """One self-play loop of the retest (ε reference, shape reward, :data:`RETEST_SAMPLES` samples per prompt,
+    :data:`RETEST_EPOCHS` epochs per round at lr 2e-5 after :data:`RETEST_WARMUP` warm-up steps, batch 16): every
+    round's model measured on the held-out prompts, with its x̂₀ drift from the reference."""
+    task = make_task(out)
+    start = reference(out, task, "epsilon")
+    ref_net, _ = load_denoiser(start)
+    cfg = DiffusionRunConfig(model=str(start), data=str(task["sft"]), prediction="epsilon",
+                             warmup_steps=RETEST_WARMUP)
+    cfg.method.name = method
+    if method != "diffusion_sft":
+        cfg.method.beta = beta
+    cfg.train.batch_size, cfg.train.lr, cfg.train.seed = BATCH, SPRO_LR, seed
+    cfg.train.log_every, cfg.train.checkpoint_every = 50, 1000
+    tag = f"{method}-{labels}" + (f"-beta{beta:g}" if method != "diffusion_sft" else "")
+    rounds = self_play(cfg, shape_reward, out / f"seed{seed}" / "retest" / tag, rounds=SPRO_ROUNDS,
+                       samples=RETEST_SAMPLES, labels=labels, epochs=RETEST_EPOCHS)
+    held = []
+    for model in [rounds[0].model] + [r.result for r in rounds]:
+        net, _ = load_denoiser(model)
+        held.append({**measure_net(net, "epsilon", seed), "drift": x0_drift(net, ref_net, "epsilon", seed)})
+    return {"own_reward": [r.reward_mean for r in rounds], "pairs": [r.pairs for r in rounds],
+            "steps": [r.steps for r in rounds], "heldout": held}
+
+
+def at_drift(curve: list[tuple[float, float]], drift: float) -> float | None:
+    """A (drift, value) curve read at ``drift`` by linear interpolation between the rounds that bracket it (``None``
+    outside the curve's range): SFT's class at the drift a preference objective reached."""
+    points = sorted(curve)
+    for (d0, v0), (d1, v1) in zip(points, points[1:]):
+        if d0 <= drift <= d1:
+            return v0 if d1 == d0 else v0 + (v1 - v0) * (drift - d0) / (d1 - d0)
+    return None
+
+
+def stage_retest(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """Issue 37's retest of the self-play verdicts under the official recipe's shape (:func:`retest_run` for every
+    row of :data:`RETEST`), with SFT read at each objective's final drift."""
+    results: dict[str, Any] = {}
+    for label, method, labels, beta in RETEST:
+        results[label] = {f"seed{s}": retest_run(out, s, method, labels, beta) for s in seeds}
+        last = [results[label][f"seed{s}"]["heldout"][-1] for s in seeds]
+        print(f"{label}: after {SPRO_ROUNDS} rounds preferred among valid "
+              f"{[round(h['preferred_among_valid'], 3) for h in last]}, valid {[round(h['valid'], 3) for h in last]}, "
+              f"drift {[round(h['drift'], 4) for h in last]}", flush=True)
+    for label in results:
+        rows = []
+        for r in range(SPRO_ROUNDS + 1):
+            own = [results[label][f"seed{s}"]["own_reward"][r] for s in seeds] if r < SPRO_ROUNDS else None
+            pairs = [results[label][f"seed{s}"]["pairs"][r] for s in seeds] if r < SPRO_ROUNDS else None
+            rows.append([str(r), ms(own) if own else "–", ms(pairs) if pairs else "–",
+                         *(ms([results[label][f"seed{s}"]["heldout"][r][k] for s in seeds]) for k in RETEST_KEYS)])
+        print_table(f"{label}: self-play, {SPRO_ROUNDS} rounds × {RETEST_EPOCHS} epochs of each round's pairs "
+                    f"({RETEST_SAMPLES} samples per prompt), lr {SPRO_LR:g}, warm-up {RETEST_WARMUP}; {len(seeds)} seeds",
+                    ["model after round", "own-sample reward (of 2)", "pairs", *RETEST_KEYS], rows)
+    sft = results["SFT on the winners"]
+    rows = []
+    for label in results:
+        if label == "SFT on the winners":
+            continue
+        final, sft_at = [], []
+        for s in seeds:
+            held = results[label][f"seed{s}"]["heldout"]
+            curve = [(h["drift"], h["preferred_among_valid"]) for h in sft[f"seed{s}"]["heldout"]]
+            final.append(held[-1]["preferred_among_valid"])
+            sft_at.append(at_drift(curve, held[-1]["drift"]))
+        drift = [results[label][f"seed{s}"]["heldout"][-1]["drift"] for s in seeds]
+        known = [v for v in sft_at if v is not None]
+        rows.append([label, ms(drift), ms(final), ms(known) if known else "beyond SFT's range",
+                     f"{len(known)} of {len(seeds)}"])
+    results["at equal drift"] = rows
+    print_table("after the last round: each objective against SFT on the winners read at the same x̂₀ drift",
+                ["objective", "drift of x̂₀ (t = 999)", "preferred among valid", "SFT at that drift",
+                 "seeds within SFT's range"], rows)
+    return results
+
+
 STAGES = {"learn": stage_learn, "sweep": stage_sweep, "pairs": stage_pairs, "position": stage_position,
           "scale": stage_scale, "dro_clean": stage_dro_clean, "reward": stage_reward, "rpo": stage_rpo,
           "spro": stage_spro, "spro_flow": stage_spro_flow, "spro_ablation": stage_spro_ablation,
-          "spro_beta": stage_spro_beta, "spro_v": stage_spro_v}
+          "spro_beta": stage_spro_beta, "spro_v": stage_spro_v, "retest": stage_retest}
 
 
 def main() -> None:
