@@ -455,6 +455,24 @@ def test_reward_guidance_raises_the_guiding_reward(prediction):
     assert bright(pushed, t0, cond).mean() > bright(plain, t0, cond).mean()
 
 
+def test_x0_drift_is_zero_at_the_reference_and_measure_reports_the_classes_apart():
+    import copy
+
+    from pbrl.sequence.shapes_bench import measure_net, x0_drift
+
+    torch.manual_seed(0)
+    for prediction in ("epsilon", "flow"):
+        net = SmallUNet(1, 2, (8, 16))
+        reference = copy.deepcopy(net)
+        assert x0_drift(net, reference, prediction, seed=0) == 0.0
+        with torch.no_grad():
+            next(net.parameters()).add_(0.05)
+        assert x0_drift(net, reference, prediction, seed=0) > 0.0
+    m = measure_net(SmallUNet(1, 2, (8, 16)), "epsilon", seed=0)  # an untrained net: noise, no shape at all
+    assert m["cross"] + m["square"] + m["invalid"] == pytest.approx(1.0)
+    assert m["invalid"] == 1.0 and m["preferred"] == 0.0 and m["preferred_among_valid"] == 0.0
+
+
 def test_self_play_rounds_and_checkpoint_selection(shapes_task, tmp_path):
     from pbrl.sequence.self_play import load_reward_fn, select_checkpoint, self_play
 
