@@ -518,6 +518,9 @@ def test_self_play_rounds_and_checkpoint_selection(shapes_task, tmp_path):
                         epochs=2.0)
     reversed_pairs = load_image_pairs(tmp_path / "swapped/round_0/pairs.h5", "diffusion_dpo")
     assert (margin(reversed_pairs) < 0).all()
+    net = SmallUNet(1, 2, (8, 16))  # run.warmup_steps reaches the learner's optimiser (the retest's warm-up)
+    learner = DiffusionLearner(net, SmallUNet(1, 2, (8, 16)), NoiseSchedule("epsilon", 50), cfg.method, warmup_steps=7)
+    assert learner.optimizers()["policy"].warmup_steps == 7
     assert swapped[0].steps == math.ceil(2.0 * swapped[0].pairs / cfg.train.batch_size) and \
         json.loads((tmp_path / "swapped/round_0/run/metrics.json").read_text())["steps"] == swapped[0].steps
     self_play(cfg, brightness, tmp_path / "random", rounds=1, samples=8, sample_steps=2, labels="random", epochs=1.0)

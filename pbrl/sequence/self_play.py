@@ -39,8 +39,8 @@ RewardFn = Callable[[Tensor, Tensor], Tensor]  # (images [N, ...], cond [N, D]) 
 SELF_PLAY_METHODS = ("diffusion_dpo", "flow_dpo", "diffusion_sft", "abc")
 SELF_PLAY_LABELS = ("reward", "swapped", "random")  # the controls: every pair reversed, or each with probability 0.5
 
-__all__ = ["SELF_PLAY_LABELS", "SELF_PLAY_METHODS", "RoundResult", "check_reward", "load_reward_fn", "score_samples", "select_checkpoint",
-           "self_play"]
+__all__ = ["SELF_PLAY_LABELS", "SELF_PLAY_METHODS", "RoundResult", "check_reward", "load_reward_fn", "score_samples",
+           "select_checkpoint", "self_play"]
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pbrl.sequence.shapes import (
 SFT_STEPS, SFT_LR, SFT_BATCH = 3000, 1e-3, 64  # the references' SFT
 LR, BATCH = 1e-4, 16                            # every method's run from a reference, unless a stage says otherwise
 SAMPLES = 16                                    # samples per held-out prompt in the measure
+SAMPLE_STEPS = 20                               # sampler steps of the measure (DDIM or Euler)
 
 
 def make_task(out: Path) -> dict[str, Path]:
@@ -73,7 +74,7 @@ def heldout_samples(net: torch.nn.Module, prediction: str, seed: int, noise_sche
     prompts = [p for p in heldout_prompts() for _ in range(SAMPLES)]
     g = torch.Generator().manual_seed(10_000 + seed)
     images = sample(net, NoiseSchedule(prediction, schedule=noise_schedule), prompt_condition(prompts), (1, 16, 16),
-                    steps=20, generator=g)
+                    steps=SAMPLE_STEPS, generator=g)
     return images, prompts
 
 
@@ -110,7 +111,7 @@ def x0_drift(net: torch.nn.Module, reference: torch.nn.Module, prediction: str, 
     if schedule.is_flow:
         t = torch.ones(len(prompts))
     else:
-        t = sampling_times(schedule, 20)[0].expand(len(prompts))
+        t = sampling_times(schedule, SAMPLE_STEPS)[0].expand(len(prompts))
     x0 = []
     for model in (net, reference):
         model.eval()
