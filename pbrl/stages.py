@@ -37,6 +37,16 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def read_curve(curve: list[tuple[float, float]], x: float) -> float | None:
+    """A ``(x, value)`` curve read at ``x`` by linear interpolation between the points that bracket it (``None``
+    outside the curve's range): e.g. a baseline's score at the drift (or KL) another method reached."""
+    points = sorted(curve)
+    for (x0, v0), (x1, v1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return v0 if x1 == x0 else v0 + (v1 - v0) * (x - x0) / (x1 - x0)
+    return None
+
+
 def run_stages(description: str, stages: dict[str, Stage], *, out: str, steps: int) -> None:
     """``--out --seeds --steps --stages``: run the chosen stages in order, each result saved into
     ``OUT/results.json`` (written to a temporary file and renamed) as soon as its stage ends."""
@@ -50,11 +60,22 @@ def run_stages(description: str, stages: dict[str, Stage], *, out: str, steps: i
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
     for stage in args.stages:
         start = time.perf_counter()
-        results[stage] = stages[stage](folder, args.seeds, args.steps)
+        result = stages[stage](folder, args.seeds, args.steps)
         print(f"\n({stage}: {time.perf_counter() - start:.0f} s)")
+        save_stage(path, stage, result)
+
+
+def save_stage(path: Path, stage: str, result: Any) -> None:
+    """``result`` into ``path`` (a JSON object of stages) under ``stage``: read, updated and replaced under a lock,
+    so that two scripts running different stages into one folder keep each other's results."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results[stage] = result
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(path)

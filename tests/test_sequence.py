@@ -17,6 +17,7 @@ from pbrl.core.alignment import (  # noqa: E402
     gae_advantages,
     inverse_soft_q_loss,
     irepo_loss,
+    is_daa_loss,
     is_daa_weights,
     micro_mixture_loss,
     pama_advantage,
@@ -27,6 +28,8 @@ from pbrl.core.alignment import (  # noqa: E402
     soft_value,
     tgdpo_loss,
     tvkd_loss,
+    tvkd_qadapter_loss,
+    tvkd_qadapter_return,
 )
 from pbrl.errors import ConfigError, DatasetError  # noqa: E402
 from pbrl.sequence.data import PairSampler, collate_pairs, load_pairs, tokenize_pairs  # noqa: E402
@@ -190,6 +193,107 @@ def test_is_daa_weights_reference():
         assert w[i].item() == pytest.approx(min(ratio, math.exp(0.6)), rel=1e-12)
     pc.requires_grad_(True)
     assert not is_daa_weights(pc, pr, rc, rr).requires_grad
+
+
+def test_is_daa_loss_official_ipo_and_sigmoid_forms_reference():
+    """IS-DAA as ``cli/train_is_dpo.py`` trains it: ``w · (h − 1/(2β))²`` on summed log-ratios, w = exp(min(Σ log π −
+    log π_D, 2ε)) against the data policy's log-probs, detached; the DPO form ``−w log σ(β h)`` as the option."""
+    pc, pr, rc, rr, dc, dr = (_rand(8, seed=s) for s in range(6))
+    pc.requires_grad_(True)
+    beta, eps = 0.05, 1.0
+    ipo = is_daa_loss(pc, pr, rc, rr, dc, dr, beta=beta, epsilon=eps)
+    dpo = is_daa_loss(pc, pr, rc, rr, dc, dr, beta=beta, epsilon=eps, loss_type="sigmoid")
+    for i in range(8):
+        w = math.exp(min(float(pc[i] - dc[i] + pr[i] - dr[i]), 2 * eps))
+        h = float((pc[i] - rc[i]) - (pr[i] - rr[i]))
+        assert ipo[i].item() == pytest.approx(w * (h - 1 / (2 * beta)) ** 2, rel=1e-12)
+        assert dpo[i].item() == pytest.approx(-w * math.log(1 / (1 + math.exp(-beta * h))), rel=1e-12)
+    # the weight carries no gradient: d/dπ_w of w (h − 1/(2β))² is w · 2 (h − 1/(2β))
+    (grad,) = torch.autograd.grad(ipo.sum(), pc)
+    h = (pc - rc) - (pr - rr)
+    w = torch.exp(torch.clamp(pc - dc + pr - dr, max=2 * eps))
+    assert torch.allclose(grad, (w * 2 * (h - 1 / (2 * beta))).detach(), rtol=1e-12)
+
+
+def test_is_daa_learner_reads_the_data_policy_log_probs(grammar):
+    """The rows' ``chosen_logps`` / ``rejected_logps`` are the weight's denominator; absent, the reference is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pbrl.sequence.lm import Reference
+    from pbrl.sequence.objectives import MethodConfig, SequenceLearner
+
+    rows = [json.loads(line) for line in open(grammar["pairs"])][:6]
+    tok = AutoTokenizer.from_pretrained(grammar["model"])
+    policy = AutoModelForCausalLM.from_pretrained(grammar["model"]).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # a policy that differs from its reference
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference = Reference.frozen_copy(AutoModelForCausalLM.from_pretrained(grammar["model"]))
+    learner = SequenceLearner(policy, MethodConfig(name="is_daa", beta=0.05), reference)
+
+    def loss_on(extra: list[dict[str, float]]) -> float:
+        data = tokenize_pairs(load_pairs([{**r, **e} for r, e in zip(rows, extra)]), tok, max_length=32)
+        return float(learner.loss(collate_pairs(data, torch.arange(len(data)), tok.pad_token_id), 0).loss)
+
+    data = tokenize_pairs(load_pairs(rows), tok, max_length=32)
+    batch = collate_pairs(data, torch.arange(len(data)), tok.pad_token_id)
+    with torch.no_grad():
+        pol = completion_logps(policy, batch.input_ids, batch.attention_mask, batch.completion_mask).total.double()
+        ref = completion_logps(reference.model, batch.input_ids, batch.attention_mask, batch.completion_mask
+                               ).total.double()
+    (pc, pr), (rc, rr) = pol.chunk(2), ref.chunk(2)
+    h = (pc - rc) - (pr - rr)
+    ipo = (h - 1 / (2 * 0.05)) ** 2
+    stored = [{"chosen_logps": float(c), "rejected_logps": float(r)} for c, r in zip(rc, rr)]
+    expected = float((torch.exp(torch.clamp(pc - rc + pr - rr, max=2.0)) * ipo).mean())
+    assert loss_on([{}] * 6) == pytest.approx(expected, rel=1e-5)
+    assert loss_on(stored) == pytest.approx(expected, rel=1e-5)  # stored = the reference's: the same weights
+    unlikely = [{"chosen_logps": -500.0, "rejected_logps": -500.0}] * 6  # π_D made them rare: every weight clipped
+    assert loss_on(unlikely) == pytest.approx(float(math.exp(2.0) * ipo.mean()), rel=1e-5)
+    with pytest.raises(DatasetError, match="chosen_logps.*<= 0"):
+        load_pairs([{**rows[0], "chosen_logps": 0.5}])
+
+
+def test_tvkd_qadapter_return_reference():
+    """TVKD's official qadapter score in float64, one token at a time: the student's probabilities at the teacher's
+    top-k plus a rest bucket (clamped to [1e-8, 1 − 1e-8]), the label's bucket log-probability less γ × the next
+    state's bucket entropy (0 after the last token); the pairwise loss −log σ(R_w − R_l)."""
+    b, t, v, k, gamma = 3, 5, 7, 3, 0.8
+    logits = _rand(b, t, v, seed=11).requires_grad_(True)
+    labels = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(2))
+    top_k = torch.stack([torch.randperm(v, generator=torch.Generator().manual_seed(100 + i))[:k]
+                         for i in range(b * t)]).view(b, t, k)
+    labels[0, 0] = top_k[0, 0, 2]  # one label certainly inside the top-k, one certainly outside
+    labels[1, 1] = next(x for x in range(v) if x not in top_k[1, 1].tolist())
+    mask = torch.ones(b, t, dtype=torch.float64)
+    mask[1, 3:] = 0
+    mask[2, 4:] = 0
+    got = tvkd_qadapter_return(logits, labels, top_k, mask, gamma=gamma)
+
+    def buckets(i: int, j: int) -> list[float]:
+        p = [math.exp(x) for x in logits[i, j].tolist()]
+        p = [x / sum(p) for x in p]
+        top = [p[x] for x in top_k[i, j].tolist()]
+        return [min(max(x, 1e-8), 1 - 1e-8) for x in top + [1 - sum(top)]]
+
+    for i in range(b):
+        total = 0.0
+        for j in range(t):
+            if not mask[i, j]:
+                continue
+            q = buckets(i, j)
+            ids = top_k[i, j].tolist()
+            label_bucket = ids.index(int(labels[i, j])) if int(labels[i, j]) in ids else k
+            nxt = -sum(x * math.log(x) for x in buckets(i, j + 1)) if j + 1 < t and mask[i, j + 1] else 0.0
+            total += math.log(q[label_bucket]) - gamma * nxt
+        assert got[i].item() == pytest.approx(total, rel=1e-10)
+    loss = tvkd_qadapter_loss(got[:2], got[1:])
+    for i in range(2):
+        assert loss[i].item() == pytest.approx(math.log1p(math.exp(-(got[i] - got[i + 1]).item())), rel=1e-12)
+    # both terms carry the student's gradient (no reference, nothing detached)
+    (grad,) = torch.autograd.grad(got.sum(), logits)
+    assert grad[0, 1].abs().sum() > 0 and grad[2, 4].abs().sum() == 0
 
 
 def _masked(b, t, seed):
@@ -638,8 +742,8 @@ def test_micro_router_separates_two_groups(grammar, tmp_path, learned, learning_
 
 
 def test_tvkd_on_teacher_log_probs_at_tau_one_is_dpo(grammar, tmp_path):
-    """``method.tvkd_value = log_probs``: the soft value τ log Σ p^{1/τ} of a normalised teacher is 0 at τ = 1, so
-    TVKD trains exactly as DPO; on raw logits (the default) the same run differs."""
+    """TVKD's shaping form with ``method.tvkd_value = log_probs``: the soft value τ log Σ p^{1/τ} of a normalised
+    teacher is 0 at τ = 1, so it trains exactly as DPO; on raw logits the same run differs."""
     from pbrl.sequence.train import SeqRunConfig, train_sequence
 
     def weights(method: str, **fields) -> dict[str, torch.Tensor]:
@@ -648,12 +752,17 @@ def test_tvkd_on_teacher_log_probs_at_tau_one_is_dpo(grammar, tmp_path):
         for key, value in fields.items():
             setattr(cfg.method, key, value)
         cfg.train.steps, cfg.train.batch_size, cfg.train.checkpoint_every = 2, 4, 2
-        out = tmp_path / f"{method}-{fields.get('tvkd_value', '')}"
+        out = tmp_path / f"{method}-{fields.get('tvkd_value', '')}-{fields.get('tvkd_top_k', '')}"
         train_sequence(cfg, out, progress=False)
         return torch.load(out / "checkpoints/step_00000002.pt", weights_only=False)["agent"]
 
     dpo = weights("dpo")
-    normalised = weights("tvkd", teacher=str(grammar["model"]), tvkd_value="log_probs", tvkd_tau=1.0)
-    raw = weights("tvkd", teacher=str(grammar["model"]), tvkd_value="logits", tvkd_tau=1.0)
+    normalised = weights("tvkd", teacher=str(grammar["model"]), tvkd_form="shaping", tvkd_value="log_probs",
+                         tvkd_tau=1.0)
+    raw = weights("tvkd", teacher=str(grammar["model"]), tvkd_form="shaping", tvkd_value="logits", tvkd_tau=1.0)
     assert all(torch.allclose(dpo[k], normalised[k], atol=1e-6) for k in dpo)
     assert not all(torch.allclose(dpo[k], raw[k], atol=1e-6) for k in dpo)
+    # the official form (the default): the teacher's top-k decides the buckets, so k changes the update
+    top2 = weights("tvkd", teacher=str(grammar["model"]), tvkd_top_k=2)
+    top50 = weights("tvkd", teacher=str(grammar["model"]), tvkd_top_k=50)
+    assert not all(torch.allclose(top2[k], top50[k], atol=1e-6) for k in top2)

@@ -11,25 +11,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gae_advantages", "inverse_soft_q_loss", "irepo_loss", "is_daa_weights", "micro_mixture_loss",
+from pbrl.core.losses import dpo_loss
+
+__all__ = ["gae_advantages", "inverse_soft_q_loss", "irepo_loss", "is_daa_loss", "is_daa_weights", "micro_mixture_loss",
            "pama_advantage", "potential_shaping", "ppo_clip_loss", "rso_accept", "rto_token_rewards", "soft_value",
-           "tgdpo_loss", "tvkd_loss"]
+           "teacher_bucket_log_probs", "tgdpo_loss", "tvkd_loss", "tvkd_qadapter_loss",
+           "tvkd_qadapter_return"]
 
 
-def is_daa_weights(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-                   ref_rejected_logps: Tensor, *, epsilon: float = 0.25) -> Tensor:
+def is_daa_weights(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, data_chosen_logps: Tensor,
+                   data_rejected_logps: Tensor, *, epsilon: float = 1.0) -> Tensor:
     """IS-DAA's clipped importance weights (Nguyen et al., 2025, "Mitigating Reward Over-Optimization in Direct
-    Alignment Algorithms with Importance Sampling", arXiv 2506.08681; official code ``mail-research/AIS-Sampling4DAAs``).
+    Alignment Algorithms with Importance Sampling", arXiv 2506.08681; official code ``mail-research/AIS-Sampling4DAAs``,
+    ``cli/train_is_dpo.py``).
 
-    ``w = min(π(y_w|x)/π_ref(y_w|x) · π(y_l|x)/π_ref(y_l|x), e^{2ε}) = exp(min(r_w + r_l, 2ε))``, without gradient:
-    pairs the policy has already made likelier than the reference did count more, up to the clip; pairs it has
-    moved away from count less, which damps the drift of DAAs. The weight multiplies any DAA's per-pair loss
-    (the official code: IPO and DPO); no normalisation over the batch. Default ε = 0.25 (the official config).
-    All inputs ``[B]`` summed log-probabilities; returns ``[B]``.
+    ``w = exp(min(log π(y_w|x) − log π_D(y_w|x) + log π(y_l|x) − log π_D(y_l|x), 2ε))``, without gradient, with π_D
+    the policy that generated the pairs: the official code reads its stored log-probs (the dataset's
+    ``chosen_logps`` / ``rejected_logps``) and falls back to the reference's when a dataset has none, as in its
+    launched run. Pairs the policy has made likelier than π_D did count more, up to the clip; pairs it has moved
+    away from count less. Clipped above only, no normalisation over the batch. Default ε = 1.0 (the official
+    launch script; its config's default is 0.25). All inputs ``[B]`` summed log-probabilities; returns ``[B]``.
     """
     with torch.no_grad():
-        log_ratio = (policy_chosen_logps - ref_chosen_logps) + (policy_rejected_logps - ref_rejected_logps)
+        log_ratio = (policy_chosen_logps - data_chosen_logps) + (policy_rejected_logps - data_rejected_logps)
         return torch.exp(torch.clamp(log_ratio, max=2.0 * epsilon))
+
+
+def is_daa_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                ref_rejected_logps: Tensor, data_chosen_logps: Tensor, data_rejected_logps: Tensor, *,
+                beta: float = 0.05, epsilon: float = 1.0, loss_type: str = "ipo") -> Tensor:
+    """IS-DAA's trained loss: a DAA's per-pair loss times :func:`is_daa_weights` (the paper's eq. 9 with the weight of
+    eq. 8). The official code trains ``loss_type = "ipo"`` on summed log-ratios, ``w (h − 1/(2β))²`` with
+    ``h = (log π − log π_ref)(y_w) − (log π − log π_ref)(y_l)`` (``cli/train_is_dpo.py``: its DPO line is commented
+    out), at β 0.05 and ε 1.0 (``scripts/train_IS/train_is_dpo.sh``); ``"sigmoid"`` gives the DPO form
+    ``−w log σ(β h)``, and any other :func:`pbrl.core.dpo_loss` type is weighted the same way. Inputs ``[B]``
+    (``data_*``: the log-probs of the policy that generated the pairs, or the reference's); returns ``[B]``.
+    """
+    losses, _, _ = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                            beta=beta, loss_type=loss_type)
+    return losses * is_daa_weights(policy_chosen_logps, policy_rejected_logps, data_chosen_logps, data_rejected_logps,
+                                   epsilon=epsilon)
 
 
 def tgdpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
@@ -99,6 +120,49 @@ def tvkd_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor
 
     return F.softplus(-(shaped(policy_chosen, ref_chosen, teacher_value_chosen, mask_chosen)
                         - shaped(policy_rejected, ref_rejected, teacher_value_rejected, mask_rejected)))
+
+
+def teacher_bucket_log_probs(student_logits: Tensor, teacher_top_k: Tensor, *, floor: float = 1e-8) -> Tensor:
+    """The student's next-token distribution coarsened onto a teacher's top-k tokens: its probabilities at the
+    teacher's ``K`` indices and one more bucket for the rest of the vocabulary (``1 − Σ``), clamped to
+    ``[floor, 1 − floor]``, as logs (TVKD's official ``load_input_and_target_probs_fast``; it stores the teacher's
+    top 50). ``student_logits`` ``[B, T, V]`` (with gradient), ``teacher_top_k`` ``[B, T, K]`` token ids; returns
+    ``[B, T, K + 1]``."""
+    probs = torch.softmax(student_logits, dim=-1)
+    top = probs.gather(-1, teacher_top_k)
+    buckets = torch.cat([top, 1.0 - top.sum(-1, keepdim=True)], dim=-1)
+    return torch.log(buckets.clamp(min=floor, max=1.0 - floor))
+
+
+def tvkd_qadapter_return(student_logits: Tensor, labels: Tensor, teacher_top_k: Tensor, mask: Tensor, *,
+                         gamma: float = 1.0) -> Tensor:
+    """TVKD's trained sequence score (Kwon et al., NeurIPS 2025, arXiv 2509.16965; the official ``qadapter`` branch
+    of ``scripts/run_distill_dpo.py`` with ``qadapter_softvalue_type: entropy``, which ``TVKD.yaml`` trains).
+
+    With ``q_t = log p̃_θ(·|s_t)`` the student's bucketed log-probabilities (:func:`teacher_bucket_log_probs`), a
+    token's reward is its bucket's log-probability less γ times the entropy of the next state's buckets:
+
+    ``R(y) = Σ_t [q_t(b(y_t)) − γ H(p̃_θ(·|s_{t+1}))]``, H = 0 after the last token,
+
+    where ``b(y_t)`` is ``y_t``'s bucket (the rest bucket when the teacher's top-k lacks it). Both terms depend on θ:
+    the teacher enters only through which tokens are bucketed. No reference model, no β. Default γ = 1
+    (``qadapter_gamma``'s default; the recipe does not set it). Inputs: logits ``[B, T, V]``, ``labels`` ``[B, T]``
+    (the token predicted at each position), ``teacher_top_k`` ``[B, T, K]``, ``mask`` ``[B, T]``; returns ``[B]``.
+    """
+    q = teacher_bucket_log_probs(student_logits, teacher_top_k)
+    k = teacher_top_k.shape[-1]
+    match = teacher_top_k == labels.unsqueeze(-1)
+    bucket = torch.where(match.any(-1), match.float().argmax(-1), torch.full_like(labels, k))
+    q_label = q.gather(-1, bucket.unsqueeze(-1)).squeeze(-1)
+    entropy = -(q.exp() * q).sum(-1) * mask
+    next_entropy = torch.cat([entropy[:, 1:], torch.zeros_like(entropy[:, :1])], dim=1)
+    return ((q_label - gamma * next_entropy) * mask).sum(-1)
+
+
+def tvkd_qadapter_loss(return_chosen: Tensor, return_rejected: Tensor) -> Tensor:
+    """TVKD's official pairwise loss on :func:`tvkd_qadapter_return` scores: ``−log σ(R(y_w) − R(y_l))`` (the branch's
+    two-way cross-entropy with the chosen completion as the target). Inputs ``[B]``; returns ``[B]``."""
+    return F.softplus(-(return_chosen - return_rejected))
 
 
 def irepo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,

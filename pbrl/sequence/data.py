@@ -2,8 +2,10 @@
 
 A row holds ``prompt``, ``chosen`` and ``rejected`` (strings) and optionally ``score_chosen``,
 ``score_rejected`` (numbers: a reward model's or annotators' scores), ``group`` (the annotator group or user
-a row comes from), ``weight`` (a per-pair loss weight >= 0) and ``preference`` (the empirical probability in
-(0, 1) that ``chosen`` is preferred, e.g. the share of annotators who chose it; iREPO regresses on it).
+a row comes from), ``weight`` (a per-pair loss weight >= 0), ``preference`` (the empirical probability in
+(0, 1) that ``chosen`` is preferred, e.g. the share of annotators who chose it; iREPO regresses on it) and
+``chosen_logps``, ``rejected_logps`` (numbers <= 0: the summed log-probabilities of the completions, EOS included, under
+the policy that generated them, the column names of IS-DAA's official code; its importance weights divide by them).
 
 Rows come from JSON Lines, Parquet, a ``datasets.Dataset`` or a list of dicts. Every row is checked before any
 is used: a malformed one raises one :class:`~pbrl.errors.DatasetError` naming the file and line (or row), the
@@ -52,6 +54,8 @@ class PreferencePair:
     group: str | None = None
     weight: float = 1.0
     preference: float | None = None
+    chosen_logps: float | None = None
+    rejected_logps: float | None = None
 
 
 def _number(row: Mapping[str, Any], name: str, where: str, *, low: float | None = None, high: float | None = None,
@@ -65,8 +69,8 @@ def _number(row: Mapping[str, Any], name: str, where: str, *, low: float | None 
     if ok and high is not None:
         ok = value < high if open_interval else value <= high
     if not ok:
-        bounds = ("a finite number" + (f" in ({low:g}, {high:g})" if open_interval else f" >= {low:g}" if low is not None
-                                       else ""))
+        bounds = "a finite number" + (f" in ({low:g}, {high:g})" if open_interval else f" >= {low:g}" if low is not None
+                                      else f" <= {high:g}" if high is not None else "")
         raise DatasetError(describe(where, f"field '{name}'", short_repr(value), bounds))
     return float(value)
 
@@ -94,7 +98,9 @@ def check_row(row: Any, where: str) -> PreferencePair:
                           score_rejected=_number(row, "score_rejected", where),
                           group=None if group is None else str(group),
                           weight=1.0 if weight is None else weight,
-                          preference=_number(row, "preference", where, low=0.0, high=1.0, open_interval=True))
+                          preference=_number(row, "preference", where, low=0.0, high=1.0, open_interval=True),
+                          chosen_logps=_number(row, "chosen_logps", where, high=0.0),
+                          rejected_logps=_number(row, "rejected_logps", where, high=0.0))
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[Any, str]]:
@@ -147,8 +153,8 @@ def load_pairs(source: str | os.PathLike | Sequence[Mapping[str, Any]] | Any) ->
 @dataclass
 class TokenizedPairs:
     """Token ids of every pair: ``prompt[i] + chosen[i]`` and ``prompt[i] + rejected[i]`` are the two sequences
-    (completions end with EOS). Per-pair tensors are ``[N]``; absent scores and preferences are NaN, an absent
-    group is -1 (``groups`` lists the names of the others)."""
+    (completions end with EOS). Per-pair tensors are ``[N]``; absent scores, preferences and data-policy log-probs
+    are NaN, an absent group is -1 (``groups`` lists the names of the others)."""
 
     prompt: list[list[int]]
     chosen: list[list[int]]
@@ -159,6 +165,8 @@ class TokenizedPairs:
     preference: Tensor
     group: Tensor
     groups: list[str]
+    chosen_logps: Tensor
+    rejected_logps: Tensor
     truncated: int       # completions cut at max_length (the end dropped, TRL's keep_start)
 
     def __len__(self) -> int:
@@ -219,7 +227,9 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer: Any, *, max_lengt
         score_rejected=torch.tensor([nan if p.score_rejected is None else p.score_rejected for p in pairs]),
         preference=torch.tensor([nan if p.preference is None else p.preference for p in pairs]),
         group=torch.tensor([-1 if p.group is None else index[p.group] for p in pairs], dtype=torch.long),
-        groups=names, truncated=truncated)
+        groups=names, truncated=truncated,
+        chosen_logps=torch.tensor([nan if p.chosen_logps is None else p.chosen_logps for p in pairs]),
+        rejected_logps=torch.tensor([nan if p.rejected_logps is None else p.rejected_logps for p in pairs]))
 
 
 @dataclass
@@ -228,7 +238,8 @@ class PairBatch:
     rejected (TRL's layout, one forward for both).
 
     - ``input_ids``, ``attention_mask``, ``completion_mask``: ``[2B, T]`` (completion tokens 1, prompt and pad 0);
-    - ``index``: ``[B]`` the pairs' rows in the dataset; ``weight``, ``score_*``, ``preference``, ``group``: ``[B]``.
+    - ``index``: ``[B]`` the pairs' rows in the dataset; ``weight``, ``score_*``, ``preference``, ``group``,
+      ``chosen_logps``, ``rejected_logps``: ``[B]``.
     """
 
     input_ids: Tensor
@@ -240,6 +251,8 @@ class PairBatch:
     score_rejected: Tensor
     preference: Tensor
     group: Tensor
+    chosen_logps: Tensor
+    rejected_logps: Tensor
 
     @property
     def pairs(self) -> int:
@@ -270,7 +283,8 @@ def collate_pairs(data: TokenizedPairs, index: Tensor, pad_id: int) -> PairBatch
     ids, attn, comp = pad_sequences([(data.prompt[i], data.chosen[i]) for i in rows]
                                     + [(data.prompt[i], data.rejected[i]) for i in rows], pad_id)
     return PairBatch(ids, attn, comp, index.clone(), data.weight[index], data.score_chosen[index],
-                     data.score_rejected[index], data.preference[index], data.group[index])
+                     data.score_rejected[index], data.preference[index], data.group[index],
+                     data.chosen_logps[index], data.rejected_logps[index])
 
 
 class IndexSampler:

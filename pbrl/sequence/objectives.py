@@ -8,9 +8,13 @@ Methods trained from a pair dataset (``pbrl seq train --method NAME``):
 - ``ipo``: ``dpo`` with ``loss_type = "ipo"`` (Azar et al., 2023);
 - ``rso``: the RSO losses (Liu et al., 2024, eqs. 8 and 10) on pairs from :func:`pbrl.core.rso_accept`:
   ``sigmoid-norm`` is DPO's sigmoid, ``hinge-norm`` is TRL's ``hinge`` (``loss_type`` sigmoid | hinge);
-- ``is_daa``: any DAA loss type weighted by :func:`pbrl.core.is_daa_weights`;
+- ``is_daa``: :func:`pbrl.core.alignment.is_daa_loss`, a DAA loss (``is_loss``: IPO, the official code's, by
+  default) weighted by the clipped importance ratio against the policy that generated the pairs (the rows'
+  ``chosen_logps`` / ``rejected_logps``, else the reference);
 - ``tgdpo``: :func:`pbrl.core.tgdpo_loss` with a DPO-trained ``guide`` model;
-- ``tvkd``: :func:`pbrl.core.tvkd_loss` with a DPO-trained ``teacher`` model;
+- ``tvkd``: with a DPO-trained ``teacher`` model, the official recipe's form (``tvkd_form = "qadapter"``:
+  :func:`pbrl.core.alignment.tvkd_qadapter_return` and ``_loss``, the student's distribution over the teacher's
+  top-k tokens) or the potential-shaped DPO pbrl tested first (``"shaping"``: :func:`pbrl.core.tvkd_loss`);
 - ``irepo``: :func:`pbrl.core.irepo_loss` on the rows' ``preference``;
 - ``sft``: maximum likelihood on the chosen completions (the baseline every method is compared with);
 - ``isq``: :func:`pbrl.core.inverse_soft_q_loss` on the chosen completions (imitation, no reference).
@@ -25,7 +29,16 @@ import torch
 from torch import Tensor, nn
 
 from pbrl.core import dpo_loss
-from pbrl.core.alignment import inverse_soft_q_loss, irepo_loss, is_daa_weights, soft_value, tgdpo_loss, tvkd_loss
+from pbrl.core.alignment import (
+    inverse_soft_q_loss,
+    irepo_loss,
+    is_daa_loss,
+    soft_value,
+    tgdpo_loss,
+    tvkd_loss,
+    tvkd_qadapter_loss,
+    tvkd_qadapter_return,
+)
 from pbrl.core.losses import DPO_LOSS_TYPES
 from pbrl.core.training import LossOutput, OptimizerSpec
 from pbrl.errors import ConfigError, describe
@@ -35,7 +48,6 @@ from pbrl.sequence.lm import Reference, SequenceLogps, completion_logps
 
 METHODS = ("dpo", "ipo", "rso", "is_daa", "tgdpo", "tvkd", "irepo", "sft", "isq")
 REFERENCE_FREE = ("sft", "isq")
-NEEDS_TOKEN_REFERENCE = ("tgdpo", "tvkd")
 
 __all__ = ["METHODS", "MethodConfig", "SequenceLearner"]
 
@@ -50,11 +62,20 @@ class MethodConfig:
     label_smoothing: float = param(0.0, ge=0, lt=0.5)   # cDPO / robust flip rate / EXO's ε
     discopop_tau: float = param(0.05, gt=0)
     length_normalize: bool = False                      # ipo: token-averaged log-ratios (TRL's ipo)
-    is_epsilon: float = param(0.25, gt=0)               # is_daa: weights clipped at e^{2ε}
+    is_epsilon: float = param(1.0, gt=0)                # is_daa: weights clipped at e^{2ε} (1.0: the official launch)
+    # is_daa: the DAA loss the weights multiply: ipo (the official code's trained loss, on summed log-ratios) or
+    # sigmoid (the DPO form pbrl tested first; the official code's commented-out line), or any other TRL type
+    is_loss: str = param("ipo", choices=DPO_LOSS_TYPES)
     tg_alpha: float = param(0.5, ge=0)                  # tgdpo: α of the token-reward guidance
     tg_clip: float = param(0.0, ge=0)                   # tgdpo: > 0 clamps the multipliers 1 ± α r̂ to [1 − c, 1 + c] ∩ [0, ∞); 0: as the paper
     guide: str = ""                                     # tgdpo: the DPO-trained guide model (folder)
     teacher: str = ""                                   # tvkd: the DPO-trained teacher model (folder)
+    # tvkd: qadapter, the official recipe (TVKD.yaml): −log σ(R_w − R_l), R = Σ_t log p̃(y_t) − γ_H H(p̃(·|s_{t+1})),
+    # p̃ the student's distribution over the teacher's top-k tokens and a rest bucket; shaping: DPO plus a detached
+    # potential from the teacher's soft value (pbrl's first reading; the fields tvkd_alpha / _gamma / _tau / _value)
+    tvkd_form: str = param("qadapter", choices=("qadapter", "shaping"))
+    tvkd_top_k: int = param(50, ge=1)                   # tvkd qadapter: the teacher's top-k tokens (the official 50)
+    tvkd_entropy_gamma: float = param(1.0, ge=0)        # tvkd qadapter: γ_H of the next state's entropy (official 1)
     tvkd_alpha: float = param(1.0, ge=0)                # tvkd: weight of the shaping term
     tvkd_gamma: float = param(0.7, ge=0, le=1)          # tvkd: γ of the shaping (γ = 1 telescopes away)
     tvkd_tau: float = param(1.0, gt=0)                  # tvkd: temperature of the teacher's soft value
@@ -76,6 +97,11 @@ class MethodConfig:
                                                                    ("sigmoid", "ipo")):
             raise ConfigError(describe(where, "method.length_normalize / loss_type",
                                        f"{self.length_normalize} / {self.loss_type}", "length_normalize only with ipo"))
+
+    @property
+    def needs_token_reference(self) -> bool:
+        """Whether the loss reads per-token reference log-probs (tgdpo, tvkd's shaping form)."""
+        return self.name == "tgdpo" or (self.name == "tvkd" and self.tvkd_form == "shaping")
 
     @property
     def uses_reference(self) -> bool:
@@ -109,9 +135,11 @@ class SequenceLearner(nn.Module):
         m = self.method
         if m.name in REFERENCE_FREE:
             return self._imitation_loss(batch)
-        logps = completion_logps(self.policy, batch.input_ids, batch.attention_mask, batch.completion_mask)
+        qadapter = m.name == "tvkd" and m.tvkd_form == "qadapter"
+        logps = completion_logps(self.policy, batch.input_ids, batch.attention_mask, batch.completion_mask,
+                                 keep_logits=qadapter)
         chosen, rejected = logps.halves()
-        if m.name in NEEDS_TOKEN_REFERENCE:
+        if m.needs_token_reference:
             ref_tokens = self.reference.token_logps(batch.input_ids, batch.attention_mask, batch.completion_mask)
             ref_c, ref_r = ref_tokens.halves()
             ref_total = ref_tokens.total
@@ -120,16 +148,23 @@ class SequenceLearner(nn.Module):
         ref_chosen, ref_rejected = ref_total.chunk(2)
         weight = batch.weight.to(chosen.total.dtype)
         extra: dict[str, Tensor] = {}
-        if m.name in ("dpo", "ipo", "rso", "is_daa"):
+        if m.name in ("dpo", "ipo", "rso"):
             lengths = (chosen.lengths, rejected.lengths) if (m.dpo_type == "sigmoid_norm" or m.length_normalize) \
                 else (None, None)
             losses, _, _ = dpo_loss(chosen.total, rejected.total, ref_chosen, ref_rejected, beta=m.beta,
                                     label_smoothing=m.label_smoothing, loss_type=m.dpo_type,
                                     discopop_tau=m.discopop_tau, chosen_lengths=lengths[0], rejected_lengths=lengths[1])
-            if m.name == "is_daa":
-                is_weight = is_daa_weights(chosen.total, rejected.total, ref_chosen, ref_rejected, epsilon=m.is_epsilon)
-                losses = losses * is_weight
-                extra["is_daa/log_weight_mean"] = is_weight.log().mean()
+        elif m.name == "is_daa":
+            # the data policy's stored log-probs where the rows carry them, else the reference's (the official code)
+            data_chosen = torch.where(batch.chosen_logps.isnan(), ref_chosen, batch.chosen_logps.to(ref_chosen.dtype))
+            data_rejected = torch.where(batch.rejected_logps.isnan(), ref_rejected,
+                                        batch.rejected_logps.to(ref_rejected.dtype))
+            losses = is_daa_loss(chosen.total, rejected.total, ref_chosen, ref_rejected, data_chosen, data_rejected,
+                                 beta=m.beta, epsilon=m.is_epsilon, loss_type=m.is_loss)
+            with torch.no_grad():
+                log_ratio = chosen.total - data_chosen + rejected.total - data_rejected
+                extra["is_daa/log_weight_mean"] = log_ratio.clamp(max=2.0 * m.is_epsilon).mean()
+                extra["is_daa/clipped_share"] = (log_ratio > 2.0 * m.is_epsilon).float().mean()
         elif m.name == "irepo":  # train_sequence has checked every row carries its preference
             losses = irepo_loss(chosen.total, rejected.total, ref_chosen, ref_rejected, batch.preference, beta=m.beta)
         elif m.name == "tgdpo":
@@ -138,6 +173,13 @@ class SequenceLearner(nn.Module):
             losses = tgdpo_loss(chosen.per_token, rejected.per_token, ref_c.per_token, ref_r.per_token,
                                 g_c.per_token, g_r.per_token, chosen.mask, rejected.mask, beta=m.beta, alpha=m.tg_alpha,
                                 weight_clip=m.tg_clip or None)
+        elif qadapter:
+            teacher = self._frozen_logps("teacher", batch, keep_logits=True).logits
+            top_k = teacher.topk(min(m.tvkd_top_k, teacher.shape[-1]), dim=-1).indices
+            returns = tvkd_qadapter_return(logps.logits, batch.input_ids[:, 1:], top_k, logps.mask,
+                                           gamma=m.tvkd_entropy_gamma)
+            losses = tvkd_qadapter_loss(*returns.chunk(2))
+            extra["tvkd/return_margin"] = (returns.chunk(2)[0] - returns.chunk(2)[1]).mean().detach()
         elif m.name == "tvkd":
             teacher = self._frozen_logps("teacher", batch, keep_logits=True)
             logits = teacher.logits if m.tvkd_value == "logits" else teacher.logits.float().log_softmax(-1)

@@ -178,13 +178,15 @@ class Rollouts:
 
 
 def pareto_stationarity(policy: nn.Module, tokenizer: Any, prompts: Sequence[str], rewards: Sequence[Reward], *,
-                        samples: int = 8, seed: int = 0, max_new_tokens: int = 8, split: bool = False
-                        ) -> dict[str, float]:
+                        samples: int = 8, seed: int = 0, max_new_tokens: int = 8, split: bool = False,
+                        reference: nn.Module | None = None, kl_beta: float = 0.0) -> dict[str, float]:
     """How far ``policy`` is from Pareto-stationary for two objectives: REINFORCE estimates (with a mean baseline)
     of each objective's gradient ``g_i`` over the policy's parameters, and MGDA's min-norm convex combination
     ``min_c ‖c g_1 + (1 − c) g_2‖`` (closed form for two) relative to ``max_i ‖g_i‖``: 0 at a Pareto-stationary
     point (the objectives' gradients oppose), 1 where they agree. ``split`` estimates each gradient on its own
-    half of the samples, so that ``[r, −r]`` measures the estimate's noise floor instead of giving exactly 0."""
+    half of the samples, so that ``[r, −r]`` measures the estimate's noise floor instead of giving exactly 0.
+    With ``reference`` and ``kl_beta`` > 0, each objective is the KL-regularised one PAMA's PPO optimises,
+    ``E[r_i − β log π(y)/π_ref(y)]`` (the sampled sequence's log-ratio in the REINFORCE weight)."""
     if len(rewards) != 2:
         raise ValueError(f"pareto_stationarity: rewards: got {len(rewards)}, expected 2 objectives")
     from pbrl.sequence.sampling import sample_completions, sequence_logps
@@ -200,6 +202,11 @@ def pareto_stationarity(policy: nn.Module, tokenizer: Any, prompts: Sequence[str
         part = slice(i * half, (i + 1) * half) if split else slice(None)
         ps, cs = flat_p[part], flat_c[part]
         r = torch.tensor([reward(p, c) for p, c in zip(ps, cs)])
+        if reference is not None and kl_beta > 0:
+            with torch.no_grad():
+                log_ratio = (sequence_logps(policy, tokenizer, ps, cs, "cpu")
+                             - sequence_logps(reference, tokenizer, ps, cs, "cpu"))
+            r = r - kl_beta * log_ratio.to(r.dtype)
         with torch.enable_grad():
             logps = sequence_logps(policy, tokenizer, ps, cs, "cpu", grad=True)
             objective = ((r - r.mean()) * logps).mean()

@@ -94,7 +94,7 @@ class SeqRunConfig(SectionedRunConfig):
         if self.reference == "adapter" and not self.lora:
             raise ConfigError(describe(where, "run.reference", "'adapter'", "lora = true (the base model under the "
                                        "adapters is the reference)"))
-        if self.reference == "cache" and self.method.name in ("tgdpo", "tvkd"):
+        if self.reference == "cache" and self.method.needs_token_reference:
             raise ConfigError(describe(where, "run.reference", "'cache'", f"'copy' or 'adapter' ({self.method.name} "
                                        "reads per-token reference log-probs)"))
         return self

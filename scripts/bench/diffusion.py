@@ -84,7 +84,7 @@ from pbrl.sequence.shapes_bench import (
     train,
     x0_drift,
 )
-from pbrl.stages import ms, print_table, record, run_stages
+from pbrl.stages import ms, print_table, read_curve, record, run_stages
 from pbrl.train.loop import TrainConfig
 
 NRG_SCALES = (0.02, 0.1, 2.0)  # Flow-NRG's guidance scales
@@ -638,16 +638,6 @@ def retest_run(out: Path, seed: int, method: str, labels: str, beta: float) -> d
             "steps": [r.steps for r in rounds], "heldout": held}
 
 
-def at_drift(curve: list[tuple[float, float]], drift: float) -> float | None:
-    """A (drift, value) curve read at ``drift`` by linear interpolation between the rounds that bracket it (``None``
-    outside the curve's range): SFT's class at the drift a preference objective reached."""
-    points = sorted(curve)
-    for (d0, v0), (d1, v1) in zip(points, points[1:]):
-        if d0 <= drift <= d1:
-            return v0 if d1 == d0 else v0 + (v1 - v0) * (drift - d0) / (d1 - d0)
-    return None
-
-
 def stage_retest(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """Issue 37's retest of the self-play verdicts under the official recipe's shape (:func:`retest_run` for every
     row of :data:`RETEST`), with SFT read at each objective's final drift."""
@@ -678,7 +668,7 @@ def stage_retest(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             held = results[label][f"seed{s}"]["heldout"]
             curve = [(h["drift"], h["preferred_among_valid"]) for h in sft[f"seed{s}"]["heldout"]]
             final.append(held[-1]["preferred_among_valid"])
-            sft_at.append(at_drift(curve, held[-1]["drift"]))
+            sft_at.append(read_curve(curve, held[-1]["drift"]))
         drift = [results[label][f"seed{s}"]["heldout"][-1]["drift"] for s in seeds]
         known = [v for v in sft_at if v is not None]
         rows.append([label, ms(drift), ms(final), ms(known) if known else "beyond SFT's range",

@@ -17,6 +17,11 @@ Stages:
   tvkd    a larger DPO-trained teacher (4 layers, width 128); a small student (1 layer, width 32) with DPO and TVKD
   isq     MLE against inverse soft-Q on SFT data: validity (the task score) and distinct completions
   isq_small  the same on 100 SFT rows, where MLE overfits (640 epochs), 16 samples per held-out prompt
+  isipo   issue 38: IS-DAA as its official code trains it (IS-IPO: IPO weighted at ε 1 against the data policy's
+          stored log-probs) against IPO on π_SFT's own pairs: preferred rate against KL at every tenth of the run
+  tvkd_official  issue 38: the student with TVKD's official qadapter loss (the teacher's top-50 and top-4 tokens)
+  pama_kl  issue 38: PAMA's stationarity with the KL term inside each objective's gradient, and PAMA trained and
+          measured with the KL penalty off
 
 Runs are reused when finished (resumable). Writes ``OUT/results.json`` and prints markdown tables.
 """
@@ -32,7 +37,7 @@ from typing import Any
 import torch
 
 from pbrl.sequence.lm import word_tokenizer
-from pbrl.sequence.sampling import rso_pairs, sample_completions
+from pbrl.sequence.sampling import rso_pairs, sample_completions, sequence_logps
 from pbrl.sequence.synthetic import (
     ADJECTIVES,
     NOUNS,
@@ -45,7 +50,7 @@ from pbrl.sequence.synthetic import (
     tiny_gpt2_config,
 )
 from pbrl.sequence.train import SeqRunConfig, train_sequence
-from pbrl.stages import ms, print_table, record, run_stages
+from pbrl.stages import ms, print_table, read_curve, record, run_stages
 
 SFT_STEPS = 2000
 LR = 1e-4
@@ -58,6 +63,9 @@ LR = 1e-4
 # the largest α that passes on every seed is 0.02 (multipliers within about 1 ± 0.014; docs/benchmarks.md)
 TG_ALPHA = 0.02
 BETA = {"dpo": 0.3, "is_daa": 0.3, "tgdpo": 0.3, "rso": 0.3, "irepo": 0.3, "ipo": 0.08, "tvkd": 0.3}
+# the IS-DAA form the first stages (learn, isdaa, isdaa_onpolicy) tested: DPO-sigmoid weighted at ε 0.25; the
+# official code trains IPO at ε 1.0 (issue 38, stage isipo)
+IS_DPO = {"is_loss": "sigmoid", "is_epsilon": 0.25}
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -69,9 +77,10 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def train(model: str | Path, data: Path, out: Path, method: str, *, steps: int, seed: int, lr: float = LR,
-          batch: int = 16, tokenizer: Path | None = None, **method_fields: Any) -> tuple[Path, float]:
+          batch: int = 16, tokenizer: Path | None = None, checkpoint_every: int | None = None,
+          **method_fields: Any) -> tuple[Path, float]:
     """One run (reused when finished); returns (model folder, its training seconds: sampling + updates, from
-    ``metrics.json``)."""
+    ``metrics.json``). ``checkpoint_every`` keeps every checkpoint at that spacing (default: the last only)."""
     cfg = SeqRunConfig(model=str(model), data=str(data), max_length=32,
                        reference="none" if method in ("sft", "isq") else "copy",
                        tokenizer=str(tokenizer) if tokenizer else "")
@@ -80,7 +89,8 @@ def train(model: str | Path, data: Path, out: Path, method: str, *, steps: int, 
     for key, value in method_fields.items():
         setattr(cfg.method, key, value)
     cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.seed = steps, batch, lr, seed
-    cfg.train.log_every, cfg.train.checkpoint_every = 50, steps
+    cfg.train.log_every, cfg.train.checkpoint_every = 50, checkpoint_every or steps
+    cfg.train.keep_checkpoints = steps // cfg.train.checkpoint_every + 1
     if not (out / "model" / "config.json").is_file():
         train_sequence(cfg, out, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -132,7 +142,7 @@ def stage_learn(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
             write_jsonl(rso_data, rso_pairs(sft_model, tok, train_prompts, reward, candidates=16, accept=8, beta=0.5,
                                             seed=seed))
         plans = [("sft_chosen", "sft", s["pairs"], {}), ("dpo", "dpo", s["pairs"], {}),
-                 ("ipo", "ipo", s["pairs"], {}), ("is_daa", "is_daa", s["pairs"], {}),
+                 ("ipo", "ipo", s["pairs"], {}), ("is_daa", "is_daa", s["pairs"], IS_DPO),
                  ("tgdpo", "tgdpo", s["pairs"], {"guide": str(run / "dpo" / "model"), "tg_alpha": TG_ALPHA}),
                  ("rso", "rso", rso_data, {}), ("irepo", "irepo", s["pairs"], {})]
         sft_metrics = measure(s["sft"], s["sft"], heldout, seed)
@@ -159,7 +169,7 @@ def stage_isdaa(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         for method in curve:
             for beta in betas:
                 model_dir, _ = train(s["sft"], s["pairs"], out / f"seed{seed}" / "isdaa" / f"{method}-b{beta}", method,
-                                     steps=steps, seed=seed, beta=beta)
+                                     steps=steps, seed=seed, beta=beta, **(IS_DPO if method == "is_daa" else {}))
                 m = measure(model_dir, s["sft"], heldout, seed)
                 record(curve[method], beta, {k: m[k] for k in ("preferred", "kl", "valid")})
     print_table(f"isdaa: preferred rate against KL(π ‖ π_SFT) over β ({steps} steps, seeds {seeds})",
@@ -188,6 +198,23 @@ def on_policy_pairs(sft: Path, prompts: list[str], seed: int, *, per_prompt: int
     return rows
 
 
+def on_policy_data(path: Path, s: dict[str, Path], seed: int, *, logps: bool = False) -> Path:
+    """:func:`on_policy_pairs` of the seed's π_SFT on the training prompts, written to ``path`` once; ``logps`` also
+    stores each completion's summed log-probability under π_SFT (``chosen_logps`` / ``rejected_logps``: the data
+    policy's, which IS-DAA's official weight divides by)."""
+    if not path.is_file():
+        prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
+        rows = on_policy_pairs(s["sft"], prompts, seed)
+        if logps:
+            model, tok = load(s["sft"])
+            values = sequence_logps(model, tok, [r["prompt"] for r in rows] * 2,
+                                    [r["chosen"] for r in rows] + [r["rejected"] for r in rows], "cpu").tolist()
+            for r, c, w in zip(rows, values[:len(rows)], values[len(rows):]):
+                r["chosen_logps"], r["rejected_logps"] = c, w
+        write_jsonl(path, rows)
+    return path
+
+
 def stage_isdaa_onpolicy(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """IS-DAA against DPO over β on pairs drawn from π_SFT (the paper's data come from the policy being trained)."""
     betas = [0.05, 0.1, 0.3, 1.0]
@@ -195,14 +222,11 @@ def stage_isdaa_onpolicy(out: Path, seeds: list[int], steps: int) -> dict[str, A
     for seed in seeds:
         s = setup(out, seed)
         heldout = json.loads(s["heldout"].read_text())
-        data = out / f"seed{seed}" / "isdaa-onpolicy" / "pairs.jsonl"
-        if not data.is_file():
-            prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
-            write_jsonl(data, on_policy_pairs(s["sft"], prompts, seed))
+        data = on_policy_data(out / f"seed{seed}" / "isdaa-onpolicy" / "pairs.jsonl", s, seed)
         for method in curve:
             for beta in betas:
                 model_dir, _ = train(s["sft"], data, data.parent / f"{method}-b{beta}", method, steps=steps, seed=seed,
-                                     beta=beta)
+                                     beta=beta, **(IS_DPO if method == "is_daa" else {}))
                 m = measure(model_dir, s["sft"], heldout, seed)
                 record(curve[method], beta, {k: m[k] for k in ("preferred", "kl", "valid")})
                 print(f"seed {seed} {method} β {beta}: {m}", file=sys.stderr)
@@ -277,7 +301,10 @@ def stage_irepo(out: Path, seeds: list[int], steps: int, rounds: int = 4, annota
     return {str(k): v for k, v in per_round.items()}
 
 
-def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+def tvkd_runs(out: Path, seeds: list[int], steps: int, student_plans: list[tuple[str, dict[str, Any]]], title: str
+              ) -> dict[str, Any]:
+    """The teacher (4 layers × 128: SFT then DPO) and the student (1 × 32, from its own SFT) with DPO and with each
+    TVKD setting of ``student_plans`` (label, method fields; the teacher is added), the same steps."""
     results: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         big = setup(out, seed, layers=4, width=128, name="teacher-sft")
@@ -285,9 +312,8 @@ def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         teacher, _ = train(big["sft"], big["pairs"], out / f"seed{seed}" / "tvkd" / "teacher-dpo", "dpo", steps=steps,
                            seed=seed)
         small = setup(out, seed, layers=1, width=32, name="student-sft")
-        plans = [("student dpo", "dpo", {}), ("student tvkd", "tvkd", {"teacher": str(teacher)}),
-                 *((f"student tvkd log-probs tau{tau:g}", "tvkd",
-                    {"teacher": str(teacher), "tvkd_value": "log_probs", "tvkd_tau": tau}) for tau in (2.0, 0.5)),
+        plans = [("student dpo", "dpo", {}),
+                 *((label, "tvkd", {"teacher": str(teacher), **fields}) for label, fields in student_plans),
                  ("teacher dpo", None, {})]
         for label, method, fields in plans:
             if method is None:
@@ -296,10 +322,129 @@ def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
                 model_dir, _ = train(small["sft"], small["pairs"], out / f"seed{seed}" / "tvkd" / label.replace(" ", "-"),
                                      method, steps=steps, seed=seed, **fields)
                 metrics = measure(model_dir, small["sft"], heldout, seed)
+            print(f"seed {seed} {label}: {metrics}", file=sys.stderr)
             record(results, label, metrics)
-    print_table(f"tvkd: student (1x32) from its SFT, {steps} steps; teacher 4x128 DPO; seeds {seeds}",
+    print_table(f"{title}: student (1x32) from its SFT, {steps} steps; teacher 4x128 DPO; seeds {seeds}",
                 ["model", "preferred", "valid", "preferred & valid", "KL to own SFT"],
                 [[label, *(ms(m[k]) for k in ("preferred", "valid", "preferred_valid", "kl"))]
+                 for label, m in results.items()])
+    return results
+
+
+def stage_tvkd(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """TVKD as pbrl first read it (DPO plus a detached potential from the teacher's soft value)."""
+    shaping = {"tvkd_form": "shaping"}
+    return tvkd_runs(out, seeds, steps, [("student tvkd", shaping),
+                                         *((f"student tvkd log-probs tau{tau:g}",
+                                            {**shaping, "tvkd_value": "log_probs", "tvkd_tau": tau}) for tau in (2.0, 0.5))],
+                     "tvkd")
+
+
+IS_IPO_BETAS = (0.05, 0.1)  # 0.05: the official launch's β; 0.1: the task's IPO passes at τ ≤ 0.1 (the sweep)
+IS_IPO = {"is_loss": "ipo", "is_epsilon": 1.0}  # cli/train_is_dpo.py with scripts/train_IS/train_is_dpo.sh
+
+
+def checkpoint_policy(sft: Path, checkpoint: Path):
+    """The SFT model with a sequence run's checkpointed policy weights loaded (``policy.`` keys)."""
+    model, _ = load(sft)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["agent"]
+    model.load_state_dict({k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")})
+    return model.eval()
+
+
+def stage_isipo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """IS-IPO (the official IS-DAA form) against IPO on π_SFT's own pairs with π_SFT's stored log-probs (the data
+    policy, here also the reference), β 0.05 and 0.1: preferred rate, KL(π ‖ π_SFT) and validity at every tenth of
+    the run, and IPO's preferred rate read at the KL IS-IPO reached (the claim: more reward at equal drift)."""
+    every = max(steps // 10, 1)
+    curves: dict[str, dict[int, dict[str, list[float]]]] = {}
+    at_equal_kl: dict[str, list[tuple[float, float | None]]] = {}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        data = on_policy_data(out / f"seed{seed}" / "isipo" / "pairs.jsonl", s, seed, logps=True)
+        _, tok = load(s["sft"])
+        reference, _ = load(s["sft"])
+        per_run: dict[str, list[tuple[float, float]]] = {}
+        for beta in IS_IPO_BETAS:
+            for name, method, fields in (("IPO", "ipo", {}), ("IS-IPO", "is_daa", IS_IPO)):
+                label = f"{name} β {beta:g}"
+                run = data.parent / f"{method}-b{beta}"
+                train(s["sft"], data, run, method, steps=steps, seed=seed, beta=beta, checkpoint_every=every, **fields)
+                points = []
+                for step in range(every, steps + 1, every):
+                    policy = checkpoint_policy(s["sft"], run / "checkpoints" / f"step_{step:08d}.pt")
+                    m = evaluate_policy(policy, tok, heldout, reference=reference, samples=4, seed=1000 + seed)
+                    record(curves.setdefault(label, {}), step, {k: m[k] for k in ("preferred", "kl", "valid")})
+                    points.append((m["kl"], m["preferred"]))
+                per_run[label] = points
+                print(f"seed {seed} {label}: (KL, preferred) {[(round(a, 2), round(b, 3)) for a, b in points]}",
+                      file=sys.stderr)
+            for kl, preferred in per_run[f"IS-IPO β {beta:g}"]:
+                at_equal_kl.setdefault(f"β {beta:g}", []).append((preferred, read_curve(per_run[f"IPO β {beta:g}"],
+                                                                                        kl)))
+    for label, by_step in curves.items():
+        print_table(f"isipo, {label}: held-out prompts at each checkpoint ({steps} steps, seeds {seeds})",
+                    ["step", "preferred", "KL to SFT", "valid"],
+                    [[str(k), *(ms(v[m]) for m in ("preferred", "kl", "valid"))] for k, v in by_step.items()])
+    rows = []
+    for beta, pairs in at_equal_kl.items():
+        known = [(a, b) for a, b in pairs if b is not None]
+        rows.append([beta, str(len(known)), f"{len(pairs)}",
+                     ms([a - b for a, b in known]) if len(known) > 1 else "–",
+                     f"{sum(a > b for a, b in known)} of {len(known)}"])
+    print_table("isipo: IS-IPO's checkpoints against IPO's curve of the same seed read at the same KL",
+                ["β", "checkpoints within IPO's KL range", "checkpoints", "IS-IPO − IPO preferred", "IS-IPO above"],
+                rows)
+    return {"curves": {k: {str(s): v for s, v in c.items()} for k, c in curves.items()},
+            "at_equal_kl": {k: v for k, v in at_equal_kl.items()}}
+
+
+TVKD_TOP_K = (50, 4)  # the official top-50 (here: the whole ~35-token vocabulary) and a teacher-selective 4
+
+
+def stage_tvkd_official(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """The student with TVKD's official qadapter loss (``tvkd``'s teacher and student): the teacher's top-k decides
+    the buckets of the student's distribution."""
+    return tvkd_runs(out, seeds, steps, [(f"student tvkd qadapter top-{k}", {"tvkd_form": "qadapter", "tvkd_top_k": k})
+                                         for k in TVKD_TOP_K], "tvkd_official")
+
+
+def stage_pama_kl(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
+    """PAMA's stationarity as PAMA optimises: the final models of ``pama`` (KL penalty 0.01, the same ``--steps``)
+    measured with each objective's KL term inside its gradient, and PAMA trained with the KL penalty off, measured
+    on the raw objectives; 12,800 samples per test (``pama_final``'s), each with its noise floor."""
+    from pbrl.sequence.online import OnlineConfig, pareto_stationarity, train_online
+    from pbrl.sequence.synthetic import completion_is_valid
+
+    objectives, opposite = pama_objectives()
+    ppo_steps = 3 * max(steps // 5, 20)
+    results: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        s = setup(out, seed)
+        heldout = json.loads(s["heldout"].read_text())
+        prompts = sorted({json.loads(line)["prompt"] for line in open(s["pairs"])})
+        _, tok = load(s["sft"])
+        reference, _ = load(s["sft"])
+        for label, beta_kl, folder, kl_inside in (
+                ("KL 0.01, KL inside each gradient", 0.01, f"pama-gated-{ppo_steps}", 0.01),
+                ("KL 0.01, raw objectives", 0.01, f"pama-gated-{ppo_steps}", 0.0),
+                ("KL off", 0.0, f"pama-gated-nokl-{ppo_steps}", 0.0)):
+            model = train_online(str(s["sft"]), prompts, objectives, OnlineConfig(beta_kl=beta_kl),
+                                 str(out / f"seed{seed}" / folder), steps=ppo_steps, seed=seed, lr=1e-4)
+            st = pareto_stationarity(model, tok, heldout, objectives, samples=128, seed=seed + 100, split=True,
+                                     reference=reference, kl_beta=kl_inside)
+            st["noise floor"] = pareto_stationarity(model, tok, heldout, opposite, samples=128, seed=seed + 100,
+                                                    split=True, reference=reference, kl_beta=kl_inside)["min_norm_ratio"]
+            texts = [c for cs in sample_completions(model, tok, heldout, samples=4, seed=seed) for c in cs]
+            flat = [p for p in heldout for _ in range(4)]
+            st["gold + red"] = statistics.mean(c.split().count("gold") + c.split().count("red") for c in texts)
+            st["valid"] = statistics.mean(completion_is_valid(p, c) for p, c in zip(flat, texts))
+            print(f"seed {seed} {label}: {st}", file=sys.stderr)
+            record(results, label, st)
+    print_table(f"pama_kl: PAMA after {ppo_steps} PPO steps, 12,800 samples per test, seeds {seeds}",
+                ["run, test", "gold + red (front: 2)", "valid", "cos(g₁, g₂)", "min-norm ratio", "noise floor"],
+                [[label, *(ms(m[k]) for k in ("gold + red", "valid", "cosine", "min_norm_ratio", "noise floor"))]
                  for label, m in results.items()])
     return results
 
@@ -583,10 +728,14 @@ def stage_sweep(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
 
 STAGES = {"learn": stage_learn, "isdaa": stage_isdaa, "isdaa_onpolicy": stage_isdaa_onpolicy, "irepo": stage_irepo,
           "tvkd": stage_tvkd, "isq": stage_isq, "isq_small": stage_isq_small, "micro": stage_micro, "rto": stage_rto,
-          "pama": stage_pama, "pama_final": stage_pama_final, "sweep": stage_sweep}
+          "pama": stage_pama, "pama_final": stage_pama_final, "sweep": stage_sweep, "isipo": stage_isipo,
+          "tvkd_official": stage_tvkd_official, "pama_kl": stage_pama_kl}
 
 
 def main() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per checkpoint loaded would bury the tables in the log
     run_stages(__doc__, STAGES, out="runs/seq-bench", steps=1000)
 
 
