@@ -638,6 +638,31 @@ def retest_run(out: Path, seed: int, method: str, labels: str, beta: float) -> d
             "steps": [r.steps for r in rounds], "heldout": held}
 
 
+def plot_retest(results: dict[str, Any], path: Path) -> None:
+    """Preferred among valid against the drift of x̂₀, one line per objective through its rounds (mean of seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, per_seed in results.items():
+        if label == "at equal drift":
+            continue
+        runs = list(per_seed.values())
+        rounds = range(len(runs[0]["heldout"]))
+        drift = [sum(r["heldout"][k]["drift"] for r in runs) / len(runs) for k in rounds]
+        share = [sum(r["heldout"][k]["preferred_among_valid"] for r in runs) / len(runs) for k in rounds]
+        ax.plot(drift, share, "o-", label=label, lw=2.5 if label == "SFT on the winners" else 1.2)
+    ax.set_xlabel("drift of x̂₀ from the reference at the first sampling step")
+    ax.set_ylabel("preferred (cross) among valid samples")
+    ax.set_title("self-play rounds, held-out prompts (issue 37's retest)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def stage_retest(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """Issue 37's retest of the self-play verdicts under the official recipe's shape (:func:`retest_run` for every
     row of :data:`RETEST`), with SFT read at each objective's final drift."""
@@ -674,6 +699,7 @@ def stage_retest(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
         rows.append([label, ms(drift), ms(final), ms(known) if known else "beyond SFT's range",
                      f"{len(known)} of {len(seeds)}"])
     results["at equal drift"] = rows
+    plot_retest(results, out / "retest.png")
     print_table("after the last round: each objective against SFT on the winners read at the same x̂₀ drift",
                 ["objective", "drift of x̂₀ (t = 999)", "preferred among valid", "SFT at that drift",
                  "seeds within SFT's range"], rows)
