@@ -47,6 +47,25 @@ def read_curve(curve: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
+def new_axes(width: float, height: float) -> tuple[Any, Any]:
+    """A matplotlib figure and axes on the file-only backend (matplotlib imported here, on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` (PNG, 120 dpi) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_stages(description: str, stages: dict[str, Stage], *, out: str, steps: int) -> None:
     """``--out --seeds --steps --stages``: run the chosen stages in order, each result saved into
     ``OUT/results.json`` (written to a temporary file and renamed) as soon as its stage ends."""

@@ -84,7 +84,7 @@ from pbrl.sequence.shapes_bench import (
     train,
     x0_drift,
 )
-from pbrl.stages import ms, print_table, read_curve, record, run_stages
+from pbrl.stages import ms, new_axes, print_table, read_curve, record, run_stages, save_figure
 from pbrl.train.loop import TrainConfig
 
 NRG_SCALES = (0.02, 0.1, 2.0)  # Flow-NRG's guidance scales
@@ -640,12 +640,7 @@ def retest_run(out: Path, seed: int, method: str, labels: str, beta: float) -> d
 
 def plot_retest(results: dict[str, Any], path: Path) -> None:
     """Preferred among valid against the drift of x̂₀, one line per objective through its rounds (mean of seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_axes(6, 4)
     for label, per_seed in results.items():
         if label == "at equal drift":
             continue
@@ -658,9 +653,7 @@ def plot_retest(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("preferred (cross) among valid samples")
     ax.set_title("self-play rounds, held-out prompts (issue 37's retest)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def stage_retest(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from pbrl.sequence.synthetic import (
     tiny_gpt2_config,
 )
 from pbrl.sequence.train import SeqRunConfig, train_sequence
-from pbrl.stages import ms, print_table, read_curve, record, run_stages
+from pbrl.stages import ms, new_axes, print_table, read_curve, record, run_stages, save_figure
 
 SFT_STEPS = 2000
 LR = 1e-4
@@ -352,6 +352,21 @@ def checkpoint_policy(sft: Path, checkpoint: Path):
     return model.eval()
 
 
+def plot_isipo(curves: dict[str, dict[Any, dict[str, list[float]]]], path: Path) -> None:
+    """Preferred rate against KL to π_SFT over the checkpoints, one line per run (mean of seeds)."""
+    fig, ax = new_axes(5.5, 3.8)
+    for i, (label, by_step) in enumerate(curves.items()):
+        kl = [statistics.mean(v["kl"]) for v in by_step.values()]
+        pref = [statistics.mean(v["preferred"]) for v in by_step.values()]
+        ax.plot(kl, pref, "o-" if label.startswith("IS") else "s--", color=f"C{i // 2}", ms=3,
+                alpha=1.0 if label.startswith("IS") else 0.6, label=label)
+    ax.set_xlabel("KL(π ‖ π_SFT), nats per completion")
+    ax.set_ylabel("preferred (held-out prompts)")
+    ax.set_title("IS-IPO (official IS-DAA) against IPO, every 10 % of the run", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
 def stage_isipo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     """IS-IPO (the official IS-DAA form) against IPO on π_SFT's own pairs with π_SFT's stored log-probs (the data
     policy, here also the reference), β 0.05 and 0.1: preferred rate, KL(π ‖ π_SFT) and validity at every tenth of
@@ -396,6 +411,7 @@ def stage_isipo(out: Path, seeds: list[int], steps: int) -> dict[str, Any]:
     print_table("isipo: IS-IPO's checkpoints against IPO's curve of the same seed read at the same KL",
                 ["β", "checkpoints within IPO's KL range", "checkpoints", "IS-IPO − IPO preferred", "IS-IPO above"],
                 rows)
+    plot_isipo(curves, out / "isipo-curve.png")
     return {"curves": {k: {str(s): v for s, v in c.items()} for k, c in curves.items()},
             "at_equal_kl": {k: v for k, v in at_equal_kl.items()}}
 
