@@ -178,8 +178,9 @@ class SequenceLearner(nn.Module):
             top_k = teacher.topk(min(m.tvkd_top_k, teacher.shape[-1]), dim=-1).indices
             returns = tvkd_qadapter_return(logps.logits, batch.input_ids[:, 1:], top_k, logps.mask,
                                            gamma=m.tvkd_entropy_gamma)
-            losses = tvkd_qadapter_loss(*returns.chunk(2))
-            extra["tvkd/return_margin"] = (returns.chunk(2)[0] - returns.chunk(2)[1]).mean().detach()
+            return_chosen, return_rejected = returns.chunk(2)
+            losses = tvkd_qadapter_loss(return_chosen, return_rejected)
+            extra["tvkd/return_margin"] = (return_chosen - return_rejected).mean().detach()
         elif m.name == "tvkd":
             teacher = self._frozen_logps("teacher", batch, keep_logits=True)
             logits = teacher.logits if m.tvkd_value == "logits" else teacher.logits.float().log_softmax(-1)

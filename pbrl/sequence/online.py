@@ -202,13 +202,12 @@ def pareto_stationarity(policy: nn.Module, tokenizer: Any, prompts: Sequence[str
         part = slice(i * half, (i + 1) * half) if split else slice(None)
         ps, cs = flat_p[part], flat_c[part]
         r = torch.tensor([reward(p, c) for p, c in zip(ps, cs)])
-        if reference is not None and kl_beta > 0:
-            with torch.no_grad():
-                log_ratio = (sequence_logps(policy, tokenizer, ps, cs, "cpu")
-                             - sequence_logps(reference, tokenizer, ps, cs, "cpu"))
-            r = r - kl_beta * log_ratio.to(r.dtype)
         with torch.enable_grad():
             logps = sequence_logps(policy, tokenizer, ps, cs, "cpu", grad=True)
+            if reference is not None and kl_beta > 0:  # the KL term in the REINFORCE weight, no gradient of its own
+                with torch.no_grad():
+                    log_ratio = logps.detach() - sequence_logps(reference, tokenizer, ps, cs, "cpu")
+                r = r - kl_beta * log_ratio.to(r.dtype)
             objective = ((r - r.mean()) * logps).mean()
             g = torch.autograd.grad(objective, params)
         grads.append(torch.cat([x.flatten() for x in g]))
