@@ -14,22 +14,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 pytest.importorskip("transformers")
 
 from pbrl.sequence.data import collate_pairs, load_pairs, tokenize_pairs  # noqa: E402
-from pbrl.sequence.lm import Reference, word_tokenizer  # noqa: E402
+from pbrl.sequence.lm import Reference  # noqa: E402
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner  # noqa: E402
-from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config  # noqa: E402
+from pbrl.sequence.synthetic import make_task, write_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def grammar(tmp_path_factory) -> dict[str, Path]:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     d = tmp_path_factory.mktemp("grammar")
     paths = make_task(seed=0, train_prompts=40, heldout_prompts=10, sft_per_prompt=2, pairs_per_prompt=2).write(d)
-    tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**tiny_gpt2_config(len(tok), layers=2, width=64)))
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
+    write_tiny_model(d / "model", layers=2, width=64)
     return {**paths, "model": d / "model"}
 
 

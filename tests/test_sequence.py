@@ -34,7 +34,7 @@ from pbrl.core.alignment import (  # noqa: E402
 from pbrl.errors import ConfigError, DatasetError  # noqa: E402
 from pbrl.sequence.data import PairSampler, collate_pairs, load_pairs, tokenize_pairs  # noqa: E402
 from pbrl.sequence.lm import completion_logps, word_tokenizer  # noqa: E402
-from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config  # noqa: E402
+from pbrl.sequence.synthetic import ADJECTIVES, NOUNS, VERBS, make_task, tiny_gpt2_config, write_tiny_model  # noqa: E402
 from tests.conftest import CliResult, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,17 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def grammar(tmp_path_factory) -> dict[str, Path]:
     """The synthetic task written to disk, with its tokenizer and a tiny GPT-2 model folder (random weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     d = tmp_path_factory.mktemp("grammar")
     paths = make_task(seed=0, train_prompts=40, heldout_prompts=10, sft_per_prompt=2, pairs_per_prompt=2).write(d)
-    tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
-    config = tiny_gpt2_config(len(tok), layers=1, width=32)
+    config = write_tiny_model(d / "model")
     (d / "gpt2.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
     return {**paths, "model": d / "model", "config": d / "gpt2.json", "dir": d}
 
 

@@ -135,8 +135,9 @@ def open_query_set(session_dir: Path, trajectories: TrajectoryDataset, **options
 
 def segment_frames(trajectories: TrajectoryDataset, segment: tuple[int, int, int] | np.ndarray, *,
                    size: int = 192) -> np.ndarray:
-    """``[T, size, size, 3]`` uint8 frames of segment ``(episode, start, length)`` of ``trajectories``, drawn from
-    its observations (:func:`pbrl.envs.render.observation_frames`)."""
+    """``[T, size, size, 3]`` uint8 frames of segment ``(episode, start, length)`` of ``trajectories``: a robot log's
+    camera frames where it has cameras (the first, by name; :mod:`pbrl.data.media`), decoded for this segment only
+    and scaled to ``size`` square, else drawn from its observations (:func:`pbrl.envs.render.observation_frames`)."""
     from pbrl.envs.render import observation_frames
 
     episode, start, length = (int(v) for v in segment)
@@ -145,7 +146,27 @@ def segment_frames(trajectories: TrajectoryDataset, segment: tuple[int, int, int
         raise DatasetError(describe(str(trajectories.path), "segment", (episode, start, length),
                                     "an (episode, start, length) inside the dataset's episodes"))
     lo = int(offsets[episode]) + start
+    if trajectories.cameras:
+        with trajectories.frame_reader() as reader:
+            return square_frames(reader.frames(trajectories.cameras[0], np.arange(lo, lo + length)), size)
     return observation_frames(trajectories.env_id, np.asarray(trajectories.observations[lo: lo + length]), size=size)
+
+
+def square_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """Camera frames ``[T, H, W, C]`` uint8 scaled (bilinear) and padded with black to ``[T, size, size, 3]``, the
+    aspect ratio kept; one channel is repeated to three."""
+    from PIL import Image
+
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    h, w = frames.shape[1:3]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = np.zeros((len(frames), size, size, 3), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    for i, frame in enumerate(frames):
+        out[i, top:top + nh, left:left + nw] = np.asarray(Image.fromarray(frame[..., :3]).resize((nw, nh), Image.BILINEAR))
+    return out
 
 
 def _render_segment(job: tuple[str, tuple[int, int, int], int, int, str]) -> str:
@@ -169,14 +190,15 @@ def prepare_videos(query_set: QuerySet, video_dir: Path, *, workers: int = 1, pr
     """Render every segment of ``query_set`` not yet in ``video_dir`` (atomically, so an interrupted run leaves
     whole files only and resumes where it stopped). Returns how many were made."""
     from pbrl.envs.gl import choose_gl
-    from pbrl.envs.registry import get_env_spec
+    from pbrl.envs.registry import find_env_spec
 
     video_dir.mkdir(parents=True, exist_ok=True)
     todo = [(query_set.dataset, seg, query_set.size, query_set.fps, str(video_dir / video_name(seg)))
             for seg in query_set.segments() if not (video_dir / video_name(seg)).exists()]
     if not todo:
         return 0
-    if get_env_spec(query_set.env_id).family != "overcooked":  # Overcooked is drawn without GL
+    spec = find_env_spec(query_set.env_id)  # None: robot logs, shown from their camera frames
+    if spec is not None and spec.family != "overcooked":  # Overcooked is drawn without GL
         choose_gl()  # once here, so the workers inherit MUJOCO_GL
     bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress)
     if workers <= 1:

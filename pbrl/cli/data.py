@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pbrl.cli import data_formats
+from pbrl.cli import data_formats, data_robot
 from pbrl.cli.common import FORMATTER, dataset_out, float_in, int_at_least, invoked_command
 from pbrl.cli.data_formats import writable_dataset_out, writable_out
 
@@ -394,5 +394,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     inf.add_argument("--json", action="store_true", help="machine-readable output")
     inf.set_defaults(func=cmd_data_info)
     data_formats.add_parsers(dsub)
+    data_robot.add_parsers(dsub)
     add_agreement_parser(dsub)
     add_topk_parser(dsub)

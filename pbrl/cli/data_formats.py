@@ -47,13 +47,13 @@ def write_imported(args: argparse.Namespace, write: Callable[[Path], object], de
     """Run ``write(path)`` for ``--out`` (a name gets a card) and report; an existing file is never replaced."""
     from pbrl.data.registry import write_card
     from pbrl.data.store import TrajectoryDataset
-    from pbrl.envs.registry import get_env_spec
+    from pbrl.envs.registry import dataset_env
 
     path, card = writable_dataset_out(args.out, ".h5")
     write(path)
     if card is not None:
         with TrajectoryDataset(path) as ds:
-            env = get_env_spec(ds.env_id).name
+            env = dataset_env(ds.env_id)
         write_card(card, {"name": args.out, "env": env, "trajectories": path.name, "description": description,
                           "made": {"command": invoked_command()}})
     print(f"wrote {path}" + (f" and {card}" if card else ""))

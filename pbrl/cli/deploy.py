@@ -15,7 +15,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     import pbrl
-    from pbrl.envs.registry import get_env_spec, make_env
+    from pbrl.envs.registry import get_env_spec, has_simulator, make_env
     from pbrl.export import FORMATS, check_request, export_policy
     from pbrl.train.bench import config_hash
     from pbrl.train.trainer import load_run
@@ -34,12 +34,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg, agent, data = load_run(args.run_dir, "cpu", step=args.checkpoint)
     obs_dim, act_dim = agent.spec.obs_dim, agent.spec.act_dim
     low, high, rate, env_id = -np.ones(act_dim), np.ones(act_dim), None, None
-    if data.env:
+    if has_simulator(data.env):
         env = make_env(data.env)
         low, high = env.action_space.low, env.action_space.high
         rate = 1.0 / float(env.unwrapped.dt) if hasattr(env.unwrapped, "dt") else None
         env_id = get_env_spec(data.env).id
         env.close()
+    else:  # robot logs: the logged actions' box, the recorded control rate
+        actions = data.trajectories.actions
+        low, high, env_id = actions.min(0), actions.max(0), data.env
+        rate = data.trajectories.metadata.get("control_rate_hz")
     metadata = {"pbrl_version": pbrl.__version__, "agent": cfg.agent, "dataset": cfg.dataset, "env": data.env,
                 "env_id": env_id, "control_rate_hz": rate, "checkpoint": agent.checkpoint,
                 "config_hash": config_hash(cfg),

@@ -49,8 +49,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     result = train(cfg, args.out, progress=not args.quiet)
     print(json.dumps({k: result[k] for k in ("agent", "dataset", "normalized_score", "return_mean", "return_std",
-                                             "episodes", "seed", *(["success_rate"] if "success_rate" in result else []))}))
+                                             "episodes", "seed", *(["success_rate"] if "success_rate" in result else []),
+                                             *(OFFLINE_KEYS if "action_mse" in result else []))}))
     return 0
+
+
+OFFLINE_KEYS = ("offline_data", "action_mse", "action_mse_random", "preference_accuracy")  # runs without a simulator
 
 
 def comma_list(text: str) -> list[str]:
@@ -83,9 +87,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if (Path(args.run_dir) / "metadata.json").is_file():  # an export (`pbrl export`): through the runtime
         return eval_export(args)
     from pbrl.envs.evaluate import evaluate
+    from pbrl.envs.registry import has_simulator
+    from pbrl.errors import ConfigError, describe
     from pbrl.train.trainer import actor_policy, load_run
 
     cfg, agent, data = load_run(args.run_dir, args.device)
+    if not args.env and not has_simulator(data.env):
+        raise ConfigError(describe(str(args.run_dir), "environment", f"{data.env!r}, robot logs no simulator in pbrl "
+                                   "replays", "--env ENV of the same sizes, or the offline metrics the run wrote to "
+                                   "eval.json (train.eval_episodes=0)"))
     device = next(agent.parameters()).device
     result = evaluate(actor_policy(agent, args.episodes, device, args.seed), args.env or data.env,
                       episodes=args.episodes, seed=args.seed, dims=(agent.spec.obs_dim, agent.spec.act_dim),

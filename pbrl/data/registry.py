@@ -106,10 +106,10 @@ def load_dataset(name_or_path: str | os.PathLike, *, preferences: bool = True,
                                         "--out NAME`"))
         else:
             raise DatasetError(describe(s, "attribute 'format'", repr(fmt), "'pbrl.trajectories' or 'pbrl.preferences'"))
-        from pbrl.envs.registry import get_env_spec
+        from pbrl.envs.registry import dataset_env
 
         name = path.name.removesuffix(path.suffix).removesuffix(".prefs")  # x.prefs.h5 -> x
-        return LoadedDataset(name, traj, prefs, get_env_spec(traj.env_id).name,
+        return LoadedDataset(name, traj, prefs, dataset_env(traj.env_id),
                              preferences_path=path if prefs is not None else None)
     card_path = path if path.suffix == ".toml" else find_resource("datasets", f"{s}.toml")
     if card_path is None or not card_path.exists():
@@ -148,8 +148,13 @@ def load_card(card_path: Path, *, preferences: bool = True) -> LoadedDataset:
 
 
 def write_card(card_path: Path, card: dict[str, Any]) -> Path:
-    """Write a card atomically, filling ``[checksums]`` from the files it names."""
+    """Write a card atomically, filling ``[checksums]`` from the files it names and the media (videos, source HDF5
+    files of camera frames) its trajectories refer to, by their paths relative to the card."""
+    from pbrl.data.media import media_files
+
     root = card_path.parent
     card = dict(card)
     card["checksums"] = {card[k]: sha256_file(root / card[k]) for k in ("trajectories", "preferences") if card.get(k)}
+    for file in media_files(root / card["trajectories"]) if card.get("trajectories") else []:
+        card["checksums"][file] = sha256_file(root / file)
     return atomic_write_text(card_path, tomli_w.dumps(card))

@@ -14,6 +14,8 @@ episode_offsets       [E + 1] i8       episode e spans rows ``offsets[e]:offsets
 final_observations    [E, obs_dim] f4  observation after the last step of each episode
 episode_sources       [E] str          which behaviour produced the episode (e.g. ``medium@200k``)
 infos/<key>           [N] f4           optional per-step extras (reward terms, success flags)
+splits/<name>         [K] i8           optional named episode subsets (robomimic's ``mask/train``, ``mask/valid``)
+media/<camera>/...                     optional camera frames, as references (:mod:`pbrl.data.media`)
 ====================  ==============  ==========================================================
 
 File attributes: ``format``, ``format_version``, ``env_id``, ``behaviour_policy``, ``seed``,
@@ -37,6 +39,7 @@ import numpy as np
 
 import pbrl
 from pbrl.errors import DatasetError, describe
+from pbrl.fields import short_repr
 from pbrl.io import atomic_path, atomic_write_text, commit_atomic  # noqa: F401  (re-exported)
 
 FORMAT = "pbrl.trajectories"
@@ -55,6 +58,7 @@ class Episode:
     final_observation: np.ndarray
     source: str = ""
     infos: dict[str, np.ndarray] = field(default_factory=dict)
+    media: dict[str, Any] = field(default_factory=dict)   # camera -> pbrl.data.media.FrameRef (robot logs)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -127,8 +131,10 @@ def write_trajectories(
     seed: int,
     metadata: Mapping[str, Any] | None = None,
     compression: str | None = "gzip",
+    splits: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
-    """Write ``episodes`` to ``path`` atomically (temp file + rename) and return the path.
+    """Write ``episodes`` to ``path`` atomically (temp file + rename) and return the path. ``splits``: named
+    episode subsets (episode indices); episodes' ``media`` become frame references (:mod:`pbrl.data.media`).
 
     Raises DatasetError before anything is written if the episodes are inconsistent.
     """
@@ -151,6 +157,11 @@ def write_trajectories(
             raise DatasetError(describe(where, "infos keys", sorted(ep.infos), info_keys))
         if not np.all(np.isfinite(ep.rewards)):
             raise DatasetError(describe(where, "rewards", "non-finite values", "finite floats"))
+    for name, members in (splits or {}).items():
+        members = np.asarray(members, np.int64)
+        if members.ndim != 1 or (len(members) and (members.min() < 0 or members.max() >= len(episodes))):
+            raise DatasetError(describe(f"{path} (split {name!r})", "episodes", short_repr(members.tolist()),
+                                        f"episode indices from 0 to {len(episodes) - 1}"))
     offsets = np.zeros(len(episodes) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(ep) for ep in episodes])
     terminations = np.zeros(offsets[-1], dtype=bool)
@@ -176,6 +187,12 @@ def write_trajectories(
         f.create_dataset("episode_sources", data=np.array([e.source for e in episodes], dtype=h5py.string_dtype()))
         for k in info_keys:
             f.create_dataset(f"infos/{k}", data=np.concatenate([e.infos[k] for e in episodes]).astype(np.float32), **kw)
+        for name, members in (splits or {}).items():
+            f.create_dataset(f"splits/{name}", data=np.asarray(members, np.int64))
+        if any(ep.media for ep in episodes):
+            from pbrl.data.media import write_media
+
+            write_media(f, episodes, path.parent)
     return path
 
 
@@ -229,6 +246,10 @@ class TrajectoryDataset:
         for key in f.get("infos", {}):
             if f[f"infos/{key}"].shape[0] != n:
                 self._fail(f"'infos/{key}' length", f[f"infos/{key}"].shape[0], str(n))
+        for cam in f.get("media", {}):
+            for key in ("clip", "frame"):
+                if f"media/{cam}/{key}" not in f or f[f"media/{cam}/{key}"].shape != (n,):
+                    self._fail(f"'media/{cam}/{key}'", "missing or of another length", f"[{n}] (one per step)")
         rewards = self.rewards
         if not np.all(np.isfinite(rewards)):
             bad = int(np.flatnonzero(~np.isfinite(rewards))[0])
@@ -291,6 +312,22 @@ class TrajectoryDataset:
         if key not in self.info_keys:
             self._fail(f"'infos/{key}'", "missing", f"one of {self.info_keys}")
         return self._array(f"infos/{key}")
+
+    @property
+    def splits(self) -> dict[str, np.ndarray]:
+        """Named episode subsets, ``{name: [K] episode indices}`` (empty where the file has none)."""
+        return {k: self._file[f"splits/{k}"][()] for k in self._file.get("splits", {})}
+
+    @property
+    def cameras(self) -> list[str]:
+        """The cameras whose frames the file refers to (:mod:`pbrl.data.media`); empty for simulator rollouts."""
+        return sorted(self._file.get("media", {}))
+
+    def frame_reader(self):
+        """A :class:`pbrl.data.media.FrameReader` of this file's camera frames (decoded on demand)."""
+        from pbrl.data.media import FrameReader
+
+        return FrameReader(self.path)
 
     @property
     def num_transitions(self) -> int:

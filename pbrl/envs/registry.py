@@ -51,14 +51,31 @@ def all_env_specs() -> dict[str, EnvSpec]:
     return specs
 
 
-def get_env_spec(name_or_id: str) -> EnvSpec:
-    """Find a preset by file name (``hopper``) or gymnasium id (``Hopper-v5``)."""
+def find_env_spec(name_or_id: str) -> EnvSpec | None:
+    """The preset of a file name (``hopper``) or gymnasium id (``Hopper-v5``), or None."""
     specs = all_env_specs()
     if name_or_id in specs:
         return specs[name_or_id]
-    for spec in specs.values():
-        if spec.id == name_or_id:
-            return spec
+    return next((spec for spec in specs.values() if spec.id == name_or_id), None)
+
+
+def dataset_env(env_id: str) -> str:
+    """What a dataset's card calls its environment: the preset's name, or for data no simulator in pbrl replays
+    (robot logs: ``robomimic/Lift``, ``rosbag/<name>``, ``lerobot/<robot>``) the recorded id itself."""
+    spec = find_env_spec(env_id)
+    return spec.name if spec is not None else env_id
+
+
+def has_simulator(env: str) -> bool:
+    return find_env_spec(env) is not None
+
+
+def get_env_spec(name_or_id: str) -> EnvSpec:
+    """Find a preset by file name (``hopper``) or gymnasium id (``Hopper-v5``)."""
+    spec = find_env_spec(name_or_id)
+    if spec is not None:
+        return spec
+    specs = all_env_specs()
     known = sorted({s.id for s in specs.values()})
     raise ConfigError(describe("--env", "environment", repr(name_or_id),
                                f"one of {known} or a preset name in envs/ ({', '.join(list_resources('envs'))})"))

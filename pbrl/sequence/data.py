@@ -320,11 +320,15 @@ class IndexSampler:
 
 
 class PairSampler(IndexSampler):
-    """:class:`IndexSampler` over tokenised pairs, returning padded :class:`PairBatch` es on ``device``."""
+    """:class:`IndexSampler` over tokenised pairs, returning padded :class:`PairBatch` es on ``device``. Under DDP
+    ``batch_size`` is the global batch: every rank draws the same indices and collates its own share of them
+    (:func:`pbrl.train.loop.rank_share`), so the state checkpointed is the single-process sampler's."""
 
     def __init__(self, data: TokenizedPairs, batch_size: int, *, seed: int, pad_id: int, device: torch.device):
         super().__init__(len(data), batch_size, seed=seed)
         self.data, self.pad_id, self.device = data, pad_id, device
 
     def sample(self) -> PairBatch:
-        return collate_pairs(self.data, self.next_indices(), self.pad_id).to(self.device)
+        from pbrl.train import loop  # looked up on each call: the DDP test swaps in the known-bad share
+
+        return collate_pairs(self.data, loop.rank_share(self.next_indices()), self.pad_id).to(self.device)

@@ -45,6 +45,7 @@ from pbrl.errors import ConfigError, describe
 from pbrl.fields import param
 from pbrl.sequence.data import PairBatch
 from pbrl.sequence.lm import Reference, SequenceLogps, completion_logps
+from pbrl.train.loop import global_mean
 
 METHODS = ("dpo", "ipo", "rso", "is_daa", "tgdpo", "tvkd", "irepo", "sft", "isq")
 REFERENCE_FREE = ("sft", "isq")
@@ -127,6 +128,19 @@ class SequenceLearner(nn.Module):
         self.method = method
         self.reference = reference
         self.frozen = dict(frozen or {})  # a plain dict: not registered, not in checkpoints
+        self._forward: list[nn.Module] = []  # the policy under DDP (pbrl.train.loop.ddp_wrap); not registered
+
+    def distribute(self, wrapped: nn.Module) -> None:
+        """Run the policy's forward through ``wrapped`` (DDP) while training; state dicts keep the bare policy."""
+        self._forward = [wrapped] if wrapped is not self.policy else []
+
+    @property
+    def forward_policy(self) -> nn.Module:
+        return self._forward[0] if self._forward and self.training else self.policy
+
+    def _mean(self, total: Tensor, count: Tensor) -> Tensor:
+        """``total / count`` over the global batch: across DDP ranks while training (:func:`global_mean`)."""
+        return global_mean(total, count) if self._forward and self.training else total / count
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"policy": OptimizerSpec([p for p in self.policy.parameters() if p.requires_grad])}
@@ -136,7 +150,7 @@ class SequenceLearner(nn.Module):
         if m.name in REFERENCE_FREE:
             return self._imitation_loss(batch)
         qadapter = m.name == "tvkd" and m.tvkd_form == "qadapter"
-        logps = completion_logps(self.policy, batch.input_ids, batch.attention_mask, batch.completion_mask,
+        logps = completion_logps(self.forward_policy, batch.input_ids, batch.attention_mask, batch.completion_mask,
                                  keep_logits=qadapter)
         chosen, rejected = logps.halves()
         if m.needs_token_reference:
@@ -190,7 +204,7 @@ class SequenceLearner(nn.Module):
                                chosen.mask, rejected.mask, beta=m.beta, alpha=m.tvkd_alpha, gamma=m.tvkd_gamma)
         else:  # pragma: no cover - MethodConfig's choices rule this out
             raise ConfigError(describe("method", "name", m.name, f"one of {list(METHODS)}"))
-        loss = (losses * weight).sum() / weight.sum().clamp(min=1e-12)
+        loss = self._mean((losses * weight).sum(), weight.sum().clamp(min=1e-12))
         return LossOutput(loss, {**self._metrics(chosen, rejected, ref_chosen, ref_rejected), **extra})
 
     def _imitation_loss(self, batch: PairBatch) -> LossOutput:
@@ -198,12 +212,12 @@ class SequenceLearner(nn.Module):
         b = batch.pairs
         ids, attn, comp = batch.input_ids[:b], batch.attention_mask[:b], batch.completion_mask[:b]
         isq = self.method.name == "isq"
-        logps = completion_logps(self.policy, ids, attn, comp, keep_logits=isq)
+        logps = completion_logps(self.forward_policy, ids, attn, comp, keep_logits=isq)
         if isq:
             loss = inverse_soft_q_loss(logps.logits, ids[:, 1:], logps.mask, td_weight=self.method.isq_td_weight,
                                        gamma=self.method.isq_gamma)
         else:
-            loss = -logps.total.sum() / logps.lengths.sum().clamp(min=1)  # token-averaged NLL
+            loss = self._mean(-logps.total.sum(), logps.lengths.sum().clamp(min=1).to(logps.total.dtype))  # token-averaged NLL
         return LossOutput(loss, {"logps/chosen": logps.total.mean().detach()})
 
     @torch.no_grad()

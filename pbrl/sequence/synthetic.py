@@ -46,6 +46,22 @@ def tiny_gpt2_config(vocab_size: int, *, layers: int = 2, width: int = 64, heads
             "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
 
 
+def write_tiny_model(folder: str | Path, *, layers: int = 1, width: int = 32, seed: int = 0) -> dict[str, Any]:
+    """A tiny GPT-2 with random weights (seeded) and the grammar's word tokenizer, saved into ``folder`` as
+    Hugging Face writes them; returns the model's config (tests and CPU checks train it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pbrl.sequence.lm import word_tokenizer
+
+    tok = word_tokenizer([" ".join(NOUNS + ADJECTIVES + VERBS) + " : ."])
+    config = tiny_gpt2_config(len(tok), layers=layers, width=width)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return config
+
+
 def grammar_completion(rng: random.Random, nouns: tuple[str, ...]) -> str:
     """One completion of the grammar for a prompt's ``nouns``, every choice uniform."""
     a, b = rng.sample(nouns, 2)

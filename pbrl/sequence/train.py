@@ -38,6 +38,7 @@ from pbrl.sequence.lm import (
     word_tokenizer,
 )
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
+from pbrl.train import loop  # its data-parallel section: ddp_setup, barrier, rank_share, ...
 from pbrl.train.loop import LoopResult, TrainConfig, prepare_run_dir, resolve_device, run_directory, run_loop
 
 __all__ = ["SectionedRunConfig", "SeqRunConfig", "check_positions", "final_metrics", "load_model_and_tokenizer",
@@ -152,49 +153,66 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
                                         "the empirical share of annotators preferring chosen, in (0, 1), on every "
                                         "row (iREPO regresses on its logit)"))
     files = data_file("pairs", cfg.data)
-    with run_directory(out, files):
-        prepare_run_dir(out, cfg.to_dict())  # a resume asking for other settings stops here, naming them
-        texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
-        policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
-        data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # a prompt too long
-        check_positions(policy, data, pairs, cfg)
-        if built:
-            tmp = out / f".tokenizer.{os.getpid()}.tmp"
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, out / "tokenizer")
-        torch.manual_seed(cfg.train.seed)
-        torch.set_num_threads(cfg.train.threads)
-        device = resolve_device(cfg.train.device)
-        if data.truncated:
-            print(f"pbrl: {cfg.data}: {data.truncated} completion(s) cut at max_length = {cfg.max_length}",
-                  file=sys.stderr)
-        if cfg.lora:
-            policy = apply_lora(policy, LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
-        policy.to(device)
-        reference = _reference(cfg, policy, data, tokenizer.pad_token_id, out, origin, files["pairs"][1], device,
-                               progress)
-        frozen = {}
-        if cfg.method.name == "tgdpo":
-            frozen["guide"] = _frozen_model(cfg.method.guide, device)
-        if cfg.method.name == "tvkd":
-            frozen["teacher"] = _frozen_model(cfg.method.teacher, device)
-        learner = SequenceLearner(policy, cfg.method, reference, frozen)
-        sampler = PairSampler(data, cfg.train.batch_size, seed=cfg.train.seed, pad_id=tokenizer.pad_token_id,
+    device, created = loop.ddp_setup(resolve_device(cfg.train.device))  # torchrun / accelerate: join the group
+    try:
+        loop.check_batch(cfg.train.batch_size)
+        if not loop.is_main():  # rank 0 owns the run directory; the others train beside it, writing nothing
+            return _train_in(cfg, out, pairs, files, device, progress, stop_at)
+        with run_directory(out, files):
+            prepare_run_dir(out, cfg.to_dict())  # a resume asking for other settings stops here, naming them
+            return _train_in(cfg, out, pairs, files, device, progress, stop_at)
+    finally:
+        loop.ddp_teardown(created)
+
+
+def _train_in(cfg: SeqRunConfig, out: Path, pairs: list[Any], files: dict[str, tuple[Path, str]],
+              device: torch.device, progress: bool, stop_at: int | None) -> LoopResult:
+    main = loop.is_main()
+    if not main:
+        loop.barrier()  # until rank 0 has saved the tokenizer and the reference log-probs into the run
+    texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
+    policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
+    data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # a prompt too long
+    check_positions(policy, data, pairs, cfg)
+    if built and main:
+        tmp = out / f".tokenizer.{os.getpid()}.tmp"
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out / "tokenizer")
+    torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(cfg.train.threads)
+    if data.truncated and main:
+        print(f"pbrl: {cfg.data}: {data.truncated} completion(s) cut at max_length = {cfg.max_length}",
+              file=sys.stderr)
+    if cfg.lora:
+        policy = apply_lora(policy, LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
+    policy.to(device)
+    reference = _reference(cfg, policy, data, tokenizer.pad_token_id, out, origin, files["pairs"][1], device,
+                           progress)
+    frozen = {}
+    if cfg.method.name == "tgdpo":
+        frozen["guide"] = _frozen_model(cfg.method.guide, device)
+    if cfg.method.name == "tvkd":
+        frozen["teacher"] = _frozen_model(cfg.method.teacher, device)
+    if main:
+        loop.barrier()  # the tokenizer and reference cache are in the run: the other ranks may read them
+    learner = SequenceLearner(policy, cfg.method, reference, frozen)
+    learner.distribute(loop.ddp_wrap(policy, device))
+    sampler = PairSampler(data, cfg.train.batch_size, seed=cfg.train.seed, pad_id=tokenizer.pad_token_id,
+                          device=device)
+    result = run_loop(learner, sampler.sample, cfg.train, out, device=device, stateful={"sampler": sampler},
+                      progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
+    already_done = result.step == result.start_step and (out / "metrics.json").is_file()
+    if result.finished and not already_done and main:
+        batch_size = max(cfg.train.batch_size, 16)
+        batches = (collate_pairs(data, index, tokenizer.pad_token_id).to(device)
+                   for index in evaluation_indices(len(data), batch_size))
+        final = final_metrics(learner, batches, pairs=len(data), step=result.step, seed=cfg.train.seed,
                               device=device)
-        result = run_loop(learner, sampler.sample, cfg.train, out, device=device, stateful={"sampler": sampler},
-                          progress=progress, stop_at=stop_at, desc=f"seq {cfg.method.name}")
-        already_done = result.step == result.start_step and (out / "metrics.json").is_file()
-        if result.finished and not already_done:
-            batch_size = max(cfg.train.batch_size, 16)
-            batches = (collate_pairs(data, index, tokenizer.pad_token_id).to(device)
-                       for index in evaluation_indices(len(data), batch_size))
-            final = final_metrics(learner, batches, pairs=len(data), step=result.step, seed=cfg.train.seed,
-                                  device=device)
-            save_model(policy, tokenizer, out / "model")  # after the evaluation: it merges LoRA adapters away
-            atomic_write_text(out / "metrics.json", json.dumps({
-                "method": cfg.method.name, "steps": result.step, "pairs": len(data),
-                "steps_per_s": result.steps_per_s, "truncated": data.truncated, **final}, indent=2))
-        return result
+        save_model(policy, tokenizer, out / "model")  # after the evaluation: it merges LoRA adapters away
+        atomic_write_text(out / "metrics.json", json.dumps({
+            "method": cfg.method.name, "steps": result.step, "pairs": len(data),
+            "steps_per_s": result.steps_per_s, "truncated": data.truncated, **final}, indent=2))
+    return result
 
 
 def model_positions(model: nn.Module) -> int | None:

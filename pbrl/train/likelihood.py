@@ -14,30 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pbrl.errors import ConfigError, DatasetError, describe
-
-
-def segment_sums(per_step: np.ndarray, offsets: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """Σ over each (episode, start, length) segment of a per-step array ``[N]`` -> ``[P]``."""
-    csum = np.concatenate([[0.0], np.cumsum(per_step, dtype=np.float64)])
-    first = offsets[segments[:, 0]] + segments[:, 1]
-    return csum[first + segments[:, 2]] - csum[first]
-
-
-def step_log_probs(agent: Any, observations: np.ndarray, actions: np.ndarray, where: str) -> np.ndarray:
-    """Per-step ``log π(a|s)`` in the score form (pre-tanh) of an agent's MLP policy, ``[N]``."""
-    import inspect
-
-    import torch
-
-    policy = getattr(agent, "policy", None)
-    score = getattr(policy, "score_log_prob", None)
-    # a sequence policy (transformer) scores whole segments with timesteps and masks: not a per-step likelihood
-    if score is None or len(inspect.signature(score).parameters) != 2:
-        raise ConfigError(describe(where, "agent", repr(type(agent).__name__), "a run of an agent with an MLP policy "
-                                   "(bc, sft, cpl)"))
-    with torch.no_grad():
-        return score(torch.as_tensor(observations), torch.as_tensor(actions)).numpy()
+from pbrl.errors import DatasetError, describe
+from pbrl.train.offline_eval import segment_sums, step_log_probs  # noqa: F401  (pbrl likelihood's, shared)
 
 
 def size_of(trajectories: Any) -> str:

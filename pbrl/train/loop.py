@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import tomli_w
 import tomllib
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from pbrl.core.training import SCHEDULES, LossOutput, OptimizerSpec
@@ -77,6 +78,7 @@ class TrainConfig:
     eval_every: int = param(0, ge=0)            # evaluate every N steps (0: only at the end)
     eval_episodes: int = param(10, ge=0, le=100_000)  # episodes per evaluation
     eval_seed: int = param(100_000, ge=0, lt=2**31)  # env seeds eval_seed + i, apart from training seeds
+    eval_dataset: str = param("", pattern=r"[^\x00-\x1f]{0,4096}")  # eval_episodes = 0: held-out dataset of the offline metrics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -439,6 +441,19 @@ def fit_in_memory(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfi
         raise NonFiniteError(f"{desc}: loss: got a non-finite value, expected finite values (check the data)")
 
 
+class NullWriter:
+    """What a DDP rank other than 0 logs to: nothing (rank 0's TensorBoard events are the run's)."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, out: Path, *, device: torch.device,
              stateful: Mapping[str, Stateful] | None = None, evaluate: Callable[[int, Any], dict] | None = None,
              progress: bool = True, stop_at: int | None = None, desc: str = "train",
@@ -451,11 +466,15 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
     with a checkpoint. ``extra_state`` is stored in every checkpoint (e.g. the resolved config).
     """
     out = Path(out)
+    main = is_main()  # under DDP rank 0 alone writes; every rank resumes from the same checkpoint
+    progress = progress and main
     stateful = dict(stateful or {})
     optimizers = Optimizers(learner.optimizers(), cfg)
     ckpts = Checkpoints(out / "checkpoints", cfg.keep_checkpoints)
     step = 0
-    ckpts.remove_stale_temporaries()
+    if main:
+        ckpts.remove_stale_temporaries()
+    barrier()  # no rank reads the checkpoints while rank 0 clears a killed write's leftovers
     loaded = ckpts.load_latest()
     if loaded is not None:
         latest, state = loaded
@@ -471,7 +490,7 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
         return result
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out))
+    writer = SummaryWriter(str(out)) if main else NullWriter()
     use_amp = cfg.amp and device.type == "cuda"
     loss_fn = torch.compile(learner.loss) if cfg.compile else learner.loss
     reset_optimizers = getattr(learner, "reset_optimizers", None)
@@ -484,6 +503,8 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
 
     def checkpoint() -> None:
         check_finite("checkpoint")
+        if not main:
+            return
         ckpts.save(step, {"step": step, "agent": learner.state_dict(), "optimizers": optimizers.state_dict(),
                           "stateful": {n: o.state_dict() for n, o in stateful.items()}, "rng": rng_state(device),
                           **(extra_state or {})})
@@ -536,3 +557,124 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
     result.step = step
     result.finished = step >= cfg.steps
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data parallel: the loop under torchrun / accelerate launch (DDP)
+# ---------------------------------------------------------------------------------------------------------
+# Data-parallel training across processes, started by ``torchrun`` or ``accelerate launch`` (DDP).
+#
+# Both launchers set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each process;
+# :func:`ddp_setup` joins the process group from them (NCCL on CUDA, gloo on CPU). What changes in a run with W processes:
+#
+# - **the global batch stays the single-process batch**: ``train.batch_size`` is split into W equal shares; every
+#   rank draws the same global indices (one seeded permutation per epoch) and keeps its own share
+#   (:func:`rank_share`), so the pairs seen per step and the sampler's checkpointed state are those of one process;
+# - **gradients**: the policy runs through :class:`torch.nn.parallel.DistributedDataParallel`, which averages the
+#   ranks' gradients; each rank's loss is scaled so that the average is the gradient of the *global* batch's
+#   (weighted, or token-averaged) mean, not a mean of per-rank means (:func:`global_mean`);
+# - **files**: rank 0 alone writes (run directory and its lock, TensorBoard events, checkpoints, the final model and
+#   metrics); every rank resumes from the newest checkpoint, so a restarted job continues where it stopped.
+#
+# With one process nothing here does anything: the single-process run is the reference the tests compare against.
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def ddp_launched() -> bool:
+    """Started by torchrun / accelerate with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def ddp_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def ranks() -> Ranks:
+    if not ddp_active():
+        return Ranks(0, 1, 0)
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main() -> bool:
+    return ranks().is_main
+
+
+def ddp_setup(device: torch.device) -> tuple[torch.device, bool]:
+    """Join the launcher's process group (once per process); returns the device this rank trains on
+    (``cuda:LOCAL_RANK`` on CUDA) and whether this call created the group (the caller then tears it down)."""
+    if not ddp_launched() or (dist.is_available() and dist.is_initialized()):
+        return _rank_device(device), False
+    if not dist.is_available():
+        raise ConfigError(describe("WORLD_SIZE", "processes", os.environ["WORLD_SIZE"], "a torch built with "
+                                   "torch.distributed (or one process)"))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return _rank_device(device), True
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    if device.type == "cuda" and ddp_launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def ddp_teardown(created: bool) -> None:
+    if created and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if ddp_active():
+        dist.barrier()
+
+
+def check_batch(batch_size: int, option: str = "train.batch_size") -> int:
+    """Each rank's share of the global batch; the global batch must split evenly."""
+    world = ranks().world
+    if batch_size % world:
+        raise ConfigError(describe(option, "global batch", batch_size, f"a multiple of the {world} processes "
+                                   "(each takes an equal share; the global batch is the single-process batch)"))
+    return batch_size // world
+
+
+def rank_share(indices: Tensor) -> Tensor:
+    """This rank's contiguous share of a global batch's indices ``[B]`` -> ``[B / W]`` (all of them in one process)."""
+    r = ranks()
+    if r.world == 1:
+        return indices
+    share = len(indices) // r.world
+    return indices[r.rank * share:(r.rank + 1) * share]
+
+
+def global_mean(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count`` in one process; across W ranks ``W * total / Σ_ranks count``, so that DDP's average of the
+    ranks' gradients is the gradient of the global ``Σ total / Σ count`` (a weighted or token-averaged mean over the
+    whole global batch). ``count`` is summed without gradient (it is data, not a function of the weights)."""
+    if not ddp_active():
+        return total / count
+    summed = count.detach().clone()
+    dist.all_reduce(summed)
+    return total * dist.get_world_size() / summed
+
+
+def ddp_wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` under DDP where several processes train (the wrapper averages gradients during backward), else
+    ``module`` itself. The caller keeps the bare module for state dicts, so checkpoints do not depend on W."""
+    if not ddp_active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)

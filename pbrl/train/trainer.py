@@ -30,7 +30,7 @@ from pbrl.data.sampling import NamedSamplers, Sampler, derived_seed
 from pbrl.data.store import TrajectoryDataset
 from pbrl.data.transitions import TransitionSampler, WindowSampler, check_rewards, returns_scale
 from pbrl.envs.evaluate import evaluate
-from pbrl.envs.registry import make_env
+from pbrl.envs.registry import has_simulator, make_env
 from pbrl.errors import CheckpointError, ConfigError, DatasetError, describe
 from pbrl.io import atomic_write_text
 from pbrl.train.config import RunConfig
@@ -127,6 +127,14 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
             raise DatasetError(describe(str(data.preferences_path or cfg.dataset), "'score_a'/'score_b'", "missing",
                                         f"the teacher's segment scores for {spec.origin or 'scored segments'} "
                                         "(relabel with `pbrl data label`; human labels have none)"))
+    if cfg.train.eval_episodes > 0 and not has_simulator(data.env):
+        raise DatasetError(describe(cfg.dataset, "environment", f"{data.env!r}, which no simulator in pbrl replays "
+                                    "(robot logs)", "train.eval_episodes=0 (then eval.json holds offline metrics: "
+                                    "held-out action error and preference accuracy)"))
+    if cfg.train.eval_episodes == 0 and cfg.train.eval_dataset:  # a held-out set that does not fit: refused now
+        from pbrl.train.offline_eval import held_out
+
+        held_out(cfg.train.eval_dataset, data)
     if cfg.train.eval_episodes > 0:  # a policy the simulator cannot run is refused now, not after training
         env = make_env(data.env)
         env_dims = (env.observation_space.shape[0], env.action_space.shape[0])
@@ -273,8 +281,9 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
 
     ``stop_at`` ends this call early at that step with a checkpoint (a time-boxed session); a later call
     resumes and gives exactly the numbers of an uninterrupted run on the same CPU. With
-    ``train.eval_episodes = 0`` no simulator is used (e.g. datasets of robot logs) and eval.json holds the
-    training summary only.
+    ``train.eval_episodes = 0`` no simulator is used (e.g. datasets of robot logs) and eval.json holds offline
+    metrics beside the training summary: action error and preference accuracy on ``train.eval_dataset``
+    (:mod:`pbrl.train.offline_eval`).
     """
     out = Path(out)
     tc = cfg.train
@@ -341,15 +350,21 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
         return None
     if result.step == result.start_step and (out / "eval.json").exists():  # a finished run: nothing to do
         return json.loads((out / "eval.json").read_text())
-    if episodes > 0:
-        from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter
 
+    if episodes > 0:
         if progress:  # the simulator's episodes can take minutes: a log says what the run is doing meanwhile
             print(f"{cfg.agent} {data.name}: evaluating {episodes} episodes in {data.env}", file=sys.stderr, flush=True)
         with SummaryWriter(str(out)) as writer:
             evaluation = run_eval(result.step, writer)
-    else:
-        evaluation = {"normalized_score": None, "return_mean": None, "return_std": None, "episodes": 0}
+    else:  # no simulator: action error and preference accuracy on held-out data
+        from pbrl.train.offline_eval import offline_metrics
+
+        evaluation = offline_metrics(agent, data, tc.eval_dataset, device, tc.eval_seed)
+        with SummaryWriter(str(out)) as writer:
+            for key in ("action_mse", "action_mae", "preference_accuracy"):
+                if evaluation[key] is not None:
+                    writer.add_scalar(f"eval/{key}", evaluation[key], result.step)
     summary = {"agent": cfg.agent, "dataset": data.name, "steps": result.step, "scale": cfg.scale,
                "train_time_s": result.train_time_s, "steps_per_s": result.steps_per_s,
                "sample_fraction": result.sample_fraction,
