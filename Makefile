@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# a CPU build of torch first, unless some torch is already there (a bare `torch` pulls the CUDA build)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[metaworld,minari,export,video,overcooked,sequence,robot,dev]"
+	$(PY) -m pip install -q -e ".[metaworld,minari,export,video,overcooked,sequence,robot,ray,dev]"
 	# the Overcooked-AI human trials (Carroll et al. 2019) ship only in overcooked-ai 1.1.0, which does not import
 	# under NumPy 2: install its files without its dependencies; pbrl reads the trials, never imports the package
 	$(PY) -m pip install -q --no-deps overcooked-ai==1.1.0

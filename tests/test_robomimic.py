@@ -47,6 +47,8 @@ def test_import_keeps_every_value_mask_and_frame(tmp_path):
         for split in ("train", "valid"):
             assert sorted(name[i].encode() for i in ds.splits[split]) == sorted(f[f"mask/{split}"][()].tolist())
     reader.close()
+    info = run_cli("data", "info", "lift", cwd=tmp_path)
+    assert "splits       train 4 episodes   valid 2 episodes" in info.stdout and "cameras      agentview" in info.stdout
     card = (tmp_path / "datasets" / "lift.toml").read_text()
     assert "../lift.hdf5" in card  # the checksum covers the referenced camera frames' file
     with h5py.File(src, "r+") as f:
@@ -61,7 +63,7 @@ def test_split_and_obs_keys_choose_demos_and_columns(tmp_path):
     with h5py.File(src) as f:
         assert [e.source for e in episodes] == ["robomimic demo_10", "robomimic demo_11"]
         np.testing.assert_array_equal(episodes[1].observations, f["data/demo_11/obs/robot0_eef_pos"][()])
-    assert splits == {"train": [], "valid": [0, 1]} and meta["split"] == "valid" and env == "robomimic/Lift"
+    assert splits == {"valid": [0, 1]} and meta["split"] == "valid" and env == "robomimic/Lift"
 
 
 @pytest.mark.parametrize("case, args, message", [
@@ -130,6 +132,10 @@ def test_cpl_on_robot_logs_end_to_end_then_export(tmp_path):
     result = json.loads((tmp_path / "runs/cpl/eval.json").read_text())
     assert result["offline_data"] == "lift-valid-labels (held out)" and result["preference_pairs"] == 40
     assert 0.0 <= result["preference_accuracy"] <= 1.0 and result["action_mse"] > 0 and result["normalized_score"] is None
+    r = run("train", "--agent", "cpl", "--dataset", "lift-train-labels", "--steps", 5, "--out", "runs/cpl-in",
+            "--scale", "cpu", "--set", "train.eval_episodes=0", "--set", "agent.bc_steps=2")
+    in_sample = json.loads((tmp_path / "runs/cpl-in/eval.json").read_text())  # no held-out set: said so
+    assert in_sample["offline_data"].startswith("training data (in-sample") and in_sample["offline_episodes"] == 6
     r = run("export", "runs/cpl", "--out", "exports/cpl", "--format", "onnx")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "exports/cpl/metadata.json").read_text())

@@ -9,26 +9,10 @@ import torch
 from pbrl.data.pairing import make_preferences
 from pbrl.data.preferences import write_preferences
 from pbrl.data.store import Episode, TrajectoryDataset, write_trajectories
+from pbrl.data.synthetic import two_behaviour_dataset  # noqa: F401  (other test modules import it from here)
 from pbrl.errors import ConfigError
 from pbrl.train.config import RunConfig, build_config, parse_override
 from pbrl.train.trainer import Checkpoints, load_run, train
-
-
-def two_behaviour_dataset(tmp_path, episodes=40, length=24, seed=0):
-    """Half the episodes act a ≈ +0.6 (reward 1 per step), half a ≈ −0.6 (reward 0). The preferred behaviour
-    is known: a > 0. BC on everything learns the average (≈ 0); a preference learner must learn a > 0."""
-    rng = np.random.default_rng(seed)
-    eps = []
-    for i in range(episodes):
-        good = i % 2 == 0
-        obs = rng.standard_normal((length, 3)).astype(np.float32)
-        act = np.clip((0.6 if good else -0.6) + 0.1 * rng.standard_normal((length, 1)), -1, 1).astype(np.float32)
-        eps.append(Episode(obs, act, np.full(length, 1.0 if good else 0.0, np.float32), False,
-                           rng.standard_normal(3).astype(np.float32), "good" if good else "bad"))
-    traj_path = write_trajectories(tmp_path / "two.h5", eps, env_id="Hopper-v5", behaviour_policy="two", seed=seed)
-    ds = TrajectoryDataset(traj_path)
-    prefs = make_preferences(ds, pairs=400, segment=8, seed=seed)
-    return str(write_preferences(tmp_path / "two.prefs.h5", prefs, ds, teacher={"name": "scripted"}, seed=seed))
 
 
 def config(agent, dataset, steps=300, seed=0, **overrides):

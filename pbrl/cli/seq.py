@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,11 +144,18 @@ def cmd_seq_train(args: argparse.Namespace) -> int:
     if args.amp:
         flags.append(("--amp", "train", "amp=true"))
     apply_sections(cfg, flags, args.set)
+    from pbrl.train.loop import ddp_launched
+
+    if diffusion and ddp_launched():
+        raise ConfigError(describe("WORLD_SIZE", "processes", os.environ["WORLD_SIZE"], f"1 for {args.method}: the "
+                                   "diffusion trainers run in one process (torchrun / accelerate: the language-model "
+                                   "methods)"))
     train = train_diffusion if diffusion else train_sequence_lazy
     with library_bars_hidden(args.quiet, diffusers_model(args.model) if diffusion else ("transformers",)):
         result = train(cfg, args.out, progress=not args.quiet)
-    print(json.dumps({"method": cfg.method.name, "step": result.step, "finished": result.finished,
-                      "steps_per_s": result.steps_per_s, "model": str(Path(args.out) / "model")}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate: rank 0 reports, as it alone writes
+        print(json.dumps({"method": cfg.method.name, "step": result.step, "finished": result.finished,
+                          "steps_per_s": result.steps_per_s, "model": str(Path(args.out) / "model")}))
     return 0
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pbrl.cli.common import FORMATTER, int_at_least
+from pbrl.cli.common import FORMATTER, float_in, int_at_least
 
 AGENT_NAMES = ("bc", "cpl", "diff-uapa", "iql-constant", "iql-mr", "iql-oracle", "iql-pt", "oppo", "sft")
 """``pbrl.agents.AGENTS``'s names, written out so that building the parser (``pbrl --help``) imports no torch; a test
@@ -71,9 +71,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in comma_list(args.seeds)]
     except ValueError:
         raise ConfigError(describe("--seeds", "seeds", repr(args.seeds), "comma-separated integers, e.g. 0,1,2")) from None
+    ray = None
+    placed = {"--address": args.address, "--cpus-per-cell": args.cpus_per_cell, "--gpus-per-cell": args.gpus_per_cell}
+    if args.backend == "ray":
+        from pbrl.train.bench import RaySettings
+
+        ray = RaySettings(address=args.address, cpus_per_cell=args.cpus_per_cell or 1.0,
+                          gpus_per_cell=args.gpus_per_cell or 0.0)
+    elif any(v is not None for v in placed.values()):
+        option = next(k for k, v in placed.items() if v is not None)
+        raise ConfigError(describe(option, "backend", "local (the default)", "--backend ray beside it (it places "
+                                   "Ray tasks)"))
     bench(comma_list(args.agents), comma_list(args.datasets), seeds, args.out, steps=args.steps, scale=args.scale,
           overrides=args.set or [], ceiling_check=not args.no_ceiling_check, progress=not args.quiet,
-          record=args.record, report_only=args.report_only)
+          record=args.record, report_only=args.report_only, ray=ray)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.csv, results.md, results.png")
     return 0
@@ -229,6 +240,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "missing ones")
     bn.add_argument("--quiet", action="store_true", help="no progress (bars on a terminal, else a line per cell and "
                     "one every 30 s); warnings and moved cells still print")
+    bn.add_argument("--backend", choices=["local", "ray"], default="local", help="local: one cell after another in "
+                    "this process; ray: one Ray task per cell (resumable the same way)")
+    bn.add_argument("--address", default=None, help="ray: the cluster to join (auto, host:6379, ray://host:10001); "
+                    "default: start a local Ray")
+    bn.add_argument("--cpus-per-cell", type=float_in(0, 1024, low_open=True), default=None, metavar="N",
+                    help="ray: CPUs each cell's task declares (default 1)")
+    bn.add_argument("--gpus-per-cell", type=float_in(0, 64), default=None, metavar="F",
+                    help="ray: GPUs each cell's task declares, a fraction shares one (default 0; add --set "
+                    "train.device=cuda)")
     bn.set_defaults(func=cmd_bench)
 
 

@@ -52,6 +52,8 @@ def dataset_info(name: str, *, critic: AdvantageCritic | None = None, option: st
         "episode_length": {"mean": float(traj.episode_lengths.mean()), "min": int(traj.episode_lengths.min()),
                            "max": int(traj.episode_lengths.max())},
         "pairs": 0,
+        "splits": {k: len(v) for k, v in traj.splits.items()},
+        "cameras": traj.cameras,
     }
     if data.preferences is not None:
         p = data.preferences
@@ -105,6 +107,10 @@ def format_dataset_info(info: dict[str, Any]) -> str:
              f"  behaviour    {info['behaviour_policy']}",
              f"  return       mean {r['mean']:.1f} ± {r['std']:.1f}   min {r['min']:.1f}  p25 {r['p25']:.1f}  "
              f"median {r['median']:.1f}  p75 {r['p75']:.1f}  max {r['max']:.1f}"]
+    if info.get("splits"):
+        lines.append("  splits       " + "   ".join(f"{k} {n} episodes" for k, n in info["splits"].items()))
+    if info.get("cameras"):
+        lines.append(f"  cameras      {', '.join(info['cameras'])} (frames by reference, decoded on demand)")
     if not info["pairs"]:
         lines.append("  pairs        none (label some with `pbrl data label`)")
         return "\n".join(lines)

@@ -92,6 +92,7 @@ def read_robomimic(path: str | os.PathLike, *, obs_keys: list[str] | None = None
                                     f"{steps}, the sum of the demos' num_samples"))
     index = {d: i for i, d in enumerate(demos)}
     splits = {name: [index[m] for m in members if m in index] for name, members in masks.items()}
+    splits = {name: members for name, members in splits.items() if members}  # --split: the masks it overlaps
     env_id = f"robomimic/{env_args.get('env_name', path.stem)}"
     rate = env_args.get("env_kwargs", {}).get("control_freq") if isinstance(env_args.get("env_kwargs"), dict) else None
     meta = {"source": str(path.resolve()), "robomimic_env_args": env_args,

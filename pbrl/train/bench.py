@@ -35,7 +35,7 @@ import pbrl
 from pbrl.agents import AGENTS
 from pbrl.data.preferences import sha256_file
 from pbrl.data.registry import LoadedDataset, load_dataset
-from pbrl.errors import ConfigError, describe
+from pbrl.errors import ConfigError, DatasetError, NonFiniteError, describe
 from pbrl.io import Progress, atomic_write_text
 from pbrl.train.config import RunConfig, build_config
 from pbrl.train.loop import make_run_dir, run_directory, run_lock
@@ -44,7 +44,7 @@ ORACLE = "iql-oracle"
 CONTROL = "iql-constant"  # the survival-instinct control (pbrl.agents.iql.IQLConstant)
 CSV_FIELDS = ["dataset", "agent", "seed", "steps", "scale", "normalized_score", "success_rate", "ratio_to_oracle",
               "gap_closed", "holdout_accuracy", "wall_time_s", "steps_per_s", "config_hash", "dataset_sha256",
-              "pbrl_version"]
+              "pbrl_version", "action_mse", "preference_accuracy"]  # the last two: runs without a simulator
 
 
 @dataclass
@@ -260,8 +260,10 @@ def prepare_cell(cell: Cell, say: Callable[[str], None] = print) -> dict[str, An
     return None
 
 
-def run_cell(cell: Cell, progress: bool, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Reuse, resume or train one cell (its steps reported through the training loop's progress)."""
+def run_cell(cell: Cell, progress: bool, say: Callable[[str], None] = print,
+             where: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reuse, resume or train one cell (its steps reported through the training loop's progress); ``where`` (the
+    Ray task and node that trained it) is recorded in its ``cell.json``."""
     from pbrl.train.trainer import train
 
     done = prepare_cell(cell, say)
@@ -270,7 +272,7 @@ def run_cell(cell: Cell, progress: bool, say: Callable[[str], None] = print) -> 
     t0 = time.perf_counter()
     result = train(cell.cfg, cell.run_dir, progress=progress)
     wall = time.perf_counter() - t0
-    meta = {**cell_identity(cell), "finished": True, "wall_time_s": wall}
+    meta = {**cell_identity(cell), "finished": True, "wall_time_s": wall, **(where or {})}
     atomic_write_text(cell.run_dir / "cell.json", json.dumps(meta, indent=2) + "\n")
     return {**result, "reused": False}
 
@@ -453,9 +455,11 @@ RESULT_FILES = ("results.csv", "results.md", "results.png", "ceiling.json")
 
 def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | os.PathLike, *, steps: int | None = None,
           scale: str = "cpu", overrides: list[str] = (), ceiling_check: bool = True, progress: bool = True,
-          record: bool = False, command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
+          record: bool = False, command: str | None = None, report_only: bool = False,
+          ray: RaySettings | None = None) -> list[dict[str, Any]]:
     """Run (or reuse) every cell, then write results.csv / results.md / results.png into ``out``. With
-    ``report_only`` nothing is trained: the results hold the finished cells and name the missing ones.
+    ``report_only`` nothing is trained: the results hold the finished cells and name the missing ones. With
+    ``ray``, the cells to train run as Ray tasks (:func:`train_on_ray`), the rest is the same.
 
     Everything is checked before the first write: the grid (:func:`plan`), then ``out`` and the result files in it
     (one line each). A bench then holds ``out``'s lock to its end; where it fails before any cell has a checkpoint,
@@ -476,6 +480,8 @@ def bench(agents: list[str], datasets: list[str], seeds: list[int], out: str | o
         return write_results(out, rows, ceiling_rows, missing, loaded, record, command)
     with run_directory(out):
         check_result_files(out)
+        if ray is not None:
+            train_on_ray([c for c in cells if finished_result(c) is None], ray, progress=progress)
         rows, ceiling_rows, missing = collect(cells, report_only=False, progress=progress)
         return write_results(out, rows, ceiling_rows, missing, loaded, record, command)
 
@@ -513,6 +519,7 @@ def collect(cells: list[Cell], *, report_only: bool, progress: bool
                "success_rate": result.get("success_rate"),
                "holdout_accuracy": (result.get("reward_model") or {}).get("holdout_accuracy"),
                "wall_time_s": wall_time(cell), "steps_per_s": result.get("steps_per_s"),
+               "action_mse": result.get("action_mse"), "preference_accuracy": result.get("preference_accuracy"),
                "config_hash": config_hash(cell.cfg), "dataset_sha256": cell.checksum,
                "pbrl_version": pbrl.__version__, "settings": list(cell.settings)}
         if cell.budget == "2x":
@@ -548,3 +555,75 @@ def write_results(out: Path, rows: list[dict[str, Any]], ceiling_rows: dict[str,
         for d, data in loaded.items():
             record_in_card(data, rows, ceiling.get(d), command)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Ray backend: one task per cell
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how the cells run on Ray: ``address`` None starts a local Ray (``ray.init()``), else joins that
+    cluster (``auto``, ``ray://host:10001``, ``host:6379``); each task declares ``cpus_per_cell`` CPUs and
+    ``gpus_per_cell`` GPUs (a fraction shares one GPU between cells); a task whose worker dies (killed, node lost)
+    is run again up to ``retries`` times and resumes the cell from its newest checkpoint."""
+
+    address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
+    retries: int = 3
+
+
+def ray_cell(cell: Cell, cwd: str) -> dict[str, Any]:
+    """The body of one Ray task: train (or resume) ``cell`` in the driver's working directory (a cluster shares it:
+    the repository and datasets on a shared file system at the same path), recording the task and node."""
+    import ray
+
+    os.chdir(cwd)
+    context = ray.get_runtime_context()
+    where = {"backend": "ray", "ray_task_id": context.get_task_id(), "ray_node_id": context.get_node_id(),
+             "pid": os.getpid()}
+    return run_cell(cell, progress=False, say=print, where=where)
+
+
+def train_on_ray(cells: list[Cell], settings: RaySettings, *, progress: bool) -> None:
+    """Train ``cells`` (each prepared here first: a stale cell moved aside by the driver, which holds the bench's
+    lock) as Ray tasks, one per cell with its resources declared, and wait for all of them. A task that fails is
+    reported with the cell's own one-line error; a killed worker's task is retried by Ray and resumes."""
+    if not cells:
+        return
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(describe("--backend", "backend", "'ray'", "the ray package installed (pip install "
+                                   "'pbrl[ray]')")) from None
+    for cell in cells:
+        prepare_cell(cell)
+    started = not ray.is_initialized()
+    if started:
+        import logging
+
+        ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    task = ray.remote(ray_cell).options(num_cpus=settings.cpus_per_cell, num_gpus=settings.gpus_per_cell,
+                                        max_retries=settings.retries, retry_exceptions=False)
+    try:
+        pending = {task.remote(cell, os.getcwd()): cell for cell in cells}
+        bar = Progress(len(cells), desc="pbrl bench (ray)", unit="cell", enabled=progress)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
+            for ref in done:
+                cell = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the cell's own error, as one line
+                    cause = exc.cause if isinstance(exc.cause, Exception) else None
+                    if isinstance(cause, ConfigError | DatasetError | NonFiniteError):
+                        raise cause from None
+                    raise
+                bar.write(f"pbrl bench: {cell.name}: finished on ray")
+                bar.update(1)
+        bar.close(final_line=True)
+    finally:
+        if started:
+            ray.shutdown()

@@ -12,7 +12,8 @@
 
 Held-out data is ``train.eval_dataset`` (a dataset with the same observation and action sizes, e.g. robomimic's
 ``valid`` split imported on its own); without it the metrics are computed on the training data and marked
-in-sample (``offline_data = "training data (in-sample)"``).
+in-sample (``offline_data = "training data (in-sample)"``), the action error then on at most 64 evenly spaced
+training episodes. A run on a dataset with a simulator computes them only where ``train.eval_dataset`` is set.
 """
 
 from __future__ import annotations
@@ -54,20 +55,23 @@ def step_log_probs(agent: Any, observations: np.ndarray, actions: np.ndarray, wh
 
 
 @torch.no_grad()
-def replay_actions(actor: Any, trajectories: TrajectoryDataset, device: torch.device) -> np.ndarray:
-    """The actor's action at every logged step ``[N, act_dim]``: all episodes side by side, step by step (an
-    episode that has ended keeps receiving its last observation, whose actions are dropped)."""
-    offsets = trajectories.episode_offsets
-    lengths = np.diff(offsets)
+def replay_actions(actor: Any, trajectories: TrajectoryDataset, episodes: np.ndarray, device: torch.device
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's action at every logged step of ``episodes`` [E'] (the actor built for E' environments): the
+    episodes side by side, step by step (one that has ended keeps receiving its last observation, whose actions are
+    dropped). Returns ``(rows [M], actions [M, act_dim])``, the steps' global indices and the actor's actions."""
+    starts = trajectories.episode_offsets[episodes]
+    lengths = trajectories.episode_offsets[episodes + 1] - starts
     obs = trajectories.observations
-    out = np.zeros(trajectories.actions.shape, np.float32)
-    actor.reset(torch.ones(len(lengths), dtype=torch.bool, device=device))
+    rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # where each episode's steps begin in ``rows``
+    out = np.zeros((len(rows), trajectories.act_dim), np.float32)
+    actor.reset(torch.ones(len(episodes), dtype=torch.bool, device=device))
     for t in range(int(lengths.max())):
-        rows = offsets[:-1] + np.minimum(t, lengths - 1)
-        act = actor(torch.as_tensor(obs[rows], device=device)).float().cpu().numpy()
+        act = actor(torch.as_tensor(obs[starts + np.minimum(t, lengths - 1)], device=device)).float().cpu().numpy()
         live = t < lengths
-        out[rows[live]] = act[live]
-    return out
+        out[first[live] + t] = act[live]
+    return rows, out
 
 
 def random_policy_mse(low: np.ndarray, high: np.ndarray, actions: np.ndarray) -> float:
@@ -76,6 +80,9 @@ def random_policy_mse(low: np.ndarray, high: np.ndarray, actions: np.ndarray) ->
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
     a = actions.astype(np.float64)
     return float(np.mean((high - low) ** 2 / 12 + ((low + high) / 2 - a) ** 2))
+
+
+IN_SAMPLE_EPISODES = 64  # without a held-out set: the action error on at most this many training episodes
 
 
 def held_out(cfg_eval_dataset: str, train_data: LoadedDataset) -> tuple[LoadedDataset, str]:
@@ -114,13 +121,17 @@ def offline_metrics(agent: Any, train_data: LoadedDataset, eval_dataset: str, de
     """eval.json's figures for a run without a simulator (see the module docstring)."""
     data, named = held_out(eval_dataset, train_data)
     traj = data.trajectories
+    episodes = np.arange(traj.num_episodes)
+    if not eval_dataset and len(episodes) > IN_SAMPLE_EPISODES:  # in-sample: evenly spaced episodes suffice
+        episodes = np.unique(np.linspace(0, len(episodes) - 1, IN_SAMPLE_EPISODES).round().astype(np.int64))
     agent.eval()
-    predicted = replay_actions(agent.actor(traj.num_episodes, seed=seed), traj, device)
-    error = predicted.astype(np.float64) - traj.actions.astype(np.float64)
+    rows, predicted = replay_actions(agent.actor(len(episodes), seed=seed), traj, episodes, device)
+    logged = traj.actions[rows].astype(np.float64)
+    error = predicted.astype(np.float64) - logged
     box = train_data.trajectories.actions
     return {"normalized_score": None, "return_mean": None, "return_std": None, "episodes": 0,
-            "offline_data": named, "offline_episodes": traj.num_episodes, "offline_steps": traj.num_transitions,
+            "offline_data": named, "offline_episodes": len(episodes), "offline_steps": len(rows),
             "action_mse": float(np.mean(error ** 2)), "action_mae": float(np.mean(np.abs(error))),
-            "action_mse_random": random_policy_mse(box.min(0), box.max(0), traj.actions),
+            "action_mse_random": random_policy_mse(box.min(0), box.max(0), logged),
             "preference_accuracy": preference_accuracy_of(agent, data),
             "preference_pairs": int(len(data.preferences.used)) if data.preferences is not None else 0}

@@ -357,7 +357,7 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
             print(f"{cfg.agent} {data.name}: evaluating {episodes} episodes in {data.env}", file=sys.stderr, flush=True)
         with SummaryWriter(str(out)) as writer:
             evaluation = run_eval(result.step, writer)
-    else:  # no simulator: action error and preference accuracy on held-out data
+    elif tc.eval_dataset or not has_simulator(data.env):  # offline: action error, preference accuracy
         from pbrl.train.offline_eval import offline_metrics
 
         evaluation = offline_metrics(agent, data, tc.eval_dataset, device, tc.eval_seed)
@@ -365,6 +365,8 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
             for key in ("action_mse", "action_mae", "preference_accuracy"):
                 if evaluation[key] is not None:
                     writer.add_scalar(f"eval/{key}", evaluation[key], result.step)
+    else:  # a quick run on simulator data without evaluating (tests, dry runs): the training summary only
+        evaluation = {"normalized_score": None, "return_mean": None, "return_std": None, "episodes": 0}
     summary = {"agent": cfg.agent, "dataset": data.name, "steps": result.step, "scale": cfg.scale,
                "train_time_s": result.train_time_s, "steps_per_s": result.steps_per_s,
                "sample_fraction": result.sample_fraction,
