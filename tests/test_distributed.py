@@ -90,3 +90,17 @@ def test_two_gloo_processes_train_the_one_process_parameters(task, tmp_path):
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and (tmp_path / "two" / "model").is_dir()
+
+
+def test_trainers_without_data_parallelism_refuse_a_launcher_in_one_line(tmp_path, monkeypatch):
+    from pbrl.data.synthetic import two_behaviour_dataset
+    from tests.conftest import run_cli
+
+    data = two_behaviour_dataset(tmp_path, episodes=4, pairs=20)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = run_cli("train", "--agent", "bc", "--dataset", data, "--steps", "2", "--out", tmp_path / "run", "--quiet")
+    assert r.returncode == 2 and "WORLD_SIZE: processes: got 2, expected 1 for the control agents" in r.stderr
+    r = run_cli("seq", "train", "--method", "diffusion_dpo", "--model", tmp_path / "m.json", "--data", tmp_path / "d.h5",
+                "--out", tmp_path / "seq", "--quiet")
+    assert r.returncode == 2 and "WORLD_SIZE: processes: got 2, expected 1 for diffusion_dpo" in r.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "seq").exists()

@@ -37,6 +37,7 @@ from pbrl.train.config import RunConfig
 from pbrl.train.loop import (  # resolve_device: pbrl.cli imports it from here too
     Checkpoints,
     TrainConfig,
+    ddp_launched,
     load_weights,
     prepare_run_dir,
     resolve_device,
@@ -287,6 +288,10 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
     """
     out = Path(out)
     tc = cfg.train
+    if ddp_launched():  # small control models scale out as many runs (pbrl bench --backend ray), not as DDP
+        raise ConfigError(describe("WORLD_SIZE", "processes", os.environ["WORLD_SIZE"], "1 for the control agents "
+                                   "(run a grid of them with `pbrl bench --backend ray`; torchrun / accelerate: "
+                                   "`pbrl seq train`)"))
     device = resolve_device(tc.device)
     if device.type == "cpu":
         torch.set_num_threads(tc.threads)
