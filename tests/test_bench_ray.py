@@ -25,11 +25,12 @@ def test_a_local_ray_cluster_gives_the_local_results_one_task_per_cell(tmp_path)
     pytest.importorskip("ray")
     data = two_behaviour_dataset(tmp_path, episodes=6)
     grid = (["bc", "cpl"], [data], [0, 1])
-    bench(*grid, tmp_path / "local", steps=10, overrides=SETS, progress=False, ceiling_check=False)
-    bench(*grid, tmp_path / "ray", steps=10, overrides=SETS, progress=False, ceiling_check=False,
+    sets = [*SETS, f"train.eval_dataset={data}"]  # offline metrics to compare (on the training pairs themselves)
+    bench(*grid, tmp_path / "local", steps=10, overrides=sets, progress=False, ceiling_check=False)
+    bench(*grid, tmp_path / "ray", steps=10, overrides=sets, progress=False, ceiling_check=False,
           ray=RaySettings(cpus_per_cell=1))
     local, remote = rows(tmp_path / "local/results.csv"), rows(tmp_path / "ray/results.csv")
-    assert len(remote) == 4 and remote == local and all(r["action_mse"] for r in remote)
+    assert len(remote) == 4 and remote == local and all(r["action_mse"] and r["preference_accuracy"] for r in remote)
     cells = [json.loads(p.read_text()) for p in sorted((tmp_path / "ray/runs").glob("*/*/seed*/cell.json"))]
     assert len(cells) == 4 and all(c["backend"] == "ray" and c["finished"] for c in cells)
     assert len({c["ray_task_id"] for c in cells}) == 4  # one task per cell
