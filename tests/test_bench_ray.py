@@ -22,13 +22,18 @@ def rows(path):
 
 
 def test_a_local_ray_cluster_gives_the_local_results_one_task_per_cell(tmp_path):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
     data = two_behaviour_dataset(tmp_path, episodes=6)
     grid = (["bc", "cpl"], [data], [0, 1])
     sets = [*SETS, f"train.eval_dataset={data}"]  # offline metrics to compare (on the training pairs themselves)
     bench(*grid, tmp_path / "local", steps=10, overrides=sets, progress=False, ceiling_check=False)
-    bench(*grid, tmp_path / "ray", steps=10, overrides=sets, progress=False, ceiling_check=False,
-          ray=RaySettings(cpus_per_cell=1))
+    # one worker: beside the other test process on two cores, a second worker only adds contention (measured 2x slower)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        bench(*grid, tmp_path / "ray", steps=10, overrides=sets, progress=False, ceiling_check=False,
+              ray=RaySettings(cpus_per_cell=1))
+    finally:
+        ray.shutdown()
     local, remote = rows(tmp_path / "local/results.csv"), rows(tmp_path / "ray/results.csv")
     assert len(remote) == 4 and remote == local and all(r["action_mse"] and r["preference_accuracy"] for r in remote)
     cells = [json.loads(p.read_text()) for p in sorted((tmp_path / "ray/runs").glob("*/*/seed*/cell.json"))]
