@@ -47,6 +47,10 @@ def test_import_keeps_every_value_mask_and_frame(tmp_path):
         for split in ("train", "valid"):
             assert sorted(name[i].encode() for i in ds.splits[split]) == sorted(f[f"mask/{split}"][()].tolist())
     reader.close()
+    before = (tmp_path / "datasets" / "lift.h5").read_bytes()
+    again = run_cli("data", "import-robomimic", src, "--out", "lift", "--split", "valid", cwd=tmp_path)
+    assert again.returncode == 2 and "lift.h5" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "datasets" / "lift.h5").read_bytes() == before  # an import never replaces a dataset
     info = run_cli("data", "info", "lift", cwd=tmp_path)
     assert "splits       train 4 episodes   valid 2 episodes" in info.stdout and "cameras      agentview" in info.stdout
     card = (tmp_path / "datasets" / "lift.toml").read_text()
