@@ -28,7 +28,7 @@ def config(task: dict[str, str]):
 
     cfg = SeqRunConfig(model=task["model"], data=task["pairs"], max_length=32, reference="copy")
     cfg.train.steps, cfg.train.batch_size, cfg.train.lr, cfg.train.log_every = STEPS, BATCH, 1e-3, 5
-    cfg.train.checkpoint_every = STEPS
+    cfg.train.checkpoint_every = STEPS // 2
     return cfg
 
 
@@ -46,7 +46,9 @@ def worker(rank: int, world: int, port: int, task: dict[str, str], runs: list[tu
     good_share = loop.rank_share
     for variant, out in runs:
         # the known-bad variant: every rank collates the first share of the global batch
-        loop.rank_share = good_share if variant == "sharded" else (lambda ix: ix[: len(ix) // world])
+        loop.rank_share = good_share if variant != "same-shard" else (lambda ix: ix[: len(ix) // world])
+        if variant == "resumed":  # stopped half-way (a killed job), then the same command again: every rank resumes
+            train_sequence(config(task), out, progress=False, stop_at=STEPS // 2)
         train_sequence(config(task), out, progress=False)
     loop.rank_share = good_share
     dist.destroy_process_group()
@@ -72,7 +74,8 @@ def test_two_gloo_processes_train_the_one_process_parameters(task, tmp_path):
     from pbrl.sequence.train import train_sequence
 
     train_sequence(config(task), tmp_path / "one", progress=False)
-    runs = [("sharded", str(tmp_path / "two")), ("same-shard", str(tmp_path / "bad"))]
+    runs = [("sharded", str(tmp_path / "two")), ("same-shard", str(tmp_path / "bad")),
+            ("resumed", str(tmp_path / "resumed"))]
     # fork: the ranks inherit the imported modules (spawn would import torch and transformers again, seconds each)
     mp.start_processes(worker, args=(2, free_port(), task, runs), nprocs=2, join=True, start_method="fork")
     one, two, bad = (final_weights(tmp_path / name) for name in ("one", "two", "bad"))
@@ -86,6 +89,8 @@ def test_two_gloo_processes_train_the_one_process_parameters(task, tmp_path):
     bad_gap = max((one[k] - bad[k]).abs().max().item() for k in one)
     assert gap < TOLERANCE, f"2 processes differ from 1 by {gap:.2e}"
     assert bad_gap > 10 * TOLERANCE, f"every rank on the same shard matched 1 process ({bad_gap:.2e}): the test is blind"
+    resumed = final_weights(tmp_path / "resumed")  # every rank resumed from rank 0's checkpoint at step 5
+    assert all(torch.equal(resumed[k], two[k]) for k in two)
     # rank 0 alone wrote the run: one TensorBoard file, the final model and metrics
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
