@@ -43,6 +43,8 @@ def test_import_keeps_every_value_mask_and_frame(tmp_path):
             assert ep.terminated == bool(g["dones"][-1])
             lo = ds.episode_offsets[e]
             np.testing.assert_array_equal(reader.frames("agentview", np.arange(lo, lo + len(ep))), g["obs/agentview_image"][()])
+        scattered = reader.frames("agentview", [5, 0, 5])  # rows out of order and repeated: each where asked
+        np.testing.assert_array_equal(scattered, f["data/demo_0/obs/agentview_image"][()][[5, 0, 5]])
         name = {i: d for i, d in enumerate(demos)}
         for split in ("train", "valid"):
             assert sorted(name[i].encode() for i in ds.splits[split]) == sorted(f[f"mask/{split}"][()].tolist())

@@ -146,7 +146,11 @@ class FrameReader:
                 if key not in data:
                     raise DatasetError(describe(str(self.resolve(file)), f"dataset '{key}'", "missing",
                                                 f"the frames of camera {camera!r}"))
-                images = [data[key][int(i)] for i in wanted]
+                # one read of the rows asked for (h5py takes increasing indices), then back in the asked order
+                unique, back = np.unique(wanted, return_inverse=True)
+                block = data[key][unique[0]:unique[-1] + 1] if unique[-1] - unique[0] + 1 == len(unique) \
+                    else data[key][unique]
+                images = list(block[back])
             else:
                 images = _decode_video(self._open(file, "video"), wanted, self.resolve(file))
             for w, img in zip(where, images):

@@ -135,13 +135,15 @@ def _chosen_keys(asked: list[str] | None, low_dim: list[str], cameras: list[str]
     return list(asked)
 
 
-def _flat(demo: h5py.Group, group: str, key: str, n: int, where: str) -> np.ndarray:
+def _flat(demo: h5py.Group, group: str, key: str, n: int, where: str, rows: slice = slice(None)) -> np.ndarray:
+    """``group/key`` of a demo (checked: present, ``n`` rows), the ``rows`` asked for, each row flattened, float32."""
     if f"{group}/{key}" not in demo:
         raise DatasetError(describe(where, f"'{group}/{key}'", "missing", f"the key of every demo's {group}/"))
-    arr = demo[f"{group}/{key}"][()]
-    if arr.shape[0] != n:
-        raise DatasetError(describe(where, f"'{group}/{key}' length", arr.shape[0], f"{n} (num_samples)"))
-    return arr.reshape(n, -1).astype(np.float32)
+    data = demo[f"{group}/{key}"]
+    if data.shape[0] != n:
+        raise DatasetError(describe(where, f"'{group}/{key}' length", data.shape[0], f"{n} (num_samples)"))
+    arr = data[rows]
+    return arr.reshape(len(arr), -1).astype(np.float32)
 
 
 def _episode(demo: h5py.Group, where: str, keys: list[str], cameras: list[str], path: Path) -> Episode:
@@ -161,7 +163,7 @@ def _episode(demo: h5py.Group, where: str, keys: list[str], cameras: list[str], 
         bad = int(np.flatnonzero(~np.isfinite(rewards))[0])
         raise DatasetError(describe(where, "'rewards'", f"non-finite value {rewards[bad]} at step {bad}", "finite floats"))
     obs = np.concatenate([_flat(demo, "obs", k, n, where) for k in keys], axis=1)
-    final = np.concatenate([_flat(demo, "next_obs", k, n, where)[-1] for k in keys])
+    final = np.concatenate([_flat(demo, "next_obs", k, n, where, slice(n - 1, n))[0] for k in keys])  # one row read
     media = {}
     for key in cameras:
         if f"obs/{key}" not in demo or demo[f"obs/{key}"].shape[0] != n:

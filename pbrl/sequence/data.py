@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import pbrl.train.loop as train_loop  # the data-parallel share of a global batch (rank_share)
 from pbrl.errors import DatasetError, describe
 from pbrl.fields import short_repr
 from pbrl.io import sha256_file
@@ -329,6 +330,5 @@ class PairSampler(IndexSampler):
         self.data, self.pad_id, self.device = data, pad_id, device
 
     def sample(self) -> PairBatch:
-        from pbrl.train import loop  # looked up on each call: the DDP test swaps in the known-bad share
-
-        return collate_pairs(self.data, loop.rank_share(self.next_indices()), self.pad_id).to(self.device)
+        # the share is looked up on the module at each call: the DDP test swaps in the known-bad one
+        return collate_pairs(self.data, train_loop.rank_share(self.next_indices()), self.pad_id).to(self.device)

@@ -38,8 +38,20 @@ from pbrl.sequence.lm import (
     word_tokenizer,
 )
 from pbrl.sequence.objectives import MethodConfig, SequenceLearner
-from pbrl.train import loop  # its data-parallel section: ddp_setup, barrier, rank_share, ...
-from pbrl.train.loop import LoopResult, TrainConfig, prepare_run_dir, resolve_device, run_directory, run_loop
+from pbrl.train.loop import (
+    LoopResult,
+    TrainConfig,
+    barrier,
+    check_batch,
+    ddp_setup,
+    ddp_teardown,
+    ddp_wrap,
+    is_main,
+    prepare_run_dir,
+    resolve_device,
+    run_directory,
+    run_loop,
+)
 
 __all__ = ["SectionedRunConfig", "SeqRunConfig", "check_positions", "final_metrics", "load_model_and_tokenizer",
            "train_sequence"]
@@ -153,23 +165,23 @@ def train_sequence(cfg: SeqRunConfig, out: str | os.PathLike, *, progress: bool 
                                         "the empirical share of annotators preferring chosen, in (0, 1), on every "
                                         "row (iREPO regresses on its logit)"))
     files = data_file("pairs", cfg.data)
-    device, created = loop.ddp_setup(resolve_device(cfg.train.device))  # torchrun / accelerate: join the group
+    device, created = ddp_setup(resolve_device(cfg.train.device))  # torchrun / accelerate: join the group
     try:
-        loop.check_batch(cfg.train.batch_size)
-        if not loop.is_main():  # rank 0 owns the run directory; the others train beside it, writing nothing
+        check_batch(cfg.train.batch_size)
+        if not is_main():  # rank 0 owns the run directory; the others train beside it, writing nothing
             return _train_in(cfg, out, pairs, files, device, progress, stop_at)
         with run_directory(out, files):
             prepare_run_dir(out, cfg.to_dict())  # a resume asking for other settings stops here, naming them
             return _train_in(cfg, out, pairs, files, device, progress, stop_at)
     finally:
-        loop.ddp_teardown(created)
+        ddp_teardown(created)
 
 
 def _train_in(cfg: SeqRunConfig, out: Path, pairs: list[Any], files: dict[str, tuple[Path, str]],
               device: torch.device, progress: bool, stop_at: int | None) -> LoopResult:
-    main = loop.is_main()
+    main = is_main()
     if not main:
-        loop.barrier()  # until rank 0 has saved the tokenizer and the reference log-probs into the run
+        barrier()  # until rank 0 has saved the tokenizer and the reference log-probs into the run
     texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
     policy, tokenizer, origin, built = load_model_and_tokenizer(cfg, out, texts)
     data: TokenizedPairs = tokenize_pairs(pairs, tokenizer, max_length=cfg.max_length)  # a prompt too long
@@ -194,9 +206,9 @@ def _train_in(cfg: SeqRunConfig, out: Path, pairs: list[Any], files: dict[str, t
     if cfg.method.name == "tvkd":
         frozen["teacher"] = _frozen_model(cfg.method.teacher, device)
     if main:
-        loop.barrier()  # the tokenizer and reference cache are in the run: the other ranks may read them
+        barrier()  # the tokenizer and reference cache are in the run: the other ranks may read them
     learner = SequenceLearner(policy, cfg.method, reference, frozen)
-    learner.distribute(loop.ddp_wrap(policy, device))
+    learner.distribute(ddp_wrap(policy, device))
     sampler = PairSampler(data, cfg.train.batch_size, seed=cfg.train.seed, pad_id=tokenizer.pad_token_id,
                           device=device)
     result = run_loop(learner, sampler.sample, cfg.train, out, device=device, stateful={"sampler": sampler},

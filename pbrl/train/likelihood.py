@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pbrl.errors import DatasetError, describe
-from pbrl.train.offline_eval import segment_sums, step_log_probs  # noqa: F401  (pbrl likelihood's, shared)
+from pbrl.train.offline_eval import segment_sums, step_log_probs
 
 
 def size_of(trajectories: Any) -> str:

@@ -562,8 +562,6 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
 # ---------------------------------------------------------------------------------------------------------
 # Data parallel: the loop under torchrun / accelerate launch (DDP)
 # ---------------------------------------------------------------------------------------------------------
-# Data-parallel training across processes, started by ``torchrun`` or ``accelerate launch`` (DDP).
-#
 # Both launchers set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each process;
 # :func:`ddp_setup` joins the process group from them (NCCL on CUDA, gloo on CPU). What changes in a run with W processes:
 #
@@ -579,17 +577,6 @@ def run_loop(learner: nn.Module, sample: Callable[[], Any], cfg: TrainConfig, ou
 # With one process nothing here does anything: the single-process run is the reference the tests compare against.
 
 
-@dataclass(frozen=True)
-class Ranks:
-    rank: int
-    world: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def ddp_launched() -> bool:
     """Started by torchrun / accelerate with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -599,14 +586,13 @@ def ddp_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def ranks() -> Ranks:
-    if not ddp_active():
-        return Ranks(0, 1, 0)
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without a process group)."""
+    return (dist.get_rank(), dist.get_world_size()) if ddp_active() else (0, 1)
 
 
 def is_main() -> bool:
-    return ranks().is_main
+    return rank_and_world()[0] == 0
 
 
 def ddp_setup(device: torch.device) -> tuple[torch.device, bool]:
@@ -641,22 +627,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def check_batch(batch_size: int, option: str = "train.batch_size") -> int:
-    """Each rank's share of the global batch; the global batch must split evenly."""
-    world = ranks().world
+def check_batch(batch_size: int, option: str = "train.batch_size") -> None:
+    """Refuse a global batch the processes cannot share equally."""
+    world = rank_and_world()[1]
     if batch_size % world:
         raise ConfigError(describe(option, "global batch", batch_size, f"a multiple of the {world} processes "
                                    "(each takes an equal share; the global batch is the single-process batch)"))
-    return batch_size // world
 
 
 def rank_share(indices: Tensor) -> Tensor:
     """This rank's contiguous share of a global batch's indices ``[B]`` -> ``[B / W]`` (all of them in one process)."""
-    r = ranks()
-    if r.world == 1:
-        return indices
-    share = len(indices) // r.world
-    return indices[r.rank * share:(r.rank + 1) * share]
+    rank, world = rank_and_world()
+    share = len(indices) // world
+    return indices[rank * share:(rank + 1) * share]
 
 
 def global_mean(total: Tensor, count: Tensor) -> Tensor:

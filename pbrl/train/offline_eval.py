@@ -86,7 +86,8 @@ IN_SAMPLE_EPISODES = 64  # without a held-out set: the action error on at most t
 
 
 def held_out(cfg_eval_dataset: str, train_data: LoadedDataset) -> tuple[LoadedDataset, str]:
-    """The data the offline metrics are computed on, and how eval.json names it."""
+    """The data the offline metrics are computed on (``train_data`` itself without a held-out set), and how eval.json
+    names it; a held-out set whose sizes differ from the training data's is refused in one line."""
     if not cfg_eval_dataset:
         return train_data, "training data (in-sample; set train.eval_dataset to a held-out dataset)"
     data = load_dataset(cfg_eval_dataset, option="train.eval_dataset")
@@ -116,13 +117,14 @@ def preference_accuracy_of(agent: Any, data: LoadedDataset) -> float | None:
     return float(np.mean((score_a > score_b) == (prefs.label[decided] > 0.5)))
 
 
-def offline_metrics(agent: Any, train_data: LoadedDataset, eval_dataset: str, device: torch.device,
-                    seed: int) -> dict[str, Any]:
-    """eval.json's figures for a run without a simulator (see the module docstring)."""
-    data, named = held_out(eval_dataset, train_data)
+def offline_metrics(agent: Any, train_data: LoadedDataset, evaluated: tuple[LoadedDataset, str],
+                    device: torch.device, seed: int) -> dict[str, Any]:
+    """eval.json's figures for a run without a simulator (see the module docstring) on ``evaluated``, what
+    :func:`held_out` gave before training: the data and how eval.json names it."""
+    data, named = evaluated
     traj = data.trajectories
     episodes = np.arange(traj.num_episodes)
-    if not eval_dataset and len(episodes) > IN_SAMPLE_EPISODES:  # in-sample: evenly spaced episodes suffice
+    if data is train_data and len(episodes) > IN_SAMPLE_EPISODES:  # in-sample: evenly spaced episodes suffice
         episodes = np.unique(np.linspace(0, len(episodes) - 1, IN_SAMPLE_EPISODES).round().astype(np.int64))
     agent.eval()
     rows, predicted = replay_actions(agent.actor(len(episodes), seed=seed), traj, episodes, device)

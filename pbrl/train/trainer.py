@@ -132,10 +132,6 @@ def check_inputs(cfg: RunConfig, data: LoadedDataset) -> None:
         raise DatasetError(describe(cfg.dataset, "environment", f"{data.env!r}, which no simulator in pbrl replays "
                                     "(robot logs)", "train.eval_episodes=0 (then eval.json holds offline metrics: "
                                     "held-out action error and preference accuracy)"))
-    if cfg.train.eval_episodes == 0 and cfg.train.eval_dataset:  # a held-out set that does not fit: refused now
-        from pbrl.train.offline_eval import held_out
-
-        held_out(cfg.train.eval_dataset, data)
     if cfg.train.eval_episodes > 0:  # a policy the simulator cannot run is refused now, not after training
         env = make_env(data.env)
         env_dims = (env.observation_space.shape[0], env.action_space.shape[0])
@@ -297,9 +293,14 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, progress: bool = True, stop
         torch.set_num_threads(tc.threads)
     data = load_dataset(cfg.dataset, preferences=needs_preferences(cfg.agent, cfg.agent_config))
     check_inputs(cfg, data)
+    offline = None
+    if tc.eval_episodes == 0 and (tc.eval_dataset or not has_simulator(data.env)):
+        from pbrl.train.offline_eval import held_out
+
+        offline = held_out(tc.eval_dataset, data)  # loaded and checked once, before anything is written
     files = data.files()  # hashed once: a path-named dataset has no recorded sums
     with run_directory(out, files):
-        return _train_in(cfg, data, out, device, progress, stop_at)
+        return _train_in(cfg, data, out, device, progress, stop_at, offline)
 
 
 def dry_run(cfg: RunConfig) -> dict[str, Any]:
@@ -322,8 +323,8 @@ def dry_run(cfg: RunConfig) -> dict[str, Any]:
 
 
 
-def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
-              device: torch.device, progress: bool, stop_at: int | None) -> dict[str, Any] | None:
+def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path, device: torch.device, progress: bool,
+              stop_at: int | None, offline: tuple[LoadedDataset, str] | None) -> dict[str, Any] | None:
     tc = cfg.train
     prepare_run_dir(out, cfg.to_dict(), read=lambda path: RunConfig.load(path).to_dict())
     rewards, reward_summary = None, None
@@ -362,10 +363,10 @@ def _train_in(cfg: RunConfig, data: LoadedDataset, out: Path,
             print(f"{cfg.agent} {data.name}: evaluating {episodes} episodes in {data.env}", file=sys.stderr, flush=True)
         with SummaryWriter(str(out)) as writer:
             evaluation = run_eval(result.step, writer)
-    elif tc.eval_dataset or not has_simulator(data.env):  # offline: action error, preference accuracy
+    elif offline is not None:  # no simulator or a held-out set: action error, preference accuracy
         from pbrl.train.offline_eval import offline_metrics
 
-        evaluation = offline_metrics(agent, data, tc.eval_dataset, device, tc.eval_seed)
+        evaluation = offline_metrics(agent, data, offline, device, tc.eval_seed)
         with SummaryWriter(str(out)) as writer:
             for key in ("action_mse", "action_mae", "preference_accuracy"):
                 if evaluation[key] is not None:
